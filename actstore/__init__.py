@@ -1,0 +1,48 @@
+"""actstore: a compressed, chunked, resumable store of language-model activations.
+
+Public API::
+
+    from actstore import ActivationStore, StoreSpec, Layout
+    store = ActivationStore.open("s3://bucket/stores/abc123")
+    x = store.read_torch("encoder.layer.3", 0, 4096)
+"""
+
+from actstore.errors import (
+    CorruptChunkError,
+    FormatError,
+    ShardCommittedError,
+    ShardLeaseError,
+    SpecMismatchError,
+    StoreBusyError,
+    StoreError,
+    StoreNotFoundError,
+)
+from actstore.spec import Codec, Layout, StoreSpec
+from actstore.stats import HookStats
+from actstore.store import CONTEXT_SCHEMA, ActivationStore, RowIndex
+from actstore.verify import VerifyReport, verify
+from actstore.writer import JobLock, ShardWriter, break_lease, write_shard
+
+__all__ = [
+    "CONTEXT_SCHEMA",
+    "ActivationStore",
+    "Codec",
+    "CorruptChunkError",
+    "FormatError",
+    "HookStats",
+    "JobLock",
+    "Layout",
+    "RowIndex",
+    "ShardCommittedError",
+    "ShardLeaseError",
+    "ShardWriter",
+    "SpecMismatchError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreNotFoundError",
+    "StoreSpec",
+    "VerifyReport",
+    "break_lease",
+    "verify",
+    "write_shard",
+]

@@ -1,0 +1,120 @@
+"""The `actstore` command line. Each subcommand parses into one frozen config, then runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from actstore.errors import StoreError
+from actstore.summary import describe, find_stores, summary_line
+from actstore.location import Location
+from actstore.store import ActivationStore
+from actstore.verify import verify
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """`actstore info URL [--json]`."""
+
+    url: str
+    """Store URL (path, file://, memory://, s3://, gs://)."""
+    as_json: bool = False
+    """Print machine-readable JSON instead of text."""
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """`actstore verify URL [--partial]`."""
+
+    url: str
+    """Store URL."""
+    partial: bool = False
+    """Check committed shards only; an incomplete store is not an error."""
+
+
+@dataclass(frozen=True)
+class LsConfig:
+    """`actstore ls ROOT [--json]`."""
+
+    root: str
+    """Folder or bucket prefix holding stores (searched two levels down)."""
+    as_json: bool = False
+    """Print JSON (one object per store) instead of text."""
+
+
+def run_info(cfg: InfoConfig) -> int:
+    info = describe(ActivationStore.open(cfg.url))
+    if cfg.as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    spec = info.pop("spec")
+    print(f"store     {info['url']}\nkey       {info['key']}")
+    print(f"complete  {info['complete']} ({info['shards_done']}/{info['num_shards']} shards, "
+          f"{info['rows_committed']}/{info['num_rows']} rows)")
+    ratio = info["compression_ratio"]
+    print(f"bytes     {info['compressed_bytes']} compressed / {info['raw_bytes']} raw"
+          + (f" = {ratio:.2f}x" if ratio else ""))
+    for hook, h in info["hooks"].items():
+        print(f"hook      {hook}: d_model={h['d_model']} dtype={h['dtype']} array={h['array']}")
+    print("spec      " + json.dumps(spec, sort_keys=True))
+    return 0
+
+
+def run_verify(cfg: VerifyConfig) -> int:
+    report = verify(ActivationStore.open(cfg.url), partial=cfg.partial)
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    print(f"{status}: {report.shards_checked} shards, {report.rows_checked} rows checked")
+    return 0 if report.ok else 1
+
+
+def run_ls(cfg: LsConfig) -> int:
+    stores = find_stores(Location.from_url(cfg.root))
+    if cfg.as_json:
+        print(json.dumps([{"url": s.url, "key": s.key, "spec": s.spec.to_dict(),
+                           "shards_done": len(s.shards_done()), "num_shards": s.num_shards}
+                          for s in stores], indent=2))
+    else:
+        for s in stores:
+            print(summary_line(s))
+        if not stores:
+            print(f"no stores under {cfg.root}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="actstore", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe a store")
+    info.add_argument("url")
+    info.add_argument("--json", action="store_true", dest="as_json")
+    ver = sub.add_parser("verify", help="read every chunk and check exactly-once coverage")
+    ver.add_argument("url")
+    ver.add_argument("--partial", action="store_true",
+                     help="check committed shards only; incompleteness is not an error")
+    ls = sub.add_parser("ls", help="list stores under a root")
+    ls.add_argument("root")
+    ls.add_argument("--json", action="store_true", dest="as_json")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "info":
+            return run_info(InfoConfig(**args))
+        if command == "verify":
+            return run_verify(VerifyConfig(**args))
+        return run_ls(LsConfig(**args))
+    except (StoreError, KeyError, ValueError) as e:
+        print(f"actstore {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

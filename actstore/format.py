@@ -1,0 +1,144 @@
+"""The on-disk format: array paths, codecs, dtypes, and encoding one shard into its object bytes.
+
+Everything here is plain Zarr v3, so a store reads with `zarr` and `pyarrow` alone (see
+docs/FORMAT.md). zarr 3.1 has no bfloat16 dtype, so bf16 activations are stored as their uint16
+bit pattern and the array's attribute `actstore.dtype` names the logical dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import crc32c
+import numpy as np
+import torch
+import zarr
+from numpy.typing import NDArray
+from zarr.abc.codec import BytesBytesCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
+
+from actstore.spec import Codec, Layout, StorageDtype
+
+ACTIVATIONS = "activations"
+INDEX = "index"
+CONTEXTS = "contexts"
+COMMITS = "commits"
+LEASES = "leases"
+LOCK = "lock"
+META = "zarr.json"
+
+#: Row-index arrays: name -> numpy dtype. Aligned row for row with the activations.
+INDEX_ARRAYS: dict[str, str] = {"context": "int64", "position": "int32", "token": "int32"}
+
+_STORAGE_NUMPY: dict[str, str] = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
+_TORCH: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+}
+
+
+def activation_path(hook: str) -> str:
+    return f"{ACTIVATIONS}/{hook}"
+
+
+def index_path(name: str) -> str:
+    return f"{INDEX}/{name}"
+
+
+def shard_key(array_path: str, shard: int) -> str:
+    """Object key of one shard of a 1-D or 2-D array (default v3 chunk key encoding)."""
+    return f"{array_path}/c/{shard}" + ("/0" if array_path.startswith(ACTIVATIONS) else "")
+
+
+def marker_key(kind: str, shard: int) -> str:
+    """Key of a commit marker or lease: a zarr group whose attributes are the payload."""
+    return f"{kind}/shard-{shard:06d}/{META}"
+
+
+def compressors(codec: Codec, itemsize: int) -> list[BytesBytesCodec]:
+    """Chunk codecs: the compressor, then a crc32c checksum so corruption is caught on read."""
+    chain: list[BytesBytesCodec] = []
+    if codec.name.startswith("blosc-"):
+        chain.append(BloscCodec(cname=codec.name.removeprefix("blosc-"), clevel=codec.level,
+                                shuffle=codec.shuffle, typesize=itemsize))
+    elif codec.name == "zstd":
+        chain.append(ZstdCodec(level=codec.level))
+    chain.append(Crc32cCodec())
+    return chain
+
+
+def storage_numpy_dtype(dtype: StorageDtype) -> np.dtype[Any]:
+    return np.dtype(_STORAGE_NUMPY[dtype])
+
+
+def torch_dtype(dtype: StorageDtype) -> torch.dtype:
+    return _TORCH[dtype]
+
+
+def to_storage(values: torch.Tensor | NDArray[Any], dtype: StorageDtype) -> NDArray[Any]:
+    """Cast activations (any float tensor or array) to the numpy array that is stored."""
+    t = torch.as_tensor(values).detach().to("cpu", _TORCH[dtype]).contiguous()
+    if dtype == "bfloat16":
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_storage(raw: NDArray[Any], dtype: StorageDtype) -> torch.Tensor:
+    """The stored numpy array as a torch tensor of the logical dtype (zero-copy view)."""
+    t = torch.from_numpy(np.ascontiguousarray(raw))
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+def to_float32(raw: NDArray[Any], dtype: StorageDtype) -> NDArray[np.float32]:
+    """Exact float32 values of stored activations (bf16 is the top half of a float32)."""
+    if dtype == "bfloat16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32, copy=False)
+
+
+def array_definitions(layout: Layout, dtype: StorageDtype) -> dict[str, dict[str, Any]]:
+    """Path -> arguments of `zarr.create_array` for every array of a store."""
+    defs: dict[str, dict[str, Any]] = {}
+    np_dtype = storage_numpy_dtype(dtype)
+    for hook, d in layout.d_model.items():
+        defs[activation_path(hook)] = {
+            "shape": (layout.num_rows, d), "dtype": np_dtype,
+            "shards": (layout.shard_rows, d), "chunks": (layout.chunk_rows, d),
+            "compressors": compressors(layout.codec, np_dtype.itemsize),
+            "fill_value": 0, "attributes": {"actstore.dtype": dtype, "actstore.hook": hook},
+        }
+    for name, idx_dtype in INDEX_ARRAYS.items():
+        defs[index_path(name)] = {
+            "shape": (layout.num_rows,), "dtype": np.dtype(idx_dtype),
+            "shards": (layout.shard_rows,), "chunks": (layout.chunk_rows,),
+            "compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": -1,
+            "attributes": {"actstore.index": name},
+        }
+    return defs
+
+
+def encode_shard(meta: bytes, array_path: str, shard: int, rows: tuple[int, int],
+                 data: NDArray[Any]) -> bytes:
+    """Encode one whole shard into the exact bytes of its object, without touching the store.
+
+    A twin array with the same metadata in memory does the encoding; the caller then publishes
+    the bytes in one atomic put and records their checksum in the commit marker.
+    """
+    mem = MemoryStore()
+    buf = default_buffer_prototype().buffer.from_bytes(meta)
+    zarr.core.sync.sync(mem.set(f"{array_path}/{META}", buf))
+    # write_empty_chunks: an all-fill shard still gets an object, so "committed" always means
+    # "its objects exist" and verify needs no special case. (open_array ignores `config=` in
+    # r+ mode in zarr 3.1; the array captures the global setting when opened.)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        twin = zarr.open_array(store=mem, path=array_path, mode="r+")
+    twin[rows[0]:rows[1]] = data
+    out = zarr.core.sync.sync(mem.get(shard_key(array_path, shard), default_buffer_prototype()))
+    if out is None:
+        raise RuntimeError(f"zarr wrote no object for {array_path} shard {shard}")
+    return bytes(out.to_bytes())
+
+
+def checksum(data: bytes) -> int:
+    return int(crc32c.crc32c(data))

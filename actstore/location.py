@@ -1,0 +1,160 @@
+"""Where a store lives: a URL turned into an fsspec filesystem, a root path and a zarr store.
+
+The store needs four things from a backend beyond what zarr does: whole-object atomic puts (a
+reader never sees half a shard), exclusive creation (two writers cannot both commit or lease a
+shard), durability before a commit marker is written, and listing. Local disk gets them from
+rename, link and fsync; object stores (s3, gcs) from single PUTs and If-None-Match; fsspec's
+memory filesystem from its own `xb` mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+from fsspec.implementations.local import LocalFileSystem
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+
+@dataclass(frozen=True)
+class Location:
+    """A store's root on one filesystem. Paths given to methods are relative to the root."""
+
+    url: str
+    """The URL as the user gave it (used in messages)."""
+    fs: Any
+    """The fsspec filesystem."""
+    root: str
+    """Root path inside `fs`, without protocol and without a trailing slash."""
+
+    @classmethod
+    def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> Location:
+        """Resolve `url` (plain path, file://, memory://, s3://, gs://) to a Location."""
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        return cls(url=url, fs=fs, root=str(root).rstrip("/"))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def child(self, rel: str) -> Location:
+        """The location of a sub-path, e.g. a store under an `ls` root."""
+        return Location(url=f"{self.url.rstrip('/')}/{rel}", fs=self.fs, root=self.path(rel))
+
+    def zarr_store(self, read_only: bool = False) -> Store:
+        """A zarr store over the same root (LocalStore on disk: it is faster than fsspec's)."""
+        if self.is_local:
+            return LocalStore(self.root, read_only=read_only)
+        if self.fs.async_impl:
+            # zarr drives the filesystem from its own event loop: it needs an async instance.
+            afs = type(self.fs)(**{**self.fs.storage_options, "asynchronous": True})
+        else:
+            afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+        return FsspecStore(afs, path=self.root, read_only=read_only)
+
+    # --- objects ---------------------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.path(rel)))
+
+    def get(self, rel: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(rel)))
+
+    def get_json(self, rel: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.get(rel))
+        return result
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Write a whole object atomically and durably: readers see the old or the new bytes."""
+        if self.is_local:
+            _local_publish(self.path(rel), data, exclusive=False)
+        else:
+            self.fs.pipe_file(self.path(rel), data)
+
+    def put_exclusive(self, rel: str, data: bytes) -> None:
+        """Create an object that must not exist yet; FileExistsError if it does."""
+        if self.is_local:
+            _local_publish(self.path(rel), data, exclusive=True)
+        elif self.fs.async_impl:
+            # Object stores decide atomically on the server: s3fs sends If-None-Match: *.
+            self.fs.pipe_file(self.path(rel), data, mode="create")
+        else:
+            with self.fs.open(self.path(rel), "xb") as f:
+                f.write(data)
+
+    def delete(self, rel: str) -> None:
+        path = self.path(rel)
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        if self.is_local:
+            # Object stores have no folders; on disk an empty one left behind would show up
+            # as an unknown node to zarr's listing.
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))
+
+    def list(self, rel: str) -> list[str]:
+        """Names directly under `rel` ([] if it does not exist)."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
+    def du(self, rel: str) -> int:
+        """Total bytes of all objects under `rel`."""
+        try:
+            return int(self.fs.du(self.path(rel), total=True))
+        except FileNotFoundError:
+            return 0
+
+    def invalidate(self) -> None:
+        """Forget cached listings (s3fs caches them; another process may have written)."""
+        self.fs.invalidate_cache()
+
+
+def _local_publish(path: str, data: bytes, exclusive: bool) -> None:
+    """Write to a temp file, fsync, then rename (or link, for exclusive) into place.
+
+    fsync before publishing is what makes the commit protocol hold across power loss: a marker
+    is only written after the shard objects it names are on disk.
+    """
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{uuid.uuid4().hex}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)  # atomic; fails with FileExistsError if the name is taken
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(directory)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,242 @@
+"""ActivationStore: open or create a store by URL, and read everything downstream needs.
+
+Writing goes through `writer.ShardWriter` (one whole shard at a time, committed with a marker)
+and `writer.JobLock` (one generation job per store). See docs/FORMAT.md for the layout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import zarr
+from numpy.typing import NDArray
+
+from actstore import format as fmt
+from actstore.errors import (
+    CorruptChunkError,
+    FormatError,
+    SpecMismatchError,
+    StoreNotFoundError,
+)
+from actstore.location import Location
+from actstore.spec import Layout, StoreSpec
+from actstore.stats import HookStats
+
+CONTEXT_SCHEMA = pa.schema([
+    pa.field("context_id", pa.int64(), nullable=False),
+    pa.field("doc_id", pa.int64(), nullable=False),
+    pa.field("start", pa.int32(), nullable=False),
+    pa.field("tokens", pa.list_(pa.int32()), nullable=False),
+])
+"""Contexts table: `tokens` is the exact model input; rows are stored for positions
+[start, len(tokens)) (start is 1 when the BOS row is dropped); doc_id is the source document."""
+
+
+class RowIndex(NamedTuple):
+    """Where each stored row came from, aligned with the activation rows."""
+
+    context: NDArray[np.int64]
+    """context_id of the row (a row of the contexts table)."""
+    position: NDArray[np.int32]
+    """Token position inside that context."""
+    token: NDArray[np.int32]
+    """Token id at that position."""
+
+
+class ActivationStore:
+    """A store opened at a URL. Cheap to create; safe to pickle to Ray workers by URL."""
+
+    def __init__(self, location: Location, spec: StoreSpec, layout: Layout) -> None:
+        self.location = location
+        self.spec = spec
+        self.layout = layout
+        self._group = zarr.open_group(store=location.zarr_store(), mode="r+", zarr_format=3)
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, spec: StoreSpec | None = None,
+             storage_options: dict[str, Any] | None = None) -> ActivationStore:
+        """Open an existing store; with `spec`, fail with the differing fields if it differs."""
+        loc = Location.from_url(url, storage_options)
+        attrs = read_root_attrs(loc)
+        if attrs is None:
+            raise StoreNotFoundError(f"no actstore store at {url} (no {fmt.META} with "
+                                     "actstore attributes; run `actstore ls` on its parent)")
+        found = StoreSpec.from_dict(attrs["spec"])
+        if spec is not None and spec != found:
+            raise SpecMismatchError(url, found.diff(spec))
+        return cls(loc, found, Layout.from_dict(attrs["layout"]))
+
+    @classmethod
+    def create(cls, url: str, spec: StoreSpec, layout: Layout,
+               storage_options: dict[str, Any] | None = None) -> ActivationStore:
+        """Create the store, or open it if one with the same spec exists (never overwrites one).
+
+        Callers that may race another job hold `JobLock` first: creation itself is not atomic.
+        """
+        loc = Location.from_url(url, storage_options)
+        if read_root_attrs(loc) is not None:
+            return cls.open(url, spec, storage_options)
+        if set(layout.d_model) != set(spec.hooks):
+            raise FormatError(f"layout d_model names hooks {sorted(layout.d_model)}, "
+                              f"spec names {sorted(spec.hooks)}")
+        zstore = loc.zarr_store()
+        for path, definition in fmt.array_definitions(layout, spec.dtype).items():
+            # overwrite: without root attributes no shard was ever committed here.
+            zarr.create_array(store=zstore, name=path, zarr_format=3, overwrite=True, **definition)
+        for name in (fmt.CONTEXTS, fmt.COMMITS, fmt.LEASES):
+            zarr.open_group(store=zstore, path=name, mode="a", zarr_format=3)
+        attrs = {"actstore": {"format_version": spec.format_version, "key": spec.key,
+                              "spec": spec.to_dict(), "layout": layout.to_dict(),
+                              "created_at": time.time()}}
+        # The root's attributes are written last: their presence means "created".
+        root_meta = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        loc.put(fmt.META, json.dumps(root_meta, indent=2).encode())
+        return cls(loc, spec, layout)
+
+    # --- identity and progress ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return self.spec.hooks
+
+    @property
+    def num_rows(self) -> int:
+        return self.layout.num_rows
+
+    @property
+    def num_shards(self) -> int:
+        return self.layout.num_shards
+
+    def shards_done(self) -> list[int]:
+        """Committed shards, ascending (listing the commit markers)."""
+        self.location.invalidate()
+        names = self.location.list(fmt.COMMITS)
+        return sorted(int(n.removeprefix("shard-")) for n in names if n.startswith("shard-"))
+
+    def shards_missing(self) -> list[int]:
+        done = set(self.shards_done())
+        return [s for s in range(self.num_shards) if s not in done]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.shards_done()) == self.num_shards
+
+    def commit_record(self, shard: int) -> dict[str, Any]:
+        """The payload of a shard's commit marker (rows, objects with checksums, stats)."""
+        meta = self.location.get_json(fmt.marker_key(fmt.COMMITS, shard))
+        record: dict[str, Any] = meta["attributes"]
+        return record
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def array(self, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            self._arrays[path] = zarr.open_array(store=self._group.store, path=path, mode="r")
+        return self._arrays[path]
+
+    def read(self, hook: str, start: int, stop: int) -> NDArray[Any]:
+        """Rows [start, stop) of a hook as stored (bf16 as uint16 bits; see `read_torch`)."""
+        return self._read(self._hook_path(hook), start, stop)
+
+    def read_torch(self, hook: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as a torch tensor of the storage dtype (bf16 included)."""
+        return fmt.from_storage(self.read(hook, start, stop), self.spec.dtype)
+
+    def read_float32(self, hook: str, start: int, stop: int) -> NDArray[np.float32]:
+        return fmt.to_float32(self.read(hook, start, stop), self.spec.dtype)
+
+    def read_shard(self, hook: str, shard: int) -> NDArray[Any]:
+        return self.read(hook, *self.layout.shard_rows_range(shard))
+
+    def read_index(self, start: int, stop: int) -> RowIndex:
+        return RowIndex(*(self._read(fmt.index_path(n), start, stop) for n in fmt.INDEX_ARRAYS))
+
+    def read_contexts(self, columns: list[str] | None = None) -> pa.Table:
+        """The contexts table (all parts, concatenated in part order)."""
+        parts = [n for n in self.location.list(fmt.CONTEXTS) if n.endswith(".parquet")]
+        tables = [pq.read_table(io.BytesIO(self.location.get(f"{fmt.CONTEXTS}/{n}")),
+                                columns=columns) for n in parts]
+        if not tables:
+            schema = CONTEXT_SCHEMA if columns is None else pa.schema(
+                [CONTEXT_SCHEMA.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def write_contexts(self, table: pa.Table, part: int = 0) -> str:
+        """Write one part of the contexts table (atomically); returns its path in the store."""
+        try:
+            table = table.select(CONTEXT_SCHEMA.names).cast(CONTEXT_SCHEMA)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise FormatError(f"contexts table must have columns {CONTEXT_SCHEMA}: {e}") from e
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        path = f"{fmt.CONTEXTS}/part-{part:05d}.parquet"
+        self.location.put(path, sink.getvalue())
+        return path
+
+    def stats(self, hook: str) -> HookStats:
+        """Statistics of a hook over all committed shards (merged from their markers)."""
+        self._hook_path(hook)
+        parts = (HookStats.from_dict(self.commit_record(s)["stats"][hook])
+                 for s in self.shards_done())
+        return HookStats.merge_all(parts, self.layout.d_model[hook])
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _hook_path(self, hook: str) -> str:
+        if hook not in self.layout.d_model:
+            raise KeyError(f"hook {hook!r} is not in store {self.url}; it has {list(self.hooks)}")
+        return fmt.activation_path(hook)
+
+    def _read(self, path: str, start: int, stop: int) -> NDArray[Any]:
+        if not 0 <= start <= stop <= self.num_rows:
+            raise IndexError(f"rows [{start}, {stop}) outside [0, {self.num_rows})")
+        arr = self.array(path)
+        try:
+            return np.asarray(arr[start:stop])
+        except Exception as e:  # zarr raises ValueError/RuntimeError/... from codecs
+            raise self._locate_corruption(path, start, stop, e) from e
+
+    def _locate_corruption(self, path: str, start: int, stop: int,
+                           cause: Exception) -> CorruptChunkError:
+        """Re-read chunk by chunk to name the chunk and shard object that fail."""
+        arr, lay = self.array(path), self.layout
+        for c0 in range(start - start % lay.chunk_rows, stop, lay.chunk_rows):
+            c1 = min(c0 + lay.chunk_rows, self.num_rows)
+            try:
+                arr[c0:c1]
+            except Exception as e:
+                shard = c0 // lay.shard_rows
+                return CorruptChunkError(
+                    f"{self.url}: chunk {c0 // lay.chunk_rows} (rows {c0}-{c1 - 1}) of {path} "
+                    f"in shard object {fmt.shard_key(path, shard)} is corrupt: {e}")
+        return CorruptChunkError(f"{self.url}: reading {path} rows [{start}, {stop}) failed: "
+                                 f"{cause}")
+
+
+def read_root_attrs(loc: Location) -> dict[str, Any] | None:
+    """The `actstore` attributes of the root group, or None if there is no store there."""
+    try:
+        meta = loc.get_json(fmt.META)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    attrs = meta.get("attributes", {}).get("actstore")
+    return attrs if isinstance(attrs, dict) else None

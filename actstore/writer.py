@@ -1,0 +1,240 @@
+"""Writing a store: one whole shard at a time, committed by a marker written after its data.
+
+Protocol for one shard (what makes Ray retries idempotent and concurrent writers safe):
+1. lease: create `leases/shard-N/zarr.json` exclusively; a second writer of the shard is refused
+   with the owner's name. A committed shard is refused outright: it is never rewritten.
+2. write: each array's shard is encoded in memory and published with one atomic put (rename on
+   local disk after fsync, a single PUT on object stores): readers never see a torn shard.
+3. commit: create `commits/shard-N/zarr.json` exclusively, holding each object's size and crc32c
+   and the shard's statistics; then drop the lease. Data is durable before the marker exists, so
+   a marker always means "all of this shard is there".
+A crashed writer leaves a lease and maybe objects but no marker: the shard is not done, and the
+job that knows the writer is dead breaks the lease and retries the shard elsewhere.
+One job at a time: `JobLock` (`lock/zarr.json`, with a heartbeat) refuses a second job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from actstore import format as fmt
+from actstore.errors import (
+    FormatError,
+    ShardCommittedError,
+    ShardLeaseError,
+    StoreBusyError,
+)
+from actstore.location import Location
+from actstore.stats import HookStats
+from actstore.store import ActivationStore, RowIndex
+
+
+def _group_bytes(attributes: Mapping[str, Any]) -> bytes:
+    """A zarr v3 group's metadata: markers are groups so plain zarr can read them."""
+    return json.dumps({"zarr_format": 3, "node_type": "group",
+                       "attributes": dict(attributes)}, indent=1).encode()
+
+
+def _read_attrs(loc: Location, key: str) -> dict[str, Any] | None:
+    try:
+        attrs: dict[str, Any] = loc.get_json(key)["attributes"]
+        return attrs
+    except FileNotFoundError:
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class ShardWriter:
+    """Writes and commits one shard. Use as a context manager: the lease is dropped on error."""
+
+    def __init__(self, store: ActivationStore, shard: int, writer_id: str) -> None:
+        self.store, self.shard, self.writer_id = store, shard, writer_id
+        self.rows = store.layout.shard_rows_range(shard)
+        self._objects: dict[str, dict[str, int]] = {}
+        self._stats: dict[str, dict[str, Any]] = {}
+        self._leased = False
+
+    @property
+    def _lease_key(self) -> str:
+        return fmt.marker_key(fmt.LEASES, self.shard)
+
+    def __enter__(self) -> ShardWriter:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._leased:
+            self.release()
+
+    def acquire(self) -> None:
+        """Take the shard's lease, or raise naming who holds it / that it is committed."""
+        loc = self.store.location
+        if loc.exists(fmt.marker_key(fmt.COMMITS, self.shard)):
+            raise ShardCommittedError(f"shard {self.shard} of {self.store.url} is committed")
+        lease = {"writer": self.writer_id, "acquired_at": time.time(), **_owner()}
+        try:
+            loc.put_exclusive(self._lease_key, _group_bytes(lease))
+        except FileExistsError:
+            held = _read_attrs(loc, self._lease_key) or {}
+            raise ShardLeaseError(
+                f"shard {self.shard} of {self.store.url} is being written by writer "
+                f"{held.get('writer')!r} (host {held.get('host')}, pid {held.get('pid')}); "
+                "if it is dead, break its lease with ActivationStore.break_lease") from None
+        self._leased = True
+
+    def release(self) -> None:
+        """Drop the lease if it is still ours (after a commit, or to give the shard up)."""
+        held = _read_attrs(self.store.location, self._lease_key)
+        if held is not None and held.get("writer") == self.writer_id:
+            self.store.location.delete(self._lease_key)
+        self._leased = False
+
+    def write(self, activations: Mapping[str, Any], index: RowIndex) -> None:
+        """Write every hook's rows and the row index of the whole shard."""
+        start, stop = self.rows
+        n = stop - start
+        if set(activations) != set(self.store.hooks):
+            raise FormatError(f"shard needs hooks {list(self.store.hooks)}, "
+                              f"got {sorted(activations)}")
+        for hook, values in activations.items():
+            stored = fmt.to_storage(values, self.store.spec.dtype)
+            want = (n, self.store.layout.d_model[hook])
+            if stored.shape != want:
+                raise FormatError(f"hook {hook}: shard {self.shard} needs shape {want}, "
+                                  f"got {stored.shape}")
+            self._stats[hook] = HookStats.of(fmt.to_float32(stored, self.store.spec.dtype)
+                                             ).to_dict()
+            self._put(fmt.activation_path(hook), stored)
+        for name, values in zip(fmt.INDEX_ARRAYS, index, strict=True):
+            column = np.asarray(values, dtype=fmt.INDEX_ARRAYS[name])
+            if column.shape != (n,):
+                raise FormatError(f"index {name}: shard {self.shard} needs {n} rows, "
+                                  f"got shape {column.shape}")
+            self._put(fmt.index_path(name), column)
+
+    def commit(self) -> None:
+        """Publish the commit marker (exclusively), then drop the lease."""
+        loc = self.store.location
+        expected = len(self.store.hooks) + len(fmt.INDEX_ARRAYS)
+        if len(self._objects) != expected:
+            raise FormatError(f"shard {self.shard}: commit before all arrays were written")
+        self._check_lease()
+        record = {"shard": self.shard, "rows": list(self.rows), "writer": self.writer_id,
+                  "committed_at": time.time(), "objects": self._objects, "stats": self._stats,
+                  **_owner()}
+        try:
+            loc.put_exclusive(fmt.marker_key(fmt.COMMITS, self.shard), _group_bytes(record))
+        except FileExistsError:
+            raise ShardCommittedError(
+                f"shard {self.shard} of {self.store.url} was committed by another writer"
+            ) from None
+        self.release()
+
+    def _put(self, path: str, data: NDArray[Any]) -> None:
+        meta = self.store.location.get(f"{path}/{fmt.META}")
+        blob = fmt.encode_shard(meta, path, self.shard, self.rows, data)
+        # Checked before every put, so a writer whose lease was broken (declared dead) stops
+        # writing as soon as it wakes up instead of overwriting its successor's shard.
+        self._check_lease()
+        key = fmt.shard_key(path, self.shard)
+        self.store.location.put(key, blob)
+        self._objects[key] = {"size": len(blob), "crc32c": fmt.checksum(blob)}
+
+    def _check_lease(self) -> None:
+        held = _read_attrs(self.store.location, self._lease_key)
+        if held is None or held.get("writer") != self.writer_id:
+            self._leased = False
+            raise ShardLeaseError(
+                f"writer {self.writer_id!r} lost its lease on shard {self.shard} of "
+                f"{self.store.url} (now held by {(held or {}).get('writer')!r})")
+
+
+def write_shard(store: ActivationStore, shard: int, activations: Mapping[str, Any],
+                index: RowIndex, writer_id: str) -> None:
+    """Lease, write and commit one shard in one call."""
+    with ShardWriter(store, shard, writer_id) as w:
+        w.write(activations, index)
+        w.commit()
+
+
+def break_lease(store: ActivationStore, shard: int) -> dict[str, Any] | None:
+    """Remove a shard's lease (its writer is known dead); returns what the lease said."""
+    key = fmt.marker_key(fmt.LEASES, shard)
+    held = _read_attrs(store.location, key)
+    store.location.delete(key)
+    return held
+
+
+class JobLock:
+    """One generation job per store: an exclusive lock object refreshed by a heartbeat.
+
+    A lock whose heartbeat is older than `stale_after_s` belongs to a dead job; `acquire(
+    break_stale=True)` takes it over. A live job's lock is never broken.
+    """
+
+    KEY = f"{fmt.LOCK}/{fmt.META}"
+
+    def __init__(self, location: Location, job_id: str, stale_after_s: float = 120.0) -> None:
+        self.location, self.job_id, self.stale_after_s = location, job_id, stale_after_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_at = time.time()
+
+    def acquire(self, break_stale: bool = False) -> None:
+        try:
+            self.location.put_exclusive(self.KEY, self._payload())
+        except FileExistsError:
+            held = _read_attrs(self.location, self.KEY) or {}
+            age = time.time() - float(held.get("heartbeat_at", 0.0))
+            if break_stale and age > self.stale_after_s:
+                self.location.delete(self.KEY)
+                return self.acquire(break_stale=False)
+            raise StoreBusyError(
+                f"store {self.location.url} is being written by job {held.get('job')!r} on "
+                f"{held.get('host')} (pid {held.get('pid')}), last heartbeat {age:.0f}s ago. "
+                + ("It looks dead: rerun with --break-stale-lock to take over."
+                   if age > self.stale_after_s else "Wait for it to finish.")) from None
+        self._thread = threading.Thread(target=self._beat, name="actstore-lock", daemon=True)
+        self._thread.start()
+        return None
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        held = _read_attrs(self.location, self.KEY)
+        if held is not None and held.get("job") == self.job_id:
+            self.location.delete(self.KEY)
+
+    def __enter__(self) -> JobLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def _payload(self) -> bytes:
+        return _group_bytes({"job": self.job_id, "started_at": self._started_at,
+                             "heartbeat_at": time.time(), **_owner()})
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after_s / 4):
+            held = _read_attrs(self.location, self.KEY)
+            if held is None or held.get("job") != self.job_id:
+                return  # taken over: never overwrite another job's lock
+            self.location.put(self.KEY, self._payload())

@@ -1,0 +1,60 @@
+"""Fixtures: one store URL per backend (memory, local disk, S3 on a real moto server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint on 127.0.0.1 (moto's server), reached through s3fs.
+
+    Credentials and endpoint go through the standard AWS environment variables, the same way a
+    user points actstore at MinIO or another S3-compatible service.
+    """
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in
+             ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_ENDPOINT_URL_S3=endpoint)
+    import fsspec
+
+    fsspec.filesystem("s3").mkdir("actstore-test")
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store URL on each backend."""
+    name = uuid.uuid4().hex[:12]
+    if request.param == "memory":
+        import fsspec
+
+        url = f"memory://actstore-tests/{name}"
+        yield url
+        fs = fsspec.filesystem("memory")
+        if fs.exists(f"/actstore-tests/{name}"):
+            fs.rm(f"/actstore-tests/{name}", recursive=True)
+    elif request.param == "local":
+        yield str(tmp_path / name)
+    else:
+        request.getfixturevalue("s3_endpoint")
+        yield f"s3://actstore-test/{name}"
