@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from actstore.errors import StoreError
-from actstore.summary import describe, find_stores, summary_line
 from actstore.location import Location
 from actstore.store import ActivationStore
+from actstore.summary import describe, find_stores, summary_line
 from actstore.verify import verify
 
 

@@ -7,9 +7,9 @@ bit pattern and the array's attribute `actstore.dtype` names the logical dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-import crc32c
+import google_crc32c
 import numpy as np
 import torch
 import zarr
@@ -19,6 +19,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from actstore import shard_codec
+from actstore.shard_codec import ShardEncoder
 from actstore.spec import Codec, Layout, StorageDtype
 
 ACTIVATIONS = "activations"
@@ -56,11 +58,16 @@ def marker_key(kind: str, shard: int) -> str:
     return f"{kind}/shard-{shard:06d}/{META}"
 
 
+INDEX_CODEC = Codec(name="zstd", level=3, shuffle="noshuffle")
+"""Row-index arrays are small integers: plain zstd suffices."""
+
+
 def compressors(codec: Codec, itemsize: int) -> list[BytesBytesCodec]:
     """Chunk codecs: the compressor, then a crc32c checksum so corruption is caught on read."""
     chain: list[BytesBytesCodec] = []
     if codec.name.startswith("blosc-"):
-        chain.append(BloscCodec(cname=codec.name.removeprefix("blosc-"), clevel=codec.level,
+        cname: Literal["zstd", "lz4"] = "zstd" if codec.name == "blosc-zstd" else "lz4"
+        chain.append(BloscCodec(cname=cname, clevel=codec.level,
                                 shuffle=codec.shuffle, typesize=itemsize))
     elif codec.name == "zstd":
         chain.append(ZstdCodec(level=codec.level))
@@ -112,18 +119,31 @@ def array_definitions(layout: Layout, dtype: StorageDtype) -> dict[str, dict[str
         defs[index_path(name)] = {
             "shape": (layout.num_rows,), "dtype": np.dtype(idx_dtype),
             "shards": (layout.shard_rows,), "chunks": (layout.chunk_rows,),
-            "compressors": [ZstdCodec(level=3), Crc32cCodec()], "fill_value": -1,
+            "compressors": compressors(INDEX_CODEC, np.dtype(idx_dtype).itemsize),
+            "fill_value": -1,
             "attributes": {"actstore.index": name},
         }
     return defs
 
 
-def encode_shard(meta: bytes, array_path: str, shard: int, rows: tuple[int, int],
-                 data: NDArray[Any]) -> bytes:
-    """Encode one whole shard into the exact bytes of its object, without touching the store.
+def shard_encoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardEncoder]:
+    """Path -> fast encoder producing exactly the shard objects zarr would for that array."""
+    encoders = {}
+    for path, definition in array_definitions(layout, dtype).items():
+        codec = layout.codec if path.startswith(ACTIVATIONS) else INDEX_CODEC
+        encoders[path] = ShardEncoder(
+            shard_rows=layout.shard_rows, chunk_rows=layout.chunk_rows,
+            compressor=shard_codec.compressor(codec, definition["dtype"].itemsize),
+            fill_value=definition["fill_value"])
+    return encoders
 
-    A twin array with the same metadata in memory does the encoding; the caller then publishes
-    the bytes in one atomic put and records their checksum in the commit marker.
+
+def encode_shard_reference(meta: bytes, array_path: str, shard: int, rows: tuple[int, int],
+                           data: NDArray[Any]) -> bytes:
+    """Reference encoder: zarr itself writes the shard into a twin array held in memory.
+
+    Slow (several copies through zarr's async path) but authoritative: tests require
+    `ShardEncoder` to produce the same bytes.
     """
     mem = MemoryStore()
     buf = default_buffer_prototype().buffer.from_bytes(meta)
@@ -141,4 +161,5 @@ def encode_shard(meta: bytes, array_path: str, shard: int, rows: tuple[int, int]
 
 
 def checksum(data: bytes) -> int:
-    return int(crc32c.crc32c(data))
+    """crc32c of a whole object, recorded in commit markers."""
+    return int(google_crc32c.value(data))

@@ -95,10 +95,8 @@ class Location:
 
     def delete(self, rel: str) -> None:
         path = self.path(rel)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
-        except FileNotFoundError:
-            pass
         if self.is_local:
             # Object stores have no folders; on disk an empty one left behind would show up
             # as an unknown node to zarr's listing.

@@ -116,7 +116,7 @@ class Codec:
     """Compressor family."""
     level: int = 3
     """Compression level."""
-    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "bitshuffle"
     """Byte/bit shuffle filter (blosc only): groups the exponent bytes, which compress well."""
 
 
@@ -165,7 +165,7 @@ class Layout:
         return cls(**{**d, "codec": Codec(**d["codec"])})
 
     @classmethod
-    def for_sizes(cls, num_rows: int, d_model: Mapping[str, int], dtype: StorageDtype,
+    def for_sizes(cls, num_rows: int, d_model: Mapping[str, int], dtype: StorageDtype, *,
                   shard_bytes: int = 256 << 20, chunk_bytes: int = 2 << 20,
                   codec: Codec | None = None) -> Layout:
         """Layout with shards and chunks near the given raw sizes for the widest hook.

@@ -58,7 +58,9 @@ class ActivationStore:
         self.spec = spec
         self.layout = layout
         self._group = zarr.open_group(store=location.zarr_store(), mode="r+", zarr_format=3)
-        self._arrays: dict[str, zarr.Array] = {}
+        self._arrays: dict[str, zarr.Array[Any]] = {}
+        self.encoders = fmt.shard_encoders(layout, spec.dtype)
+        """Array path -> encoder of its shard objects (used by writers)."""
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class ActivationStore:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def array(self, path: str) -> zarr.Array:
+    def array(self, path: str) -> zarr.Array[Any]:
         if path not in self._arrays:
             self._arrays[path] = zarr.open_array(store=self._group.store, path=path, mode="r")
         return self._arrays[path]

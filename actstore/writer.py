@@ -116,8 +116,9 @@ class ShardWriter:
             if stored.shape != want:
                 raise FormatError(f"hook {hook}: shard {self.shard} needs shape {want}, "
                                   f"got {stored.shape}")
-            self._stats[hook] = HookStats.of(fmt.to_float32(stored, self.store.spec.dtype)
-                                             ).to_dict()
+            dtype = self.store.spec.dtype
+            stats = HookStats.of(stored, convert=lambda b, dt=dtype: fmt.to_float32(b, dt))
+            self._stats[hook] = stats.to_dict()
             self._put(fmt.activation_path(hook), stored)
         for name, values in zip(fmt.INDEX_ARRAYS, index, strict=True):
             column = np.asarray(values, dtype=fmt.INDEX_ARRAYS[name])
@@ -145,8 +146,7 @@ class ShardWriter:
         self.release()
 
     def _put(self, path: str, data: NDArray[Any]) -> None:
-        meta = self.store.location.get(f"{path}/{fmt.META}")
-        blob = fmt.encode_shard(meta, path, self.shard, self.rows, data)
+        blob = self.store.encoders[path].encode(data)
         # Checked before every put, so a writer whose lease was broken (declared dead) stops
         # writing as soon as it wakes up instead of overwriting its successor's shard.
         self._check_lease()

@@ -8,7 +8,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
+from moto.server import ThreadedMotoServer
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +20,6 @@ def s3_endpoint() -> Iterator[str]:
     Credentials and endpoint go through the standard AWS environment variables, the same way a
     user points actstore at MinIO or another S3-compatible service.
     """
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -29,8 +29,6 @@ def s3_endpoint() -> Iterator[str]:
              ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")}
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                       AWS_ENDPOINT_URL_S3=endpoint)
-    import fsspec
-
     fsspec.filesystem("s3").mkdir("actstore-test")
     yield endpoint
     server.stop()
@@ -46,8 +44,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty store URL on each backend."""
     name = uuid.uuid4().hex[:12]
     if request.param == "memory":
-        import fsspec
-
         url = f"memory://actstore-tests/{name}"
         yield url
         fs = fsspec.filesystem("memory")

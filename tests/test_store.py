@@ -125,7 +125,7 @@ def test_concurrent_writers_of_one_shard(store_url: str) -> None:
     outcomes: list[str] = []
     barrier = threading.Barrier(4)
 
-    def attempt(i: int) -> None:
+    def attempt() -> None:
         barrier.wait()
         try:
             fill_store(ActivationStore.open(store_url), seed=0, shards=[0])
@@ -133,7 +133,7 @@ def test_concurrent_writers_of_one_shard(store_url: str) -> None:
         except (ShardLeaseError, ShardCommittedError):
             outcomes.append("refused")
 
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

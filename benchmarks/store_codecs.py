@@ -1,0 +1,210 @@
+"""Store write/read throughput and compression on real MiniLM activations, vs raw files.
+
+    python -m benchmarks.store_codecs [--rows 128000] [--s3]
+
+For each candidate codec: write MB/s (raw activation bytes per second, fsync and commit
+included), cold read MB/s, compression ratio; beside it the same bytes written and read with
+plain numpy/open() (local) or single PUT/GET (S3) as the ceiling, and the ratio to it. Reads are
+made cold with posix_fadvise(DONTNEED) on every file, which needs no root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from actstore import ActivationStore, Codec, Layout, RowIndex, StoreSpec, write_shard
+from actstore.format import to_storage
+from actstore.spec import StorageDtype
+from benchmarks.minilm_activations import minilm_activations
+
+HOOK = "encoder.layer.3"
+CODECS = [Codec("blosc-zstd", 3, "bitshuffle"), Codec("blosc-zstd", 3, "shuffle"),
+          Codec("blosc-zstd", 1, "bitshuffle"), Codec("blosc-zstd", 5, "bitshuffle"), Codec("blosc-lz4", 5, "shuffle"),
+          Codec("blosc-lz4", 5, "bitshuffle"), Codec("zstd", 3, "noshuffle"),
+          Codec("none", 0, "noshuffle")]
+
+
+@dataclass
+class Result:
+    """One measured configuration."""
+
+    backend: str
+    codec: str
+    dtype: str
+    chunk_kib: int
+    ratio: float
+    write_mbps: float
+    read_mbps: float
+    write_vs_ceiling: float
+    read_vs_ceiling: float
+
+
+def drop_cache(root: str) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def make_store(url: str, acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec,
+               chunk_bytes: int, shard_bytes: int) -> tuple[ActivationStore, float]:
+    n = len(acts)
+    spec = StoreSpec(model="minilm", hooks=(HOOK,), dataset="builtin:pydoc", context_length=128,
+                     tokenizer="minilm", tokenizer_hash=uuid.uuid4().hex, dtype=dtype)
+    layout = Layout.for_sizes(n, {HOOK: acts.shape[1]}, dtype, shard_bytes=shard_bytes,
+                              chunk_bytes=chunk_bytes, codec=codec)
+    store = ActivationStore.create(url, spec, layout)
+    tensor = torch.from_numpy(acts)
+    rows = np.arange(n)
+
+    def write_all() -> None:
+        for s in range(layout.num_shards):
+            a, b = layout.shard_rows_range(s)
+            idx = RowIndex(rows[a:b] // 128, (rows[a:b] % 128).astype(np.int32),
+                           np.zeros(b - a, np.int32))
+            write_shard(store, s, {HOOK: tensor[a:b]}, idx, writer_id="bench")
+
+    return store, timed(write_all)
+
+
+def read_all(store: ActivationStore) -> None:
+    for s in range(store.num_shards):
+        store.read_shard(HOOK, s)
+
+
+def local_ceiling(blobs: list[bytes], root: str) -> tuple[float, float]:
+    """Seconds to write (with fsync, like a commit) and cold-read the same raw bytes."""
+    os.makedirs(root)
+
+    def write() -> None:
+        for i, b in enumerate(blobs):
+            with open(f"{root}/{i}.raw", "wb") as f:
+                f.write(b)
+                f.flush()
+                os.fsync(f.fileno())
+
+    tw = timed(write)
+    drop_cache(root)
+    tr = timed(lambda: [np.fromfile(f"{root}/{i}.raw", dtype=np.uint8) for i in range(len(blobs))])
+    shutil.rmtree(root)
+    return tw, tr
+
+
+def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, chunk_bytes: int,
+                shard_bytes: int, workdir: str, repeats: int) -> Result:
+    """Best of `repeats` for the store and for the raw ceiling, run alternately so that a slow
+    spell of the disk hits both sides."""
+    raw_arr = to_storage(acts, dtype)
+    per = max(1, shard_bytes // raw_arr[0].nbytes)
+    blobs = [raw_arr[i:i + per].tobytes() for i in range(0, len(raw_arr), per)]
+    best = [np.inf] * 4  # store write, store read, ceiling write, ceiling read
+    comp = 0
+    for _ in range(repeats):
+        url = f"{workdir}/{uuid.uuid4().hex}"
+        store, tw = make_store(url, acts, dtype, codec, chunk_bytes, shard_bytes)
+        drop_cache(url)
+        tr = timed(lambda: read_all(store))  # noqa: B023 (called at once)
+        comp = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
+                   os.walk(f"{url}/activations") for f in fs if not f.endswith(".json"))
+        shutil.rmtree(url)
+        cw, cr = local_ceiling(blobs, f"{workdir}/raw-{uuid.uuid4().hex}")
+        best = [min(a, b) for a, b in zip(best, (tw, tr, cw, cr), strict=True)]
+    raw = raw_arr.nbytes
+    return Result("local", codec_name(codec), dtype, chunk_bytes >> 10, raw / comp,
+                  raw / best[0] / 1e6, raw / best[1] / 1e6, best[2] / best[0], best[3] / best[1])
+
+
+def bench_s3(acts: NDArray[np.float32], codec: Codec, chunk_bytes: int,
+             shard_bytes: int) -> Result:
+    import logging
+
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_ENDPOINT_URL_S3=f"http://{host}:{port}")
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("bench")
+    try:
+        store, tw = make_store("s3://bench/store", acts, "bfloat16", codec, chunk_bytes,
+                               shard_bytes)
+        tr = timed(lambda: read_all(store))
+        raw_bytes = to_storage(acts, "bfloat16")
+        per = store.layout.shard_rows
+        blobs = [raw_bytes[i:i + per].tobytes() for i in range(0, len(raw_bytes), per)]
+        cw = timed(lambda: [fs.pipe_file(f"bench/raw/{i}", b) for i, b in enumerate(blobs)])
+        cr = timed(lambda: [fs.cat_file(f"bench/raw/{i}") for i in range(len(blobs))])
+        comp = sum(fs.du("bench/store/activations", total=False).values())
+    finally:
+        server.stop()
+    raw = raw_bytes.nbytes
+    return Result("s3-moto", codec_name(codec), "bfloat16", chunk_bytes >> 10, raw / comp,
+                  raw / tw / 1e6, raw / tr / 1e6, cw / tw, cr / tr)
+
+
+def codec_name(c: Codec) -> str:
+    return f"{c.name}/{c.shuffle}/l{c.level}" if c.name != "none" else "none"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rows", type=int, default=128_000)
+    p.add_argument("--shard-mib", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", default="bench-out")
+    p.add_argument("--s3", action="store_true", help="also measure against a moto S3 server")
+    args = p.parse_args()
+    acts = minilm_activations(args.rows)
+    shard_bytes, chunk = args.shard_mib << 20, 2 << 20
+    os.makedirs(args.workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(dir=args.workdir)
+    runs: list[tuple[StorageDtype, Codec, int]] = [("bfloat16", c, chunk) for c in CODECS]
+    runs += [("bfloat16", CODECS[0], kib << 10) for kib in (512, 8192)]
+    runs += [("float16", CODECS[0], chunk), ("float32", CODECS[0], chunk)]
+    results: list[Result] = []
+    try:
+        for dtype, codec, chunk_bytes in runs:
+            results.append(bench_local(acts, dtype, codec, chunk_bytes, shard_bytes, workdir,
+                                       args.repeats))
+            print_row(results[-1])
+        if args.s3:
+            results.append(bench_s3(acts, CODECS[0], chunk, shard_bytes))
+            print_row(results[-1])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    Path(args.workdir, "store_codecs.json").write_text(json.dumps([asdict(r) for r in results],
+                                                                  indent=1))
+
+
+def print_row(r: Result) -> None:
+    print(f"{r.backend:8} {r.dtype:9} {r.codec:28} chunk {r.chunk_kib:5d} KiB  "
+          f"ratio {r.ratio:4.2f}x  write {r.write_mbps:7.1f} MB/s ({r.write_vs_ceiling:4.2f}x ceil)"
+          f"  read {r.read_mbps:7.1f} MB/s ({r.read_vs_ceiling:4.2f}x ceil)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

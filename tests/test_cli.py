@@ -1,0 +1,87 @@
+"""`actstore info | verify | ls`: output contracts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from actstore import format as fmt
+from actstore.cli import main
+from tests.helpers import HOOKS, fill_store, make_spec, new_store
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_json_has_the_documented_keys(store_url: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    store = new_store(store_url)
+    fill_store(store, shards=[0, 1])
+    code, out, _ = run(["info", store_url, "--json"], capsys)
+    assert code == 0
+    info = json.loads(out)
+    assert info["key"] == make_spec().key
+    assert info["complete"] is False
+    assert (info["shards_done"], info["num_shards"]) == (2, 4)
+    assert info["num_rows"] == 104
+    assert info["hooks"][HOOKS[0]] == {
+        "array": f"activations/{HOOKS[0]}", "d_model": 12, "dtype": "bfloat16",
+        "raw_bytes": 64 * 12 * 2, "compressed_bytes": info["hooks"][HOOKS[0]]["compressed_bytes"],
+        "compression_ratio": info["hooks"][HOOKS[0]]["compression_ratio"]}
+    assert info["hooks"][HOOKS[0]]["compressed_bytes"] > 0
+    assert info["row_index"] == {"context": "index/context", "position": "index/position",
+                                 "token": "index/token"}
+    assert info["contexts"] == "contexts"
+    code, out, _ = run(["info", store_url], capsys)
+    assert code == 0
+    assert "2/4 shards" in out
+
+
+def test_verify_exit_codes_name_the_problem(store_url: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    code, out, _ = run(["verify", store_url], capsys)
+    assert (code, out.strip()) == (0, "OK: 4 shards, 104 rows checked")
+    key = fmt.shard_key(fmt.index_path("token"), 2)
+    blob = bytearray(store.location.get(key))
+    blob[len(blob) // 3] ^= 0x55
+    store.location.put(key, bytes(blob))
+    code, _, err = run(["verify", store_url], capsys)
+    assert code == 1
+    assert f"shard 2: object {key} differs from what was committed" in err
+
+
+def test_missing_store_exits_2_with_a_message(store_url: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["info", store_url], capsys)
+    assert code == 2
+    assert f"no actstore store at {store_url}" in err
+
+
+def test_ls_lists_stores_under_a_root(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    a = new_store(f"{store_url}/a")
+    fill_store(a, shards=[0])
+    new_store(f"{store_url}/nested/b", dtype="float16")
+    code, out, _ = run(["ls", store_url, "--json"], capsys)
+    assert code == 0
+    listed = {s["url"].rstrip("/").rsplit("/", 1)[-1]: s for s in json.loads(out)}
+    assert set(listed) == {"a", "b"}
+    assert listed["a"]["shards_done"] == 1
+    assert listed["b"]["spec"]["dtype"] == "float16"
+
+
+def test_console_script_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    fill_store(new_store(url))
+    done = subprocess.run([sys.executable, "-m", "actstore.cli", "verify", url],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK: 4 shards")
