@@ -20,7 +20,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
 from actstore import shard_codec
-from actstore.shard_codec import ShardEncoder
+from actstore.shard_codec import ShardDecoder, ShardEncoder
 from actstore.spec import Codec, Layout, StorageDtype
 
 ACTIVATIONS = "activations"
@@ -136,6 +136,18 @@ def shard_encoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardEncode
             compressor=shard_codec.compressor(codec, definition["dtype"].itemsize),
             fill_value=definition["fill_value"])
     return encoders
+
+
+def shard_decoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardDecoder]:
+    """Path -> decoder of that array's shard objects."""
+    decoders = {}
+    for path, definition in array_definitions(layout, dtype).items():
+        encoder = shard_encoders(layout, dtype)[path]
+        decoders[path] = ShardDecoder(
+            shard_rows=layout.shard_rows, chunk_rows=layout.chunk_rows,
+            row_shape=tuple(definition["shape"][1:]), dtype=definition["dtype"],
+            compressor=encoder.compressor, fill_value=definition["fill_value"])
+    return decoders
 
 
 def encode_shard_reference(meta: bytes, array_path: str, shard: int, rows: tuple[int, int],

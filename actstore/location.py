@@ -71,19 +71,42 @@ class Location:
     def get(self, rel: str) -> bytes:
         return bytes(self.fs.cat_file(self.path(rel)))
 
+    def get_range(self, rel: str, start: int, end: int | None = None) -> bytes:
+        """Bytes [start, end) of an object; a negative start counts from its end."""
+        return bytes(self.fs.cat_file(self.path(rel), start=start, end=end))
+
     def get_json(self, rel: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.get(rel))
         return result
 
     def put(self, rel: str, data: bytes) -> None:
         """Write a whole object atomically and durably: readers see the old or the new bytes."""
-        if self.is_local:
-            _local_publish(self.path(rel), data, exclusive=False)
-        else:
-            self.fs.pipe_file(self.path(rel), data)
+        self.put_many({rel: data})
+
+    def put_many(self, objects: dict[str, bytes]) -> None:
+        """Write several objects, each atomically; all are durable when this returns.
+
+        On disk: every file is written to a temp name and fsync'd, renamed into place, and
+        each folder is fsync'd once (so the renames survive a crash). Object stores get one
+        concurrent batch of PUTs.
+        """
+        if not self.is_local:
+            self.fs.pipe({self.path(k): v for k, v in objects.items()})
+            return
+        folders = set()
+        for rel, data in objects.items():
+            path = self.path(rel)
+            _local_publish(path, data, exclusive=False)
+            folders.add(os.path.dirname(path))
+        for folder in folders:
+            _fsync_dir(folder)
 
     def put_exclusive(self, rel: str, data: bytes) -> None:
-        """Create an object that must not exist yet; FileExistsError if it does."""
+        """Create an object that must not exist yet; FileExistsError if it does.
+
+        Used for leases and commit markers. Not fsync'd: losing one in a crash only means the
+        shard is done again, and the data a marker names was made durable before it.
+        """
         if self.is_local:
             _local_publish(self.path(rel), data, exclusive=True)
         elif self.fs.async_impl:
@@ -127,10 +150,11 @@ class Location:
 
 
 def _local_publish(path: str, data: bytes, exclusive: bool) -> None:
-    """Write to a temp file, fsync, then rename (or link, for exclusive) into place.
+    """Write to a temp file, then rename (or link, for exclusive) it into place.
 
-    fsync before publishing is what makes the commit protocol hold across power loss: a marker
-    is only written after the shard objects it names are on disk.
+    A replaced object is fsync'd before the rename, so the name never points at bytes that a
+    crash could lose; the caller fsyncs the folder. Exclusive creations (leases, markers) are
+    not fsync'd (see `Location.put_exclusive`).
     """
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
@@ -138,13 +162,13 @@ def _local_publish(path: str, data: bytes, exclusive: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if not exclusive:
+                f.flush()
+                os.fsync(f.fileno())
         if exclusive:
             os.link(tmp, path)  # atomic; fails with FileExistsError if the name is taken
         else:
             os.replace(tmp, path)
-        _fsync_dir(directory)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -16,10 +16,11 @@ its crc32c.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import google_crc32c
 import numcodecs
@@ -29,6 +30,7 @@ from numpy.typing import NDArray
 from actstore.spec import Codec
 
 ABSENT = np.uint64(2**64 - 1)
+T = TypeVar("T")
 
 
 @cache
@@ -37,8 +39,16 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="actstore-enc")
 
 
+def run_in_pool(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+    """Run CPU work that releases the GIL (numpy, codecs) beside the caller's."""
+    return _pool().submit(fn, *args, **kwargs)
+
+
 def crc32c_bytes(data: bytes | memoryview) -> bytes:
-    return np.uint32(google_crc32c.value(data)).tobytes()
+    """crc32c as zarr's codec appends it: 4 bytes, little-endian."""
+    # google_crc32c's C extension refuses memoryviews but takes a zero-copy numpy view.
+    view = np.frombuffer(data, dtype=np.uint8) if isinstance(data, memoryview) else data
+    return np.uint32(google_crc32c.value(view)).tobytes()
 
 
 def compressor(codec: Codec, itemsize: int) -> numcodecs.abc.Codec | None:
@@ -88,7 +98,86 @@ class ShardEncoder:
             padded = np.full((self.chunk_rows, *block.shape[1:]), self.fill_value, block.dtype)
             padded[: block.shape[0]] = block
             block = padded
-        raw = memoryview(block).cast("B")
+        raw = memoryview(block.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         out = self.compressor.encode(raw) if self.compressor is not None else raw
         out_bytes = bytes(out) if not isinstance(out, bytes) else out
         return out_bytes + crc32c_bytes(out_bytes)
+
+
+class ChunkError(ValueError):
+    """An inner chunk or a shard index failed its checksum or could not be decoded."""
+
+    def __init__(self, chunk: int | None, reason: str) -> None:
+        self.chunk = chunk
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class ShardDecoder:
+    """Reads rows out of shard objects written by `ShardEncoder` (or by zarr itself)."""
+
+    shard_rows: int
+    """Rows per shard."""
+    chunk_rows: int
+    """Rows per inner chunk."""
+    row_shape: tuple[int, ...]
+    """Shape of one row: (d_model,) for activations, () for the row index."""
+    dtype: np.dtype[Any]
+    """Stored numpy dtype."""
+    compressor: numcodecs.abc.Codec | None
+    """Compressor of each inner chunk."""
+    fill_value: int | float
+    """Value of absent chunks."""
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return self.shard_rows // self.chunk_rows
+
+    @property
+    def index_nbytes(self) -> int:
+        return 16 * self.chunks_per_shard + 4
+
+    def parse_index(self, tail: bytes) -> NDArray[np.uint64]:
+        """(chunks_per_shard, 2) offsets and sizes from the object's last `index_nbytes`."""
+        body, crc = tail[:-4], tail[-4:]
+        if len(tail) != self.index_nbytes or crc32c_bytes(body) != crc:
+            raise ChunkError(None, "shard index failed its crc32c check")
+        return np.frombuffer(body, dtype="<u8").reshape(self.chunks_per_shard, 2)
+
+    def chunk_span(self, index: NDArray[np.uint64], c0: int, c1: int) -> tuple[int, int]:
+        """Byte range [start, end) covering the present chunks among c0..c1-1."""
+        present = index[c0:c1][index[c0:c1, 0] != ABSENT]
+        if len(present) == 0:
+            return 0, 0
+        return int(present[:, 0].min()), int((present[:, 0] + present[:, 1]).max())
+
+    def decode_into(self, out: NDArray[Any], index: NDArray[np.uint64], data: bytes, *,
+                    base: int, c0: int, first_row: int) -> None:
+        """Decode chunks c0.. (their bytes in `data`, which starts at object offset `base`)
+        into `out`, whose row 0 is shard row `first_row`."""
+        rows = out.shape[0]
+        c1 = -(-(first_row + rows) // self.chunk_rows)
+
+        def one(c: int) -> None:
+            lo, hi = max(c * self.chunk_rows, first_row), min((c + 1) * self.chunk_rows,
+                                                              first_row + rows)
+            dest = out[lo - first_row:hi - first_row]
+            off, size = index[c]
+            if off == ABSENT:
+                dest[...] = self.fill_value
+                return
+            blob = memoryview(data)[int(off) - base:int(off) - base + int(size)]
+            dest[...] = self._decode_chunk(c, blob)[lo - c * self.chunk_rows:
+                                                    hi - c * self.chunk_rows]
+
+        list(_pool().map(one, range(c0, c1)))
+
+    def _decode_chunk(self, c: int, blob: memoryview) -> NDArray[Any]:
+        if len(blob) < 4 or crc32c_bytes(blob[:-4]) != bytes(blob[-4:]):
+            raise ChunkError(c, "failed its crc32c check")
+        try:
+            raw = self.compressor.decode(blob[:-4]) if self.compressor else blob[:-4]
+            arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
+            return arr.reshape(self.chunk_rows, *self.row_shape)
+        except (RuntimeError, ValueError) as e:
+            raise ChunkError(c, f"could not be decoded: {e}") from e

@@ -26,6 +26,7 @@ from actstore.errors import (
     StoreNotFoundError,
 )
 from actstore.location import Location
+from actstore.shard_codec import ChunkError
 from actstore.spec import Layout, StoreSpec
 from actstore.stats import HookStats
 
@@ -61,6 +62,8 @@ class ActivationStore:
         self._arrays: dict[str, zarr.Array[Any]] = {}
         self.encoders = fmt.shard_encoders(layout, spec.dtype)
         """Array path -> encoder of its shard objects (used by writers)."""
+        self.decoders = fmt.shard_decoders(layout, spec.dtype)
+        """Array path -> decoder of its shard objects."""
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -211,27 +214,43 @@ class ActivationStore:
     def _read(self, path: str, start: int, stop: int) -> NDArray[Any]:
         if not 0 <= start <= stop <= self.num_rows:
             raise IndexError(f"rows [{start}, {stop}) outside [0, {self.num_rows})")
-        arr = self.array(path)
-        try:
-            return np.asarray(arr[start:stop])
-        except Exception as e:  # zarr raises ValueError/RuntimeError/... from codecs
-            raise self._locate_corruption(path, start, stop, e) from e
+        dec = self.decoders[path]
+        out = np.empty((stop - start, *dec.row_shape), dtype=dec.dtype)
+        rows_per = self.layout.shard_rows
+        for shard in range(start // rows_per, -(-stop // rows_per)):
+            s0 = shard * rows_per
+            a, b = max(start, s0), min(stop, s0 + rows_per)
+            self._read_shard_rows(path, shard, a - s0, out[a - start:b - start])
+        return out
 
-    def _locate_corruption(self, path: str, start: int, stop: int,
-                           cause: Exception) -> CorruptChunkError:
-        """Re-read chunk by chunk to name the chunk and shard object that fail."""
-        arr, lay = self.array(path), self.layout
-        for c0 in range(start - start % lay.chunk_rows, stop, lay.chunk_rows):
-            c1 = min(c0 + lay.chunk_rows, self.num_rows)
-            try:
-                arr[c0:c1]
-            except Exception as e:
-                shard = c0 // lay.shard_rows
-                return CorruptChunkError(
-                    f"{self.url}: chunk {c0 // lay.chunk_rows} (rows {c0}-{c1 - 1}) of {path} "
-                    f"in shard object {fmt.shard_key(path, shard)} is corrupt: {e}")
-        return CorruptChunkError(f"{self.url}: reading {path} rows [{start}, {stop}) failed: "
-                                 f"{cause}")
+    def _read_shard_rows(self, path: str, shard: int, first: int, out: NDArray[Any]) -> None:
+        """Fill `out` with rows first.. of one shard: the index, then one range of chunks."""
+        dec, key = self.decoders[path], fmt.shard_key(path, shard)
+        whole = first == 0 and len(out) == min(self.layout.shard_rows,
+                                               self.num_rows - shard * self.layout.shard_rows)
+        try:
+            blob = self.location.get(key) if whole else b""  # one request for a whole shard
+            index = dec.parse_index(blob[-dec.index_nbytes:] if whole else
+                                    self.location.get_range(key, -dec.index_nbytes))
+            c0 = first // dec.chunk_rows
+            c1 = -(-(first + len(out)) // dec.chunk_rows)
+            lo, hi = (0, len(blob)) if whole else dec.chunk_span(index, c0, c1)
+            data = blob if whole else (self.location.get_range(key, lo, hi) if hi > lo else b"")
+            dec.decode_into(out, index, data, base=lo, c0=c0, first_row=first)
+        except FileNotFoundError:
+            raise FormatError(f"{self.url}: shard object {key} does not exist (shard {shard} "
+                              "not written yet?)") from None
+        except ChunkError as e:
+            raise self._corrupt(path, shard, key, e) from e
+
+    def _corrupt(self, path: str, shard: int, key: str, e: ChunkError) -> CorruptChunkError:
+        if e.chunk is None:
+            return CorruptChunkError(f"{self.url}: shard object {key} of {path}: {e}")
+        rows = self.layout.chunk_rows
+        r0 = shard * self.layout.shard_rows + e.chunk * rows
+        r1 = min(r0 + rows, self.num_rows) - 1
+        return CorruptChunkError(f"{self.url}: chunk {r0 // rows} (rows {r0}-{r1}) of {path} "
+                                 f"in shard object {key} {e}")
 
 
 def read_root_attrs(loc: Location) -> dict[str, Any] | None:

