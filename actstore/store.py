@@ -98,7 +98,8 @@ class ActivationStore:
         for path, definition in fmt.array_definitions(layout, spec.dtype).items():
             # overwrite: without root attributes no shard was ever committed here.
             zarr.create_array(store=zstore, name=path, zarr_format=3, overwrite=True, **definition)
-        for name in (fmt.CONTEXTS, fmt.COMMITS, fmt.LEASES):
+        # contexts/ holds only Parquet (no zarr.json) so pyarrow reads the folder as a dataset.
+        for name in (fmt.COMMITS, fmt.LEASES):
             zarr.open_group(store=zstore, path=name, mode="a", zarr_format=3)
         attrs = {"actstore": {"format_version": spec.format_version, "key": spec.key,
                               "spec": spec.to_dict(), "layout": layout.to_dict(),

@@ -1,0 +1,1 @@
+"""cluster: Ray job entry points and cluster configurations (issue 3)."""

@@ -1,0 +1,1 @@
+"""trainer: sparse dictionaries trained on streams from an actstore store (issue 5)."""
