@@ -13,8 +13,10 @@ from actstore.errors import (
     ShardCommittedError,
     ShardLeaseError,
     SpecMismatchError,
+    StoreAccessError,
     StoreBusyError,
     StoreError,
+    StoreFullError,
     StoreNotFoundError,
 )
 from actstore.spec import Codec, Layout, StoreSpec
@@ -37,8 +39,10 @@ __all__ = [
     "ShardLeaseError",
     "ShardWriter",
     "SpecMismatchError",
+    "StoreAccessError",
     "StoreBusyError",
     "StoreError",
+    "StoreFullError",
     "StoreNotFoundError",
     "StoreSpec",
     "VerifyReport",

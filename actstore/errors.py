@@ -24,6 +24,14 @@ class SpecMismatchError(StoreError):
         )
 
 
+class StoreAccessError(StoreError):
+    """The backend refused access: missing or wrong credentials, or no permission."""
+
+
+class StoreFullError(StoreError, OSError):
+    """The filesystem is full (or over quota); what was committed before is intact."""
+
+
 class StoreBusyError(StoreError):
     """Another job holds the store's writer lock."""
 

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.local import LocalFileSystem
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
+
+from actstore.errors import StoreAccessError, StoreError
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,30 @@ class Location:
     def invalidate(self) -> None:
         """Forget cached listings (s3fs caches them; another process may have written)."""
         self.fs.invalidate_cache()
+
+
+# Raised by cloud SDKs when no usable credentials are found; matched by name so that neither
+# botocore nor google-auth has to be installed.
+_CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
+                      "RefreshError", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+@contextlib.contextmanager
+def access_errors(url: str) -> Iterator[None]:
+    """Turn a backend's credential or permission failure into a StoreAccessError."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as e:
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if isinstance(e, PermissionError) or names & _CREDENTIAL_ERRORS:
+            raise StoreAccessError(
+                f"cannot access {url}: {type(e).__name__}: {e}. Check the credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://, "
+                "GOOGLE_APPLICATION_CREDENTIALS for gs://), the endpoint (AWS_ENDPOINT_URL_S3) "
+                "and the permissions on the bucket or folder.") from e
+        raise
 
 
 def _local_publish(path: str, data: bytes, exclusive: bool) -> None:

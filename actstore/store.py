@@ -6,9 +6,12 @@ and `writer.JobLock` (one generation job per store). See docs/FORMAT.md for the 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,9 +26,10 @@ from actstore.errors import (
     CorruptChunkError,
     FormatError,
     SpecMismatchError,
+    StoreFullError,
     StoreNotFoundError,
 )
-from actstore.location import Location
+from actstore.location import Location, access_errors
 from actstore.shard_codec import ChunkError
 from actstore.spec import Layout, StoreSpec
 from actstore.stats import HookStats
@@ -195,7 +199,8 @@ class ActivationStore:
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         path = f"{fmt.CONTEXTS}/part-{part:05d}.parquet"
-        self.location.put(path, sink.getvalue())
+        with disk_full(self.url, f"contexts part {part}"):
+            self.location.put(path, sink.getvalue())
         return path
 
     def stats(self, hook: str) -> HookStats:
@@ -254,10 +259,23 @@ class ActivationStore:
                                  f"in shard object {key} {e}")
 
 
+@contextlib.contextmanager
+def disk_full(url: str, what: str) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT into a StoreFullError that says nothing committed was lost."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreFullError(e.errno, f"{url}: no space left writing {what}; committed shards "
+                             "are intact and a rerun resumes once space is freed") from e
+
+
 def read_root_attrs(loc: Location) -> dict[str, Any] | None:
     """The `actstore` attributes of the root group, or None if there is no store there."""
     try:
-        meta = loc.get_json(fmt.META)
+        with access_errors(loc.url):
+            meta = loc.get_json(fmt.META)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     attrs = meta.get("attributes", {}).get("actstore")

@@ -34,10 +34,10 @@ from actstore.errors import (
     ShardLeaseError,
     StoreBusyError,
 )
-from actstore.location import Location
+from actstore.location import Location, access_errors
 from actstore.shard_codec import run_in_pool
 from actstore.stats import HookStats
-from actstore.store import ActivationStore, RowIndex
+from actstore.store import ActivationStore, RowIndex, disk_full
 
 
 def _group_bytes(attributes: Mapping[str, Any]) -> bytes:
@@ -134,7 +134,8 @@ class ShardWriter:
         # Checked right before publishing, so a writer whose lease was broken (declared dead)
         # stops as soon as it wakes up instead of overwriting its successor's shard.
         self._check_lease()
-        self.store.location.put_many(blobs)
+        with disk_full(self.store.url, f"shard {self.shard}"):
+            self.store.location.put_many(blobs)
         self._objects = {k: {"size": len(b), "crc32c": fmt.checksum(b)} for k, b in blobs.items()}
 
     def commit(self) -> None:
@@ -197,7 +198,8 @@ class JobLock:
 
     def acquire(self, break_stale: bool = False) -> None:
         try:
-            self.location.put_exclusive(self.KEY, self._payload())
+            with access_errors(self.location.url):
+                self.location.put_exclusive(self.KEY, self._payload())
         except FileExistsError:
             held = _read_attrs(self.location, self.KEY) or {}
             age = time.time() - float(held.get("heartbeat_at", 0.0))
@@ -207,7 +209,7 @@ class JobLock:
             raise StoreBusyError(
                 f"store {self.location.url} is being written by job {held.get('job')!r} on "
                 f"{held.get('host')} (pid {held.get('pid')}), last heartbeat {age:.0f}s ago. "
-                + ("It looks dead: rerun with --break-stale-lock to take over."
+                + ("It looks dead: take the lock over with JobLock.acquire(break_stale=True)."
                    if age > self.stale_after_s else "Wait for it to finish.")) from None
         self._thread = threading.Thread(target=self._beat, name="actstore-lock", daemon=True)
         self._thread.start()

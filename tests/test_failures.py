@@ -1,0 +1,83 @@
+"""Bad environments get clear errors and lose nothing: a full disk, missing credentials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import s3fs
+import torch
+
+from actstore import (
+    ActivationStore,
+    JobLock,
+    ShardWriter,
+    StoreAccessError,
+    StoreFullError,
+    verify,
+)
+from actstore.location import Location
+from tests.helpers import HOOKS, fill_store, make_layout, make_spec
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 192 KiB filesystem (tmpfs), so writes fail with ENOSPC like a full disk."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_a_clear_error_and_keeps_committed_shards(tiny_disk: Path) -> None:
+    url = str(tiny_disk / "store")
+    layout = make_layout(num_contexts=400)  # 3200 rows x (12 + 5) floats: does not fit
+    store = ActivationStore.create(url, make_spec(dtype="float32"), layout)
+    with pytest.raises(StoreFullError, match=r"no space left writing shard \d+; committed"):
+        fill_store(store)
+    done = store.shards_done()
+    assert 0 < len(done) < store.num_shards
+    failed = len(done)  # shards are written in order: the first one not done is the one that hit
+    assert not store.location.exists(f"leases/shard-{failed:06d}/zarr.json")  # lease dropped
+    assert not [n for n in os.listdir(tiny_disk / "store" / "activations" / HOOKS[0] / "c")
+                if n.startswith(".")]  # no temp files left behind
+    report = verify(store, partial=True)
+    assert report.ok, report.problems
+    with ShardWriter(store, failed, writer_id="after-cleanup"):
+        pass  # the failed shard can be taken again: nothing blocks a resume
+
+
+def test_missing_s3_credentials_name_the_url_and_the_fix(
+        s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()  # cached clients hold the old credentials
+    try:
+        url = "s3://actstore-test/no-credentials"
+        with pytest.raises(StoreAccessError, match=r"cannot access s3://actstore-test/no-cr.*"
+                                                   r"AWS_ACCESS_KEY_ID"):
+            ActivationStore.open(url)
+        with pytest.raises(StoreAccessError, match="NoCredentialsError"):
+            JobLock(Location.from_url(url), "job").acquire()
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_bad_rows_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec(), make_layout())
+    fill_store(store, shards=[])
+    with ShardWriter(store, 0, writer_id="w") as w, pytest.raises(Exception, match=r"\(32, 12\)"):
+        w.write({HOOKS[0]: torch.zeros(31, 12), HOOKS[1]: torch.zeros(32, 5)},
+                fill_store(store, shards=[]).index)
+    assert not store.location.exists("activations/encoder.layer.1/c/0/0")
+    assert store.shards_done() == []
