@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import s3fs
 import torch
 
 from actstore import (
@@ -54,23 +53,22 @@ def test_full_disk_is_a_clear_error_and_keeps_committed_shards(tiny_disk: Path) 
         pass  # the failed shard can be taken again: nothing blocks a resume
 
 
-def test_missing_s3_credentials_name_the_url_and_the_fix(
-        s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("s3_endpoint")
+def test_missing_s3_credentials_name_the_url_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    s3fs.S3FileSystem.clear_instance_cache()  # cached clients hold the old credentials
-    try:
-        url = "s3://actstore-test/no-credentials"
-        with pytest.raises(StoreAccessError, match=r"cannot access s3://actstore-test/no-cr.*"
-                                                   r"AWS_ACCESS_KEY_ID"):
-            ActivationStore.open(url)
-        with pytest.raises(StoreAccessError, match="NoCredentialsError"):
-            JobLock(Location.from_url(url), "job").acquire()
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+    # A storage option no other test uses gives a fresh s3fs instance, which looks the (now
+    # missing) credentials up again; cached instances keep theirs.
+    opts = {"config_kwargs": {"user_agent_extra": "no-credentials-test"}}
+    url = "s3://actstore-test/no-credentials"
+    with pytest.raises(StoreAccessError, match=r"cannot access s3://actstore-test/no-cr.*"
+                                               r"AWS_ACCESS_KEY_ID"):
+        ActivationStore.open(url, storage_options=opts)
+    with pytest.raises(StoreAccessError, match="NoCredentialsError"):
+        JobLock(Location.from_url(url, opts), "job").acquire()
 
 
 def test_bad_rows_are_refused_before_anything_is_written(tmp_path: Path) -> None:
