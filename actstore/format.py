@@ -141,8 +141,9 @@ def shard_encoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardEncode
 def shard_decoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardDecoder]:
     """Path -> decoder of that array's shard objects."""
     decoders = {}
+    encoders = shard_encoders(layout, dtype)
     for path, definition in array_definitions(layout, dtype).items():
-        encoder = shard_encoders(layout, dtype)[path]
+        encoder = encoders[path]
         decoders[path] = ShardDecoder(
             shard_rows=layout.shard_rows, chunk_rows=layout.chunk_rows,
             row_shape=tuple(definition["shape"][1:]), dtype=definition["dtype"],

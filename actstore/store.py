@@ -62,8 +62,6 @@ class ActivationStore:
         self.location = location
         self.spec = spec
         self.layout = layout
-        self._group = zarr.open_group(store=location.zarr_store(), mode="r+", zarr_format=3)
-        self._arrays: dict[str, zarr.Array[Any]] = {}
         self.encoders = fmt.shard_encoders(layout, spec.dtype)
         """Array path -> encoder of its shard objects (used by writers)."""
         self.decoders = fmt.shard_decoders(layout, spec.dtype)
@@ -156,11 +154,6 @@ class ActivationStore:
         return record
 
     # --- reading -----------------------------------------------------------------------------
-
-    def array(self, path: str) -> zarr.Array[Any]:
-        if path not in self._arrays:
-            self._arrays[path] = zarr.open_array(store=self._group.store, path=path, mode="r")
-        return self._arrays[path]
 
     def read(self, hook: str, start: int, stop: int) -> NDArray[Any]:
         """Rows [start, stop) of a hook as stored (bf16 as uint16 bits; see `read_torch`)."""
