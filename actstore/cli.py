@@ -7,9 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from actstore.errors import StoreError
+from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
+from actstore.spec import DTYPE_ITEMSIZE
 from actstore.store import ActivationStore
 from actstore.summary import describe, find_stores, summary_line
 from actstore.verify import verify
@@ -86,6 +89,50 @@ def run_ls(cfg: LsConfig) -> int:
     return 0
 
 
+def run_generate(cfg: GenerateConfig) -> int:
+    result = generate(cfg)
+    if result.reused:
+        print(f"store {result.url} is complete for this spec: reusing it "
+              f"({result.seconds:.1f}s)")
+        return 0
+    raw = result.tokens * sum(ActivationStore.open(result.url).layout.d_model.values()) * \
+        DTYPE_ITEMSIZE[cfg.store_dtype]
+    ratio = raw / result.compressed_bytes if result.compressed_bytes else float("nan")
+    print(f"done: {result.url}: {result.tokens} tokens in {result.seconds:.1f}s "
+          f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s), "
+          f"{result.compressed_bytes} bytes written, compression {ratio:.2f}x")
+    return 0
+
+
+def _add_generate(sub: Any) -> None:
+    g = sub.add_parser("generate", help="run a model over a corpus into a store (Ray)")
+    g.add_argument("--model", required=True)
+    g.add_argument("--hook", action="append", required=True, dest="hooks",
+                   help="module path (repeat for several hooks in one pass)")
+    g.add_argument("--dataset", required=True,
+                   help="builtin:pydoc, a .txt/.jsonl/.parquet file or glob, or a HF dataset")
+    g.add_argument("--out", required=True, help="root URL; the store is <out>/<key>")
+    g.add_argument("--context-length", type=int, default=128)
+    g.add_argument("--max-tokens", type=int)
+    g.add_argument("--revision")
+    g.add_argument("--dataset-revision")
+    g.add_argument("--split")
+    g.add_argument("--text-column")
+    g.add_argument("--bos", choices=["keep", "drop", "none"], default="keep")
+    g.add_argument("--context-policy", choices=["pack", "truncate"], default="pack")
+    g.add_argument("--store-dtype", choices=["bfloat16", "float16", "float32"],
+                   default="bfloat16")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="model dtype (default bfloat16 on GPU, float32 on CPU)")
+    g.add_argument("--device", choices=["cuda", "cpu"])
+    g.add_argument("--workers", type=int)
+    g.add_argument("--cpus-per-worker", type=float, default=1.0)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--shard-mib", type=int, default=256)
+    g.add_argument("--address", help="Ray address (default RAY_ADDRESS, else local Ray)")
+    g.add_argument("--no-progress", action="store_false", dest="progress")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actstore", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list stores under a root")
     ls.add_argument("root")
     ls.add_argument("--json", action="store_true", dest="as_json")
+    _add_generate(sub)
     return p
 
 
@@ -110,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_info(InfoConfig(**args))
         if command == "verify":
             return run_verify(VerifyConfig(**args))
+        if command == "generate":
+            return run_generate(GenerateConfig(**{**args, "hooks": tuple(args["hooks"])}))
         return run_ls(LsConfig(**args))
     except (StoreError, KeyError, ValueError) as e:
         print(f"actstore {command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,136 @@
+"""Capture module outputs of a Hugging Face model, stopping the forward pass after the last one.
+
+Hook points are module paths as in `model.named_modules()` of the class the checkpoint names
+(`transformer.h.6` for GPT-2, `model.layers.12` for Llama, `encoder.layer.3` for BERT/MiniLM);
+a base-model path (`h.6`) is accepted too. The captured value is the module's output, or its
+first element when the module returns a tuple (transformers 5 blocks return plain tensors).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from actstore.errors import StoreError
+
+
+class UnknownHookError(StoreError, ValueError):
+    """A hook name is not a module of the model."""
+
+
+class _StopForward(Exception):
+    """Raised by the last hook: nothing after it needs computing."""
+
+
+def load_config(model: str, revision: str | None = None) -> Any:
+    return transformers.AutoConfig.from_pretrained(model, revision=revision)
+
+
+def skeleton(config: Any) -> nn.Module:
+    """The model without weights (meta device): the class the checkpoint was saved from, so
+    module names match it, else a causal LM, else the base model."""
+    with torch.device("meta"):
+        for arch in getattr(config, "architectures", None) or []:
+            cls = getattr(transformers, arch, None)
+            if cls is not None:
+                return cls(config)  # type: ignore[no-any-return]
+        auto: Any = transformers.AutoModelForCausalLM
+        try:
+            return auto.from_config(config)  # type: ignore[no-any-return]
+        except ValueError:
+            auto = transformers.AutoModel
+            return auto.from_config(config)  # type: ignore[no-any-return]
+
+
+def resolve_hooks(config: Any, hooks: Sequence[str]) -> tuple[str, ...]:
+    """Canonical module paths for `hooks`, or UnknownHookError naming the closest valid ones."""
+    model = skeleton(config)
+    names = [name for name, _ in model.named_modules() if name]
+    valid, prefix = set(names), getattr(model, "base_model_prefix", "")
+    resolved = []
+    for hook in hooks:
+        if hook in valid:
+            resolved.append(hook)
+        elif f"{prefix}.{hook}" in valid:
+            resolved.append(f"{prefix}.{hook}")
+        else:
+            near = difflib.get_close_matches(hook, names, n=6, cutoff=0.6)
+            raise UnknownHookError(
+                f"hook {hook!r} is not a module of {type(model).__name__}; closest: "
+                f"{near or names[:8]} (all names: model.named_modules())")
+    if len(set(resolved)) != len(resolved):
+        raise UnknownHookError(f"hooks name the same module twice: {list(hooks)}")
+    return tuple(resolved)
+
+
+def load_model(model: str, revision: str | None, dtype: torch.dtype,
+               device: str | torch.device) -> nn.Module:
+    cls: Any = type(skeleton(load_config(model, revision)))
+    loaded = cls.from_pretrained(model, revision=revision, dtype=dtype)
+    return loaded.to(device).eval()  # type: ignore[no-any-return]
+
+
+class Capture:
+    """Forward hooks on the given modules; `run` returns their outputs and stops early.
+
+    The execution order of the hooked modules is learned from a 2-token probe on first use,
+    so the pass stops after whichever runs last, whatever the architecture.
+    """
+
+    def __init__(self, model: nn.Module, hooks: Sequence[str]) -> None:
+        self.model, self.hooks = model, tuple(hooks)
+        modules = dict(model.named_modules())
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._order: list[str] = []
+        self._last: str | None = None
+        self._handles = [modules[h].register_forward_hook(self._hook(h)) for h in self.hooks]
+
+    def _hook(self, name: str) -> Any:
+        def fn(_module: nn.Module, _args: Any, output: Any) -> None:
+            value = output[0] if isinstance(output, tuple | list) else output
+            self._outputs[name] = value.detach()
+            self._order.append(name)
+            if name == self._last and len(self._outputs) == len(self.hooks):
+                raise _StopForward
+        return fn
+
+    def _probe(self, device: torch.device) -> None:
+        self._order.clear()
+        with torch.inference_mode():
+            self.model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device))
+        missing = set(self.hooks) - set(self._order)
+        if missing:
+            raise UnknownHookError(f"hooks {sorted(missing)} never ran in a forward pass")
+        self._last = self._order[-1]
+
+    def run(self, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{hook: (batch, seq, d_model)} for one batch."""
+        if self._last is None:
+            self._probe(input_ids.device)
+        self._outputs = {}
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=input_ids, attention_mask=attention_mask)
+        except _StopForward:
+            pass
+        if len(self._outputs) != len(self.hooks):
+            raise RuntimeError(f"captured {sorted(self._outputs)}, expected {list(self.hooks)}")
+        return self._outputs
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

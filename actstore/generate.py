@@ -1,0 +1,219 @@
+"""`actstore generate`: run a model over a corpus and fill a store, resumably, with Ray workers.
+
+Order of work (cheap checks first, so bad flags fail before any model or data is loaded):
+flags → model config + hook names (meta device, no weights) → tokenizer → spec → key → reuse a
+complete store, or take the job lock, build or reread the contexts, and run the missing shards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+import torch
+
+from actstore import corpus
+from actstore.capture import load_config, resolve_hooks
+from actstore.location import Location
+from actstore.spec import BosPolicy, ContextPolicy, Layout, StorageDtype, StoreSpec
+from actstore.store import ActivationStore, read_root_attrs
+from actstore.writer import JobLock, break_lease
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything `actstore generate` takes. Checked in __post_init__, read-only after."""
+
+    model: str
+    """Hugging Face model name or local path."""
+    hooks: tuple[str, ...]
+    """Module paths to capture (several in one pass)."""
+    dataset: str
+    """`builtin:pydoc`, a local .txt/.jsonl/.parquet file or glob, or a HF dataset."""
+    out: str
+    """Root URL; the store goes to `<out>/<key>`."""
+    context_length: int = 128
+    """Tokens per context, BOS included."""
+    max_tokens: int | None = None
+    """Upper bound on tokens fed to the model (None: the whole dataset)."""
+    revision: str | None = None
+    """Model revision."""
+    dataset_revision: str | None = None
+    """Dataset revision (HF datasets)."""
+    split: str | None = None
+    """Dataset split (HF datasets; default train)."""
+    text_column: str | None = None
+    """Column holding the text (default `text`)."""
+    bos: BosPolicy = "keep"
+    """keep: BOS row stored; drop: BOS fed, row not stored; none: no BOS."""
+    context_policy: ContextPolicy = "pack"
+    """pack documents into full contexts, or truncate one context per document."""
+    store_dtype: StorageDtype = "bfloat16"
+    """Storage dtype of activations."""
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    """Model dtype (default: bfloat16 on GPU, float32 on CPU)."""
+    device: Literal["cuda", "cpu"] | None = None
+    """Where workers run the model (default: cuda when Ray sees GPUs, else cpu)."""
+    workers: int | None = None
+    """Number of workers (default: one per GPU; 1 on CPU)."""
+    cpus_per_worker: float = 1.0
+    """CPUs a worker reserves (CPU workers; leave some for Ray's own tasks)."""
+    batch_size: int = 8
+    """Contexts per forward pass."""
+    shard_mib: int = 256
+    """Raw size of a shard (the unit of work and of upload); lowered so every worker gets
+    several shards on small stores."""
+    address: str | None = None
+    """Ray cluster address (default: RAY_ADDRESS, else a local Ray)."""
+    max_retries: int = 3
+    """How often a shard is retried after its worker died."""
+    progress: bool = True
+    """Show a progress bar."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """fsspec options for the store URL."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.context_length >= 2, f"--context-length must be >= 2, got {self.context_length}"),
+            (self.max_tokens is None or self.max_tokens >= self.context_length,
+             f"--max-tokens ({self.max_tokens}) must be >= --context-length"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.workers is None or self.workers >= 1,
+             f"--workers must be >= 1, got {self.workers}"),
+            (self.shard_mib >= 1, f"--shard-mib must be >= 1, got {self.shard_mib}"),
+            (self.cpus_per_worker > 0, "--cpus-per-worker must be > 0"),
+            (bool(self.hooks), "at least one --hook is needed"),
+            (self.device != "cuda" or torch.cuda.is_available() or self.address is not None,
+             "--device cuda but no CUDA device is visible"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        StoreSpec(model=self.model, hooks=self.hooks, dataset=self.dataset,  # field checks
+                  context_length=self.context_length, tokenizer="-", tokenizer_hash="-",
+                  bos_policy=self.bos, context_policy=self.context_policy,
+                  dtype=self.store_dtype)
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What a run did."""
+
+    url: str
+    """The store."""
+    reused: bool
+    """True when the store was already complete."""
+    tokens: int
+    """Rows written by this run."""
+    seconds: float
+    """Wall time of this run."""
+    compressed_bytes: int
+    """Bytes of activation objects written by this run."""
+
+
+def device_and_dtype(cfg: GenerateConfig) -> tuple[str, str]:
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, cfg.dtype or ("bfloat16" if device == "cuda" else "float32")
+
+
+def make_spec(cfg: GenerateConfig) -> StoreSpec:
+    """The spec, from the model's config and tokenizer alone (no weights, no data)."""
+    from transformers import AutoTokenizer
+
+    config = load_config(cfg.model, cfg.revision)
+    hooks = resolve_hooks(config, cfg.hooks)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
+    _, model_dtype = device_and_dtype(cfg)
+    return StoreSpec(
+        model=cfg.model, model_revision=cfg.revision, hooks=hooks, dataset=cfg.dataset,
+        dataset_revision=cfg.dataset_revision, split=cfg.split, text_column=cfg.text_column,
+        context_length=cfg.context_length, tokenizer=cfg.model,
+        tokenizer_hash=corpus.tokenizer_hash(tokenizer), bos_policy=cfg.bos,
+        context_policy=cfg.context_policy, max_tokens=cfg.max_tokens, dtype=cfg.store_dtype,
+        model_dtype=model_dtype)
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    """Fill (or reuse) the store for `cfg`; see the module docstring for the order of work."""
+    from actstore.ray_pool import run_shards
+
+    t0 = time.perf_counter()
+    spec = make_spec(cfg)
+    url = store_url(cfg, spec)
+    loc = Location.from_url(url, cfg.storage_options)
+    if read_root_attrs(loc) is not None:
+        existing = ActivationStore.open(url, spec, cfg.storage_options)
+        if existing.complete:
+            return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
+    # Bad data must fail before anything is created, so the corpus is read before the lock.
+    contexts = None if read_root_attrs(loc) is not None else _build_contexts(cfg)
+    job_id = f"gen-{uuid.uuid4().hex[:8]}"
+    with JobLock(loc, job_id):
+        store = _create_or_open(cfg, spec, url, contexts)
+        for shard in store.shards_missing():  # we hold the job lock: leases are from dead jobs
+            break_lease(store, shard)
+        missing = store.shards_missing()
+        run_shards(cfg, store, missing, job_id)
+    bytes_written = sum(o["size"] for s in missing
+                        for k, o in store.commit_record(s)["objects"].items()
+                        if k.startswith("activations/"))
+    rows = sum(b - a for a, b in map(store.layout.shard_rows_range, missing))
+    return GenerateResult(url, False, rows, time.perf_counter() - t0, bytes_written)
+
+
+def store_url(cfg: GenerateConfig, spec: StoreSpec) -> str:
+    """`<out>/<key>`, or `out` itself when it already is a store (whose spec must match)."""
+    if read_root_attrs(Location.from_url(cfg.out, cfg.storage_options)) is not None:
+        ActivationStore.open(cfg.out, spec, cfg.storage_options)  # SpecMismatchError if not
+        return cfg.out
+    return f"{cfg.out.rstrip('/')}/{spec.key}"
+
+
+def _build_contexts(cfg: GenerateConfig) -> pa.Table:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
+    docs = corpus.iter_documents(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_revision)
+    return corpus.build_contexts(docs, tokenizer, context_length=cfg.context_length,
+                                 policy=cfg.context_policy, bos_policy=cfg.bos,
+                                 max_tokens=cfg.max_tokens)
+
+
+def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
+                    contexts: pa.Table | None) -> ActivationStore:
+    if read_root_attrs(Location.from_url(url, cfg.storage_options)) is not None:
+        return ActivationStore.open(url, spec, cfg.storage_options)  # made while we waited
+    if contexts is None:
+        contexts = _build_contexts(cfg)
+    lengths = contexts.column("tokens").combine_chunks().value_lengths().to_numpy()
+    num_rows = int(lengths.sum() - contexts.column("start").to_numpy().sum())
+    d_model = _hook_widths(cfg, spec)
+    workers = cfg.workers or 1
+    row_bytes = max(d_model.values()) * (2 if cfg.store_dtype != "float32" else 4)
+    # Several shards per worker keep every worker busy and make retries cheap.
+    shard_bytes = min(cfg.shard_mib << 20, max(1, num_rows // (4 * workers)) * row_bytes)
+    layout = Layout.for_sizes(num_rows, d_model, cfg.store_dtype, shard_bytes=shard_bytes,
+                              chunk_bytes=min(2 << 20, shard_bytes))
+    store = ActivationStore.create(url, spec, layout, cfg.storage_options)
+    store.write_contexts(contexts)
+    return store
+
+
+def _hook_widths(cfg: GenerateConfig, spec: StoreSpec) -> dict[str, int]:
+    """d_model of each hook, from a 2-token pass of the model built on the meta device."""
+    from actstore.capture import Capture, skeleton
+
+    model = skeleton(load_config(cfg.model, cfg.revision))
+    with Capture(model, spec.hooks) as cap:
+        out = cap.run(torch.zeros(1, 2, dtype=torch.long, device="meta"))
+    return {h: int(v.shape[-1]) for h, v in out.items()}
+
+
+def default_workers(device: str) -> int:
+    if device == "cuda":
+        return max(1, torch.cuda.device_count())
+    return max(1, min(2, (os.cpu_count() or 2) // 2))

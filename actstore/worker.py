@@ -1,0 +1,127 @@
+"""One generation worker: loads the model once, then turns shards into committed shards.
+
+A shard is a range of rows in context order; the worker runs every context that overlaps it
+(a context cut by a shard boundary is run by both shards, each keeping its own rows), keeps
+the non-padded, stored positions, shuffles the rows with a seed derived from the store key and
+the shard (so a retried shard is bit-identical), and writes them with `write_shard`.
+Compute and I/O overlap: the model runs under a lock, so with two calls in flight (Ray actor
+`max_concurrency=2`) one shard computes while the previous one compresses and uploads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from actstore import format as fmt
+from actstore.capture import Capture, load_model
+from actstore.store import ActivationStore, RowIndex
+from actstore.writer import write_shard
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each context's stored rows sit in context order (before the in-shard shuffle)."""
+
+    tokens: list[NDArray[np.int32]]
+    """Model input of each context (row i of the contexts table)."""
+    context_ids: NDArray[np.int64]
+    """context_id of each context."""
+    starts: NDArray[np.int64]
+    """First stored position of each context."""
+    offsets: NDArray[np.int64]
+    """Row offset of each context's first stored row; offsets[-1] = total rows."""
+
+    @classmethod
+    def of(cls, store: ActivationStore) -> Plan:
+        table = store.read_contexts(["context_id", "start", "tokens"])
+        tokens = [np.asarray(t, dtype=np.int32) for t in table.column("tokens").to_pylist()]
+        starts = table.column("start").to_numpy().astype(np.int64)
+        rows = np.array([len(t) for t in tokens], dtype=np.int64) - starts
+        return cls(tokens, table.column("context_id").to_numpy().astype(np.int64), starts,
+                   np.concatenate([[0], np.cumsum(rows)]))
+
+    def contexts_of(self, a: int, b: int) -> range:
+        """Indices of the contexts with stored rows in [a, b)."""
+        first = int(np.searchsorted(self.offsets, a, side="right")) - 1
+        last = int(np.searchsorted(self.offsets, b, side="left"))
+        return range(first, last)
+
+
+def shard_permutation(key: str, shard: int, n: int) -> NDArray[np.int64]:
+    seed = int.from_bytes(hashlib.sha256(f"{key}/{shard}".encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).permutation(n)
+
+
+class ShardWorker:
+    """Holds the model; `process(shard)` computes and commits one shard."""
+
+    def __init__(self, store_url: str, *, model: str, revision: str | None, model_dtype: str,
+                 device: str, batch_size: int, job_id: str,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.store = ActivationStore.open(store_url, storage_options=storage_options)
+        self.plan = Plan.of(self.store)
+        self.device = torch.device(device)
+        self.model = load_model(model, revision, getattr(torch, model_dtype), self.device)
+        self.capture = Capture(self.model, self.store.hooks)
+        self.batch_size = batch_size
+        self.writer_id = f"{job_id}/{os.getpid()}"
+        self._compute_lock = threading.Lock()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def process(self, shard: int) -> int:
+        """Compute and commit `shard`; returns its number of rows."""
+        with self._compute_lock:
+            activations, index = self.compute(shard)
+        write_shard(self.store, shard, activations, index, writer_id=self.writer_id)
+        return len(index.context)
+
+    def compute(self, shard: int) -> tuple[dict[str, torch.Tensor], RowIndex]:
+        """Rows of `shard`, shuffled: {hook: (rows, d) in storage dtype on CPU}, row index."""
+        a, b = self.store.layout.shard_rows_range(shard)
+        ctx = self.plan.contexts_of(a, b)
+        parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.store.hooks}
+        for i in range(0, len(ctx), self.batch_size):
+            for hook, rows in self._run_batch(list(ctx[i:i + self.batch_size])).items():
+                parts[hook].append(rows)
+        lo = a - int(self.plan.offsets[ctx[0]])
+        perm = torch.from_numpy(shard_permutation(self.store.key, shard, b - a))
+        acts = {h: torch.cat(p)[lo:lo + b - a][perm] for h, p in parts.items()}
+        index = self._index(ctx, lo, b - a)
+        return acts, RowIndex(*(col[perm.numpy()] for col in index))
+
+    def _run_batch(self, batch: list[int]) -> dict[str, torch.Tensor]:
+        """Stored rows of these contexts, in context order, cast to the storage dtype on CPU."""
+        seqs = [self.plan.tokens[c] for c in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for j, s in enumerate(seqs):  # right padding; padded positions are never stored
+            ids[j, :len(s)] = torch.from_numpy(s)
+            mask[j, :len(s)] = 1
+        out = self.capture.run(ids.to(self.device), mask.to(self.device))
+        keep = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for j, c in enumerate(batch):
+            keep[j, int(self.plan.starts[c]):len(seqs[j])] = True
+        keep = keep.to(self.device)
+        dtype = fmt.torch_dtype(self.store.spec.dtype)
+        return {h: v[keep].to(dtype).to("cpu", non_blocking=True) for h, v in out.items()}
+
+    def _index(self, ctx: range, lo: int, n: int) -> RowIndex:
+        cids, pos, tok = [], [], []
+        for c in ctx:
+            positions = np.arange(self.plan.starts[c], len(self.plan.tokens[c]))
+            cids.append(np.full(len(positions), self.plan.context_ids[c], dtype=np.int64))
+            pos.append(positions.astype(np.int32))
+            tok.append(self.plan.tokens[c][positions])
+        return RowIndex(np.concatenate(cids)[lo:lo + n], np.concatenate(pos)[lo:lo + n],
+                        np.concatenate(tok)[lo:lo + n])

@@ -1,0 +1,169 @@
+"""`actstore generate` on a real local Ray cluster with real transformers models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actstore import ActivationStore, SpecMismatchError, verify
+from actstore.capture import UnknownHookError
+from actstore.corpus import DatasetError
+from actstore.generate import GenerateConfig, generate
+from tests.gen_fixtures import LAYERS, minilm_path, reference_hidden, save_tiny
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    return {kind: save_tiny(kind, root) for kind in LAYERS}
+
+
+def config(model: str, hooks: tuple[str, ...], out: Path, **kw: object) -> GenerateConfig:
+    base = {"dataset": "builtin:pydoc", "context_length": 32, "max_tokens": 2000,
+            "workers": 2, "cpus_per_worker": 1.0, "batch_size": 4, "progress": False}
+    return GenerateConfig(model=model, hooks=hooks, out=str(out), **{**base, **kw})  # type: ignore[arg-type]
+
+
+def assert_matches_forward(url: str, model: str, layers: dict[str, int],
+                           samples: int = 40) -> None:
+    """Sampled rows equal a plain, unpadded forward pass of their context (bf16 rounding)."""
+    store = ActivationStore.open(url)
+    contexts = store.read_contexts().column("tokens").to_pylist()
+    idx = store.read_index(0, store.num_rows)
+    rows = np.random.default_rng(1).choice(store.num_rows, samples, replace=False)
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    for hook, layer in layers.items():
+        acts = store.read_torch(hook, 0, store.num_rows)
+        for r in rows:
+            ctx, pos = int(idx.context[r]), int(idx.position[r])
+            if (ctx, layer) not in cache:
+                cache[ctx, layer] = reference_hidden(model, contexts[ctx], layer)
+            want = cache[ctx, layer][pos]
+            torch.testing.assert_close(acts[r].float(), want.bfloat16().float(),
+                                       rtol=2**-7, atol=1e-5)
+            assert contexts[ctx][pos] == idx.token[r]
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("kind", ["gpt2", "gpt_neox", "llama"])
+def test_tiny_causal_lms_several_hooks_match_a_forward_pass(
+        kind: str, models: dict[str, str], tmp_path: Path) -> None:
+    hooks = (LAYERS[kind].format(1), LAYERS[kind].format(0))
+    result = generate(config(models[kind], hooks, tmp_path, bos="drop"))
+    store = ActivationStore.open(result.url)
+    assert store.complete
+    assert store.num_shards >= 4
+    assert verify(store).ok
+    assert (store.read_index(0, store.num_rows).position >= 1).all()  # BOS row dropped
+    assert_matches_forward(result.url, models[kind], {hooks[0]: 1, hooks[1]: 0})
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_minilm_truncated_documents_store_no_padding(tmp_path: Path) -> None:
+    from pydoc_data.topics import topics
+
+    words = " ".join(topics[k] for k in sorted(topics)[:5]).split()
+    lengths = np.random.default_rng(0).integers(3, 60, size=80)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": " ".join(words[i:i + n])}) + "\n"
+                            for i, n in enumerate(lengths)))
+    result = generate(config(minilm_path(), ("encoder.layer.2",), tmp_path,
+                             dataset=str(docs), context_policy="truncate", context_length=48))
+    store = ActivationStore.open(result.url)
+    lengths = [len(t) for t in store.read_contexts().column("tokens").to_pylist()]
+    assert len(set(lengths)) > 1  # documents of different lengths: batches were padded
+    assert store.num_rows == sum(lengths)  # ...and no padded position was stored
+    assert verify(store).ok
+    assert_matches_forward(result.url, minilm_path(), {"encoder.layer.2": 2})
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_reuse_resume_and_spec_mismatch(models: dict[str, str], tmp_path: Path) -> None:
+    cfg = config(models["gpt2"], ("transformer.h.0",), tmp_path)
+    first = generate(cfg)
+    store = ActivationStore.open(first.url)
+    before = {s: store.commit_record(s) for s in range(store.num_shards)}
+    data = store.read(cfg.hooks[0], 0, store.num_rows)
+    again = generate(cfg)
+    assert again.reused
+    assert again.url == first.url
+    # Interrupt: two shards lose their commit (as if the job died before committing them).
+    lost = [1, store.num_shards - 1]
+    for s in lost:
+        store.location.delete(f"commits/shard-{s:06d}/zarr.json")
+    resumed = generate(cfg)
+    assert resumed.tokens == sum(b - a for a, b in map(store.layout.shard_rows_range, lost))
+    for s in range(store.num_shards):  # only the lost shards were computed again
+        record = store.commit_record(s)
+        assert (record["committed_at"] == before[s]["committed_at"]) == (s not in lost)
+    assert np.array_equal(store.read(cfg.hooks[0], 0, store.num_rows), data)  # bit-identical
+    assert verify(store).ok
+    with pytest.raises(SpecMismatchError, match="context_length: store has 32, asked for 16"):
+        generate(replace(cfg, out=first.url, context_length=16))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_killed_worker_has_its_shard_retried(models: dict[str, str], tmp_path: Path) -> None:
+    cfg = config(models["llama"], ("model.layers.1",), tmp_path, max_tokens=12000,
+                 batch_size=1, shard_mib=1)
+    killed: list[int] = []
+
+    def kill_first_writer() -> None:  # a lease names its writer's pid: kill that process
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for lease in tmp_path.glob("*/leases/shard-*/zarr.json"):
+                try:
+                    pid = json.loads(lease.read_text())["attributes"]["pid"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_first_writer)
+    killer.start()
+    result = generate(cfg)
+    killer.join()
+    assert killed, "no worker was killed"
+    store = ActivationStore.open(result.url)
+    assert store.complete
+    report = verify(store)  # every context exactly once, every chunk sound
+    assert report.ok, report.problems
+    assert all(store.commit_record(s)["pid"] != killed[0] for s in range(store.num_shards))
+
+
+def test_bad_input_fails_before_any_work(models: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(UnknownHookError, match=r"transformer\.h\.9.*closest.*transformer\.h\.2"):
+        generate(config(models["gpt2"], ("transformer.h.9",), tmp_path))
+    with pytest.raises(ValueError, match="--max-tokens"):
+        config(models["gpt2"], ("transformer.h.0",), tmp_path, max_tokens=8)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DatasetError, match="no complete context"):
+        generate(config(models["gpt2"], ("transformer.h.0",), tmp_path, dataset=str(empty)))
+    rows = tmp_path / "docs.jsonl"
+    rows.write_text(json.dumps({"body": "some text"}) + "\n")
+    with pytest.raises(DatasetError, match=r"no column 'text'; it has \['body'\]"):
+        generate(config(models["gpt2"], ("transformer.h.0",), tmp_path, dataset=str(rows)))
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # nothing was created
