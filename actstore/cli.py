@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actstore.errors import StoreError
-from actstore.generate import GenerateConfig, generate
+from actstore.generate import GenerateConfig, GenerateResult, generate
 from actstore.location import Location
 from actstore.spec import DTYPE_ITEMSIZE
 from actstore.store import ActivationStore
@@ -94,14 +94,21 @@ def run_generate(cfg: GenerateConfig) -> int:
     if result.reused:
         print(f"store {result.url} is complete for this spec: reusing it "
               f"({result.seconds:.1f}s)")
-        return 0
+    else:
+        _print_summary(cfg, result)
+    if cfg.verify:
+        run_info(InfoConfig(result.url))
+        return run_verify(VerifyConfig(result.url))
+    return 0
+
+
+def _print_summary(cfg: GenerateConfig, result: GenerateResult) -> None:
     raw = result.tokens * sum(ActivationStore.open(result.url).layout.d_model.values()) * \
         DTYPE_ITEMSIZE[cfg.store_dtype]
     ratio = raw / result.compressed_bytes if result.compressed_bytes else float("nan")
     print(f"done: {result.url}: {result.tokens} tokens in {result.seconds:.1f}s "
           f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s), "
           f"{result.compressed_bytes} bytes written, compression {ratio:.2f}x")
-    return 0
 
 
 def _add_generate(sub: Any) -> None:
@@ -131,6 +138,8 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--shard-mib", type=int, default=256)
     g.add_argument("--address", help="Ray address (default RAY_ADDRESS, else local Ray)")
     g.add_argument("--no-progress", action="store_false", dest="progress")
+    g.add_argument("--verify", action="store_true",
+                   help="then describe the store and verify every chunk and row")
 
 
 def build_parser() -> argparse.ArgumentParser:

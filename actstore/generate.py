@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 
 from actstore import corpus
-from actstore.capture import load_config, resolve_hooks
+from actstore.capture import load_config, load_tokenizer, resolve_hooks
 from actstore.location import Location
 from actstore.spec import BosPolicy, ContextPolicy, Layout, StorageDtype, StoreSpec
 from actstore.store import ActivationStore, read_root_attrs
@@ -73,6 +73,8 @@ class GenerateConfig:
     """How often a shard is retried after its worker died."""
     progress: bool = True
     """Show a progress bar."""
+    verify: bool = False
+    """After generating (or reusing), read every chunk and check exactly-once coverage."""
     storage_options: dict[str, str] = field(default_factory=dict)
     """fsspec options for the store URL."""
 
@@ -122,11 +124,9 @@ def device_and_dtype(cfg: GenerateConfig) -> tuple[str, str]:
 
 def make_spec(cfg: GenerateConfig) -> StoreSpec:
     """The spec, from the model's config and tokenizer alone (no weights, no data)."""
-    from transformers import AutoTokenizer
-
     config = load_config(cfg.model, cfg.revision)
     hooks = resolve_hooks(config, cfg.hooks)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
+    tokenizer = load_tokenizer(cfg.model, cfg.revision)
     _, model_dtype = device_and_dtype(cfg)
     return StoreSpec(
         model=cfg.model, model_revision=cfg.revision, hooks=hooks, dataset=cfg.dataset,
@@ -174,9 +174,7 @@ def store_url(cfg: GenerateConfig, spec: StoreSpec) -> str:
 
 
 def _build_contexts(cfg: GenerateConfig) -> pa.Table:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
+    tokenizer = load_tokenizer(cfg.model, cfg.revision)
     docs = corpus.iter_documents(cfg.dataset, cfg.split, cfg.text_column, cfg.dataset_revision)
     return corpus.build_contexts(docs, tokenizer, context_length=cfg.context_length,
                                  policy=cfg.context_policy, bos_policy=cfg.bos,

