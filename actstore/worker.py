@@ -93,6 +93,8 @@ class ShardWorker:
         for i in range(0, len(ctx), self.batch_size):
             for hook, rows in self._run_batch(list(ctx[i:i + self.batch_size])).items():
                 parts[hook].append(rows)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the copies have landed
         lo = a - int(self.plan.offsets[ctx[0]])
         perm = torch.from_numpy(shard_permutation(self.store.key, shard, b - a))
         acts = {h: torch.cat(p)[lo:lo + b - a][perm] for h, p in parts.items()}
@@ -117,7 +119,15 @@ class ShardWorker:
             keep[j, int(self.plan.starts[c]):len(seqs[j])] = True
         keep = keep.to(self.device)
         dtype = fmt.torch_dtype(self.store.spec.dtype)
-        return {h: v[keep].to(dtype).to("cpu", non_blocking=True) for h, v in out.items()}
+        rows = {h: v[keep].to(dtype) for h, v in out.items()}  # cast on the device: fewer bytes
+        if self.device.type != "cuda":
+            return rows
+        # Pinned buffers and non-blocking copies: the host thread goes on queuing forward
+        # passes instead of waiting for each copy; `compute` syncs once per shard.
+        host = {h: torch.empty(r.shape, dtype=r.dtype, pin_memory=True) for h, r in rows.items()}
+        for h, r in rows.items():
+            host[h].copy_(r, non_blocking=True)
+        return host
 
     def _index(self, ctx: range, lo: int, n: int) -> RowIndex:
         cids, pos, tok = [], [], []

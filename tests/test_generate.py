@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    gpus = torch.cuda.device_count()
+    ray.init(num_cpus=4, num_gpus=gpus, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -167,3 +169,34 @@ def test_bad_input_fails_before_any_work(models: dict[str, str], tmp_path: Path)
     with pytest.raises(DatasetError, match=r"no column 'text'; it has \['body'\]"):
         generate(config(models["gpt2"], ("transformer.h.0",), tmp_path, dataset=str(rows)))
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # nothing was created
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("ray_session")
+def test_cuda_workers_match_a_forward_pass(models: dict[str, str], tmp_path: Path) -> None:
+    """The GPU path (bf16 model, pinned non-blocking copies) against a CPU fp32 reference."""
+    hook = LAYERS["gpt2"].format(1)
+    result = generate(config(models["gpt2"], (hook,), tmp_path, device="cuda", workers=1,
+                             dtype="float32"))
+    assert verify(ActivationStore.open(result.url)).ok
+    assert_matches_forward(result.url, models["gpt2"], {hook: 1})
+
+
+def test_hugging_face_dataset_from_a_local_folder(tmp_path: Path) -> None:
+    """A HF dataset by path (streamed), its text column, and a clear error for a wrong one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from actstore.corpus import iter_documents
+
+    folder = tmp_path / "my_dataset" / "data"
+    folder.mkdir(parents=True)
+    texts = [f"document number {i} " * (i + 1) for i in range(7)]
+    pq.write_table(pa.table({"content": texts, "n": list(range(7))}),
+                   folder / "train-00000-of-00001.parquet")
+    docs = list(iter_documents(str(tmp_path / "my_dataset"), split="train",
+                               text_column="content"))
+    assert docs == texts
+    with pytest.raises(DatasetError, match=r"no column 'text'; it has \['content', 'n'\]"):
+        list(iter_documents(str(tmp_path / "my_dataset"), split="train"))
