@@ -66,6 +66,9 @@ class ActivationStore:
         """Array path -> encoder of its shard objects (used by writers)."""
         self.decoders = fmt.shard_decoders(layout, spec.dtype)
         """Array path -> decoder of its shard objects."""
+        self._indices: dict[tuple[str, int], NDArray[np.uint64]] = {}
+        """Parsed shard indices, so chunk-sized reads cost one request, not two. Only shards
+        being read are cached; committed shards never change."""
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -229,8 +232,11 @@ class ActivationStore:
                                                self.num_rows - shard * self.layout.shard_rows)
         try:
             blob = self.location.get(key) if whole else b""  # one request for a whole shard
-            index = dec.parse_index(blob[-dec.index_nbytes:] if whole else
-                                    self.location.get_range(key, -dec.index_nbytes))
+            index = self._indices.get((path, shard))
+            if index is None:
+                index = dec.parse_index(blob[-dec.index_nbytes:] if whole else
+                                        self.location.get_range(key, -dec.index_nbytes))
+                self._indices[path, shard] = index
             c0 = first // dec.chunk_rows
             c1 = -(-(first + len(out)) // dec.chunk_rows)
             lo, hi = (0, len(blob)) if whole else dec.chunk_span(index, c0, c1)

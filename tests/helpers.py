@@ -41,9 +41,10 @@ class Expected:
     """The contexts table written."""
 
 
-def fill_store(store: ActivationStore, seed: int = 0,
-               shards: list[int] | None = None) -> Expected:
-    """Write contexts and the given shards (all by default), rows shuffled inside each shard."""
+def fill_store(store: ActivationStore, seed: int = 0, shards: list[int] | None = None,
+               shuffle: bool = True) -> Expected:
+    """Write contexts and the given shards (all by default), rows shuffled inside each shard
+    unless `shuffle` is False (then rows are in context order)."""
     gen = np.random.default_rng(seed)
     lay, ctx_len = store.layout, store.spec.context_length
     n_ctx = lay.num_rows // ctx_len
@@ -57,7 +58,7 @@ def fill_store(store: ActivationStore, seed: int = 0,
     store.write_contexts(contexts)
     ctx = np.repeat(np.arange(n_ctx), ctx_len)
     pos = np.tile(np.arange(ctx_len), n_ctx).astype(np.int32)
-    for s in range(lay.num_shards):  # write-time shuffle inside each shard, as generation does
+    for s in range(lay.num_shards if shuffle else 0):  # write-time shuffle, as generation does
         a, b = lay.shard_rows_range(s)
         perm = a + gen.permutation(b - a)
         ctx[a:b], pos[a:b] = ctx[perm], pos[perm]

@@ -1,0 +1,264 @@
+"""Shuffled, resumable, rank-split batches from a store, read ahead by a pool of threads.
+
+Per epoch (see `EpochPlan`):
+  chunks of the store ──seeded permutation──▶ one global row order
+      ──split──▶ rank r gets rows [r*R, (r+1)*R), R = N // world_size (same steps on every rank)
+      ──windows of `shuffle_buffer` rows, each fully permuted (seed, epoch, rank, window)──▶
+      batches of `batch_size` rows, cut from the start of the rank's stream.
+Rows inside shards were already shuffled at write time, so a window of randomly chosen chunks
+mixes contexts from all over the store. The position is (epoch, rows consumed): resuming
+rebuilds the current window and skips what was consumed, so the next batch is bit-identical.
+Every row is delivered exactly once per epoch across ranks, except the N % world_size rows
+(< world_size) cut so that every rank runs the same number of steps; `drop_last` also drops
+each rank's final short batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from actstore import format as fmt
+from actstore.store import ActivationStore
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How batches are drawn from a store."""
+
+    hooks: tuple[str, ...]
+    """Hooks to load; batches hold one tensor per hook, rows aligned."""
+    batch_size: int = 4096
+    """Rows per batch on each rank."""
+    seed: int = 0
+    """Seed of the chunk permutation and the window shuffles."""
+    shuffle_buffer: int = 1 << 18
+    """Rows shuffled together (a window); larger mixes better and costs memory."""
+    prefetch_windows: int = 2
+    """Windows read ahead of the consumer."""
+    read_threads: int = 4
+    """Threads reading and decoding chunks (I/O and decompression release the GIL)."""
+    device: str = "cpu"
+    """Where batches are delivered; on cuda they come through pinned memory."""
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    """Dtype of delivered batches, converted on the device (None: the store's dtype)."""
+    normalize: Literal["none", "scale", "center_scale"] = "none"
+    """From the store's statistics: scale so E||x||^2 = d_model, optionally centering first."""
+    drop_last: bool = False
+    """Drop each rank's final short batch of an epoch."""
+    with_rows: bool = False
+    """Also deliver the store row numbers of each batch (for tracing and shuffle quality)."""
+
+    def __post_init__(self) -> None:
+        if not self.hooks:
+            raise ValueError("LoaderConfig needs at least one hook")
+        if self.batch_size < 1 or self.shuffle_buffer < 1:
+            raise ValueError("batch_size and shuffle_buffer must be >= 1")
+        if self.shuffle_buffer % self.batch_size:
+            raise ValueError(f"shuffle_buffer ({self.shuffle_buffer}) must be a multiple of "
+                             f"batch_size ({self.batch_size}), so batches never straddle "
+                             "two windows")
+        if self.prefetch_windows < 1 or self.read_threads < 1:
+            raise ValueError("prefetch_windows and read_threads must be >= 1")
+
+
+class Batch(NamedTuple):
+    """One batch on one rank."""
+
+    x: dict[str, torch.Tensor]
+    """Hook -> (rows, d_model) tensor on the configured device and dtype."""
+    rows: torch.Tensor | None
+    """Store row number of each row (when `with_rows`), on the CPU."""
+
+
+def _seed(*parts: int) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class EpochPlan:
+    """The row order of one rank in one epoch, as (chunk, offset) runs: pure arithmetic."""
+
+    def __init__(self, store: ActivationStore, seed: int, epoch: int, rank: int,
+                 world_size: int) -> None:
+        n, c = store.num_rows, store.layout.chunk_rows
+        n_chunks = -(-n // c)
+        order = np.random.default_rng(_seed(seed, epoch)).permutation(n_chunks)
+        sizes = np.minimum(c, n - order * c)
+        self.chunk_order, self.chunk_start = order, np.concatenate([[0], np.cumsum(sizes)])
+        self.rows = n // world_size
+        self.begin = rank * self.rows  # rank's slice of the global order
+        self.chunk_rows = c
+
+    def rows_of(self, lo: int, hi: int) -> NDArray[np.int64]:
+        """Store row numbers at positions [lo, hi) of this rank's stream (before shuffling)."""
+        g_lo, g_hi = self.begin + lo, self.begin + hi
+        first = int(np.searchsorted(self.chunk_start, g_lo, side="right")) - 1
+        last = int(np.searchsorted(self.chunk_start, g_hi, side="left"))
+        parts = [self.chunk_order[k] * self.chunk_rows + np.arange(
+            max(g_lo, self.chunk_start[k]) - self.chunk_start[k],
+            min(g_hi, self.chunk_start[k + 1]) - self.chunk_start[k]) for k in range(first, last)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+class Loader:
+    """Iterate `Batch`es for rank `rank` of `world_size`; `state_dict()` marks the position."""
+
+    def __init__(self, config: LoaderConfig, *, store: ActivationStore, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        missing = [h for h in config.hooks if h not in store.layout.d_model]
+        if missing:
+            raise KeyError(f"hooks {missing} are not in store {store.url}; it has "
+                           f"{list(store.hooks)}")
+        if not store.complete:
+            raise ValueError(f"store {store.url} is incomplete ({len(store.shards_missing())} "
+                             "shards missing): finish generating it first")
+        if store.num_rows // world_size == 0:
+            raise ValueError(f"{store.num_rows} rows cannot feed {world_size} ranks")
+        self.config, self.store, self.rank, self.world_size = config, store, rank, world_size
+        self.epoch, self.consumed = 0, 0
+        self._scale = {h: self._normalizer(h) for h in config.hooks}
+
+    # --- position ------------------------------------------------------------------------
+
+    @property
+    def rows_per_epoch(self) -> int:
+        """Rows this rank delivers per epoch."""
+        rows = self.store.num_rows // self.world_size
+        return rows - rows % self.config.batch_size if self.config.drop_last else rows
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        return int(-(-self.rows_per_epoch // self.config.batch_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed,
+                "world_size": self.world_size, "rank": self.rank, "seed": self.config.seed,
+                "batch_size": self.config.batch_size,
+                "shuffle_buffer": self.config.shuffle_buffer, "store_key": self.store.key}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a saved position; refuses a state that would not replay the same batches."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')} is not "
+                             f"{STATE_VERSION}")
+        mine = self.state_dict()
+        for key in ("world_size", "rank", "seed", "batch_size", "shuffle_buffer", "store_key"):
+            if state[key] != mine[key]:
+                raise ValueError(f"loader state was saved with {key}={state[key]!r}, this "
+                                 f"loader has {key}={mine[key]!r}: the batches would differ "
+                                 "(resume with the same world size and settings)")
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+
+    # --- iteration -----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Batches from the current position to the end of the epoch; then the next epoch
+        starts at the next call."""
+        if self.consumed >= self.rows_per_epoch:
+            self.epoch, self.consumed = self.epoch + 1, 0
+        plan = EpochPlan(self.store, self.config.seed, self.epoch, self.rank, self.world_size)
+        for rows, x in self._produce(plan, self.consumed):
+            batch = self._deliver(x, rows)
+            self.consumed += len(rows)
+            yield batch
+
+    def _produce(self, plan: EpochPlan, start: int
+                 ) -> Iterator[tuple[NDArray[np.int64], dict[str, torch.Tensor]]]:
+        """(rows, host tensors) per batch, from windows read ahead by a background thread."""
+        ready: queue.Queue[Any] = queue.Queue(maxsize=self.config.prefetch_windows)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._read_windows, args=(plan, start, ready, stop),
+                                  daemon=True, name="actstore-loader")
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield from item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    thread.join(0.05)
+
+    def _read_windows(self, plan: EpochPlan, start: int, ready: queue.Queue[Any],
+                      stop: threading.Event) -> None:
+        """Producer thread: windows from the one holding `start`, cut into batches."""
+        b, w, end = self.config.batch_size, self.config.shuffle_buffer, self.rows_per_epoch
+        try:
+            with ThreadPoolExecutor(self.config.read_threads,
+                                    thread_name_prefix="actstore-read") as pool:
+                for w0 in range(start - start % w, end, w):
+                    if stop.is_set():
+                        return
+                    # The whole window is read even past `end` (drop_last), so that its
+                    # permutation, and so every batch, is the same either way.
+                    rows, data = self._window(plan, pool, w0, min(w0 + w, plan.rows))
+                    cuts = range(max(start, w0), min(w0 + w, end), b)
+                    ready.put([(rows[a - w0:min(a + b, end) - w0],
+                                {h: v[a - w0:min(a + b, end) - w0] for h, v in data.items()})
+                               for a in cuts])
+            ready.put(None)
+        except BaseException as e:  # handed to the consumer, raised in its thread
+            ready.put(e)
+
+    def _window(self, plan: EpochPlan, pool: ThreadPoolExecutor, lo: int, hi: int
+                ) -> tuple[NDArray[np.int64], dict[str, torch.Tensor]]:
+        """Rows [lo, hi) of the rank's stream, read in chunk runs and permuted together."""
+        rows = plan.rows_of(lo, hi)
+        perm = np.random.default_rng(_seed(self.config.seed, self.epoch, self.rank, lo)
+                                     ).permutation(len(rows))
+        runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
+        data = {}
+        for hook in self.config.hooks:
+            parts = list(pool.map(lambda r, h=hook: self.store.read(
+                h, int(rows[r[0]]), int(rows[r[-1]]) + 1), runs))
+            stacked = torch.from_numpy(np.concatenate(parts))[torch.from_numpy(perm)]
+            data[hook] = fmt.from_storage(stacked.numpy(), self.store.spec.dtype)
+        return rows[perm], data
+
+    def _deliver(self, x: dict[str, torch.Tensor], rows: NDArray[np.int64]) -> Batch:
+        cfg = self.config
+        device = torch.device(cfg.device)
+        out = {}
+        for hook, host in x.items():
+            t = host
+            if device.type == "cuda":  # pinned host memory: the copy runs asynchronously
+                t = host.pin_memory().to(device, non_blocking=True)
+            dtype = fmt.torch_dtype(cfg.dtype) if cfg.dtype else t.dtype
+            mean, factor = self._scale[hook]
+            if mean is None and factor == 1.0:
+                out[hook] = t.to(dtype)
+            else:  # normalise in float32, then cast: bf16 arithmetic would add error
+                y = t.float()
+                if mean is not None:
+                    y = y - mean.to(y.device)
+                out[hook] = (y * factor).to(dtype)
+        return Batch(out, torch.from_numpy(rows) if cfg.with_rows else None)
+
+    def _normalizer(self, hook: str) -> tuple[torch.Tensor | None, float]:
+        """(mean to subtract or None, factor) from the store's statistics."""
+        if self.config.normalize == "none":
+            return None, 1.0
+        stats = self.store.stats(hook)
+        d = self.store.layout.d_model[hook]
+        if self.config.normalize == "scale":
+            return None, float(np.sqrt(d / stats.mean_sq_norm))
+        variance = stats.mean_sq_norm - float(stats.mean @ stats.mean)
+        return torch.from_numpy(stats.mean).float(), float(np.sqrt(d / variance))
