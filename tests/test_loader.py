@@ -143,3 +143,18 @@ def test_bad_requests_are_clear(tmp_path: Path) -> None:
     fill_store(store, shards=[1, 2, 3])
     with pytest.raises(KeyError, match="not in store"):
         Loader(LoaderConfig(hooks=("nope",), batch_size=8, shuffle_buffer=8), store=store)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_delivery_through_pinned_memory_is_exact(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"))
+    want = fill_store(store)
+    cfg = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=24, with_rows=True,
+                       device="cuda", dtype="float32")
+    for b in Loader(cfg, store=store):
+        assert b.rows is not None
+        got = b.x[HOOKS[0]]
+        assert got.device.type == "cuda"
+        assert got.dtype == torch.float32
+        assert torch.equal(got.cpu(), want.activations[HOOKS[0]][b.rows].bfloat16().float())
