@@ -19,7 +19,14 @@ import torch
 from actstore import corpus
 from actstore.capture import load_config, load_tokenizer, resolve_hooks
 from actstore.location import Location
-from actstore.spec import BosPolicy, ContextPolicy, Layout, StorageDtype, StoreSpec
+from actstore.spec import (
+    DTYPE_ITEMSIZE,
+    BosPolicy,
+    ContextPolicy,
+    Layout,
+    StorageDtype,
+    StoreSpec,
+)
 from actstore.store import ActivationStore, read_root_attrs
 from actstore.writer import JobLock, break_lease
 
@@ -145,12 +152,11 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     spec = make_spec(cfg)
     url = store_url(cfg, spec)
     loc = Location.from_url(url, cfg.storage_options)
-    if read_root_attrs(loc) is not None:
-        existing = ActivationStore.open(url, spec, cfg.storage_options)
-        if existing.complete:
-            return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
+    exists = read_root_attrs(loc) is not None
+    if exists and ActivationStore.open(url, spec, cfg.storage_options).complete:
+        return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
     # Bad data must fail before anything is created, so the corpus is read before the lock.
-    contexts = None if read_root_attrs(loc) is not None else _build_contexts(cfg)
+    contexts = None if exists else _build_contexts(cfg)
     job_id = f"gen-{uuid.uuid4().hex[:8]}"
     with JobLock(loc, job_id):
         store = _create_or_open(cfg, spec, url, contexts)
@@ -190,8 +196,8 @@ def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
     lengths = contexts.column("tokens").combine_chunks().value_lengths().to_numpy()
     num_rows = int(lengths.sum() - contexts.column("start").to_numpy().sum())
     d_model = _hook_widths(cfg, spec)
-    workers = cfg.workers or 1
-    row_bytes = max(d_model.values()) * (2 if cfg.store_dtype != "float32" else 4)
+    workers = cfg.workers or default_workers(device_and_dtype(cfg)[0])
+    row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[cfg.store_dtype]
     # Several shards per worker keep every worker busy and make retries cheap.
     shard_bytes = min(cfg.shard_mib << 20, max(1, num_rows // (4 * workers)) * row_bytes)
     layout = Layout.for_sizes(num_rows, d_model, cfg.store_dtype, shard_bytes=shard_bytes,
