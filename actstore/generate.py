@@ -80,6 +80,8 @@ class GenerateConfig:
     """How often a shard is retried after its worker died."""
     progress: bool = True
     """Show a progress bar."""
+    break_stale_lock: bool = False
+    """Take over the lock of a job whose heartbeat stopped (its driver was killed)."""
     verify: bool = False
     """After generating (or reusing), read every chunk and check exactly-once coverage."""
     storage_options: dict[str, str] = field(default_factory=dict)
@@ -157,13 +159,16 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
     # Bad data must fail before anything is created, so the corpus is read before the lock.
     contexts = None if exists else _build_contexts(cfg)
-    job_id = f"gen-{uuid.uuid4().hex[:8]}"
-    with JobLock(loc, job_id):
+    lock = JobLock(loc, f"gen-{uuid.uuid4().hex[:8]}")
+    lock.acquire(break_stale=cfg.break_stale_lock)
+    try:
         store = _create_or_open(cfg, spec, url, contexts)
         for shard in store.shards_missing():  # we hold the job lock: leases are from dead jobs
             break_lease(store, shard)
         missing = store.shards_missing()
-        run_shards(cfg, store, missing, job_id)
+        run_shards(cfg, store, missing, lock.job_id)
+    finally:
+        lock.release()
     bytes_written = sum(o["size"] for s in missing
                         for k, o in store.commit_record(s)["objects"].items()
                         if k.startswith("activations/"))

@@ -209,7 +209,8 @@ class JobLock:
             raise StoreBusyError(
                 f"store {self.location.url} is being written by job {held.get('job')!r} on "
                 f"{held.get('host')} (pid {held.get('pid')}), last heartbeat {age:.0f}s ago. "
-                + ("It looks dead: take the lock over with JobLock.acquire(break_stale=True)."
+                + ("It looks dead: take the lock over with `actstore generate "
+                   "--break-stale-lock` (JobLock.acquire(break_stale=True))."
                    if age > self.stale_after_s else "Wait for it to finish.")) from None
         self._thread = threading.Thread(target=self._beat, name="actstore-lock", daemon=True)
         self._thread.start()

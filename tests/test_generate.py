@@ -16,7 +16,7 @@ import pytest
 import ray
 import torch
 
-from actstore import ActivationStore, SpecMismatchError, verify
+from actstore import ActivationStore, SpecMismatchError, StoreBusyError, verify
 from actstore.capture import UnknownHookError
 from actstore.corpus import DatasetError
 from actstore.generate import GenerateConfig, generate
@@ -122,6 +122,15 @@ def test_reuse_resume_and_spec_mismatch(models: dict[str, str], tmp_path: Path) 
     assert verify(store).ok
     with pytest.raises(SpecMismatchError, match="context_length: store has 32, asked for 16"):
         generate(replace(cfg, out=first.url, context_length=16))
+    # A driver killed outright leaves its lock: refused until stale, then taken over on request.
+    store.location.delete(f"commits/shard-{lost[0]:06d}/zarr.json")
+    dead = {"zarr_format": 3, "node_type": "group", "attributes": {
+        "job": "killed", "host": "h", "pid": 1, "started_at": 0.0, "heartbeat_at": 0.0}}
+    store.location.put_exclusive("lock/zarr.json", json.dumps(dead).encode())
+    with pytest.raises(StoreBusyError, match="--break-stale-lock"):
+        generate(cfg)
+    assert generate(replace(cfg, break_stale_lock=True)).tokens > 0
+    assert store.complete
 
 
 @pytest.mark.usefixtures("ray_session")
