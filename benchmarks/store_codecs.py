@@ -175,6 +175,32 @@ def bench_s3(acts: NDArray[np.float32], codec: Codec, chunk_bytes: int,
                   raw / tw / 1e6, raw / tr / 1e6, cw / tw, cr / tr)
 
 
+def codec_speeds(acts: NDArray[np.float32], chunk_bytes: int) -> None:
+    """Single-thread encode/decode MB/s of each codec on the same chunks (the per-core bound),
+    beside a plain memory copy of the same bytes."""
+    from actstore.shard_codec import compressor
+
+    raw = to_storage(acts, "bfloat16")
+    per = max(1, chunk_bytes // raw[0].nbytes)
+    chunks = [raw[i:i + per].tobytes() for i in range(0, len(raw), per)]
+    t_copy = timed(lambda: [bytearray(c) for c in chunks])
+    print(f"# memory copy: {raw.nbytes / t_copy / 1e6:.0f} MB/s")
+    for codec in CODECS:
+        c = compressor(codec, 2)
+        if c is None:
+            continue
+        t0 = time.perf_counter()
+        encoded = [c.encode(x) for x in chunks]
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for e in encoded:
+            c.decode(e)
+        t_dec = time.perf_counter() - t0
+        print(f"# 1 thread {codec_name(codec):28} encode {raw.nbytes / t_enc / 1e6:5.0f} MB/s, "
+              f"decode {raw.nbytes / t_dec / 1e6:5.0f} MB/s "
+              f"({t_copy / t_enc:.3f}x / {t_copy / t_dec:.3f}x a memory copy)")
+
+
 def codec_name(c: Codec) -> str:
     return f"{c.name}/{c.shuffle}/l{c.level}" if c.name != "none" else "none"
 
@@ -191,8 +217,13 @@ def main() -> None:
                    help="writer/reader threads, for the store and the raw ceiling alike")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--s3", action="store_true", help="also measure against a moto S3 server")
+    p.add_argument("--codec-speeds-only", action="store_true",
+                   help="only the single-thread encode/decode speeds of each codec")
     args = p.parse_args()
     acts = np.tile(minilm_activations(args.rows), (args.tile, 1))
+    codec_speeds(acts[:args.rows], 2 << 20)
+    if args.codec_speeds_only:
+        return
     shard_bytes, chunk = args.shard_mib << 20, 2 << 20
     os.makedirs(args.workdir, exist_ok=True)
     workdir = tempfile.mkdtemp(dir=args.workdir)
