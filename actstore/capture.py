@@ -113,8 +113,9 @@ class Capture:
         def fn(_module: nn.Module, _args: Any, output: Any) -> None:
             value = output[0] if isinstance(output, tuple | list) else output
             self._outputs[name] = value.detach()
-            self._order.append(name)
-            if name == self._last and len(self._outputs) == len(self.hooks):
+            if self._last is None:  # the probe: learn the order once, not on every pass
+                self._order.append(name)
+            elif name == self._last and len(self._outputs) == len(self.hooks):
                 raise _StopForward
         return fn
 

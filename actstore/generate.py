@@ -27,7 +27,7 @@ from actstore.spec import (
     StorageDtype,
     StoreSpec,
 )
-from actstore.store import ActivationStore, read_root_attrs
+from actstore.store import ActivationStore, read_root_attrs, stored_row_counts
 from actstore.writer import JobLock, break_lease
 
 
@@ -198,8 +198,7 @@ def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
         return ActivationStore.open(url, spec, cfg.storage_options)  # made while we waited
     if contexts is None:
         contexts = _build_contexts(cfg)
-    lengths = contexts.column("tokens").combine_chunks().value_lengths().to_numpy()
-    num_rows = int(lengths.sum() - contexts.column("start").to_numpy().sum())
+    num_rows = int(stored_row_counts(contexts).sum())
     d_model = _hook_widths(cfg, spec)
     workers = cfg.workers or default_workers(device_and_dtype(cfg)[0])
     row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[cfg.store_dtype]

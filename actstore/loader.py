@@ -15,7 +15,6 @@ each rank's final short batch.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import torch
 from numpy.typing import NDArray
 
 from actstore import format as fmt
+from actstore.spec import derived_seed
 from actstore.store import ActivationStore
 
 STATE_VERSION = 1
@@ -82,11 +82,6 @@ class Batch(NamedTuple):
     """Store row number of each row (when `with_rows`), on the CPU."""
 
 
-def _seed(*parts: int) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
 class EpochPlan:
     """The row order of one rank in one epoch, as (chunk, offset) runs: pure arithmetic."""
 
@@ -94,7 +89,7 @@ class EpochPlan:
                  world_size: int) -> None:
         n, c = store.num_rows, store.layout.chunk_rows
         n_chunks = -(-n // c)
-        order = np.random.default_rng(_seed(seed, epoch)).permutation(n_chunks)
+        order = np.random.default_rng(derived_seed(seed, epoch)).permutation(n_chunks)
         sizes = np.minimum(c, n - order * c)
         self.chunk_order, self.chunk_start = order, np.concatenate([[0], np.cumsum(sizes)])
         self.rows = n // world_size
@@ -221,7 +216,7 @@ class Loader:
                     pending = (self._read_window(plan, pool, starts[i + 1])
                                if i + 1 < len(starts) else None)
                     perm = torch.from_numpy(np.random.default_rng(
-                        _seed(self.config.seed, self.epoch, self.rank, w0)
+                        derived_seed(self.config.seed, self.epoch, self.rank, w0)
                     ).permutation(len(rows)))
                     batches = []
                     for a in range(max(start, w0), min(w0 + w, end), b):

@@ -102,6 +102,13 @@ class StoreSpec:
         return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
 
 
+def derived_seed(*parts: object) -> int:
+    """A 64-bit seed from named parts ("key/shard", "seed/epoch/rank/window"): stable across
+    processes and machines, unlike Python's hash()."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def _check_choice(name: str, value: object, choices: Any) -> None:
     allowed = get_args(choices)
     if value not in allowed:

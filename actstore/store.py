@@ -44,6 +44,13 @@ CONTEXT_SCHEMA = pa.schema([
 [start, len(tokens)) (start is 1 when the BOS row is dropped); doc_id is the source document."""
 
 
+def stored_row_counts(contexts: pa.Table) -> NDArray[np.int64]:
+    """Rows each context contributes to the store: positions start .. len(tokens) - 1."""
+    lengths = contexts.column("tokens").combine_chunks().value_lengths().to_numpy()
+    counts: NDArray[np.int64] = lengths.astype(np.int64) - contexts.column("start").to_numpy()
+    return counts
+
+
 class RowIndex(NamedTuple):
     """Where each stored row came from, aligned with the activation rows."""
 

@@ -10,7 +10,6 @@ Compute and I/O overlap: the model runs under a lock, so with two calls in fligh
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from numpy.typing import NDArray
 
 from actstore import format as fmt
 from actstore.capture import Capture, load_model
-from actstore.store import ActivationStore, RowIndex
+from actstore.spec import derived_seed
+from actstore.store import ActivationStore, RowIndex, stored_row_counts
 from actstore.writer import write_shard
 
 
@@ -44,9 +44,8 @@ class Plan:
         table = store.read_contexts(["context_id", "start", "tokens"])
         tokens = [np.asarray(t, dtype=np.int32) for t in table.column("tokens").to_pylist()]
         starts = table.column("start").to_numpy().astype(np.int64)
-        rows = np.array([len(t) for t in tokens], dtype=np.int64) - starts
         return cls(tokens, table.column("context_id").to_numpy().astype(np.int64), starts,
-                   np.concatenate([[0], np.cumsum(rows)]))
+                   np.concatenate([[0], np.cumsum(stored_row_counts(table))]))
 
     def contexts_of(self, a: int, b: int) -> range:
         """Indices of the contexts with stored rows in [a, b)."""
@@ -56,8 +55,7 @@ class Plan:
 
 
 def shard_permutation(key: str, shard: int, n: int) -> NDArray[np.int64]:
-    seed = int.from_bytes(hashlib.sha256(f"{key}/{shard}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).permutation(n)
+    return np.random.default_rng(derived_seed(key, shard)).permutation(n)
 
 
 class ShardWorker:
@@ -74,9 +72,6 @@ class ShardWorker:
         self.batch_size = batch_size
         self.writer_id = f"{job_id}/{os.getpid()}"
         self._compute_lock = threading.Lock()
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def process(self, shard: int) -> int:
         """Compute and commit `shard`; returns its number of rows."""
