@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("root")
     ls.add_argument("--json", action="store_true", dest="as_json")
     _add_generate(sub)
+    from trainer.cli import add_train_parser
+
+    add_train_parser(sub)
     return p
 
 
@@ -169,10 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_info(InfoConfig(**args))
         if command == "verify":
             return run_verify(VerifyConfig(**args))
+        if command == "train":
+            from trainer.cli import config_from_args, run_train
+
+            return run_train(config_from_args(args))
         if command == "generate":
             return run_generate(GenerateConfig(**{**args, "hooks": tuple(args["hooks"])}))
         return run_ls(LsConfig(**args))
-    except (StoreError, KeyError, ValueError) as e:
+    except (StoreError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"actstore {command}: error: {e}", file=sys.stderr)
         return 2
 

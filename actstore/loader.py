@@ -73,6 +73,35 @@ class LoaderConfig:
             raise ValueError("prefetch_windows and read_threads must be >= 1")
 
 
+class Normalizer(NamedTuple):
+    """x -> (x - mean) * scale, from a store's statistics; `mean` is None when not centering."""
+
+    mean: torch.Tensor | None
+    """Per-dimension mean subtracted first (float32), or None."""
+    scale: float
+    """Factor making E||x||^2 = d_model afterwards."""
+
+    @classmethod
+    def of(cls, store: ActivationStore, hook: str,
+           mode: Literal["none", "scale", "center_scale"]) -> Normalizer:
+        if mode == "none":
+            return cls(None, 1.0)
+        stats = store.stats(hook)
+        d = store.layout.d_model[hook]
+        if mode == "scale":
+            return cls(None, float(np.sqrt(d / stats.mean_sq_norm)))
+        variance = stats.mean_sq_norm - float(stats.mean @ stats.mean)
+        return cls(torch.from_numpy(stats.mean).float(), float(np.sqrt(d / variance)))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        y = x if self.mean is None else x - self.mean.to(x.device)
+        return y * self.scale
+
+    def invert(self, y: torch.Tensor) -> torch.Tensor:
+        x = y / self.scale
+        return x if self.mean is None else x + self.mean.to(x.device)
+
+
 class Batch(NamedTuple):
     """One batch on one rank."""
 
@@ -125,7 +154,7 @@ class Loader:
             raise ValueError(f"{store.num_rows} rows cannot feed {world_size} ranks")
         self.config, self.store, self.rank, self.world_size = config, store, rank, world_size
         self.epoch, self.consumed = 0, 0
-        self._scale = {h: self._normalizer(h) for h in config.hooks}
+        self._scale = {h: Normalizer.of(store, h, config.normalize) for h in config.hooks}
 
     # --- position ------------------------------------------------------------------------
 
@@ -259,23 +288,9 @@ class Loader:
             if device.type == "cuda":  # pinned host memory: the copy runs asynchronously
                 t = host.pin_memory().to(device, non_blocking=True)
             dtype = fmt.torch_dtype(cfg.dtype) if cfg.dtype else t.dtype
-            mean, factor = self._scale[hook]
-            if mean is None and factor == 1.0:
+            norm = self._scale[hook]
+            if norm.mean is None and norm.scale == 1.0:
                 out[hook] = t.to(dtype)
             else:  # normalise in float32, then cast: bf16 arithmetic would add error
-                y = t.float()
-                if mean is not None:
-                    y = y - mean.to(y.device)
-                out[hook] = (y * factor).to(dtype)
+                out[hook] = norm.apply(t.float()).to(dtype)
         return Batch(out, torch.from_numpy(rows) if cfg.with_rows else None)
-
-    def _normalizer(self, hook: str) -> tuple[torch.Tensor | None, float]:
-        """(mean to subtract or None, factor) from the store's statistics."""
-        if self.config.normalize == "none":
-            return None, 1.0
-        stats = self.store.stats(hook)
-        d = self.store.layout.d_model[hook]
-        if self.config.normalize == "scale":
-            return None, float(np.sqrt(d / stats.mean_sq_norm))
-        variance = stats.mean_sq_norm - float(stats.mean @ stats.mean)
-        return torch.from_numpy(stats.mean).float(), float(np.sqrt(d / variance))

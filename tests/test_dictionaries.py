@@ -176,7 +176,7 @@ def test_ensemble_members_equal_training_each_alone() -> None:
         alone = SparseDictionary(cfg, torch.Generator().manual_seed(3 + i)).double()
         opt = torch.optim.Adam(alone.parameters(), lr=1e-2)
         for x in batches:
-            train_step(alone, opt, x, grad_clip=1.0)
+            train_step(alone, alone, opt, x, grad_clip=1.0)
         for (name, a), b in zip(alone.state_dict().items(),
                                 ensemble.members[i].state_dict().values(), strict=True):
             assert torch.equal(a, b), (i, name)

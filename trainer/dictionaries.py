@@ -19,6 +19,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
+from trainer import distributed
+
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
 
 
@@ -212,17 +214,24 @@ class SparseDictionary(nn.Module):
 
     @torch.no_grad()
     def _update_threshold(self, z: torch.Tensor) -> None:
+        """Running estimate of the smallest kept activation, over the batches of all ranks
+        (so every rank keeps the same threshold)."""
         active = z[z > 0]
-        if active.numel():
+        dtype = self.threshold.dtype  # float32 even under autocast
+        current = (active.min().to(dtype) if active.numel()
+                   else self.threshold.new_tensor(math.inf))
+        current = distributed.all_reduce(current, "min")
+        if bool(torch.isfinite(current)):
             m = self.cfg.threshold_momentum
-            current = active.min()
             first = bool(self.threshold == 0)
             self.threshold.copy_(current if first else (1 - m) * self.threshold + m * current)
 
     @torch.no_grad()
     def _track(self, z: torch.Tensor, tokens: int) -> None:
-        fired = (z > 0).any(0)
-        self.tokens_since_fired.add_(tokens)
+        """Tokens since each latent fired, over all ranks' batches (the same on every rank;
+        DDP's buffer broadcast is off because it would overwrite this with rank 0's view)."""
+        fired = distributed.all_reduce((z > 0).any(0).to(torch.int32), "max").bool()
+        self.tokens_since_fired.add_(tokens * distributed.world_size())
         self.tokens_since_fired.masked_fill_(fired, 0)
 
     # --- the decoder constraint ---------------------------------------------------------------

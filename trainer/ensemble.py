@@ -1,27 +1,48 @@
 """Several dictionaries trained on the same stream of batches in one pass (the seed paper's way
 of sweeping an L1 coefficient, a size or k): the data is read and moved once, and each member
-keeps its own optimiser, schedule and metrics."""
+keeps its own optimiser, schedule and metrics.
+
+Data-parallel: `distribute()` wraps each member in DDP, which averages gradients across ranks
+during backward. Buffer broadcast is off: the dictionaries keep their buffers (dead-latent
+counters, the batchtopk threshold) equal on all ranks themselves, from every rank's batch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from trainer.dictionaries import DictionaryConfig, Output, SparseDictionary
 
 OptimizerFactory = Callable[[SparseDictionary], torch.optim.Optimizer]
+Schedule = Callable[[int], float]
 
 
 def adam(lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999)) -> OptimizerFactory:
     return lambda sae: torch.optim.Adam(sae.parameters(), lr=lr, betas=betas)
 
 
+def warmup_decay(steps: int, warmup: int, decay_start: float) -> Schedule:
+    """Learning-rate factor: linear warmup from 0 over `warmup` steps, flat, then linear decay
+    to 0 over the steps after `decay_start * steps`."""
+    decay_from = int(decay_start * steps)
+
+    def factor(step: int) -> float:
+        up = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        down = 1.0 if step < decay_from else max(0.0, (steps - step) / max(1, steps - decay_from))
+        return up * down
+    return factor
+
+
 class Ensemble:
     """Members trained side by side; `step(x)` does one optimiser step for each."""
 
     def __init__(self, configs: Sequence[DictionaryConfig], make_optimizer: OptimizerFactory,
-                 *, seed: int = 0, grad_clip: float | None = 1.0) -> None:
+                 *, seed: int = 0, grad_clip: float | None = 1.0,
+                 schedule: Schedule | None = None) -> None:
         if not configs:
             raise ValueError("an ensemble needs at least one dictionary")
         widths = {c.d_model for c in configs}
@@ -29,25 +50,62 @@ class Ensemble:
             raise ValueError(f"members must share d_model, got {sorted(widths)}")
         self.members = [SparseDictionary(c, torch.Generator().manual_seed(seed + i))
                         for i, c in enumerate(configs)]
-        self.optimizers = [make_optimizer(m) for m in self.members]
+        self.make_optimizer, self.schedule = make_optimizer, schedule
         self.grad_clip = grad_clip
+        self._forwards: list[Callable[[torch.Tensor], Output]] = list(self.members)
+        self._reset_optimizers()
+
+    def _reset_optimizers(self) -> None:
+        self.optimizers = [self.make_optimizer(m) for m in self.members]
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self.schedule)
+                           for o in self.optimizers] if self.schedule else []
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Ensemble:
+        """Move the members (before `distribute` and before any step: the optimisers are
+        rebuilt on the moved parameters)."""
         for m in self.members:
             m.to(device=device, dtype=dtype)
+        self._reset_optimizers()
         return self
 
-    def step(self, x: torch.Tensor) -> list[Output]:
+    def distribute(self, device: torch.device) -> None:
+        """Average gradients across the process group's ranks (DDP, one per member)."""
+        ids = [device.index] if device.type == "cuda" else None
+        self._forwards = [DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
+                          for m in self.members]
+
+    def step(self, x: torch.Tensor, autocast: bool = False) -> list[Output]:
         """One training step of every member on the same batch."""
-        return [train_step(m, opt, x, self.grad_clip)
-                for m, opt in zip(self.members, self.optimizers, strict=True)]
+        outs = [train_step(m, f, opt, x, self.grad_clip, autocast=autocast)
+                for m, f, opt in zip(self.members, self._forwards, self.optimizers, strict=True)]
+        for s in self.schedulers:
+            s.step()
+        return outs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"members": [m.state_dict() for m in self.members],
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["members"]) != len(self.members):
+            raise ValueError(f"checkpoint has {len(state['members'])} dictionaries, this run "
+                             f"{len(self.members)}")
+        for m, s in zip(self.members, state["members"], strict=True):
+            m.load_state_dict(s)
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
+            sch.load_state_dict(s)
 
 
-def train_step(sae: SparseDictionary, opt: torch.optim.Optimizer, x: torch.Tensor,
-               grad_clip: float | None) -> Output:
-    """Forward, backward, decoder-constrained step."""
+def train_step(sae: SparseDictionary, forward: Callable[[torch.Tensor], Output],
+               opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float | None, *,
+               autocast: bool = False) -> Output:
+    """Forward (through DDP when distributed), backward, decoder-constrained step."""
     opt.zero_grad(set_to_none=True)
-    out: Output = sae(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out: Output = forward(x)
     out.loss.backward()  # type: ignore[no-untyped-call]
     sae.remove_parallel_grad()
     if grad_clip is not None:

@@ -1,0 +1,92 @@
+"""`actstore train`: flags, or `--config FILE` (JSON/TOML, the same names) with flags on top.
+
+Launch one process, or one per GPU with torchrun (the same command), e.g.
+    torchrun --nproc-per-node 8 -m trainer.cli --config sweep.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from actstore.errors import StoreError
+from trainer.config import TrainConfig
+
+#: Flags whose values are lists (a sweep): repeat or give several values.
+_LISTS = {"latents": int, "k": int, "l1": float, "l0": float}
+
+
+def add_train_parser(sub: Any) -> None:
+    t = sub.add_parser("train", help="train sparse dictionaries on a store (DDP under torchrun)")
+    add_arguments(t)
+
+
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """Every flag defaults to None: only flags given on the command line override the file."""
+    t.add_argument("--config", help="JSON or TOML file of settings (flags override it)")
+    t.add_argument("--store")
+    t.add_argument("--hook")
+    t.add_argument("--arch", choices=["relu", "topk", "batchtopk", "jumprelu"])
+    for name, kind in _LISTS.items():
+        t.add_argument(f"--{name}", type=kind, nargs="+", help="several values: a sweep")
+    for name, kind in (("tokens", int), ("batch_size", int), ("lr", float),
+                       ("warmup_steps", int), ("decay_start", float), ("grad_clip", float),
+                       ("seed", int), ("init_rows", int), ("aux_coef", float),
+                       ("dead_after_tokens", int), ("log_every", int),
+                       ("checkpoint_every", int), ("eval_every", int), ("eval_contexts", int),
+                       ("shuffle_buffer", int), ("read_threads", int)):
+        t.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
+    t.add_argument("--out")
+    t.add_argument("--normalize", choices=["none", "scale", "center_scale"])
+    t.add_argument("--bias-init", choices=["geometric_median", "mean", "zeros"])
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--resume", action="store_true", default=None)
+    t.add_argument("--no-autocast", action="store_false", dest="autocast", default=None)
+    t.add_argument("--no-progress", action="store_false", dest="progress", default=None)
+    t.add_argument("--no-plots", action="store_false", dest="plots", default=None)
+
+
+def config_from_args(args: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from parsed flags (None = not given) over an optional config file."""
+    path = args.pop("config", None)
+    given = {k: v for k, v in args.items() if v is not None}
+    if path:
+        return TrainConfig.from_file(path, given)
+    return TrainConfig.from_dict(given)
+
+
+def run_train(cfg: TrainConfig) -> int:
+    from trainer.train import train
+
+    result = train(cfg)
+    if result.dictionaries and _is_main():
+        print(f"trained {len(result.dictionaries)} dictionaries for {result.steps} steps, "
+              f"{result.tokens} tokens in {result.seconds:.1f}s "
+              f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s) -> {result.out}")
+        for path, metrics in zip(result.dictionaries, result.final, strict=True):
+            print(f"  {path.name}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for `python -m trainer.cli` (what torchrun launches)."""
+    parser = argparse.ArgumentParser(prog="actstore train", description=__doc__)
+    add_arguments(parser)
+    try:
+        return run_train(config_from_args(vars(parser.parse_args(argv))))
+    except (StoreError, ValueError, KeyError, FileNotFoundError) as e:
+        print(f"actstore train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

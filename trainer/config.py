@@ -1,0 +1,158 @@
+"""`actstore train`'s one config: flags or a JSON/TOML file, checked before any work.
+
+A sweep is several values of `--latents`, `--k`, `--l1` or `--l0`: every combination becomes
+one member of an ensemble trained on the same stream of batches (the seed paper's sweeps).
+Checks that need the store (hook present, d_model, enough rows) are in `check_against`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from trainer.dictionaries import Arch, DictionaryConfig
+
+Normalize = Literal["none", "scale", "center_scale"]
+BiasInit = Literal["geometric_median", "mean", "zeros"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: a store, a hook, one dictionary or a sweep of them."""
+
+    store: str
+    """URL of a complete store."""
+    hook: str
+    """Hook (module path) whose activations are fitted."""
+    arch: Arch
+    """relu (the seed paper's L1 sparse coding), topk, batchtopk or jumprelu."""
+    latents: tuple[int, ...]
+    """Dictionary sizes (several: a sweep)."""
+    tokens: int
+    """Training tokens (rows) in all, across ranks."""
+    batch_size: int
+    """Global batch in rows, split evenly across ranks."""
+    out: str
+    """Local output directory: dictionaries, metrics, checkpoints, plots."""
+    k: tuple[int, ...] = ()
+    """Active latents per token (topk, batchtopk)."""
+    l1: tuple[float, ...] = ()
+    """L1 coefficients (relu)."""
+    l0: tuple[float, ...] = ()
+    """L0 coefficients (jumprelu)."""
+    resume: bool = False
+    """Continue from the checkpoint in `out`."""
+    lr: float = 2e-4
+    """Adam learning rate after warmup."""
+    warmup_steps: int = 100
+    """Linear learning-rate warmup from 0."""
+    decay_start: float = 0.8
+    """Fraction of the steps after which the learning rate decays linearly to 0."""
+    grad_clip: float | None = 1.0
+    """Clip each dictionary's gradient norm (None: no clipping)."""
+    seed: int = 0
+    """Seeds the parameters and the loader's order."""
+    normalize: Normalize = "scale"
+    """Input normalisation from the store's statistics (folded back on export)."""
+    bias_init: BiasInit = "geometric_median"
+    """Initial pre-encoder bias: geometric median or mean of a sample, or zeros."""
+    init_rows: int = 16384
+    """Rows sampled for the bias init."""
+    aux_coef: float = 1 / 32
+    """AuxK loss weight (topk, batchtopk)."""
+    dead_after_tokens: int = 1_000_000
+    """A latent silent for this many tokens is dead (metric, AuxK)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """cuda (one GPU per rank, LOCAL_RANK) when available, else cpu."""
+    autocast: bool = True
+    """bf16 autocast of the forward pass on cuda (parameters and optimiser stay float32)."""
+    log_every: int = 50
+    """Steps between metric lines (metrics.jsonl)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (a multiple of log_every, so resume replays the same log)."""
+    eval_every: int = 0
+    """Steps between loss-recovered evaluations with the model spliced (0: at the end only)."""
+    eval_contexts: int = 16
+    """Contexts of the held-out slice for loss recovered (0: skip; needs the model)."""
+    shuffle_buffer: int = 1 << 18
+    """Loader shuffle window in rows (rounded down to a multiple of the per-rank batch)."""
+    read_threads: int = 4
+    """Loader threads reading and decoding chunks."""
+    progress: bool = True
+    """Progress bar on rank 0."""
+    plots: bool = True
+    """PNG plots of the curves and latent densities at the end."""
+
+    def __post_init__(self) -> None:
+        arch_param = {"relu": ("l1", self.l1), "jumprelu": ("l0", self.l0),
+                      "topk": ("k", self.k), "batchtopk": ("k", self.k)}
+        checks = [
+            (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
+            (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
+            (self.tokens >= 1 and self.batch_size >= 1, "--tokens and --batch-size must be >= 1"),
+            (self.tokens >= self.batch_size, f"--tokens ({self.tokens}) must be at least one "
+                                             f"batch ({self.batch_size})"),
+            (self.lr > 0 and self.warmup_steps >= 0, "--lr must be > 0, --warmup-steps >= 0"),
+            (0 <= self.decay_start <= 1, "--decay-start is a fraction in [0, 1]"),
+            (self.grad_clip is None or self.grad_clip > 0, "--grad-clip must be > 0"),
+            (self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
+            (self.checkpoint_every % self.log_every == 0,
+             f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --log-every "
+             f"({self.log_every}), so a resumed run logs exactly what an uninterrupted one does"),
+            (self.eval_every >= 0 and self.eval_contexts >= 0, "eval settings must be >= 0"),
+            (self.init_rows >= 1 and self.dead_after_tokens >= 1, "counts must be >= 1"),
+            (self.normalize in get_args(Normalize), f"--normalize: {get_args(Normalize)}"),
+            (self.bias_init in get_args(BiasInit), f"--bias-init: {get_args(BiasInit)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        name, values = arch_param[self.arch]
+        if not values:
+            raise ValueError(f"--arch {self.arch} needs --{name}")
+        for other in {"l1", "l0", "k"} - {name}:
+            if getattr(self, other):
+                raise ValueError(f"--{other} does not apply to --arch {self.arch}")
+        for n, k in itertools.product(self.latents, self.k):
+            if not 1 <= k <= n:
+                raise ValueError(f"--k {k} must be in [1, latents={n}]")
+
+    def dictionaries(self, d_model: int) -> list[DictionaryConfig]:
+        """One config per member of the sweep, in a fixed order."""
+        sweep: tuple[Any, ...] = {"relu": self.l1, "jumprelu": self.l0,
+                                  "topk": self.k, "batchtopk": self.k}[self.arch]
+        key = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k"}[self.arch]
+        return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
+                                 dead_after_tokens=self.dead_after_tokens, **{key: v})
+                for n, v in itertools.product(self.latents, sweep)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d
+                         and f.default is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"missing train settings {missing}")
+        tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
+                  for k, v in d.items() if k in ("latents", "k", "l1", "l0")}
+        return cls(**{**d, **tuples})
+
+    @classmethod
+    def from_file(cls, path: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """A JSON or TOML file of the same settings as the flags; `overrides` win."""
+        text = Path(path).read_text()
+        data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a table of settings")
+        return cls.from_dict({**data, **(overrides or {})})

@@ -1,0 +1,84 @@
+"""Training metrics per dictionary, summed on the device over a logging interval (no host sync
+per step) and reduced across ranks when a line is written.
+
+    mse   squared error summed over d_model, mean over tokens (the loss term, normalised space)
+    fvu   fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2
+    l0    mean number of active latents per token
+    dead  latents that fired on none of the last `dead_after_tokens` tokens (all ranks)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from trainer import distributed
+from trainer.dictionaries import Output, SparseDictionary
+
+_SUMS = ("sse", "ssdev", "l0", "loss", "tokens")
+
+
+class Meter:
+    """Interval sums for each member of an ensemble, plus per-latent firing counts over the
+    whole run (for the latent-density histogram)."""
+
+    def __init__(self, members: Sequence[SparseDictionary], device: torch.device) -> None:
+        self.members = list(members)
+        self.device = device
+        self.sums = torch.zeros(len(members), len(_SUMS), dtype=torch.float64, device=device)
+        self.terms: list[dict[str, torch.Tensor]] = [{} for _ in members]
+        self.fired = [torch.zeros(m.cfg.latents, dtype=torch.long, device=device)
+                      for m in members]
+        self.tokens_total = 0
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, outs: Sequence[Output]) -> None:
+        x = x.float()
+        ssdev = (x - x.mean(0)).pow(2).sum().double()
+        for i, out in enumerate(outs):
+            active = out.z > 0
+            row = torch.stack([(out.x_hat.float() - x).pow(2).sum().double(), ssdev,
+                               active.sum().double(), out.loss.detach().double() * len(x),
+                               torch.tensor(float(len(x)), dtype=torch.float64,
+                                            device=x.device)])
+            self.sums[i] += row
+            for name, value in out.terms.items():
+                self.terms[i][name] = self.terms[i].get(name, 0) + value.double() * len(x)
+            self.fired[i] += active.sum(0)
+        self.tokens_total += len(x)
+
+    def flush(self) -> list[dict[str, float]]:
+        """Every member's metrics since the last flush (over all ranks); resets the sums.
+        Called on every rank (it reduces)."""
+        sums = distributed.all_reduce(self.sums.clone()).cpu()
+        lines = []
+        for i, member in enumerate(self.members):
+            s = dict(zip(_SUMS, sums[i].tolist(), strict=True))
+            tokens = max(s["tokens"], 1.0)
+            line = {"mse": s["sse"] / tokens, "fvu": s["sse"] / max(s["ssdev"], 1e-30),
+                    "l0": s["l0"] / tokens, "loss": s["loss"] / tokens,
+                    "dead": int(member.dead_mask().sum())}
+            for name, total in sorted(self.terms[i].items()):
+                if name != "mse":
+                    line[name] = float(distributed.all_reduce(torch.as_tensor(
+                        total).clone())) / tokens
+            lines.append(line)
+        self.sums.zero_()
+        self.terms = [{} for _ in self.members]
+        return lines
+
+    def densities(self) -> list[torch.Tensor]:
+        """Per member, the fraction of training tokens on which each latent fired (all ranks)."""
+        tokens = distributed.all_reduce(torch.tensor(float(self.tokens_total)))
+        return [distributed.all_reduce(f.clone()).cpu().double() / max(float(tokens), 1.0)
+                for f in self.fired]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Run-long state (interval sums are empty at checkpoints, which fall on log steps)."""
+        return {"fired": [f.cpu() for f in self.fired], "tokens_total": self.tokens_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fired = [f.to(self.device) for f in state["fired"]]
+        self.tokens_total = int(state["tokens_total"])

@@ -1,0 +1,244 @@
+"""The training loop: one function for every launcher (plain process, torchrun, Ray Train).
+
+    store ──Loader(rank, world)──▶ (B / world, d) float32 batches, normalised, on this rank's device
+          ──Ensemble.step──▶ every dictionary's forward, DDP-averaged backward, constrained step
+          ──Meter──▶ metrics.jsonl every `log_every` steps (rank 0), checkpoint every
+            `checkpoint_every`, loss recovered with the model spliced (rank 0)
+    end: per dictionary dictionaries/<name>/ (cfg.json + model.safetensors) and its SAELens
+         export in dictionaries/<name>/saelens/, plots/*.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from actstore.loader import Loader, LoaderConfig, Normalizer
+from actstore.store import ActivationStore
+from trainer import checkpoint, distributed
+from trainer.config import TrainConfig
+from trainer.dictionaries import DictionaryConfig
+from trainer.distributed import World
+from trainer.ensemble import Ensemble, adam, warmup_decay
+from trainer.logs import MetricsLog
+from trainer.metrics import Meter
+from trainer.splice import Splicer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced."""
+
+    out: Path
+    """The output directory."""
+    steps: int
+    """Optimiser steps taken in all (including those before a resume)."""
+    tokens: int
+    """Training rows consumed across ranks."""
+    seconds: float
+    """Wall time of this process's run."""
+    dictionaries: tuple[Path, ...]
+    """One directory per trained dictionary (written by rank 0)."""
+    final: tuple[dict[str, float], ...]
+    """Each dictionary's last logged metrics (and loss recovered when evaluated)."""
+
+
+def member_name(cfg: DictionaryConfig) -> str:
+    knob = {"relu": f"l1-{cfg.l1:g}", "jumprelu": f"l0-{cfg.l0:g}"}.get(cfg.arch, f"k{cfg.k}")
+    return f"{cfg.arch}-n{cfg.latents}-{knob}"
+
+
+def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
+    """Checks that need the store and the world size, before any work."""
+    if cfg.hook not in store.layout.d_model:
+        raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
+                         f"{list(store.hooks)}")
+    if not store.complete:
+        raise ValueError(f"store {store.url} is incomplete: finish generating it first")
+    if cfg.batch_size % world.size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
+                         f"{world.size} ranks")
+    if store.num_rows // world.size < cfg.batch_size // world.size:
+        raise ValueError(f"store {store.url} has {store.num_rows} rows: fewer than one batch "
+                         f"of {cfg.batch_size // world.size} per rank")
+    has_checkpoint = checkpoint.path(cfg.out).exists()
+    if has_checkpoint and not cfg.resume:
+        raise ValueError(f"{cfg.out} holds a checkpoint: pass --resume, or another --out")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train `cfg`'s dictionaries; call it on every rank."""
+    world = distributed.setup(cfg.device)
+    try:
+        return _Run(cfg, world).run()
+    finally:
+        distributed.teardown(world)
+
+
+class _Run:
+    """State of one run on one rank."""
+
+    def __init__(self, cfg: TrainConfig, world: World) -> None:
+        self.cfg, self.world = cfg, world
+        self.store = ActivationStore.open(cfg.store)
+        check_against(cfg, self.store, world)
+        self.members = cfg.dictionaries(self.store.layout.d_model[cfg.hook])
+        self.steps = cfg.tokens // cfg.batch_size
+        per_rank = cfg.batch_size // world.size
+        self.loader = Loader(LoaderConfig(
+            hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
+            shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
+            read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
+            normalize=cfg.normalize), store=self.store, rank=world.rank, world_size=world.size)
+        self.norm = Normalizer.of(self.store, cfg.hook, cfg.normalize)
+        self.ensemble = Ensemble(self.members, adam(cfg.lr), seed=cfg.seed,
+                                 grad_clip=cfg.grad_clip,
+                                 schedule=warmup_decay(self.steps, cfg.warmup_steps,
+                                                       cfg.decay_start)).to(world.device)
+        self.meter = Meter(self.ensemble.members, world.device)
+        self.names = [member_name(m) for m in self.members]
+        self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
+        self.step = 0
+        self.splicer = self._splicer() if cfg.eval_contexts else None
+
+    def _splicer(self) -> Splicer | None:
+        """The model for loss recovered, loaded on rank 0 at the start, so a model that cannot
+        be loaded stops every rank before training rather than at the end."""
+        error, splicer = None, None
+        if self.world.is_main:
+            try:
+                splicer = Splicer(self.store, self.cfg.hook, self.norm, self.cfg.eval_contexts,
+                                  self.world.device)
+            except Exception as e:  # reported on every rank below
+                error = f"{type(e).__name__}: {e}"
+        error = distributed.broadcast_object(error)
+        if error:
+            raise ValueError(f"loss recovered needs the store's model ({self.store.spec.model})"
+                             f", which failed to load: {error}; pass --eval-contexts 0 to "
+                             "train without it")
+        return splicer
+
+    def run(self) -> TrainResult:
+        start = time.perf_counter()
+        if self.cfg.resume:
+            self._restore()
+        else:
+            Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
+            self._init_bias()
+        self.log.open(resume_at=self.step)
+        if self.world.distributed:
+            self.ensemble.distribute(self.world.device)
+        last = self._loop()
+        final = self._finish(last)
+        self.log.close()
+        return TrainResult(Path(self.cfg.out), self.step, self.step * self.cfg.batch_size,
+                           time.perf_counter() - start, final[0], final[1])
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        while True:  # epochs, from the loader's current position
+            for batch in self.loader:
+                yield batch.x[self.cfg.hook]
+
+    def _loop(self) -> list[dict[str, float]]:
+        cfg = self.cfg
+        last: list[dict[str, float]] = [{} for _ in self.members]
+        autocast = cfg.autocast and self.world.device.type == "cuda"
+        batches = self._batches()
+        bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.world.is_main))
+        with bar:
+            while self.step < self.steps:
+                x = next(batches)
+                self.meter.add(x, self.ensemble.step(x, autocast))
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.steps:
+                    last = self.meter.flush()
+                    self.log.write(self.step, self.step * cfg.batch_size, self._lr(), last)
+                    bar.set_postfix(fvu=f"{last[0]['fvu']:.3f}", l0=f"{last[0]['l0']:.1f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.steps:
+                    self._evaluate()
+                if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
+                    self._save()
+        return last
+
+    def _lr(self) -> float:
+        return float(self.ensemble.optimizers[0].param_groups[0]["lr"])
+
+    def _evaluate(self) -> list[dict[str, float]]:
+        results: list[dict[str, float]] = []
+        if self.splicer is not None:
+            results = self.splicer.evaluate(self.ensemble.members)
+            self.log.write_eval(self.step, results)
+        distributed.barrier()
+        return results
+
+    @torch.no_grad()
+    def _init_bias(self) -> None:
+        """b_dec at a centre of a sample spread over the store (the same rows on every rank)."""
+        if self.cfg.bias_init == "zeros":
+            return
+        n, spots = self.store.num_rows, 16
+        each = max(1, min(self.cfg.init_rows, n) // spots)
+        parts = [self.store.read_torch(self.cfg.hook, a, min(a + each, n))
+                 for a in sorted({i * n // spots for i in range(spots)})]
+        sample = self.norm.apply(torch.cat(parts).float()).to(self.world.device)
+        for m in self.ensemble.members:
+            m.init_bias(sample, self.cfg.bias_init)
+
+    def _save(self) -> None:
+        loaders = distributed.gather_objects(self.loader.state_dict())
+        if self.world.is_main:
+            checkpoint.save(self.cfg.out, {
+                "step": self.step, "config": self.cfg.to_dict(),
+                "dictionaries": [dataclasses.asdict(m) for m in self.members],
+                "ensemble": self.ensemble.state_dict(), "loaders": loaders,
+                "meter": self.meter.state_dict(), "rng": checkpoint.rng_state()})
+        distributed.barrier()
+
+    def _restore(self) -> None:
+        state = checkpoint.load(self.cfg.out, self.cfg, self.members)
+        if len(state["loaders"]) != self.world.size:
+            raise ValueError(f"--resume: the checkpoint was written by {len(state['loaders'])} "
+                             f"ranks, this run has {self.world.size}; resume with the same "
+                             "world size (the batches would differ)")
+        self.loader.load_state_dict(state["loaders"][self.world.rank])
+        self.ensemble.load_state_dict(state["ensemble"])
+        self.meter.load_state_dict(state["meter"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def _finish(self, last: list[dict[str, float]]
+                ) -> tuple[tuple[Path, ...], tuple[dict[str, float], ...]]:
+        from trainer.export import export_saelens, save_dictionary
+        from trainer.plots import plot_run
+
+        evals = self._evaluate() if self.splicer is not None else []
+        densities = self.meter.densities()
+        final = tuple({**m, **(evals[i] if evals else {})} for i, m in enumerate(last))
+        dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
+        if self.world.is_main:
+            source = self._source()
+            for d, member, dens in zip(dirs, self.ensemble.members, densities, strict=True):
+                save_dictionary(d, member, self.norm, source)
+                export_saelens(d / "saelens", member, self.norm, source)
+                torch.save(dens, d / "latent_density.pt")
+            if self.cfg.plots:
+                plot_run(Path(self.cfg.out), self.names, densities)
+        distributed.barrier()
+        return dirs, final
+
+    def _source(self) -> dict[str, Any]:
+        spec = self.store.spec
+        return {"store": self.store.url, "store_key": self.store.key, "hook": self.cfg.hook,
+                "model": spec.model, "model_revision": spec.model_revision,
+                "dataset": spec.dataset, "context_length": spec.context_length,
+                "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,
+                "train_config": self.cfg.to_dict()}
