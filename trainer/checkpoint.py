@@ -64,17 +64,18 @@ def load(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]) -> 
     state: dict[str, Any] = torch.load(target, map_location="cpu", weights_only=False)
     if state.get("version") != VERSION:
         raise ValueError(f"{target}: checkpoint version {state.get('version')} is not {VERSION}")
+    now = [dataclasses.asdict(m) for m in members]
+    if state["dictionaries"] != now:
+        diffs = sorted({k for a, b in zip(state["dictionaries"], now, strict=False)
+                        for k in a if a[k] != b.get(k)})
+        raise ValueError(f"--resume: the checkpoint's dictionaries differ in {diffs} "
+                         f"(saved {state['dictionaries'][0]}, now {now[0]}); this run cannot "
+                         "continue that one")
     saved = state["config"]
     changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
                if k not in FREE_SETTINGS and saved.get(k) != v}
     if changed:
         raise ValueError(f"--resume: settings differ from the checkpoint's (saved, now): "
                          f"{changed}; resume with the same settings")
-    now = [dataclasses.asdict(m) for m in members]
-    if state["dictionaries"] != now:
-        diffs = sorted({k for a, b in zip(state["dictionaries"], now, strict=False)
-                        for k in a if a[k] != b.get(k)})
-        raise ValueError(f"--resume: the checkpoint's dictionaries differ in {diffs} "
-                         f"(saved {state['dictionaries'][0]}, now {now[0]}); a store with "
-                         "another d_model cannot continue this run")
     return state
+

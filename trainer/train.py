@@ -133,11 +133,12 @@ class _Run:
             Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
             self._init_bias()
         self.log.open(resume_at=self.step)
-        if self.world.distributed:
-            self.ensemble.distribute(self.world.device)
-        last = self._loop()
-        final = self._finish(last)
-        self.log.close()
+        try:
+            if self.world.distributed:
+                self.ensemble.distribute(self.world.device)
+            final = self._finish(self._loop())
+        finally:
+            self.log.close()
         return TrainResult(Path(self.cfg.out), self.step, self.step * self.cfg.batch_size,
                            time.perf_counter() - start, final[0], final[1])
 

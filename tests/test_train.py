@@ -1,0 +1,218 @@
+"""`actstore train`: flags and config files, exact resume, exports, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from actstore.cli import main
+from actstore.loader import Normalizer
+from tests.helpers import HOOKS, fill_store, new_store
+from trainer import ensemble
+from trainer.config import TrainConfig
+from trainer.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.export import export_saelens, load_dictionary, save_dictionary
+from trainer.logs import read_metrics
+from trainer.train import train
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = str(tmp_path_factory.mktemp("train") / "store")
+    fill_store(new_store(url))
+    return url
+
+
+def config(store: str, out: Path, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = {
+        "store": store, "hook": HOOKS[0], "arch": "topk", "latents": (24,), "k": (2, 3),
+        "tokens": 640, "batch_size": 16, "out": str(out), "log_every": 5,
+        "checkpoint_every": 10, "eval_contexts": 0, "progress": False, "init_rows": 64,
+        "warmup_steps": 4, "dead_after_tokens": 64, "lr": 1e-2, "plots": False}
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {d.name: load_file(d / "model.safetensors")
+            for d in sorted((out / "dictionaries").iterdir())}
+
+
+def curves(out: Path) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(out)]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        for key in wa[name]:
+            assert torch.equal(wa[name][key], wb[name][key]), (name, key)
+
+
+def test_trains_a_sweep_and_writes_every_artifact(store: str, tmp_path: Path) -> None:
+    result = train(config(store, tmp_path, plots=True))
+    assert result.steps == 40 and result.tokens == 640
+    assert [d.name for d in result.dictionaries] == ["topk-n24-k2", "topk-n24-k3"]
+    lines = [r for r in read_metrics(tmp_path) if "dictionaries" in r]
+    assert [r["step"] for r in lines] == list(range(5, 41, 5))
+    first, last = lines[0]["dictionaries"], lines[-1]["dictionaries"]
+    for name in first:
+        assert last[name]["fvu"] < first[name]["fvu"]  # it learns
+        assert last[name]["l0"] == pytest.approx(int(name[-1]))  # exactly k per token
+    for d in result.dictionaries:
+        sae, _, cfg = load_dictionary(d)
+        assert cfg["source"]["hook"] == HOOKS[0]
+        norms = sae.W_dec.norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))  # the decoder constraint
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "latent_density.png").stat().st_size > 1000
+
+
+def test_resume_replays_the_uninterrupted_run(store: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at step 27 (last checkpoint at 20): the resumed run logs the same curve, step
+    for step, and ends with the same parameters, bit for bit."""
+    whole = tmp_path / "whole"
+    train(config(store, whole, arch="batchtopk"))
+    cut = tmp_path / "cut"
+    real_step = ensemble.Ensemble.step
+    calls = {"n": 0}
+
+    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 28:
+            raise KeyboardInterrupt
+        return real_step(self, x, autocast)
+    with monkeypatch.context() as m:
+        m.setattr(ensemble.Ensemble, "step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(store, cut, arch="batchtopk"))
+    assert max(r["step"] for r in read_metrics(cut)) == 25  # logged past the checkpoint
+    train(config(store, cut, arch="batchtopk", resume=True))
+    assert curves(cut) == curves(whole)
+    assert_same_weights(cut, whole)
+
+
+def test_config_file_equals_flags(store: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["train", "--store", store, "--hook", HOOKS[0], "--arch", "relu", "--latents",
+             "16", "--l1", "0.01", "0.1", "--tokens", "320", "--batch-size", "16",
+             "--log-every", "5", "--checkpoint-every", "10", "--eval-contexts", "0",
+             "--no-progress", "--no-plots", "--normalize", "center_scale"]
+    assert main([*flags, "--out", str(tmp_path / "a")]) == 0
+    assert "trained 2 dictionaries for 20 steps" in capsys.readouterr().out
+    (tmp_path / "run.toml").write_text(
+        f'store = "{store}"\nhook = "{HOOKS[0]}"\narch = "relu"\nlatents = [16]\n'
+        'l1 = [0.01, 0.1]\ntokens = 320\nbatch_size = 999\nlog_every = 5\n'
+        'checkpoint_every = 10\neval_contexts = 0\nnormalize = "center_scale"\n')
+    assert main(["train", "--config", str(tmp_path / "run.toml"), "--batch-size", "16",
+                 "--out", str(tmp_path / "b"), "--no-progress", "--no-plots"]) == 0
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arch", "topk", "--latents", "8", "--k", "9"], "--k 9 must be in"),
+    (["--arch", "topk", "--latents", "8"], "needs --k"),
+    (["--arch", "relu", "--latents", "8", "--l1", "1", "--k", "2"], "--k does not apply"),
+    (["--arch", "relu", "--latents", "8", "--l1", "1", "--checkpoint-every", "7"],
+     "multiple of --log-every"),
+    (["--arch", "relu", "--latents", "8", "--l1", "1", "--hook", "nope"], "not in store"),
+    (["--arch", "relu", "--latents", "8", "--l1", "1", "--batch-size", "4096", "--tokens",
+      "8192"], "fewer than one batch"),
+    (["--arch", "relu", "--latents", "8", "--l1", "1", "--resume"], "no checkpoint"),
+    (["--arch", "relu", "--latents", "8", "--l1", "1", "--eval-contexts", "2"],
+     "loss recovered needs the store's model (tiny-random), which failed to load"),
+])
+def test_bad_flags_fail_before_any_work(store: str, tmp_path: Path, args: list[str],
+                                        message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    base = {"--store": store, "--hook": HOOKS[0], "--tokens": "64", "--batch-size": "16",
+            "--out": str(tmp_path / "out"), "--log-every": "2", "--eval-contexts": "0"}
+    for flag in args:
+        base.pop(flag, None)
+    argv = ["train", *[x for kv in base.items() for x in kv], *args, "--no-progress"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_missing_store_and_unknown_setting(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--store", str(tmp_path / "none"), "--hook", "h", "--arch", "relu",
+                 "--latents", "8", "--l1", "1", "--tokens", "8", "--batch-size", "8",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no actstore store at" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text(json.dumps({"stor": "x"}))
+    assert main(["train", "--config", str(tmp_path / "c.json")]) == 2
+    assert "unknown train settings ['stor']" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings_and_an_existing_run(store: str, tmp_path: Path) -> None:
+    train(config(store, tmp_path, tokens=160))
+    with pytest.raises(ValueError, match="holds a checkpoint"):
+        train(config(store, tmp_path, tokens=160))
+    with pytest.raises(ValueError, match=r"settings differ.*'lr'"):
+        train(config(store, tmp_path, tokens=160, lr=1e-3, resume=True))
+    with pytest.raises(ValueError, match=r"dictionaries differ in \['d_model'\]"):
+        train(config(store, tmp_path, tokens=160, hook=HOOKS[1], resume=True))
+
+
+def raw_codes(arch: str, w: dict[str, torch.Tensor], cfg: dict[str, Any],
+              x: torch.Tensor) -> torch.Tensor:
+    """SAELens' inference maths, written out: what its loaders compute from the export."""
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if arch == "standard":
+        return torch.relu(pre)
+    if arch == "topk":
+        top = pre.topk(cfg["k"], dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    return pre * (pre > w["threshold"])
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_saelens_export_acts_on_raw_activations(arch: str, tmp_path: Path) -> None:
+    d, n = 6, 10
+    cfg = DictionaryConfig(arch=arch, d_model=d, latents=n, k=3, l1=0.1, l0=0.1)
+    sae = SparseDictionary(cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_()
+        sae.threshold.fill_(0.05)
+    norm = Normalizer(torch.randn(d), 0.37)
+    source = {"model": "m", "hook": "h.1", "context_length": 8, "dataset": "ds",
+              "bos_policy": "keep"}
+    save_dictionary(tmp_path, sae, norm, source)
+    export_saelens(tmp_path / "saelens", sae, norm, source)
+    w = load_file(tmp_path / "saelens" / "sae_weights.safetensors")
+    scfg = json.loads((tmp_path / "saelens" / "cfg.json").read_text())
+    expected_keys = {"W_enc", "W_dec", "b_enc", "b_dec"} | (
+        {"threshold"} if arch in ("jumprelu", "batchtopk") else set())
+    assert set(w) == expected_keys
+    assert w["W_enc"].shape == (d, n) and w["W_dec"].shape == (n, d)
+    assert (scfg["d_in"], scfg["d_sae"], scfg["hook_name"]) == (d, n, "h.1")
+    assert scfg["normalize_activations"] == "none"
+    x = torch.randn(32, d) * 4 + 1
+    with torch.no_grad():
+        z = sae.encode(norm.apply(x))
+        want = norm.invert(sae.decode(z))
+    z_raw = raw_codes(scfg["architecture"], w, scfg, x)
+    torch.testing.assert_close(z_raw, z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(z_raw @ w["W_dec"] + w["b_dec"], want, rtol=1e-4, atol=1e-4)
+    again, norm_again, _ = load_dictionary(tmp_path)  # our own format round-trips
+    for (k, a), b in zip(sae.state_dict().items(), again.state_dict().values(), strict=True):
+        if k != "tokens_since_fired":
+            assert torch.equal(a, b), k
+    assert norm_again.scale == norm.scale and torch.equal(norm_again.mean, norm.mean)
+
+
+def test_config_dataclass_round_trips(store: str, tmp_path: Path) -> None:
+    cfg = config(store, tmp_path)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert [m.k for m in cfg.dictionaries(12)] == [2, 3]
+    assert dataclasses.replace(cfg, latents=(8, 16)).dictionaries(12)[3].latents == 16
