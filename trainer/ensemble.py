@@ -9,6 +9,7 @@ counters, the batchtopk threshold) equal on all ranks themselves, from every ran
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,7 +72,12 @@ class Ensemble:
     def distribute(self, device: torch.device) -> None:
         """Average gradients across the process group's ranks (DDP, one per member)."""
         ids = [device.index] if device.type == "cuda" else None
-        self._forwards = [DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
+        # Buffers are equal on all ranks at wrap time; only the per-forward sync must be off.
+        # (torch >= 2.12 names it forward_sync_buffers; broadcast_buffers before.)
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                   inspect.signature(DistributedDataParallel.__init__).parameters
+                   else {"broadcast_buffers": False})
+        self._forwards = [DistributedDataParallel(m, device_ids=ids, **no_sync)
                           for m in self.members]
 
     def step(self, x: torch.Tensor, autocast: bool = False) -> list[Output]:
