@@ -57,7 +57,8 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def test_trains_a_sweep_and_writes_every_artifact(store: str, tmp_path: Path) -> None:
     result = train(config(store, tmp_path, plots=True))
-    assert result.steps == 40 and result.tokens == 640
+    assert result.steps == 40
+    assert result.tokens == 640
     assert [d.name for d in result.dictionaries] == ["topk-n24-k2", "topk-n24-k3"]
     lines = [r for r in read_metrics(tmp_path) if "dictionaries" in r]
     assert [r["step"] for r in lines] == list(range(5, 41, 5))
@@ -194,7 +195,8 @@ def test_saelens_export_acts_on_raw_activations(arch: str, tmp_path: Path) -> No
     expected_keys = {"W_enc", "W_dec", "b_enc", "b_dec"} | (
         {"threshold"} if arch in ("jumprelu", "batchtopk") else set())
     assert set(w) == expected_keys
-    assert w["W_enc"].shape == (d, n) and w["W_dec"].shape == (n, d)
+    assert w["W_enc"].shape == (d, n)
+    assert w["W_dec"].shape == (n, d)
     assert (scfg["d_in"], scfg["d_sae"], scfg["hook_name"]) == (d, n, "h.1")
     assert scfg["normalize_activations"] == "none"
     x = torch.randn(32, d) * 4 + 1
@@ -208,7 +210,8 @@ def test_saelens_export_acts_on_raw_activations(arch: str, tmp_path: Path) -> No
     for (k, a), b in zip(sae.state_dict().items(), again.state_dict().values(), strict=True):
         if k != "tokens_since_fired":
             assert torch.equal(a, b), k
-    assert norm_again.scale == norm.scale and torch.equal(norm_again.mean, norm.mean)
+    assert norm_again.scale == norm.scale
+    assert torch.equal(norm_again.mean, norm.mean)
 
 
 def test_config_dataclass_round_trips(store: str, tmp_path: Path) -> None:
