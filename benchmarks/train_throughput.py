@@ -55,7 +55,7 @@ def store_rate(cfg: TrainConfig, warmup: int) -> float:
     train(cfg)
     lines = [r for r in read_metrics(cfg.out) if "dictionaries" in r]
     first = next(r for r in lines if r["step"] == warmup)
-    return (lines[-1]["tokens"] - first["tokens"]) / (lines[-1]["time"] - first["time"])
+    return float((lines[-1]["tokens"] - first["tokens"]) / (lines[-1]["time"] - first["time"]))
 
 
 def memory_rate(cfg: TrainConfig, store: ActivationStore, device: torch.device,
@@ -98,7 +98,7 @@ def main() -> None:
                           tokens=steps * BATCH, batch_size=BATCH, out=str(root / f"run-{n}"),
                           log_every=a.warmup, checkpoint_every=steps * a.warmup,
                           eval_contexts=0, progress=False, plots=False,
-                          bias_init="mean", device=a.device)  # type: ignore[arg-type]
+                          bias_init="mean", device=a.device)
         from_store = store_rate(cfg, a.warmup)
         in_memory = memory_rate(cfg, store, device, a.warmup)
         line = (f"latents {n:>7}: store {from_store:,.0f} tok/s, memory {in_memory:,.0f} "

@@ -219,3 +219,14 @@ def test_config_dataclass_round_trips(store: str, tmp_path: Path) -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert [m.k for m in cfg.dictionaries(12)] == [2, 3]
     assert dataclasses.replace(cfg, latents=(8, 16)).dictionaries(12)[3].latents == 16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_cuda_with_bf16_autocast(store: str, tmp_path: Path) -> None:
+    result = train(config(store, tmp_path, device="cuda", arch="jumprelu", k=(), l0=(0.01,)))
+    lines = [r["dictionaries"] for r in read_metrics(tmp_path) if "dictionaries" in r]
+    assert lines[-1]["jumprelu-n24-l0-0.01"]["fvu"] < lines[0]["jumprelu-n24-l0-0.01"]["fvu"]
+    w = weights(tmp_path)["jumprelu-n24-l0-0.01"]
+    assert all(t.dtype == torch.float32 for t in w.values())  # autocast left params in fp32
+    assert result.steps == 40

@@ -216,15 +216,13 @@ class SparseDictionary(nn.Module):
     def _update_threshold(self, z: torch.Tensor) -> None:
         """Running estimate of the smallest kept activation, over the batches of all ranks
         (so every rank keeps the same threshold)."""
-        active = z[z > 0]
-        dtype = self.threshold.dtype  # float32 even under autocast
-        current = (active.min().to(dtype) if active.numel()
-                   else self.threshold.new_tensor(math.inf))
+        # float32 even under autocast; +inf when nothing fired (then the threshold stays)
+        current = z.masked_fill(z <= 0, math.inf).min().to(self.threshold.dtype)
         current = distributed.all_reduce(current, "min")
-        if bool(torch.isfinite(current)):
-            m = self.cfg.threshold_momentum
-            first = bool(self.threshold == 0)
-            self.threshold.copy_(current if first else (1 - m) * self.threshold + m * current)
+        m = self.cfg.threshold_momentum  # torch.where, not `if`: no host sync per step
+        updated = torch.where(self.threshold == 0, current,
+                              (1 - m) * self.threshold + m * current)
+        self.threshold.copy_(torch.where(torch.isfinite(current), updated, self.threshold))
 
     @torch.no_grad()
     def _track(self, z: torch.Tensor, tokens: int) -> None:

@@ -74,7 +74,7 @@ class Ensemble:
         ids = [device.index] if device.type == "cuda" else None
         # Buffers are equal on all ranks at wrap time; only the per-forward sync must be off.
         # (torch >= 2.12 names it forward_sync_buffers; broadcast_buffers before.)
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+        no_sync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                    inspect.signature(DistributedDataParallel.__init__).parameters
                    else {"broadcast_buffers": False})
         self._forwards = [DistributedDataParallel(m, device_ids=ids, **no_sync)
