@@ -3,8 +3,9 @@
 Per epoch (see `EpochPlan`):
   chunks of the store ──seeded permutation──▶ one global row order
       ──split──▶ rank r gets rows [r*R, (r+1)*R), R = N // world_size (same steps on every rank)
-      ──windows of `shuffle_buffer` rows, each fully permuted (seed, epoch, rank, window)──▶
-      batches of `batch_size` rows, cut from the start of the rank's stream.
+      ──windows of `shuffle_buffer` rows, each fully permuted (seed, epoch, rank, window):
+        each chunk run is decoded into a per-thread buffer and scattered to its permuted
+        slots──▶ batches of `batch_size` rows = consecutive slices of the permuted window.
 Rows inside shards were already shuffled at write time, so a window of randomly chosen chunks
 mixes contexts from all over the store. The position is (epoch, rows consumed): resuming
 rebuilds the current window and skips what was consumed, so the next batch is bit-identical.
@@ -155,6 +156,7 @@ class Loader:
         self.config, self.store, self.rank, self.world_size = config, store, rank, world_size
         self.epoch, self.consumed = 0, 0
         self._scale = {h: Normalizer.of(store, h, config.normalize) for h in config.hooks}
+        self._scratch = threading.local()  # per read thread: a chunk-sized decode buffer
 
     # --- position ------------------------------------------------------------------------
 
@@ -225,8 +227,9 @@ class Loader:
                       stop: threading.Event) -> None:
         """Producer thread: windows from the one holding `start`, cut into batches.
 
-        The next window's chunks are being decoded (pool threads) while this one is cut into
-        batches, so decompression overlaps the gathers.
+        The next window's chunks are being decoded and scattered (pool threads) while this
+        one's batches are consumed. Batches on the CPU are slices of the window's buffer:
+        keeping one keeps its window alive (clone it to keep it longer).
         """
         b, w, end = self.config.batch_size, self.config.shuffle_buffer, self.rows_per_epoch
         starts = list(range(start - start % w, end, w))
@@ -244,14 +247,11 @@ class Loader:
                         f.result()  # raises a read error (corrupt chunk) here
                     pending = (self._read_window(plan, pool, starts[i + 1])
                                if i + 1 < len(starts) else None)
-                    perm = torch.from_numpy(np.random.default_rng(
-                        derived_seed(self.config.seed, self.epoch, self.rank, w0)
-                    ).permutation(len(rows)))
-                    batches = []
+                    batches = []  # rows are already in shuffled order: batches are slices
                     for a in range(max(start, w0), min(w0 + w, end), b):
-                        idx = perm[a - w0:min(a + b, end) - w0]
-                        batches.append((rows[idx.numpy()], {h: self._to_tensor(
-                            torch.index_select(v, 0, idx)) for h, v in data.items()}))
+                        cut = slice(a - w0, min(a + b, end) - w0)
+                        batches.append((rows[cut], {h: self._to_tensor(v[cut])
+                                                    for h, v in data.items()}))
                     ready.put(batches)
             ready.put(None)
         except BaseException as e:  # handed to the consumer, raised in its thread
@@ -259,19 +259,40 @@ class Loader:
 
     def _read_window(self, plan: EpochPlan, pool: ThreadPoolExecutor, w0: int
                      ) -> tuple[NDArray[np.int64], dict[str, torch.Tensor], list[Any]]:
-        """Start decoding a window's chunk runs into one buffer per hook; returns its rows,
-        the buffers and the futures to wait for."""
+        """Start decoding a window's chunk runs straight into their shuffled places, one
+        buffer per hook; returns the window's rows in shuffled order, the buffers and the
+        futures to wait for.
+
+        Slot s of the window holds stream position perm[s]. Each run is decoded into a small
+        cache-resident buffer and scattered to its slots from there, by the pool threads; so
+        the shuffle costs no separate pass over the window, and batches are slices of it.
+        """
         rows = plan.rows_of(w0, min(w0 + self.config.shuffle_buffer, plan.rows))
+        perm = np.random.default_rng(
+            derived_seed(self.config.seed, self.epoch, self.rank, w0)).permutation(len(rows))
+        slot = np.empty_like(perm)
+        slot[perm] = np.arange(len(perm))
         runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
         data, futures = {}, []
         for hook in self.config.hooks:
             dec = self.store.decoders[fmt.activation_path(hook)]
             buf = np.empty((len(rows), *dec.row_shape), dtype=dec.dtype)
             for r in runs:
-                futures.append(pool.submit(self.store.read_into, hook, int(rows[r[0]]),
-                                           int(rows[r[-1]]) + 1, buf[r[0]:r[-1] + 1]))
+                futures.append(pool.submit(self._read_scattered, hook, int(rows[r[0]]),
+                                           int(rows[r[-1]]) + 1, buf, slot[r[0]:r[-1] + 1]))
             data[hook] = torch.from_numpy(buf)
-        return rows, data, futures
+        return rows[perm], data, futures
+
+    def _read_scattered(self, hook: str, start: int, stop: int, buf: NDArray[Any],
+                        slots: NDArray[np.int64]) -> None:
+        """Rows [start, stop) of the store into buf[slots], through a per-thread buffer."""
+        temp: NDArray[Any] | None = getattr(self._scratch, hook, None)
+        if temp is None or len(temp) < stop - start:
+            temp = np.empty((max(stop - start, self.store.layout.chunk_rows), *buf.shape[1:]),
+                            dtype=buf.dtype)
+            setattr(self._scratch, hook, temp)
+        self.store.read_into(hook, start, stop, temp[:stop - start])
+        buf[slots] = temp[:stop - start]
 
     def _to_tensor(self, raw: torch.Tensor) -> torch.Tensor:
         """Stored bits as the logical dtype (bf16 is kept as uint16 on disk)."""

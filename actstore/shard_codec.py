@@ -167,10 +167,32 @@ class ShardDecoder:
                 dest[...] = self.fill_value
                 return
             blob = memoryview(data)[int(off) - base:int(off) - base + int(size)]
+            if hi - lo == self.chunk_rows and self._direct and dest.flags.c_contiguous:
+                self._decode_chunk_into(c, blob, dest)  # no intermediate buffer, no copy
+                return
             dest[...] = self._decode_chunk(c, blob)[lo - c * self.chunk_rows:
                                                     hi - c * self.chunk_rows]
 
-        list(_pool().map(one, range(c0, c1)))
+        if c1 - c0 == 1:  # one chunk: decode here rather than hand it to another thread
+            one(c0)
+        else:
+            list(_pool().map(one, range(c0, c1)))
+
+    @property
+    def _direct(self) -> bool:
+        """Whole chunks can be decompressed straight into the caller's array."""
+        return self.compressor is not None and self.dtype == self.dtype.newbyteorder("<")
+
+    def _decode_chunk_into(self, c: int, blob: memoryview, dest: NDArray[Any]) -> None:
+        if len(blob) < 4 or crc32c_bytes(blob[:-4]) != bytes(blob[-4:]):
+            raise ChunkError(c, "failed its crc32c check")
+        codec = self.compressor
+        if codec is None:
+            raise TypeError("no compressor: use _decode_chunk")
+        try:
+            codec.decode(blob[:-4], out=dest)
+        except (RuntimeError, ValueError) as e:
+            raise ChunkError(c, f"could not be decoded: {e}") from e
 
     def _decode_chunk(self, c: int, blob: memoryview) -> NDArray[Any]:
         if len(blob) < 4 or crc32c_bytes(blob[:-4]) != bytes(blob[-4:]):
