@@ -27,6 +27,7 @@ from trainer.config import TrainConfig
 from trainer.dictionaries import DictionaryConfig
 from trainer.distributed import World
 from trainer.ensemble import Ensemble, adam, warmup_decay
+from trainer.export import export_saelens, save_dictionary
 from trainer.logs import MetricsLog
 from trainer.metrics import Meter
 from trainer.splice import Splicer
@@ -218,8 +219,7 @@ class _Run:
 
     def _finish(self, last: list[dict[str, float]]
                 ) -> tuple[tuple[Path, ...], tuple[dict[str, float], ...]]:
-        from trainer.export import export_saelens, save_dictionary
-        from trainer.plots import plot_run
+        from trainer.plots import plot_run  # matplotlib: imported only when a run ends
 
         evals = self._evaluate() if self.splicer is not None else []
         densities = self.meter.densities()
