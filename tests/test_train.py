@@ -143,6 +143,12 @@ def test_bad_flags_fail_before_any_work(store: str, tmp_path: Path, args: list[s
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_device_cuda_without_a_gpu_is_refused(store: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        train(config(store, tmp_path, device="cuda"))
+
+
 def test_missing_store_and_unknown_setting(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--store", str(tmp_path / "none"), "--hook", "h", "--arch", "relu",
