@@ -236,3 +236,12 @@ def test_trains_on_cuda_with_bf16_autocast(store: str, tmp_path: Path) -> None:
     w = weights(tmp_path)["jumprelu-n24-l0-0.01"]
     assert all(t.dtype == torch.float32 for t in w.values())  # autocast left params in fp32
     assert result.steps == 40
+
+
+def test_streams_from_every_backend_with_the_same_result(store: str, store_url: str,
+                                                         tmp_path: Path) -> None:
+    """The same data on memory://, a folder or S3 trains to the same weights, bit for bit."""
+    fill_store(new_store(store_url))  # same seed as the `store` fixture: the same rows
+    train(config(store, tmp_path / "ref", tokens=160))
+    train(config(store_url, tmp_path / "other", tokens=160))
+    assert_same_weights(tmp_path / "ref", tmp_path / "other")
