@@ -168,7 +168,7 @@ class ShardDecoder:
                 return
             blob = memoryview(data)[int(off) - base:int(off) - base + int(size)]
             if hi - lo == self.chunk_rows and self._direct and dest.flags.c_contiguous:
-                self._decode_chunk_into(c, blob, dest)  # no intermediate buffer, no copy
+                self._decode_chunk(c, blob, dest)  # no intermediate buffer, no copy
                 return
             dest[...] = self._decode_chunk(c, blob)[lo - c * self.chunk_rows:
                                                     hi - c * self.chunk_rows]
@@ -183,21 +183,16 @@ class ShardDecoder:
         """Whole chunks can be decompressed straight into the caller's array."""
         return self.compressor is not None and self.dtype == self.dtype.newbyteorder("<")
 
-    def _decode_chunk_into(self, c: int, blob: memoryview, dest: NDArray[Any]) -> None:
-        if len(blob) < 4 or crc32c_bytes(blob[:-4]) != bytes(blob[-4:]):
-            raise ChunkError(c, "failed its crc32c check")
-        codec = self.compressor
-        if codec is None:
-            raise TypeError("no compressor: use _decode_chunk")
-        try:
-            codec.decode(blob[:-4], out=dest)
-        except (RuntimeError, ValueError) as e:
-            raise ChunkError(c, f"could not be decoded: {e}") from e
-
-    def _decode_chunk(self, c: int, blob: memoryview) -> NDArray[Any]:
+    def _decode_chunk(self, c: int, blob: memoryview,
+                      out: NDArray[Any] | None = None) -> NDArray[Any]:
+        """Check and decode one chunk; with `out` (a whole chunk, `_direct` codecs only) the
+        codec decompresses straight into it."""
         if len(blob) < 4 or crc32c_bytes(blob[:-4]) != bytes(blob[-4:]):
             raise ChunkError(c, "failed its crc32c check")
         try:
+            if out is not None and self.compressor is not None:
+                self.compressor.decode(blob[:-4], out=out)
+                return out
             raw = self.compressor.decode(blob[:-4]) if self.compressor else blob[:-4]
             arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
             return arr.reshape(self.chunk_rows, *self.row_shape)
