@@ -158,6 +158,10 @@ class Loader:
         self._scale = {h: Normalizer.of(store, h, config.normalize) for h in config.hooks}
         self._scratch = threading.local()  # per read thread: a chunk-sized decode buffer
 
+    def normalizer(self, hook: str) -> Normalizer:
+        """How batches of `hook` were normalised (to undo it, or to treat other data alike)."""
+        return self._scale[hook]
+
     # --- position ------------------------------------------------------------------------
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from actstore.loader import Loader, LoaderConfig, Normalizer
+from actstore.loader import Loader, LoaderConfig
 from actstore.store import ActivationStore
 from trainer import checkpoint, distributed
 from trainer.config import TrainConfig
@@ -98,7 +98,7 @@ class _Run:
             shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
             read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
             normalize=cfg.normalize), store=self.store, rank=world.rank, world_size=world.size)
-        self.norm = Normalizer.of(self.store, cfg.hook, cfg.normalize)
+        self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
         self.ensemble = Ensemble(self.members, adam(cfg.lr), seed=cfg.seed,
                                  grad_clip=cfg.grad_clip,
                                  schedule=warmup_decay(self.steps, cfg.warmup_steps,
