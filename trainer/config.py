@@ -18,6 +18,9 @@ from typing import Any, Literal, get_args
 from trainer.dictionaries import Arch, DictionaryConfig
 
 Normalize = Literal["none", "scale", "center_scale"]
+#: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
+#: values) and DictionaryConfig (one value).
+KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k"}
 BiasInit = Literal["geometric_median", "mean", "zeros"]
 
 
@@ -89,8 +92,6 @@ class TrainConfig:
     """PNG plots of the curves and latent densities at the end."""
 
     def __post_init__(self) -> None:
-        arch_param = {"relu": ("l1", self.l1), "jumprelu": ("l0", self.l0),
-                      "topk": ("k", self.k), "batchtopk": ("k", self.k)}
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
@@ -112,8 +113,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        name, values = arch_param[self.arch]
-        if not values:
+        name = KNOB[self.arch]
+        if not getattr(self, name):
             raise ValueError(f"--arch {self.arch} needs --{name}")
         for other in {"l1", "l0", "k"} - {name}:
             if getattr(self, other):
@@ -124,9 +125,8 @@ class TrainConfig:
 
     def dictionaries(self, d_model: int) -> list[DictionaryConfig]:
         """One config per member of the sweep, in a fixed order."""
-        sweep: tuple[Any, ...] = {"relu": self.l1, "jumprelu": self.l0,
-                                  "topk": self.k, "batchtopk": self.k}[self.arch]
-        key = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k"}[self.arch]
+        key = KNOB[self.arch]
+        sweep: tuple[Any, ...] = getattr(self, key)
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
                                  dead_after_tokens=self.dead_after_tokens, **{key: v})
                 for n, v in itertools.product(self.latents, sweep)]
