@@ -46,7 +46,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(out: str | Path, state: dict[str, Any]) -> None:
-    """Write atomically (temporary file, fsync, rename)."""
+    """Write atomically (temporary file, fsync, rename). Streamed to the file rather than
+    built in memory for `Location.put`: with optimiser state a checkpoint can be GBs."""
     target = path(out)
     tmp = target.with_suffix(".tmp")
     with open(tmp, "wb") as f:

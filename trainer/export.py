@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actstore.loader import Normalizer
+from actstore.location import Location
 from trainer.dictionaries import DictionaryConfig, SparseDictionary
 
 FORMAT = "actstore-dictionary"
@@ -37,9 +37,9 @@ SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu",
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Atomically and durably, as the store publishes its objects."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    Location.from_url(str(path.parent)).put(path.name, text.encode())
 
 
 def _contiguous(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,11 +11,12 @@ checkpoint) are dropped, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+from actstore.location import Location
 
 FILE = "metrics.jsonl"
 
@@ -41,9 +42,8 @@ class MetricsLog:
         if resume_at and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resume_at]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        Location.from_url(str(self.path.parent)).put(  # atomic: a crash keeps the old log
+            self.path.name, "".join(line + "\n" for line in kept).encode())
         self._file = open(self.path, "a")  # noqa: SIM115 -- kept open for the run
 
     def _emit(self, record: dict[str, Any]) -> None:
