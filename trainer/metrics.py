@@ -32,26 +32,29 @@ class Meter:
         self.fired = [torch.zeros(m.cfg.latents, dtype=torch.long, device=device)
                       for m in members]
         self.tokens_total = 0
+        self.interval_tokens = 0  # this rank's; put into the sums only when they are reduced
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, outs: Sequence[Output]) -> None:
         x = x.float()
         ssdev = (x - x.mean(0)).pow(2).sum().double()
+        n = len(x)
         for i, out in enumerate(outs):
-            active = out.z > 0
-            row = torch.stack([(out.x_hat.float() - x).pow(2).sum().double(), ssdev,
-                               active.sum().double(), out.loss.detach().double() * len(x),
-                               torch.tensor(float(len(x)), dtype=torch.float64,
-                                            device=x.device)])
-            self.sums[i] += row
+            fired = (out.z > 0).sum(0)
+            # the dictionary's own "mse" term is the per-token squared error: sse = mse * n
+            self.sums[i, :4] += torch.stack([out.terms["mse"].double() * n, ssdev,
+                                             fired.sum().double(), out.loss.detach().double() * n])
             for name, value in out.terms.items():
-                self.terms[i][name] = self.terms[i].get(name, 0) + value.double() * len(x)
-            self.fired[i] += active.sum(0)
-        self.tokens_total += len(x)
+                if name != "mse":
+                    self.terms[i][name] = self.terms[i].get(name, 0) + value.double() * n
+            self.fired[i] += fired
+        self.tokens_total += n
+        self.interval_tokens += n
 
     def flush(self) -> list[dict[str, float]]:
         """Every member's metrics since the last flush (over all ranks); resets the sums.
         Called on every rank (it reduces)."""
+        self.sums[:, 4] = float(self.interval_tokens)
         sums = distributed.all_reduce(self.sums.clone()).cpu()
         lines = []
         for i, member in enumerate(self.members):
@@ -61,11 +64,10 @@ class Meter:
                     "l0": s["l0"] / tokens, "loss": s["loss"] / tokens,
                     "dead": int(member.dead_mask().sum())}
             for name, total in sorted(self.terms[i].items()):
-                if name != "mse":
-                    line[name] = float(distributed.all_reduce(torch.as_tensor(
-                        total).clone())) / tokens
+                line[name] = float(distributed.all_reduce(torch.as_tensor(total).clone())) / tokens
             lines.append(line)
         self.sums.zero_()
+        self.interval_tokens = 0
         self.terms = [{} for _ in self.members]
         return lines
 
