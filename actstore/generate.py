@@ -8,6 +8,7 @@ complete store, or take the job lock, build or reread the contexts, and run the 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 
 from actstore import corpus
 from actstore.capture import load_config, load_tokenizer, resolve_hooks
+from actstore.errors import FormatError
 from actstore.location import Location
 from actstore.spec import (
     DTYPE_ITEMSIZE,
@@ -195,7 +197,10 @@ def _build_contexts(cfg: GenerateConfig) -> pa.Table:
 def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
                     contexts: pa.Table | None) -> ActivationStore:
     if read_root_attrs(Location.from_url(url, cfg.storage_options)) is not None:
-        return ActivationStore.open(url, spec, cfg.storage_options)  # made while we waited
+        store = ActivationStore.open(url, spec, cfg.storage_options)  # made earlier
+        if store.contexts_missing():
+            _rebuild_contexts(cfg, store, contexts)
+        return store
     if contexts is None:
         contexts = _build_contexts(cfg)
     num_rows = int(stored_row_counts(contexts).sum())
@@ -206,9 +211,25 @@ def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
     shard_bytes = min(cfg.shard_mib << 20, max(1, num_rows // (4 * workers)) * row_bytes)
     layout = Layout.for_sizes(num_rows, d_model, cfg.store_dtype, shard_bytes=shard_bytes,
                               chunk_bytes=min(2 << 20, shard_bytes))
-    store = ActivationStore.create(url, spec, layout, cfg.storage_options)
-    store.write_contexts(contexts)
-    return store
+    return ActivationStore.create(url, spec, layout, cfg.storage_options, contexts=contexts)
+
+
+def _rebuild_contexts(cfg: GenerateConfig, store: ActivationStore,
+                      contexts: pa.Table | None) -> None:
+    """Write the contexts table again (deleted, or lost by a store made before the table was
+    written ahead of the root): it is a function of the spec, so the rebuilt one is the same,
+    which the row count confirms."""
+    print(f"store {store.url}: its contexts table is missing; rebuilding it from the corpus",
+          file=sys.stderr)
+    table = contexts if contexts is not None else _build_contexts(cfg)
+    rows = int(stored_row_counts(table).sum())
+    if rows != store.num_rows:
+        raise FormatError(f"store {store.url}: the corpus now gives {rows} rows, the store holds "
+                          f"{store.num_rows}; the dataset changed since the store was made")
+    others = set(store.contexts_missing()) - {"*.parquet", "part-00000.parquet"}
+    if others:  # generation writes one part; a store made otherwise is not ours to rebuild
+        raise FormatError(f"store {store.url}: cannot rebuild contexts parts {sorted(others)}")
+    store.write_contexts(table)
 
 
 def _hook_widths(cfg: GenerateConfig, spec: StoreSpec) -> dict[str, int]:

@@ -148,9 +148,10 @@ class Loader:
         if missing:
             raise KeyError(f"hooks {missing} are not in store {store.url}; it has "
                            f"{list(store.hooks)}")
-        if not store.complete:
-            raise ValueError(f"store {store.url} is incomplete ({len(store.shards_missing())} "
-                             "shards missing): finish generating it first")
+        problem = store.problem()
+        if problem is not None:
+            raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating "
+                             "it first")
         if store.num_rows // world_size == 0:
             raise ValueError(f"{store.num_rows} rows cannot feed {world_size} ranks")
         self.config, self.store, self.rank, self.world_size = config, store, rank, world_size

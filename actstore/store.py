@@ -73,6 +73,8 @@ class ActivationStore:
         """Array path -> encoder of its shard objects (used by writers)."""
         self.decoders = fmt.shard_decoders(layout, spec.dtype)
         """Array path -> decoder of its shard objects."""
+        self.context_parts: tuple[str, ...] = ()
+        """Parquet parts of the contexts table written at creation (checked by `problem`)."""
         self._indices: dict[tuple[str, int], NDArray[np.uint64]] = {}
         """Parsed shard indices, so chunk-sized reads cost one request, not two. Only shards
         being read are cached; committed shards never change."""
@@ -91,14 +93,20 @@ class ActivationStore:
         found = StoreSpec.from_dict(attrs["spec"])
         if spec is not None and spec != found:
             raise SpecMismatchError(url, found.diff(spec))
-        return cls(loc, found, Layout.from_dict(attrs["layout"]))
+        store = cls(loc, found, Layout.from_dict(attrs["layout"]))
+        store.context_parts = tuple(attrs.get("context_parts", ()))
+        return store
 
     @classmethod
     def create(cls, url: str, spec: StoreSpec, layout: Layout,
-               storage_options: dict[str, Any] | None = None) -> ActivationStore:
+               storage_options: dict[str, Any] | None = None,
+               contexts: pa.Table | None = None) -> ActivationStore:
         """Create the store, or open it if one with the same spec exists (never overwrites one).
 
-        Callers that may race another job hold `JobLock` first: creation itself is not atomic.
+        `contexts` (the contexts table) is written before the root attributes, so a store that
+        exists always has it: a write that fails half-way (a full disk) leaves no store, and
+        the rerun starts clean. Callers that may race another job hold `JobLock` first:
+        creation itself is not atomic.
         """
         loc = Location.from_url(url, storage_options)
         if read_root_attrs(loc) is not None:
@@ -113,13 +121,17 @@ class ActivationStore:
         # contexts/ holds only Parquet (no zarr.json) so pyarrow reads the folder as a dataset.
         for name in (fmt.COMMITS, fmt.LEASES):
             zarr.open_group(store=zstore, path=name, mode="a", zarr_format=3)
+        store = cls(loc, spec, layout)
+        parts = [store.write_contexts(contexts).rsplit("/", 1)[-1]] if contexts is not None else []
         attrs = {"actstore": {"format_version": spec.format_version, "key": spec.key,
                               "spec": spec.to_dict(), "layout": layout.to_dict(),
-                              "created_at": time.time()}}
+                              "created_at": time.time(), "context_parts": parts}}
         # The root's attributes are written last: their presence means "created".
         root_meta = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
-        loc.put(fmt.META, json.dumps(root_meta, indent=2).encode())
-        return cls(loc, spec, layout)
+        with disk_full(url, "the store's root metadata"):
+            loc.put(fmt.META, json.dumps(root_meta, indent=2).encode())
+        store.context_parts = tuple(parts)
+        return store
 
     # --- identity and progress ---------------------------------------------------------------
 
@@ -155,7 +167,28 @@ class ActivationStore:
 
     @property
     def complete(self) -> bool:
-        return len(self.shards_done()) == self.num_shards
+        """Every shard committed and the contexts table present."""
+        return self.problem() is None
+
+    def contexts_missing(self) -> list[str]:
+        """Parts of the contexts table that should exist and do not (all of it, when the store
+        predates the record of its parts and has none)."""
+        present = {n for n in self.location.list(fmt.CONTEXTS) if n.endswith(".parquet")}
+        if not self.context_parts:
+            return [] if present else ["*.parquet"]
+        return [p for p in self.context_parts if p not in present]
+
+    def problem(self) -> str | None:
+        """Why the store is not complete, in one line, or None when it is."""
+        missing = self.shards_missing()
+        if missing:
+            return f"{len(missing)} of {self.num_shards} shards not committed"
+        lost = self.contexts_missing()
+        if lost:
+            parts = ", ".join(f"{fmt.CONTEXTS}/{p}" for p in lost)
+            return (f"its contexts table is missing ({parts}); rerun `actstore generate` with "
+                    "the same flags to rebuild it")
+        return None
 
     def commit_record(self, shard: int) -> dict[str, Any]:
         """The payload of a shard's commit marker (rows, objects with checksums, stats)."""

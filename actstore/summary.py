@@ -13,6 +13,7 @@ from actstore.store import ActivationStore, read_root_attrs
 def describe(store: ActivationStore) -> dict[str, Any]:
     """Everything `actstore info --json` prints. Byte counts cover committed shards."""
     done = store.shards_done()
+    problem = store.problem()
     records = [store.commit_record(s) for s in done]
     rows_done = sum(r["rows"][1] - r["rows"][0] for r in records)
     hooks: dict[str, Any] = {}
@@ -29,7 +30,7 @@ def describe(store: ActivationStore) -> dict[str, Any]:
         raw_total += raw
         compressed_total += compressed
     return {
-        "url": store.url, "key": store.key, "complete": len(done) == store.num_shards,
+        "url": store.url, "key": store.key, "complete": problem is None, "problem": problem,
         "num_rows": store.num_rows, "rows_committed": rows_done,
         "shards_done": len(done), "num_shards": store.num_shards,
         "shard_rows": store.layout.shard_rows, "chunk_rows": store.layout.chunk_rows,

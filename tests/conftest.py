@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,3 +55,32 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         request.getfixturevalue("s3_endpoint")
         yield f"s3://actstore-test/{name}"
+
+
+class TmpFs:
+    """A real small filesystem (tmpfs), so writes fail with ENOSPC like a full disk."""
+
+    def __init__(self, mount: Path) -> None:
+        self.path = mount
+
+    def resize(self, size: str) -> None:
+        """Make room (or take it away) without touching what is stored."""
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[TmpFs]:
+    """A 192 KiB tmpfs; `resize` changes its size. Skips where mounting is not allowed."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield TmpFs(mount)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmpfs: TmpFs) -> Path:
+    return tmpfs.path

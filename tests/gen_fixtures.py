@@ -41,6 +41,18 @@ def save_tiny(kind: str, root: Path) -> str:
     return str(path)
 
 
+def save_tiny_encoder(root: Path) -> str:
+    """A random-initialised BERT encoder (no LM head), like MiniLM but tiny."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=len(tokenizer))
+    path = root / "bert"
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def reference_hidden(model_path: str, tokens: list[int], layer: int) -> torch.Tensor:
     """Output of block `layer` for one unpadded context, from a plain forward pass."""
     config = transformers.AutoConfig.from_pretrained(model_path)

@@ -61,7 +61,7 @@ def test_topk_matches_reference() -> None:
         keep = sorted(range(N), key=lambda i: -row[i])[:2]
         z.append([max(0.0, row[i]) if i in keep else 0.0 for i in range(N)])
     torch.testing.assert_close(out.z, torch.tensor(z, dtype=torch.float64))
-    assert float(out.terms["aux"]) == 0.0  # nothing is dead yet
+    assert float(out.terms["aux_loss"]) == 0.0  # nothing is dead yet
     assert out.loss.item() == pytest.approx(ref_mse(ref_decode(sae, z), x), rel=1e-12)
 
 
@@ -121,7 +121,7 @@ def test_auxk_reconstructs_the_residual_from_dead_latents() -> None:
         for j in range(D):
             rec = sum(aux[i] * wd[i][j] for i in range(N))
             total += (rec - (xs[b][j] - xh[b][j])) ** 2
-    assert float(out.terms["aux"]) == pytest.approx(0.5 * total / B, rel=1e-10)
+    assert float(out.terms["aux_loss"]) == pytest.approx(0.5 * total / B, rel=1e-10)
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])

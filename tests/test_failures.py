@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,7 @@ from actstore import (
     verify,
 )
 from actstore.location import Location
-from tests.helpers import HOOKS, fill_store, make_layout, make_spec
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 192 KiB filesystem (tmpfs), so writes fail with ENOSPC like a full disk."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 
 def test_full_disk_is_a_clear_error_and_keeps_committed_shards(tiny_disk: Path) -> None:
@@ -79,3 +64,19 @@ def test_bad_rows_are_refused_before_anything_is_written(tmp_path: Path) -> None
                 fill_store(store, shards=[]).index)
     assert not store.location.exists("activations/encoder.layer.1/c/0/0")
     assert store.shards_done() == []
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_local_store_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
+    """Published objects get the modes a plain open() would, so a store on a shared
+    filesystem is readable by the users the umask lets in (mkstemp alone gives 0600)."""
+    old = os.umask(mask)
+    try:
+        store = new_store(str(tmp_path / "s"))
+        fill_store(store)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
+    assert len(files) > 10
+    modes = {oct(p.stat().st_mode & 0o777) for p in files}
+    assert modes == {oct(0o666 & ~mask)}

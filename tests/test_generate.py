@@ -16,10 +16,13 @@ import pytest
 import ray
 import torch
 
-from actstore import ActivationStore, SpecMismatchError, StoreBusyError, verify
+from actstore import ActivationStore, SpecMismatchError, StoreBusyError, StoreFullError, verify
 from actstore.capture import UnknownHookError
 from actstore.corpus import DatasetError
 from actstore.generate import GenerateConfig, generate
+from actstore.location import Location
+from actstore.summary import describe, find_stores
+from tests.conftest import TmpFs
 from tests.gen_fixtures import LAYERS, minilm_path, reference_hidden, save_tiny
 
 pytestmark = pytest.mark.slow
@@ -131,6 +134,44 @@ def test_reuse_resume_and_spec_mismatch(models: dict[str, str], tmp_path: Path) 
         generate(cfg)
     assert generate(replace(cfg, break_stale_lock=True)).tokens > 0
     assert store.complete
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_full_disk_while_writing_contexts_leaves_no_store_and_a_rerun_finishes(
+        models: dict[str, str], tmpfs: TmpFs) -> None:
+    cfg = config(models["gpt2"], ("transformer.h.0",), tmpfs.path, max_tokens=40000)
+    tmpfs.resize("48k")  # room for the arrays' metadata, not for the contexts table
+    with pytest.raises(StoreFullError, match="contexts"):
+        generate(cfg)
+    assert not find_stores(Location.from_url(str(tmpfs.path)))  # nothing claims to exist
+    tmpfs.resize("64m")
+    result = generate(cfg)
+    assert not result.reused
+    store = ActivationStore.open(result.url)
+    assert store.complete
+    assert verify(store).ok
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_deleted_contexts_table_is_rebuilt_not_reused(models: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    cfg = config(models["gpt2"], ("transformer.h.0",), tmp_path)
+    store = ActivationStore.open(generate(cfg).url)
+    table = store.read_contexts()
+    data = store.read(cfg.hooks[0], 0, store.num_rows)
+    store.location.delete("contexts/part-00000.parquet")
+    assert not store.complete
+    assert "contexts table is missing" in str(store.problem())
+    assert describe(store)["complete"] is False
+    again = generate(cfg)  # complete shards, missing contexts: rebuilt, nothing recomputed
+    assert (again.reused, again.tokens) == (False, 0)
+    assert store.read_contexts().equals(table)
+    store.location.delete("contexts/part-00000.parquet")  # and with a shard to redo as well
+    store.location.delete("commits/shard-000001/zarr.json")
+    assert generate(cfg).tokens > 0
+    assert store.complete
+    assert np.array_equal(store.read(cfg.hooks[0], 0, store.num_rows), data)
+    assert verify(store).ok
 
 
 @pytest.mark.usefixtures("ray_session")

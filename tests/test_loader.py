@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -77,12 +78,18 @@ def test_resume_replays_the_exact_next_batches(store_url: str, stop_after: int) 
             assert torch.equal(want.x[hook], got.x[hook])  # type: ignore[attr-defined]
 
 
-def test_state_from_another_world_size_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("field", "value", "world"), [
+    ("world_size", None, 4), ("seed", 7, 2), ("batch_size", 4, 2), ("shuffle_buffer", 48, 2)])
+def test_state_that_would_replay_other_batches_is_refused(tmp_path: Path, field: str,
+                                                          value: int | None, world: int) -> None:
     store = new_store(str(tmp_path / "s"))
     fill_store(store)
     state = Loader(CFG, store=store, rank=0, world_size=2).state_dict()
-    with pytest.raises(ValueError, match=r"world_size=2.*world_size=4"):
-        Loader(CFG, store=store, rank=0, world_size=4).load_state_dict(state)
+    other = CFG if value is None else dataclasses.replace(CFG, **{field: value})
+    mine = world if field == "world_size" else value
+    with pytest.raises(ValueError, match=rf"{field}={state[field]}.*{field}={mine}"):
+        Loader(other, store=store, rank=0, world_size=world).load_state_dict(state)
+    Loader(CFG, store=store, rank=0, world_size=2).load_state_dict(state)  # the same: accepted
 
 
 def test_drop_last_gives_full_batches_only(tmp_path: Path) -> None:

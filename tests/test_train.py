@@ -203,7 +203,8 @@ def test_saelens_export_acts_on_raw_activations(arch: str, tmp_path: Path) -> No
     assert set(w) == expected_keys
     assert w["W_enc"].shape == (d, n)
     assert w["W_dec"].shape == (n, d)
-    assert (scfg["d_in"], scfg["d_sae"], scfg["hook_name"]) == (d, n, "h.1")
+    assert (scfg["d_in"], scfg["d_sae"], scfg["metadata"]["hook_name"]) == (d, n, "h.1")
+    assert scfg["metadata"]["sae_lens_version"].startswith("6.")  # SAELens 6 reads these
     assert scfg["normalize_activations"] == "none"
     x = torch.randn(32, d) * 4 + 1
     with torch.no_grad():

@@ -76,7 +76,9 @@ class Output(NamedTuple):
     loss: torch.Tensor
     """Total loss (scalar)."""
     terms: dict[str, torch.Tensor]
-    """Its parts: mse, and l1 / l0 / aux as the architecture has them (detached)."""
+    """Its parts: mse, and l1_loss / l0_loss / aux_loss as the architecture has them
+    (detached; coefficient included). Names end in `_loss` so they never collide with the
+    metrics of the same quantity (`l0` is the mean number of active latents)."""
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -186,12 +188,12 @@ class SparseDictionary(nn.Module):
         mse = ((x_hat - x) ** 2).sum(-1).mean()
         terms = {"mse": mse}
         if arch == "relu":
-            terms["l1"] = self.cfg.l1 * z.abs().sum(-1).mean()
+            terms["l1_loss"] = self.cfg.l1 * z.abs().sum(-1).mean()
         elif arch == "jumprelu":
             l0 = step(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
-            terms["l0"] = self.cfg.l0 * l0.sum(-1).mean()
+            terms["l0_loss"] = self.cfg.l0 * l0.sum(-1).mean()
         else:
-            terms["aux"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
+            terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
         self._track(z, x.shape[0])
         loss = torch.stack(list(terms.values())).sum()
         return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()})

@@ -96,22 +96,27 @@ def export_saelens(path: str | Path, sae: SparseDictionary, norm: Normalizer,
     return out
 
 
+#: The SAELens release whose `save_model` output `saelens_config` reproduces (its loader reads
+#: `metadata.sae_lens_version` to pick the format; tested by loading with that release).
+SAELENS_FORMAT_VERSION = "6.54.12"
+
+
 def saelens_config(cfg: DictionaryConfig, source: dict[str, Any]) -> dict[str, Any]:
-    """SAELens 6's fields (meta nested), with version 5's flat fields beside them: SAELens
-    ignores fields it does not know, so either version loads it."""
-    meta: dict[str, Any] = {"model_name": source.get("model"), "hook_name": source.get("hook"),
-            "context_size": source.get("context_length"),
-            "prepend_bos": source.get("bos_policy") != "none",
-            "dataset_path": source.get("dataset"), "model_from_pretrained_kwargs": {}}
+    """The cfg.json SAELens 6's `SAE.save_model` writes for this architecture: the config
+    dataclass's fields, `architecture`, and `metadata` (where SAELens 6 reads the model, hook
+    and version from)."""
     arch = SAELENS_ARCH[cfg.arch]
+    metadata: dict[str, Any] = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
+        "model_name": source.get("model"), "hook_name": source.get("hook"),
+        "context_size": source.get("context_length"),
+        "prepend_bos": source.get("bos_policy") != "none",
+        "dataset_path": source.get("dataset"), "trained_with": "actstore",
+        "training_architecture": cfg.arch}
     out: dict[str, Any] = {
         "architecture": arch, "d_in": cfg.d_model, "d_sae": cfg.latents, "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-        "reshape_activations": "none", "meta": meta, **meta,
-        "activation_fn_str": "topk" if arch == "topk" else "relu",
-        "activation_fn_kwargs": {"k": cfg.k} if arch == "topk" else {},
-        "finetuning_scaling_factor": False, "hook_layer": -1, "hook_head_index": None,
-        "sae_lens_training_version": None}
+        "reshape_activations": "none", "metadata": metadata}
     if arch == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = False  # decoder rows are not unit norm after folding

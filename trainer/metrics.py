@@ -64,6 +64,8 @@ class Meter:
                     "l0": s["l0"] / tokens, "loss": s["loss"] / tokens,
                     "dead": int(member.dead_mask().sum())}
             for name, total in sorted(self.terms[i].items()):
+                if name in line:  # a loss term must never overwrite the metric it is named like
+                    raise RuntimeError(f"loss term {name!r} collides with a metric")
                 line[name] = float(distributed.all_reduce(torch.as_tensor(total).clone())) / tokens
             lines.append(line)
         self.sums.zero_()

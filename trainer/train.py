@@ -61,8 +61,10 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
     if cfg.hook not in store.layout.d_model:
         raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
                          f"{list(store.hooks)}")
-    if not store.complete:
-        raise ValueError(f"store {store.url} is incomplete: finish generating it first")
+    problem = store.problem()
+    if problem is not None:
+        raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating it "
+                         "first")
     if cfg.batch_size % world.size:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
                          f"{world.size} ranks")
