@@ -138,8 +138,6 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--shard-mib", type=int, default=256)
     g.add_argument("--address", help="Ray address (default RAY_ADDRESS, else local Ray)")
     g.add_argument("--no-progress", action="store_false", dest="progress")
-    g.add_argument("--break-stale-lock", action="store_true",
-                   help="take over the lock of a job whose heartbeat stopped (driver killed)")
     g.add_argument("--verify", action="store_true",
                    help="then describe the store and verify every chunk and row")
 

@@ -82,8 +82,6 @@ class GenerateConfig:
     """How often a shard is retried after its worker died."""
     progress: bool = True
     """Show a progress bar."""
-    break_stale_lock: bool = False
-    """Take over the lock of a job whose heartbeat stopped (its driver was killed)."""
     verify: bool = False
     """After generating (or reusing), read every chunk and check exactly-once coverage."""
     storage_options: dict[str, str] = field(default_factory=dict)
@@ -162,7 +160,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     # Bad data must fail before anything is created, so the corpus is read before the lock.
     contexts = None if exists else _build_contexts(cfg)
     lock = JobLock(loc, f"gen-{uuid.uuid4().hex[:8]}")
-    lock.acquire(break_stale=cfg.break_stale_lock)
+    lock.acquire()
     try:
         store = _create_or_open(cfg, spec, url, contexts)
         for shard in store.shards_missing():  # we hold the job lock: leases are from dead jobs

@@ -10,7 +10,8 @@ Protocol for one shard (what makes Ray retries idempotent and concurrent writers
    a marker always means "all of this shard is there".
 A crashed writer leaves a lease and maybe objects but no marker: the shard is not done, and the
 job that knows the writer is dead breaks the lease and retries the shard elsewhere.
-One job at a time: `JobLock` (`lock/zarr.json`, with a heartbeat) refuses a second job.
+One job at a time: `JobLock` (`lock/zarr.json`, a lease renewed by a heartbeat) refuses a
+second job while the first is alive.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -181,40 +183,109 @@ def break_lease(store: ActivationStore, shard: int) -> dict[str, Any] | None:
     return held
 
 
-class JobLock:
-    """One generation job per store: an exclusive lock object refreshed by a heartbeat.
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, Linux), or None if there is no such
+    process. A pid that was reused by another process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return -1  # alive, another user's
+    return -1  # alive; its start time is unknown here
 
-    A lock whose heartbeat is older than `stale_after_s` belongs to a dead job; `acquire(
-    break_stale=True)` takes it over. A live job's lock is never broken.
+
+def holder_is_dead(held: Mapping[str, Any]) -> bool:
+    """True when a lock or lease names a process on this host that no longer exists (or whose
+    pid now belongs to another process)."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    now = _start_time(int(held["pid"]))
+    if now is None:
+        return True
+    started = held.get("pid_start")
+    return started is not None and now != -1 and now != started
+
+
+class JobLock:
+    """One job per store (or per training run folder): an exclusive lock object, refreshed by
+    a heartbeat.
+
+    It is a lease: a lock whose heartbeat is older than `lease_s` belongs to a job that is gone
+    (killed, its machine lost) and is taken over, as is at once a lock held by a process of
+    this host that no longer exists. A live job's lock is never taken. Taking over is atomic:
+    of several jobs that find the same expired lock, only the one that creates its exclusive
+    take-over marker replaces it.
     """
 
     KEY = f"{fmt.LOCK}/{fmt.META}"
 
-    def __init__(self, location: Location, job_id: str, stale_after_s: float = 120.0) -> None:
-        self.location, self.job_id, self.stale_after_s = location, job_id, stale_after_s
+    def __init__(self, location: Location, job_id: str, lease_s: float = 15.0,
+                 what: str = "store", log: Callable[[str], None] | None = None) -> None:
+        self.location, self.job_id, self.lease_s = location, job_id, lease_s
+        self.what = what
+        self.log = log or (lambda line: print(line, file=sys.stderr))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = time.time()
 
-    def acquire(self, break_stale: bool = False) -> None:
-        try:
-            with access_errors(self.location.url):
-                self.location.put_exclusive(self.KEY, self._payload())
-        except FileExistsError:
-            held = _read_attrs(self.location, self.KEY) or {}
-            age = time.time() - float(held.get("heartbeat_at", 0.0))
-            if break_stale and age > self.stale_after_s:
-                self.location.delete(self.KEY)
-                return self.acquire(break_stale=False)
-            raise StoreBusyError(
-                f"store {self.location.url} is being written by job {held.get('job')!r} on "
-                f"{held.get('host')} (pid {held.get('pid')}), last heartbeat {age:.0f}s ago. "
-                + ("It looks dead: take the lock over with `actstore generate "
-                   "--break-stale-lock` (JobLock.acquire(break_stale=True))."
-                   if age > self.stale_after_s else "Wait for it to finish.")) from None
-        self._thread = threading.Thread(target=self._beat, name="actstore-lock", daemon=True)
-        self._thread.start()
+    def acquire(self) -> None:
+        """Take the lock, taking over a dead holder's; StoreBusyError while a live job has it."""
+        for _ in range(5):  # each pass either takes the lock or finds a new holder
+            try:
+                with access_errors(self.location.url):
+                    self.location.put_exclusive(self.KEY, self._payload())
+            except FileExistsError:
+                held = _read_attrs(self.location, self.KEY)
+                if held is None:
+                    continue  # released meanwhile
+                why = self._gone(held)
+                if why is None:
+                    raise self._busy(held) from None
+                self._take_over(held, why)
+                continue
+            self._thread = threading.Thread(target=self._beat, name="actstore-lock",
+                                            daemon=True)
+            self._thread.start()
+            return
+        raise StoreBusyError(f"{self.what} {self.location.url}: could not take its lock "
+                             "(other jobs keep taking it)")
+
+    def _gone(self, held: Mapping[str, Any]) -> str | None:
+        """Why the holder is gone, or None when it may be alive."""
+        if holder_is_dead(held):
+            return f"its process (pid {held.get('pid')} on this host) no longer exists"
+        age = time.time() - float(held.get("heartbeat_at", 0.0))
+        if age > self.lease_s:
+            return f"its last heartbeat was {age:.0f}s ago (lease {self.lease_s:g}s)"
         return None
+
+    def _take_over(self, held: Mapping[str, Any], why: str) -> None:
+        """Replace a dead holder's lock, if we are the one job that wins its take-over."""
+        marker = f"{fmt.LOCK}/takeover-{held.get('job')}-{held.get('heartbeat_at')}"
+        try:
+            self.location.put_exclusive(marker, self._payload())
+        except FileExistsError:
+            return  # another job is taking it over; the next pass sees who won
+        now = _read_attrs(self.location, self.KEY)
+        if now is not None and (now.get("job"), now.get("heartbeat_at")) == (
+                held.get("job"), held.get("heartbeat_at")):
+            self.location.delete(self.KEY)
+            self.log(f"{self.what} {self.location.url}: taking over the lock of job "
+                     f"{held.get('job')!r} on {held.get('host')}: {why}")
+
+    def _busy(self, held: Mapping[str, Any]) -> StoreBusyError:
+        age = time.time() - float(held.get("heartbeat_at", 0.0))
+        return StoreBusyError(
+            f"{self.what} {self.location.url} is in use by job {held.get('job')!r} on "
+            f"{held.get('host')} (pid {held.get('pid')}), alive: last heartbeat {age:.0f}s ago. "
+            f"Wait for it to finish; if it is gone, its lock expires {self.lease_s:g}s after "
+            "its last heartbeat and is then taken over.")
 
     def release(self) -> None:
         self._stop.set()
@@ -223,6 +294,9 @@ class JobLock:
         held = _read_attrs(self.location, self.KEY)
         if held is not None and held.get("job") == self.job_id:
             self.location.delete(self.KEY)
+        for name in self.location.list(fmt.LOCK):  # markers of take-overs, now moot
+            if name.startswith("takeover-"):
+                self.location.delete(f"{fmt.LOCK}/{name}")
 
     def __enter__(self) -> JobLock:
         self.acquire()
@@ -234,10 +308,11 @@ class JobLock:
 
     def _payload(self) -> bytes:
         return _group_bytes({"job": self.job_id, "started_at": self._started_at,
-                             "heartbeat_at": time.time(), **_owner()})
+                             "heartbeat_at": time.time(),
+                             "pid_start": _start_time(os.getpid()), **_owner()})
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.stale_after_s / 4):
+        while not self._stop.wait(self.lease_s / 5):
             held = _read_attrs(self.location, self.KEY)
             if held is None or held.get("job") != self.job_id:
                 return  # taken over: never overwrite another job's lock

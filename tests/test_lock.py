@@ -1,8 +1,12 @@
-"""One generation job per store: the job lock on every backend."""
+"""One job per store: the job lock (a lease renewed by a heartbeat) on every backend."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -11,37 +15,81 @@ from actstore import JobLock, StoreBusyError
 from actstore.location import Location
 
 
+def plant(loc: Location, **attrs: object) -> None:
+    """A lock left by another job, as it would lie in the store."""
+    held = {"job": "old", "host": "elsewhere", "pid": 1, "started_at": 0.0,
+            "heartbeat_at": time.time(), **attrs}
+    loc.put_exclusive(JobLock.KEY, json.dumps({"zarr_format": 3, "node_type": "group",
+                                               "attributes": held}).encode())
+
+
+def holder(loc: Location) -> str:
+    loc.invalidate()
+    return str(loc.get_json(JobLock.KEY)["attributes"]["job"])
+
+
 def test_second_job_is_refused_until_the_first_releases(store_url: str) -> None:
     loc = Location.from_url(store_url)
     first = JobLock(loc, "job-a")
     first.acquire()
-    with pytest.raises(StoreBusyError, match=r"job 'job-a'.*Wait for it"):
+    with pytest.raises(StoreBusyError, match=r"job 'job-a'.*alive.*Wait for it"):
         JobLock(loc, "job-b").acquire()
-    with pytest.raises(StoreBusyError):  # a live lock is never broken, even when asked
-        JobLock(loc, "job-b").acquire(break_stale=True)
     first.release()
     with JobLock(loc, "job-b"):
-        assert loc.get_json(JobLock.KEY)["attributes"]["job"] == "job-b"
+        assert holder(loc) == "job-b"
     assert not loc.exists(JobLock.KEY)
 
 
-def test_stale_lock_of_a_dead_job_is_taken_over_only_when_asked(store_url: str) -> None:
+def test_expired_lease_of_another_host_is_taken_over_and_said(store_url: str) -> None:
     loc = Location.from_url(store_url)
-    dead = {"zarr_format": 3, "node_type": "group",
-            "attributes": {"job": "dead", "host": "h", "pid": 1, "started_at": 0.0,
-                           "heartbeat_at": time.time() - 3600}}
-    loc.put_exclusive(JobLock.KEY, json.dumps(dead).encode())
-    with pytest.raises(StoreBusyError, match="looks dead"):
-        JobLock(loc, "new").acquire()
-    lock = JobLock(loc, "new")
-    lock.acquire(break_stale=True)
-    assert loc.get_json(JobLock.KEY)["attributes"]["job"] == "new"
-    lock.release()
+    plant(loc, heartbeat_at=time.time() - 3600)
+    said: list[str] = []
+    with JobLock(loc, "new", log=said.append):
+        assert holder(loc) == "new"
+    assert len(said) == 1
+    assert "taking over the lock of job 'old' on elsewhere" in said[0]
+    assert "last heartbeat was 3600s ago" in said[0]
 
 
-def test_heartbeat_keeps_the_lock_fresh(store_url: str) -> None:
+def test_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(store_url: str) -> None:
     loc = Location.from_url(store_url)
-    with JobLock(loc, "beating", stale_after_s=0.4):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    plant(loc, host=socket.gethostname(), pid=int(gone.stdout))  # heartbeat fresh
+    said: list[str] = []
+    with JobLock(loc, "new", log=said.append):
+        assert holder(loc) == "new"
+    assert f"pid {int(gone.stdout)} on this host) no longer exists" in said[0]
+
+
+def test_simultaneous_take_overs_let_exactly_one_job_hold_the_lock(store_url: str) -> None:
+    loc = Location.from_url(store_url)
+    plant(loc, heartbeat_at=time.time() - 3600)
+    won, refused = [], []
+    start = threading.Barrier(6)
+
+    def contend(i: int) -> None:
+        lock = JobLock(Location.from_url(store_url), f"job-{i}", log=lambda _: None)
+        start.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except StoreBusyError:
+            refused.append(i)
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, [w.job_id for w in won]
+    assert len(refused) == 5
+    assert holder(loc) == won[0].job_id
+    won[0].release()
+
+
+def test_heartbeat_keeps_a_live_lock_and_it_is_never_taken(store_url: str) -> None:
+    loc = Location.from_url(store_url)
+    with JobLock(loc, "beating", lease_s=0.4):
         first = loc.get_json(JobLock.KEY)["attributes"]["heartbeat_at"]
         deadline = time.time() + 5
         while time.time() < deadline:
@@ -51,6 +99,7 @@ def test_heartbeat_keeps_the_lock_fresh(store_url: str) -> None:
             time.sleep(0.05)
         else:
             pytest.fail("heartbeat never refreshed the lock")
-        time.sleep(0.5)  # longer than stale_after_s: only a live heartbeat keeps it fresh
+        time.sleep(0.6)  # longer than the lease: only a live heartbeat keeps it
         with pytest.raises(StoreBusyError, match="Wait for it"):
-            JobLock(loc, "other", stale_after_s=0.4).acquire(break_stale=True)
+            JobLock(loc, "other", lease_s=0.4).acquire()
+        assert holder(loc) == "beating"
