@@ -11,7 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from actstore import StoreBusyError
 from actstore.cli import main
+from actstore.location import Location
+from actstore.writer import JobLock
 from actstore.loader import Normalizer
 from tests.helpers import HOOKS, fill_store, new_store
 from trainer import ensemble
@@ -162,12 +165,60 @@ def test_missing_store_and_unknown_setting(tmp_path: Path,
 
 def test_resume_refuses_other_settings_and_an_existing_run(store: str, tmp_path: Path) -> None:
     train(config(store, tmp_path, tokens=160))
-    with pytest.raises(ValueError, match="holds a checkpoint"):
+    with pytest.raises(ValueError, match="holds a checkpoint: pass --resume"):
         train(config(store, tmp_path, tokens=160))
     with pytest.raises(ValueError, match=r"settings differ.*'lr'"):
         train(config(store, tmp_path, tokens=160, lr=1e-3, resume=True))
-    with pytest.raises(ValueError, match=r"dictionaries differ in \['d_model'\]"):
+    with pytest.raises(ValueError, match=r"dictionaries differ \(#0 d_model: saved 12, now 5;"):
         train(config(store, tmp_path, tokens=160, hook=HOOKS[1], resume=True))
+    with pytest.raises(ValueError, match=r"holds 2 dictionaries \(topk n=24 k=2, topk n=24 "
+                                         r"k=3\), this run asks for 1 \(topk n=24 k=3\)"):
+        train(config(store, tmp_path, tokens=160, k=(3,), resume=True))
+    with pytest.raises(ValueError, match=r"is finished \(10 of 10 steps\)"):
+        train(config(store, tmp_path, tokens=160, resume=True))
+
+
+def test_resumed_run_reports_its_own_tokens(store: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    real_step = ensemble.Ensemble.step
+    calls = {"n": 0}
+
+    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real_step(self, x, autocast)
+    with monkeypatch.context() as m:
+        m.setattr(ensemble.Ensemble, "step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(store, tmp_path, tokens=320))
+    result = train(config(store, tmp_path, tokens=320, resume=True))  # from step 10
+    assert (result.steps, result.tokens, result.tokens_this_run) == (20, 320, 160)
+
+
+def test_one_run_per_folder(store: str, tmp_path: Path) -> None:
+    """A live run's folder is refused to a second run; a folder of another (finished or
+    foreign) run is refused unless --overwrite, which replaces that run's files only."""
+    out = tmp_path / "run"
+    live = JobLock(Location.from_url(str(out)), "live-run")
+    live.acquire()
+    with pytest.raises(StoreBusyError, match=r"run folder .* in use by job 'live-run'"):
+        train(config(store, out, tokens=160))
+    live.release()
+    assert not out.joinpath("metrics.jsonl").exists()  # the refused run wrote nothing
+    out.joinpath("metrics.jsonl").write_text('{"step": 5}\n')
+    out.joinpath("notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files of another run \(metrics.jsonl, "
+                                         r"notes.txt\): pass --overwrite"):
+        train(config(store, out, tokens=160))
+    assert out.joinpath("metrics.jsonl").read_text() == '{"step": 5}\n'  # not truncated
+    train(config(store, out, tokens=160, overwrite=True))
+    assert [r["step"] for r in read_metrics(out)] == [5, 10]
+    assert out.joinpath("notes.txt").read_text() == "mine"  # not ours: left alone
+    assert not out.joinpath("lock").exists() or not any(out.joinpath("lock").iterdir())
+    out.joinpath("a-file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        train(config(store, out / "a-file", tokens=160))
 
 
 def raw_codes(arch: str, w: dict[str, torch.Tensor], cfg: dict[str, Any],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from trainer.dictionaries import DictionaryConfig
 
 VERSION = 1
 #: Settings a resumed run may change: they do not alter the numbers.
-FREE_SETTINGS = {"resume", "progress", "plots", "read_threads", "eval_every", "eval_contexts"}
+FREE_SETTINGS = {"resume", "overwrite", "progress", "plots", "read_threads", "eval_every",
+                 "eval_contexts"}
 
 
 def path(out: str | Path) -> Path:
@@ -49,7 +51,7 @@ def save(out: str | Path, state: dict[str, Any]) -> None:
     """Write atomically (temporary file, fsync, rename). Streamed to the file rather than
     built in memory for `Location.put`: with optimiser state a checkpoint can be GBs."""
     target = path(out)
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # never another run's
     with open(tmp, "wb") as f:
         torch.save({"version": VERSION, **state}, f)
         f.flush()
@@ -65,18 +67,38 @@ def load(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]) -> 
     state: dict[str, Any] = torch.load(target, map_location="cpu", weights_only=False)
     if state.get("version") != VERSION:
         raise ValueError(f"{target}: checkpoint version {state.get('version')} is not {VERSION}")
-    now = [dataclasses.asdict(m) for m in members]
-    if state["dictionaries"] != now:
-        diffs = sorted({k for a, b in zip(state["dictionaries"], now, strict=False)
-                        for k in a if a[k] != b.get(k)})
-        raise ValueError(f"--resume: the checkpoint's dictionaries differ in {diffs} "
-                         f"(saved {state['dictionaries'][0]}, now {now[0]}); this run cannot "
-                         "continue that one")
+    _check_dictionaries(state["dictionaries"], [dataclasses.asdict(m) for m in members])
     saved = state["config"]
     changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
                if k not in FREE_SETTINGS and saved.get(k) != v}
     if changed:
         raise ValueError(f"--resume: settings differ from the checkpoint's (saved, now): "
                          f"{changed}; resume with the same settings")
+    steps = cfg.tokens // cfg.batch_size
+    if int(state["step"]) >= steps:
+        raise ValueError(f"--resume: the run in {out} is finished ({state['step']} of {steps} "
+                         f"steps); its dictionaries are in {Path(out) / 'dictionaries'}. To "
+                         "train further, start a new run from them or with more --tokens in "
+                         "another --out")
     return state
 
+
+
+def _check_dictionaries(saved: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:
+    """Refuse a resume whose sweep is not the checkpoint's, naming what differs."""
+    if saved == now:
+        return
+    if len(saved) != len(now):
+        raise ValueError(f"--resume: the checkpoint holds {len(saved)} dictionaries "
+                         f"({_names(saved)}), this run asks for {len(now)} ({_names(now)}); "
+                         "resume with the same sweep")
+    diffs = [f"#{i} {k}: saved {a[k]!r}, now {b.get(k)!r}" for i, (a, b) in
+             enumerate(zip(saved, now, strict=True)) for k in a if a[k] != b.get(k)]
+    raise ValueError(f"--resume: the checkpoint's dictionaries differ ({'; '.join(diffs)}); "
+                     "this run cannot continue that one")
+
+
+def _names(members: list[dict[str, Any]]) -> str:
+    knob = {"relu": "l1", "jumprelu": "l0"}
+    return ", ".join(f"{m['arch']} n={m['latents']} {knob.get(m['arch'], 'k')}="
+                     f"{m[knob.get(m['arch'], 'k')]}" for m in members)

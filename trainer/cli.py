@@ -45,6 +45,7 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--bias-init", choices=["geometric_median", "mean", "zeros"])
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
     t.add_argument("--resume", action="store_true", default=None)
+    t.add_argument("--overwrite", action="store_true", default=None)
     t.add_argument("--no-autocast", action="store_false", dest="autocast", default=None)
     t.add_argument("--no-progress", action="store_false", dest="progress", default=None)
     t.add_argument("--no-plots", action="store_false", dest="plots", default=None)
@@ -65,8 +66,9 @@ def run_train(cfg: TrainConfig) -> int:
     result = train(cfg)
     if result.dictionaries and _is_main():
         print(f"trained {len(result.dictionaries)} dictionaries for {result.steps} steps, "
-              f"{result.tokens} tokens in {result.seconds:.1f}s "
-              f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s) -> {result.out}")
+              f"{result.tokens} tokens; this run {result.tokens_this_run} tokens in "
+              f"{result.seconds:.1f}s ({result.tokens_this_run / max(result.seconds, 1e-9):.0f} "
+              f"tokens/s) -> {result.out}")
         for path, metrics in zip(result.dictionaries, result.final, strict=True):
             print(f"  {path.name}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
     return 0

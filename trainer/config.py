@@ -50,6 +50,8 @@ class TrainConfig:
     """L0 coefficients (jumprelu)."""
     resume: bool = False
     """Continue from the checkpoint in `out`."""
+    overwrite: bool = False
+    """Start afresh in an `out` that holds another run (its files are replaced)."""
     lr: float = 2e-4
     """Adam learning rate after warmup."""
     warmup_steps: int = 100

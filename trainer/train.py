@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from actstore.loader import Loader, LoaderConfig
 from actstore.store import ActivationStore
-from trainer import checkpoint, distributed
+from actstore.errors import StoreError
+from actstore.writer import JobLock
+from trainer import checkpoint, distributed, run_dir
 from trainer.config import TrainConfig
 from trainer.dictionaries import DictionaryConfig
 from trainer.distributed import World
@@ -42,7 +44,9 @@ class TrainResult:
     steps: int
     """Optimiser steps taken in all (including those before a resume)."""
     tokens: int
-    """Training rows consumed across ranks."""
+    """Training rows consumed across ranks, in all (including those before a resume)."""
+    tokens_this_run: int
+    """Rows consumed by this process's run (all of them unless it resumed)."""
     seconds: float
     """Wall time of this process's run."""
     dictionaries: tuple[Path, ...]
@@ -71,9 +75,6 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
     if store.num_rows // world.size < cfg.batch_size // world.size:
         raise ValueError(f"store {store.url} has {store.num_rows} rows: fewer than one batch "
                          f"of {cfg.batch_size // world.size} per rank")
-    has_checkpoint = checkpoint.path(cfg.out).exists()
-    if has_checkpoint and not cfg.resume:
-        raise ValueError(f"{cfg.out} holds a checkpoint: pass --resume, or another --out")
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -130,20 +131,39 @@ class _Run:
 
     def run(self) -> TrainResult:
         start = time.perf_counter()
-        if self.cfg.resume:
-            self._restore()
-        else:
-            Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
-            self._init_bias()
-        self.log.open(resume_at=self.step)
+        lock = self._claim()
         try:
-            if self.world.distributed:
-                self.ensemble.distribute(self.world.device)
-            final = self._finish(self._loop())
+            if self.cfg.resume:
+                self._restore()
+            else:
+                self._init_bias()
+            first = self.step
+            self.log.open(resume_at=self.step)
+            try:
+                if self.world.distributed:
+                    self.ensemble.distribute(self.world.device)
+                final = self._finish(self._loop())
+            finally:
+                self.log.close()
         finally:
-            self.log.close()
+            if lock is not None:
+                lock.release()
         return TrainResult(Path(self.cfg.out), self.step, self.step * self.cfg.batch_size,
+                           (self.step - first) * self.cfg.batch_size,
                            time.perf_counter() - start, final[0], final[1])
+
+    def _claim(self) -> JobLock | None:
+        """Rank 0 locks the run folder; a refusal stops every rank."""
+        error, lock = None, None
+        if self.world.is_main:
+            try:
+                lock = run_dir.claim(self.cfg)
+            except (StoreError, ValueError, FileNotFoundError) as e:
+                error = e
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise error
+        return lock
 
     def _batches(self) -> Iterator[torch.Tensor]:
         while True:  # epochs, from the loader's current position
