@@ -209,7 +209,7 @@ def holder_is_dead(held: Mapping[str, Any]) -> bool:
     if now is None:
         return True
     started = held.get("pid_start")
-    return started is not None and now != -1 and now != started
+    return started is not None and now not in (-1, started)
 
 
 class JobLock:

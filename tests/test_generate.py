@@ -16,7 +16,7 @@ import pytest
 import ray
 import torch
 
-from actstore import ActivationStore, SpecMismatchError, StoreBusyError, StoreFullError, verify
+from actstore import ActivationStore, SpecMismatchError, StoreFullError, verify
 from actstore.capture import UnknownHookError
 from actstore.corpus import DatasetError
 from actstore.generate import GenerateConfig, generate

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from actstore import StoreBusyError
 from actstore.cli import main
+from actstore.loader import Normalizer
 from actstore.location import Location
 from actstore.writer import JobLock
-from actstore.loader import Normalizer
 from tests.helpers import HOOKS, fill_store, new_store
 from trainer import ensemble
 from trainer.config import TrainConfig

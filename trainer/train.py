@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from actstore.errors import StoreError
 from actstore.loader import Loader, LoaderConfig
 from actstore.store import ActivationStore
-from actstore.errors import StoreError
 from actstore.writer import JobLock
 from trainer import checkpoint, distributed, run_dir
 from trainer.config import TrainConfig
