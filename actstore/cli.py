@@ -14,7 +14,7 @@ from actstore.generate import GenerateConfig, GenerateResult, generate
 from actstore.location import Location
 from actstore.spec import DTYPE_ITEMSIZE
 from actstore.store import ActivationStore
-from actstore.summary import describe, find_stores, summary_line
+from actstore.summary import describe, scan_stores, summary_line
 from actstore.verify import verify
 
 
@@ -76,7 +76,7 @@ def run_verify(cfg: VerifyConfig) -> int:
 
 
 def run_ls(cfg: LsConfig) -> int:
-    stores = find_stores(Location.from_url(cfg.root))
+    stores, bad = scan_stores(Location.from_url(cfg.root))
     if cfg.as_json:
         print(json.dumps([{"url": s.url, "key": s.key, "spec": s.spec.to_dict(),
                            "shards_done": len(s.shards_done()), "num_shards": s.num_shards}
@@ -84,9 +84,11 @@ def run_ls(cfg: LsConfig) -> int:
     else:
         for s in stores:
             print(summary_line(s))
-        if not stores:
+        if not stores and not bad:
             print(f"no stores under {cfg.root}", file=sys.stderr)
-    return 0
+    for b in bad:
+        print(f"BAD STORE {b.url}: {b.error}", file=sys.stderr)
+    return 0  # the listing itself worked; bad stores are named on stderr
 
 
 def run_generate(cfg: GenerateConfig) -> int:

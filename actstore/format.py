@@ -176,3 +176,9 @@ def encode_shard_reference(meta: bytes, array_path: str, shard: int, rows: tuple
 def checksum(data: bytes) -> int:
     """crc32c of a whole object, recorded in commit markers."""
     return int(google_crc32c.value(data))
+
+
+def index_checksum(tail: bytes) -> int:
+    """crc32c of a shard index, recorded in commit markers. The index ends with its own crc32c,
+    so the crc of the whole tail would be the same constant for every index: leave that out."""
+    return int(google_crc32c.value(tail[:-4]))

@@ -76,6 +76,8 @@ class ActivationStore:
         self.context_parts: tuple[str, ...] = ()
         """Parquet parts of the contexts table written at creation (checked by `problem`)."""
         self._indices: dict[tuple[str, int], NDArray[np.uint64]] = {}
+        self._records: dict[int, dict[str, Any]] = {}
+        """Commit markers of shards being read (a committed shard never changes)."""
         """Parsed shard indices, so chunk-sized reads cost one request, not two. Only shards
         being read are cached; committed shards never change."""
 
@@ -283,8 +285,10 @@ class ActivationStore:
             blob = self.location.get(key) if whole else b""  # one request for a whole shard
             index = self._indices.get((path, shard))
             if index is None:
-                index = dec.parse_index(blob[-dec.index_nbytes:] if whole else
-                                        self.location.get_range(key, -dec.index_nbytes))
+                tail = (blob[-dec.index_nbytes:] if whole else
+                        self.location.get_range(key, -dec.index_nbytes))
+                index = dec.parse_index(tail)  # its own crc first: a torn index says so
+                self._check_committed(key, shard, tail)
                 self._indices[path, shard] = index
             c0 = first // dec.chunk_rows
             c1 = -(-(first + len(out)) // dec.chunk_rows)
@@ -296,6 +300,22 @@ class ActivationStore:
                               "not written yet?)") from None
         except ChunkError as e:
             raise self._corrupt(path, shard, key, e) from e
+
+    def _check_committed(self, key: str, shard: int, tail: bytes) -> None:
+        """The object's index is the one its shard's commit marker recorded: an object
+        swapped with another shard's, or replaced after the commit, is refused (its chunks
+        alone would pass their own checksums). Markers older than this record are trusted."""
+        record = self._records.get(shard)
+        if record is None:
+            try:
+                record = self._records[shard] = self.commit_record(shard)
+            except FileNotFoundError:
+                raise FormatError(f"{self.url}: shard {shard} is not committed") from None
+        want = record.get("objects", {}).get(key, {}).get("index_crc32c")
+        if want is not None and fmt.index_checksum(tail) != want:
+            raise CorruptChunkError(f"{self.url}: shard object {key} is not the one shard "
+                                    f"{shard} committed (its index differs from the commit "
+                                    "marker's record: swapped or overwritten)")
 
     def _corrupt(self, path: str, shard: int, key: str, e: ChunkError) -> CorruptChunkError:
         if e.chunk is None:

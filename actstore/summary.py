@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from actstore import format as fmt
 from actstore.location import Location
@@ -48,18 +48,46 @@ def _sizes(record: dict[str, Any]) -> list[tuple[str, int]]:
     return [(k, int(v["size"])) for k, v in record.get("objects", {}).items()]
 
 
+class BadStore(NamedTuple):
+    """Something under an `ls` root that looks like a store but cannot be opened."""
+
+    url: str
+    """Where it is."""
+    error: str
+    """Why it cannot be opened, in one line."""
+
+
 def find_stores(root: Location, max_depth: int = 2) -> list[ActivationStore]:
-    """Stores at `root` or up to `max_depth` folders below it, sorted by URL."""
-    found: list[ActivationStore] = []
-    if read_root_attrs(root) is not None:
-        return [ActivationStore.open(root.url)]
-    if max_depth == 0:
-        return found
-    for name in root.list(""):
-        child = root.child(name)
-        if root.fs.isdir(child.root):
-            found += find_stores(child, max_depth - 1)
-    return sorted(found, key=lambda s: s.url)
+    """Stores at `root` or up to `max_depth` folders below it, sorted by URL (bad ones are
+    left out; `scan_stores` names them)."""
+    return scan_stores(root, max_depth)[0]
+
+
+def scan_stores(root: Location, max_depth: int = 2
+                ) -> tuple[list[ActivationStore], list[BadStore]]:
+    """The good stores at `root` or up to `max_depth` folders below it, and the bad ones (a
+    root metadata file that cannot be read or does not describe a store we can open)."""
+    good: list[ActivationStore] = []
+    bad: list[BadStore] = []
+    if root.exists(fmt.META):
+        try:
+            if read_root_attrs(root) is None:
+                meta = root.get_json(fmt.META)  # raises if it is not JSON
+                if meta.get("node_type") == "group" and "actstore" not in meta.get(
+                        "attributes", {}):
+                    raise ValueError("a zarr group without actstore attributes")
+            good.append(ActivationStore.open(root.url))
+        except Exception as e:  # one bad store must not hide the others
+            bad.append(BadStore(root.url, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+        return good, bad
+    if max_depth > 0:
+        for name in root.list(""):
+            child = root.child(name)
+            if root.fs.isdir(child.root):
+                g, b = scan_stores(child, max_depth - 1)
+                good += g
+                bad += b
+    return sorted(good, key=lambda s: s.url), sorted(bad)
 
 
 def summary_line(store: ActivationStore) -> str:

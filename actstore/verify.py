@@ -10,7 +10,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from actstore import format as fmt
-from actstore.errors import CorruptChunkError
+from actstore.errors import StoreError
 from actstore.store import ActivationStore, RowIndex
 
 
@@ -96,12 +96,22 @@ def verify(store: ActivationStore, partial: bool = False) -> VerifyReport:
     if missing and not partial:
         report.problems.append(f"{len(missing)} of {store.num_shards} shards not committed: "
                                f"{_ranges(missing)}")
-    contexts = store.read_contexts(["context_id", "start", "tokens"])
+    try:
+        contexts = store.read_contexts(["context_id", "start", "tokens"])
+    except (OSError, ValueError) as e:  # an unreadable Parquet part
+        report.problems.append(f"contexts table cannot be read: {type(e).__name__}: {e}")
+        contexts = pa.table({"context_id": pa.array([], pa.int64()),
+                             "start": pa.array([], pa.int32()),
+                             "tokens": pa.array([], pa.list_(pa.int32()))})
     if contexts.num_rows == 0:
         report.problems.append("contexts table is empty or missing (contexts/*.parquet)")
     coverage = _Coverage(contexts)
     for shard in done:
-        report.problems += _verify_shard(store, shard, coverage if contexts.num_rows else None)
+        try:
+            report.problems += _verify_shard(store, shard,
+                                             coverage if contexts.num_rows else None)
+        except (StoreError, OSError, ValueError, KeyError) as e:  # an unreadable marker, ...
+            report.problems.append(f"shard {shard}: cannot be checked: {type(e).__name__}: {e}")
         report.shards_checked += 1
         a, b = store.layout.shard_rows_range(shard)
         report.rows_checked += b - a
@@ -125,11 +135,14 @@ def _verify_shard(store: ActivationStore, shard: int, coverage: _Coverage | None
         if len(blob) != want["size"] or fmt.checksum(blob) != want["crc32c"]:
             problems.append(f"shard {shard}: object {key} differs from what was committed "
                             f"(size {len(blob)} vs {want['size']}, crc32c mismatch)")
-    try:
-        for hook in store.hooks:  # decoding checks every chunk's own crc32c
+    for hook in store.hooks:  # decoding checks every chunk's own crc32c
+        try:
             store.read(hook, a, b)
+        except StoreError as e:  # a missing or corrupt object: say so, check the rest
+            problems.append(f"shard {shard}: {e}")
+    try:
         idx = store.read_index(a, b)
-    except CorruptChunkError as e:
+    except StoreError as e:
         return [*problems, f"shard {shard}: {e}"]
     if coverage is not None:
         problems += coverage.add(shard, idx)

@@ -132,13 +132,19 @@ class ShardWriter:
             hook)], dtype)) for hook in activations}  # overlaps the encoding below
         blobs = {fmt.shard_key(path, self.shard): self.store.encoders[path].encode(data)
                  for path, data in arrays.items()}
+        tails = {fmt.shard_key(path, self.shard): self.store.decoders[path].index_nbytes
+                 for path in arrays}
         self._stats = {hook: f.result().to_dict() for hook, f in stats.items()}
         # Checked right before publishing, so a writer whose lease was broken (declared dead)
         # stops as soon as it wakes up instead of overwriting its successor's shard.
         self._check_lease()
         with disk_full(self.store.url, f"shard {self.shard}"):
             self.store.location.put_many(blobs)
-        self._objects = {k: {"size": len(b), "crc32c": fmt.checksum(b)} for k, b in blobs.items()}
+        # The index's crc lets a reader that fetches only some chunks check, with the index it
+        # reads anyway, that the object is the one committed (not another shard's).
+        self._objects = {k: {"size": len(b), "crc32c": fmt.checksum(b),
+                             "index_crc32c": fmt.index_checksum(b[-tails[k]:])}
+                         for k, b in blobs.items()}
 
     def commit(self) -> None:
         """Publish the commit marker (exclusively), then drop the lease."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from actstore import ActivationStore, CorruptChunkError
 from actstore import format as fmt
 from actstore.cli import main
 from tests.helpers import HOOKS, fill_store, make_spec, new_store
@@ -87,3 +88,49 @@ def test_console_script_runs_in_a_fresh_process(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: 4 shards")
+
+
+def test_verify_reports_every_problem_and_keeps_going(store_url: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    store.location.delete(fmt.shard_key(f"activations/{HOOKS[0]}", 1))  # a missing object
+    key = fmt.shard_key(f"activations/{HOOKS[1]}", 2)  # and a corrupt chunk elsewhere
+    blob = bytearray(store.location.get(key))
+    blob[5] ^= 0xFF
+    store.location.put(key, bytes(blob))
+    code, out, err = run(["verify", store_url], capsys)
+    assert code == 1
+    assert "4 shards, 104 rows checked" in out  # every shard was looked at
+    assert f"shard 1: object activations/{HOOKS[0]}/c/1/0 is missing" in err
+    assert f"shard 1: {store_url}: shard object activations/{HOOKS[0]}/c/1/0 does not exist" in err
+    assert f"shard 2: object {key} differs from what was committed" in err
+    assert "shard 2:" in err
+    assert "crc32c" in err
+
+
+def test_swapped_shard_objects_are_refused_on_read(store_url: str) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    a, b = (fmt.shard_key(f"activations/{HOOKS[0]}", s) for s in (0, 1))
+    blob_a, blob_b = store.location.get(a), store.location.get(b)
+    store.location.put(a, blob_b)
+    store.location.put(b, blob_a)
+    fresh = ActivationStore.open(store_url)
+    with pytest.raises(CorruptChunkError, match=r"is not the one shard 0 committed"):
+        fresh.read(HOOKS[0], 3, 9)  # a few chunks: only the index is checked
+    with pytest.raises(CorruptChunkError, match=r"is not the one shard 1 committed"):
+        fresh.read(HOOKS[0], 32, 64)  # a whole shard
+    fresh.read(HOOKS[1], 0, 104)  # the other hook is intact
+
+
+def test_ls_flags_a_bad_store_and_lists_the_others(store_url: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fill_store(new_store(f"{store_url}/good"))
+    bad = new_store(f"{store_url}/bad")
+    bad.location.put("zarr.json", b"{not json")
+    code, out, err = run(["ls", store_url], capsys)
+    assert code == 0
+    assert "/good" in out
+    assert "/bad" not in out
+    assert f"BAD STORE {store_url}/bad: JSONDecodeError" in err
