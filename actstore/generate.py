@@ -148,7 +148,7 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Fill (or reuse) the store for `cfg`; see the module docstring for the order of work."""
-    from actstore.ray_pool import run_shards
+    from actstore.ray_pool import connect
 
     t0 = time.perf_counter()
     spec = make_spec(cfg)
@@ -159,6 +159,26 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
     # Bad data must fail before anything is created, so the corpus is read before the lock.
     contexts = None if exists else _build_contexts(cfg)
+    started_ray = connect(cfg)  # an unreachable cluster fails here, before the lock
+    try:
+        store, missing = _locked_run(cfg, spec, url, loc, contexts)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    bytes_written = sum(o["size"] for s in missing
+                        for k, o in store.commit_record(s)["objects"].items()
+                        if k.startswith("activations/"))
+    rows = sum(b - a for a, b in map(store.layout.shard_rows_range, missing))
+    return GenerateResult(url, False, rows, time.perf_counter() - t0, bytes_written)
+
+
+def _locked_run(cfg: GenerateConfig, spec: StoreSpec, url: str, loc: Location,
+                contexts: pa.Table | None) -> tuple[ActivationStore, list[int]]:
+    """Under the job lock: create or reopen the store, run its missing shards."""
+    from actstore.ray_pool import run_shards
+
     lock = JobLock(loc, f"gen-{uuid.uuid4().hex[:8]}")
     lock.acquire()
     try:
@@ -167,13 +187,15 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             break_lease(store, shard)
         missing = store.shards_missing()
         run_shards(cfg, store, missing, lock.job_id)
-    finally:
-        lock.release()
-    bytes_written = sum(o["size"] for s in missing
-                        for k, o in store.commit_record(s)["objects"].items()
-                        if k.startswith("activations/"))
-    rows = sum(b - a for a, b in map(store.layout.shard_rows_range, missing))
-    return GenerateResult(url, False, rows, time.perf_counter() - t0, bytes_written)
+    except BaseException as e:
+        try:
+            lock.release()
+        except Exception as r:  # the fault that stopped the run may stop this too
+            e.add_note(f"(releasing the job lock failed as well: {type(r).__name__}: {r}; "
+                       "it expires by itself)")
+        raise
+    lock.release()
+    return store, missing
 
 
 def store_url(cfg: GenerateConfig, spec: StoreSpec) -> str:

@@ -8,14 +8,18 @@ replacement; a shard that keeps killing workers fails the run after `max_retries
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
+import sys
+import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from actstore.errors import ShardCommittedError
+from actstore.errors import ShardCommittedError, StoreError
 from actstore.store import ActivationStore
 from actstore.worker import ShardWorker
 from actstore.writer import break_lease
@@ -34,20 +38,75 @@ def _runtime_env() -> dict[str, Any]:
     return {"env_vars": env}
 
 
+class RayUnavailableError(StoreError):
+    """The Ray cluster cannot be reached, or lacks the resources the job asks for."""
+
+
+def ray_address(cfg: GenerateConfig) -> tuple[str | None, str]:
+    """The cluster address and where it came from (an empty RAY_ADDRESS means unset)."""
+    if cfg.address:
+        return cfg.address, "--address"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return (env, "RAY_ADDRESS") if env else (None, "a local Ray started here")
+
+
+def _probe(address: str, source: str, timeout_s: float) -> None:
+    """Fail fast, in one line, when nothing listens at a host:port address (ray.init would
+    retry for minutes)."""
+    target = address.split("://", 1)[-1]
+    if target in ("auto", "local") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            return
+        except (OSError, ValueError) as e:
+            if time.monotonic() > deadline:
+                raise RayUnavailableError(
+                    f"cannot reach the Ray cluster at {address} (from {source}) within "
+                    f"{timeout_s:g}s: {e}. Start it (`ray start --head`), fix the address, or "
+                    f"leave {source} unset to run on a local Ray") from None
+            time.sleep(0.5)
+
+
+def connect(cfg: GenerateConfig, timeout_s: float = 10.0) -> bool:
+    """Join the cluster (or start a local Ray) and check it has what the workers need,
+    before any lock is taken. Returns True when Ray was started here (shut it down after)."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    address, source = ray_address(cfg)
+    if started_here:
+        if address:
+            _probe(address, source, timeout_s)
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
+                 runtime_env=_runtime_env())
+    from actstore.generate import device_and_dtype
+
+    device, _ = device_and_dtype(cfg)
+    need, amount = ("GPU", 1.0) if device == "cuda" else ("CPU", cfg.cpus_per_worker)
+    have = float(ray.cluster_resources().get(need, 0.0))  # type: ignore[no-untyped-call]
+    if have < amount:
+        if started_here:
+            ray.shutdown()
+        raise RayUnavailableError(
+            f"the Ray cluster ({address or 'local'}, from {source}) has {have:g} {need}, a "
+            f"worker needs {amount:g}: add nodes, or lower --cpus-per-worker")
+    return started_here
+
+
 def run_shards(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
                job_id: str) -> None:
-    """Commit every shard in `shards`; returns when all are committed or raises."""
+    """Commit every shard in `shards` on the connected cluster (`connect`); returns when all
+    are committed or raises."""
     import ray
 
     from actstore.generate import default_workers, device_and_dtype
 
     if not shards:
         return
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
-                 logging_level=logging.WARNING, include_dashboard=False,
-                 runtime_env=_runtime_env())
     device, dtype = device_and_dtype(cfg)
     actor_cls = ray.remote(ShardWorker).options(
         num_gpus=1 if device == "cuda" else 0, num_cpus=cfg.cpus_per_worker,
@@ -67,8 +126,28 @@ def run_shards(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
             pool.run(deque(shards), bar)
     finally:
         pool.shutdown()
-        if started_here:
-            ray.shutdown()
+
+
+#: Errors of cloud SDKs that a later attempt can get past (matched by name, so that neither
+#: botocore nor aiohttp has to be installed).
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "ServerDisconnectedError", "ClientOSError",
+                    "ClientPayloadError", "ClientConnectorError", "ServerTimeoutError",
+                    "ResponseStreamingError", "IncompleteReadError", "TransportError"}
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def transient(e: BaseException) -> bool:
+    """True for a fault that may pass (network, server busy), False for one that will not
+    (bad data, no space, no permission, a missing bucket)."""
+    if isinstance(e, StoreError | PermissionError | FileNotFoundError | IsADirectoryError |
+                  NotADirectoryError | FileExistsError):
+        return False
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    if {c.__name__ for c in type(e).__mro__} & _TRANSIENT_NAMES:
+        return True
+    return isinstance(e, OSError) and e.errno not in _FATAL_ERRNOS
 
 
 class _Pool:
@@ -85,20 +164,58 @@ class _Pool:
     def run(self, queue: deque[int], bar: tqdm[Any]) -> None:
         import ray
 
-        for key in list(self.actors):
-            self._feed(key, queue)
-        while self.in_flight:
-            (ref,), _ = ray.wait(list(self.in_flight), num_returns=1)
-            key, shard = self.in_flight.pop(ref)
-            try:
-                bar.update(ray.get(ref))
-            except ray.exceptions.RayActorError as e:
-                self._worker_died(key, shard, queue, e)
-            except ray.exceptions.RayTaskError as e:
-                if not isinstance(e.cause, ShardCommittedError):
-                    raise e.cause from e  # a real error (bad data, full disk): stop the run
+        self.delayed: list[tuple[float, int]] = []  # (when, shard): retries after a backoff
+        while True:
+            self._release_due(queue)
             for k in list(self.actors):  # a requeued shard goes to whoever has room
                 self._feed(k, queue)
+            if not (self.in_flight or self.delayed):
+                return
+            wait = max(0.0, min((t for t, _ in self.delayed), default=60.0) - time.monotonic())
+            if not self.in_flight:
+                time.sleep(wait)
+                continue
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=wait)
+            for ref in ready:
+                key, shard = self.in_flight.pop(ref)
+                try:
+                    bar.update(ray.get(ref))
+                except ray.exceptions.RayActorError as e:
+                    self._worker_died(key, shard, queue, e)
+                except ray.exceptions.RayTaskError as e:
+                    if isinstance(e.cause, ShardCommittedError):
+                        continue
+                    if not transient(e.cause):
+                        raise e.cause from e  # a real error (bad data, full disk): stop
+                    self._retry_later(shard, e.cause)
+
+    def _retry_later(self, shard: int, error: BaseException) -> None:
+        """A shard whose write failed on a passing fault (an S3 hiccup) goes again after an
+        exponential backoff, up to `max_retries` times."""
+        self.retries[shard] += 1
+        if self.retries[shard] > self.max_retries:
+            error.add_note(f"shard {shard} failed {self.retries[shard]} times; rerun the same "
+                           "command to resume")
+            raise error
+        delay = min(30.0, 2.0 ** (self.retries[shard] - 1))
+        print(f"shard {shard}: {type(error).__name__}: {error}; retry "
+              f"{self.retries[shard]}/{self.max_retries} in {delay:g}s", file=sys.stderr)
+        self.delayed.append((time.monotonic() + delay, shard))
+
+    def _release_due(self, queue: deque[int]) -> None:
+        """Queue the delayed shards whose time has come (their writer gave the lease up, but
+        its release may itself have failed in the fault: break it)."""
+        now = time.monotonic()
+        for due in [d for d in self.delayed if d[0] <= now]:
+            try:
+                break_lease(self.store, due[1])
+            except Exception as e:
+                if not transient(e):
+                    raise
+                self._retry_later(due[1], e)
+            else:
+                queue.appendleft(due[1])
+            self.delayed.remove(due)
 
     def _feed(self, key: int, queue: deque[int]) -> None:
         busy = sum(1 for k, _ in self.in_flight.values() if k == key)

@@ -319,7 +319,11 @@ class JobLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_s / 5):
-            held = _read_attrs(self.location, self.KEY)
-            if held is None or held.get("job") != self.job_id:
-                return  # taken over: never overwrite another job's lock
-            self.location.put(self.KEY, self._payload())
+            try:
+                held = _read_attrs(self.location, self.KEY)
+                if held is None or held.get("job") != self.job_id:
+                    return  # taken over: never overwrite another job's lock
+                self.location.put(self.KEY, self._payload())
+            except Exception as e:  # a passing fault (S3 hiccup): beat again next time
+                self.log(f"{self.what} {self.location.url}: lock heartbeat failed "
+                         f"({type(e).__name__}: {e}); retrying")

