@@ -21,6 +21,7 @@ from actstore import corpus
 from actstore.capture import load_config, load_tokenizer, resolve_hooks
 from actstore.errors import FormatError
 from actstore.location import Location
+from actstore.reaper import Reaper
 from actstore.spec import (
     DTYPE_ITEMSIZE,
     BosPolicy,
@@ -160,6 +161,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     # Bad data must fail before anything is created, so the corpus is read before the lock.
     contexts = None if exists else _build_contexts(cfg)
     started_ray = connect(cfg)  # an unreachable cluster fails here, before the lock
+    # A local Ray started here (and its workers) must die with this process, even when it is
+    # killed outright.
+    reaper = Reaper() if started_ray else None
     try:
         store, missing = _locked_run(cfg, spec, url, loc, contexts)
     finally:
@@ -167,6 +171,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             import ray
 
             ray.shutdown()
+        if reaper is not None:
+            reaper.close()
     bytes_written = sum(o["size"] for s in missing
                         for k, o in store.commit_record(s)["objects"].items()
                         if k.startswith("activations/"))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from actstore.errors import ShardCommittedError, StoreError
 from actstore.store import ActivationStore
 from actstore.worker import ShardWorker
-from actstore.writer import break_lease
+from actstore.writer import break_lease, this_process
 
 if TYPE_CHECKING:
     from actstore.generate import GenerateConfig
@@ -115,7 +115,8 @@ def run_shards(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
     def start() -> Any:
         return actor_cls.remote(store.url, model=cfg.model, revision=cfg.revision,
                                 model_dtype=dtype, device=device, batch_size=cfg.batch_size,
-                                job_id=job_id, storage_options=cfg.storage_options)
+                                job_id=job_id, storage_options=cfg.storage_options,
+                                driver=this_process())
 
     n_workers = min(cfg.workers or default_workers(device), len(shards))
     pool = _Pool(store, start, n_workers, cfg.max_retries)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,10 @@ from numpy.typing import NDArray
 
 from actstore import format as fmt
 from actstore.capture import Capture, load_model
+from actstore.errors import ShardLeaseError
 from actstore.spec import derived_seed
 from actstore.store import ActivationStore, RowIndex, stored_row_counts
-from actstore.writer import write_shard
+from actstore.writer import holder_is_dead, read_lock, write_shard
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,13 @@ class Plan:
         return range(first, last)
 
 
+def _exit_with(driver: dict[str, Any]) -> None:
+    """Exit this worker process once the driver (a process of this host) is gone."""
+    while not holder_is_dead(driver):
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def shard_permutation(key: str, shard: int, n: int) -> NDArray[np.int64]:
     return np.random.default_rng(derived_seed(key, shard)).permutation(n)
 
@@ -63,20 +72,30 @@ class ShardWorker:
 
     def __init__(self, store_url: str, *, model: str, revision: str | None, model_dtype: str,
                  device: str, batch_size: int, job_id: str,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None,
+                 driver: dict[str, Any] | None = None) -> None:
         self.store = ActivationStore.open(store_url, storage_options=storage_options)
         self.plan = Plan.of(self.store)
         self.device = torch.device(device)
         self.model = load_model(model, revision, getattr(torch, model_dtype), self.device)
         self.capture = Capture(self.model, self.store.hooks)
         self.batch_size = batch_size
-        self.writer_id = f"{job_id}/{os.getpid()}"
+        self.job_id, self.writer_id = job_id, f"{job_id}/{os.getpid()}"
         self._compute_lock = threading.Lock()
+        if driver is not None:  # a worker outlives a killed driver only by a second
+            threading.Thread(target=_exit_with, args=(driver,), daemon=True,
+                             name="actstore-driver-watch").start()
 
     def process(self, shard: int) -> int:
         """Compute and commit `shard`; returns its number of rows."""
         with self._compute_lock:
             activations, index = self.compute(shard)
+        # The job that asked for this shard still holds the store (a job on another host
+        # whose driver died loses its lock when the lease expires): else write nothing.
+        held = read_lock(self.store.location)
+        if held is None or held.get("job") != self.job_id:
+            raise ShardLeaseError(f"job {self.job_id!r} no longer holds the lock of "
+                                  f"{self.store.url} (now {held}); shard {shard} not written")
         write_shard(self.store, shard, activations, index, writer_id=self.writer_id)
         return len(index.context)
 

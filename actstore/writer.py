@@ -218,6 +218,16 @@ def holder_is_dead(held: Mapping[str, Any]) -> bool:
     return started is not None and now not in (-1, started)
 
 
+def read_lock(location: Location) -> dict[str, Any] | None:
+    """What the job lock of a store (or run folder) says, or None when nobody holds it."""
+    return _read_attrs(location, JobLock.KEY)
+
+
+def this_process() -> dict[str, Any]:
+    """Host, pid and pid start time: enough for `holder_is_dead` to tell when we are gone."""
+    return {**_owner(), "pid_start": _start_time(os.getpid())}
+
+
 class JobLock:
     """One job per store (or per training run folder): an exclusive lock object, refreshed by
     a heartbeat.
@@ -314,8 +324,7 @@ class JobLock:
 
     def _payload(self) -> bytes:
         return _group_bytes({"job": self.job_id, "started_at": self._started_at,
-                             "heartbeat_at": time.time(),
-                             "pid_start": _start_time(os.getpid()), **_owner()})
+                             "heartbeat_at": time.time(), **this_process()})
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_s / 5):

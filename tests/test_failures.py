@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from actstore import (
 from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
 from actstore.ray_pool import RayUnavailableError, ray_address
+from actstore.reaper import _alive, descendants
+from tests.gen_fixtures import save_tiny
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 
@@ -114,3 +118,36 @@ def test_a_cluster_without_the_resources_asked_for_is_refused(tmp_path: Path) ->
         generate(_generate_cfg(tmp_path, cpus_per_worker=64.0))
     assert not ray.is_initialized()
     assert not list(tmp_path.rglob("lock"))
+
+
+@pytest.mark.slow
+def test_workers_and_local_ray_die_with_a_killed_driver(tmp_path: Path) -> None:
+    """SIGKILL the driver of `actstore generate` mid-job: the local Ray it started and its
+    workers go too, and no shard is committed after that."""
+    model = save_tiny("llama", tmp_path)
+    out = tmp_path / "stores"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    with (tmp_path / "err").open("wb") as err:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "actstore.cli", "generate", "--model", model, "--hook",
+             "model.layers.1", "--dataset", "builtin:pydoc", "--context-length", "32",
+             "--max-tokens", "60000", "--batch-size", "1", "--shard-mib", "1", "--workers", "2",
+             "--out", str(out), "--no-progress"], env=env, stderr=err)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("*/commits/shard-*/zarr.json")):
+        assert driver.poll() is None, (tmp_path / "err").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no shard was committed in time"
+        time.sleep(0.1)
+    tree = descendants(driver.pid)
+    assert len(tree) >= 4  # Ray's processes and the two workers at least
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in tree):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in tree if _alive(p)]}"
+        time.sleep(0.2)
+    committed = len(list(out.glob("*/commits/shard-*/zarr.json")))
+    time.sleep(3)
+    assert len(list(out.glob("*/commits/shard-*/zarr.json"))) == committed
+    store = ActivationStore.open(str(next(out.iterdir())))
+    assert not store.complete  # it really was killed mid-job
