@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actstore.errors import StoreError
+from actstore.cli_support import field_help, run_command
 from actstore.generate import GenerateConfig, GenerateResult, generate
 from actstore.location import Location
 from actstore.spec import DTYPE_ITEMSIZE
@@ -114,49 +114,53 @@ def _print_summary(cfg: GenerateConfig, result: GenerateResult) -> None:
 
 
 def _add_generate(sub: Any) -> None:
-    g = sub.add_parser("generate", help="run a model over a corpus into a store (Ray)")
-    g.add_argument("--model", required=True)
+    g = sub.add_parser("generate", help="run a model over a corpus into a store (Ray)",
+                       description="Run a model over a corpus and fill a store, resumably, "
+                       "with Ray workers; the same spec again reuses the store.")
+
+    def h(name: str, extra: str = "") -> str:
+        return field_help(GenerateConfig, name, extra)
+    g.add_argument("--model", required=True, help=h("model"))
     g.add_argument("--hook", action="append", required=True, dest="hooks",
-                   help="module path (repeat for several hooks in one pass)")
-    g.add_argument("--dataset", required=True,
-                   help="builtin:pydoc, a .txt/.jsonl/.parquet file or glob, or a HF dataset")
-    g.add_argument("--out", required=True, help="root URL; the store is <out>/<key>")
-    g.add_argument("--context-length", type=int, default=128)
-    g.add_argument("--max-tokens", type=int)
-    g.add_argument("--revision")
-    g.add_argument("--dataset-revision")
-    g.add_argument("--split")
-    g.add_argument("--text-column")
-    g.add_argument("--bos", choices=["keep", "drop", "none"], default="keep")
-    g.add_argument("--context-policy", choices=["pack", "truncate"], default="pack")
+                   help=h("hooks", "; repeat the flag for several"))
+    g.add_argument("--dataset", required=True, help=h("dataset"))
+    g.add_argument("--out", required=True, help=h("out"))
+    for name, kind in (("context_length", int), ("max_tokens", int), ("revision", str),
+                       ("dataset_revision", str), ("split", str), ("text_column", str)):
+        g.add_argument(f"--{name.replace('_', '-')}", type=kind, help=h(name),
+                       default=getattr(GenerateConfig, name, None))
+    g.add_argument("--bos", choices=["keep", "drop", "none"], default="keep", help=h("bos"))
+    g.add_argument("--context-policy", choices=["pack", "truncate"], default="pack",
+                   help=h("context_policy"))
     g.add_argument("--store-dtype", choices=["bfloat16", "float16", "float32"],
-                   default="bfloat16")
-    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help="model dtype (default bfloat16 on GPU, float32 on CPU)")
-    g.add_argument("--device", choices=["cuda", "cpu"])
-    g.add_argument("--workers", type=int)
-    g.add_argument("--cpus-per-worker", type=float, default=1.0)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--shard-mib", type=int, default=256)
-    g.add_argument("--address", help="Ray address (default RAY_ADDRESS, else local Ray)")
-    g.add_argument("--no-progress", action="store_false", dest="progress")
-    g.add_argument("--verify", action="store_true",
-                   help="then describe the store and verify every chunk and row")
+                   default="bfloat16", help=h("store_dtype"))
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help=h("dtype"))
+    g.add_argument("--device", choices=["cuda", "cpu"], help=h("device"))
+    g.add_argument("--workers", type=int, help=h("workers"))
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help=h("cpus_per_worker"))
+    g.add_argument("--batch-size", type=int, default=8, help=h("batch_size"))
+    g.add_argument("--shard-mib", type=int, default=256, help=h("shard_mib"))
+    g.add_argument("--address", help=h("address"))
+    g.add_argument("--max-retries", type=int, default=3, help=h("max_retries"))
+    g.add_argument("--no-progress", action="store_false", dest="progress",
+                   help="no progress bar")
+    g.add_argument("--verify", action="store_true", help=h("verify"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actstore", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="describe a store")
-    info.add_argument("url")
-    info.add_argument("--json", action="store_true", dest="as_json")
+    info.add_argument("url", help=field_help(InfoConfig, "url"))
+    info.add_argument("--json", action="store_true", dest="as_json",
+                      help=field_help(InfoConfig, "as_json"))
     ver = sub.add_parser("verify", help="read every chunk and check exactly-once coverage")
-    ver.add_argument("url")
-    ver.add_argument("--partial", action="store_true",
-                     help="check committed shards only; incompleteness is not an error")
+    ver.add_argument("url", help=field_help(VerifyConfig, "url"))
+    ver.add_argument("--partial", action="store_true", help=field_help(VerifyConfig, "partial"))
     ls = sub.add_parser("ls", help="list stores under a root")
-    ls.add_argument("root")
-    ls.add_argument("--json", action="store_true", dest="as_json")
+    ls.add_argument("root", help=field_help(LsConfig, "root"))
+    ls.add_argument("--json", action="store_true", dest="as_json",
+                    help=field_help(LsConfig, "as_json"))
     _add_generate(sub)
     from trainer.cli import add_train_parser
 
@@ -167,22 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    try:
-        if command == "info":
-            return run_info(InfoConfig(**args))
-        if command == "verify":
-            return run_verify(VerifyConfig(**args))
-        if command == "train":
-            from trainer.cli import config_from_args, run_train
+    runners: dict[str, Callable[[], int]] = {
+        "info": lambda: run_info(InfoConfig(**args)),
+        "verify": lambda: run_verify(VerifyConfig(**args)),
+        "ls": lambda: run_ls(LsConfig(**args)),
+        "generate": lambda: run_generate(GenerateConfig(**{**args,
+                                                           "hooks": tuple(args["hooks"])})),
+        "train": lambda: _train(args),
+    }
+    hint = ("rerun the same command with --resume to continue from the last checkpoint"
+            if command == "train" else "rerun the same command to resume"
+            if command == "generate" else "nothing was changed")
+    return run_command(f"actstore {command}", runners[command], hint)
 
-            return run_train(config_from_args(args))
-        if command == "generate":
-            return run_generate(GenerateConfig(**{**args, "hooks": tuple(args["hooks"])}))
-        return run_ls(LsConfig(**args))
-    except (StoreError, KeyError, ValueError, FileNotFoundError) as e:
-        print(f"actstore {command}: error: {e}", file=sys.stderr)
-        return 2
 
+def _train(args: dict[str, Any]) -> int:
+    from trainer.cli import config_from_args, run_train
+
+    return run_train(config_from_args(args))
 
 if __name__ == "__main__":
     sys.exit(main())

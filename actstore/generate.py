@@ -19,7 +19,7 @@ import torch
 
 from actstore import corpus
 from actstore.capture import load_config, load_tokenizer, resolve_hooks
-from actstore.errors import FormatError
+from actstore.errors import FormatError, StoreError
 from actstore.location import Location
 from actstore.reaper import Reaper
 from actstore.spec import (
@@ -32,6 +32,10 @@ from actstore.spec import (
 )
 from actstore.store import ActivationStore, read_root_attrs, stored_row_counts
 from actstore.writer import JobLock, break_lease
+
+
+class ModelNotFoundError(StoreError, ValueError):
+    """The model named by --model cannot be loaded."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,14 @@ def device_and_dtype(cfg: GenerateConfig) -> tuple[str, str]:
 
 def make_spec(cfg: GenerateConfig) -> StoreSpec:
     """The spec, from the model's config and tokenizer alone (no weights, no data)."""
-    config = load_config(cfg.model, cfg.revision)
+    try:
+        config = load_config(cfg.model, cfg.revision)
+    except (OSError, ValueError) as e:  # transformers' "not a folder nor a model id" family
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(
+            f"--model {cfg.model}: cannot load its config ({first}). Pass a local folder "
+            "holding config.json or a Hugging Face model name (offline, it must be in the "
+            "cache)") from None
     hooks = resolve_hooks(config, cfg.hooks)
     tokenizer = load_tokenizer(cfg.model, cfg.revision)
     _, model_dtype = device_and_dtype(cfg)
@@ -152,6 +163,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     from actstore.ray_pool import connect
 
     t0 = time.perf_counter()
+    Location.from_url(cfg.out, cfg.storage_options).preflight("--out")
     spec = make_spec(cfg)
     url = store_url(cfg, spec)
     loc = Location.from_url(url, cfg.storage_options)

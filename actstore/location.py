@@ -67,6 +67,32 @@ class Location:
             afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
         return FsspecStore(afs, path=self.root, read_only=read_only)
 
+    def preflight(self, flag: str) -> None:
+        """Fail in one line, before any work, when this root cannot take a store: a file, a
+        folder that cannot be written, a bucket that does not exist."""
+        if self.is_local:
+            if os.path.exists(self.root) and not os.path.isdir(self.root):
+                raise StoreAccessError(f"{flag} {self.url} is a file, not a folder")
+            try:
+                os.makedirs(self.root, exist_ok=True)
+                fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.root)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise StoreAccessError(f"{flag} {self.url} is not writable: {e.strerror}"
+                                       ) from None
+            return
+        protocol = self.fs.protocol
+        protocols = {protocol} if isinstance(protocol, str) else set(protocol)
+        if not protocols & {"s3", "s3a", "gs", "gcs"}:
+            return  # memory:// and others: nothing to check
+        bucket = self.root.split("/", 1)[0]
+        with access_errors(self.url):
+            found = self.fs.exists(bucket)
+        if not found:
+            raise StoreAccessError(f"bucket {bucket!r} of {flag} {self.url} does not exist (or "
+                                   "these credentials cannot see it); create it first")
+
     # --- objects ---------------------------------------------------------------------------
 
     def exists(self, rel: str) -> bool:

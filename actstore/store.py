@@ -344,7 +344,7 @@ def read_root_attrs(loc: Location) -> dict[str, Any] | None:
     try:
         with access_errors(loc.url):
             meta = loc.get_json(fmt.META)
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
     attrs = meta.get("attributes", {}).get("actstore")
     return attrs if isinstance(attrs, dict) else None

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from actstore.errors import StoreError
+from actstore.cli_support import field_help, run_command
 from trainer.config import TrainConfig
 
 #: Flags whose values are lists (a sweep): repeat or give several values.
@@ -21,34 +21,45 @@ _LISTS = {"latents": int, "k": int, "l1": float, "l0": float}
 
 
 def add_train_parser(sub: Any) -> None:
-    t = sub.add_parser("train", help="train sparse dictionaries on a store (DDP under torchrun)")
+    t = sub.add_parser("train", help="train sparse dictionaries on a store (DDP under torchrun)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(t)
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
-    """Every flag defaults to None: only flags given on the command line override the file."""
-    t.add_argument("--config", help="JSON or TOML file of settings (flags override it)")
-    t.add_argument("--store")
-    t.add_argument("--hook")
-    t.add_argument("--arch", choices=["relu", "topk", "batchtopk", "jumprelu"])
+    """Every flag defaults to None: only flags given on the command line override the file
+    (the defaults shown are TrainConfig's)."""
+    def h(name: str, extra: str = "") -> str:
+        return field_help(TrainConfig, name, extra, required="required: a flag or in --config")
+    t.add_argument("--config", help="JSON or TOML file of these settings, by field name "
+                   "(flags given as well override it)")
+    t.add_argument("--store", help=h("store"))
+    t.add_argument("--hook", help=h("hook"))
+    t.add_argument("--arch", choices=["relu", "topk", "batchtopk", "jumprelu"], help=h("arch"))
     for name, kind in _LISTS.items():
-        t.add_argument(f"--{name}", type=kind, nargs="+", help="several values: a sweep")
+        t.add_argument(f"--{name}", type=kind, nargs="+",
+                       help=h(name, "; several values: a sweep, one dictionary each"))
     for name, kind in (("tokens", int), ("batch_size", int), ("lr", float),
                        ("warmup_steps", int), ("decay_start", float), ("grad_clip", float),
                        ("seed", int), ("init_rows", int), ("aux_coef", float),
                        ("dead_after_tokens", int), ("log_every", int),
                        ("checkpoint_every", int), ("eval_every", int), ("eval_contexts", int),
                        ("shuffle_buffer", int), ("read_threads", int)):
-        t.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
-    t.add_argument("--out")
-    t.add_argument("--normalize", choices=["none", "scale", "center_scale"])
-    t.add_argument("--bias-init", choices=["geometric_median", "mean", "zeros"])
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--resume", action="store_true", default=None)
-    t.add_argument("--overwrite", action="store_true", default=None)
-    t.add_argument("--no-autocast", action="store_false", dest="autocast", default=None)
-    t.add_argument("--no-progress", action="store_false", dest="progress", default=None)
-    t.add_argument("--no-plots", action="store_false", dest="plots", default=None)
+        t.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help=h(name))
+    t.add_argument("--out", help=h("out"))
+    t.add_argument("--normalize", choices=["none", "scale", "center_scale"],
+                   help=h("normalize"))
+    t.add_argument("--bias-init", choices=["geometric_median", "mean", "zeros"],
+                   help=h("bias_init"))
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help=h("device"))
+    t.add_argument("--resume", action="store_true", default=None, help=h("resume"))
+    t.add_argument("--overwrite", action="store_true", default=None, help=h("overwrite"))
+    t.add_argument("--no-autocast", action="store_false", dest="autocast", default=None,
+                   help="no bf16 autocast on cuda (train in float32)")
+    t.add_argument("--no-progress", action="store_false", dest="progress", default=None,
+                   help="no progress bar")
+    t.add_argument("--no-plots", action="store_false", dest="plots", default=None,
+                   help="no PNG plots at the end")
 
 
 def config_from_args(args: dict[str, Any]) -> TrainConfig:
@@ -82,12 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `python -m trainer.cli` (what torchrun launches)."""
     parser = argparse.ArgumentParser(prog="actstore train", description=__doc__)
     add_arguments(parser)
-    try:
-        return run_train(config_from_args(vars(parser.parse_args(argv))))
-    except (StoreError, ValueError, KeyError, FileNotFoundError) as e:
-        print(f"actstore train: error: {e}", file=sys.stderr)
-        return 2
-
+    args = vars(parser.parse_args(argv))
+    return run_command("actstore train", lambda: run_train(config_from_args(args)),
+                       "rerun the same command with --resume to continue from the last "
+                       "checkpoint")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,71 @@
+"""What every command line of the project shares: `--help` text from the config dataclasses'
+field docstrings, and one-line errors instead of tracebacks for what a user can fix."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from actstore.errors import StoreError
+from actstore.ray_pool import transient
+
+#: Exit status of a command interrupted by Ctrl-C (the shell's convention: 128 + SIGINT).
+INTERRUPTED = 130
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (the project's way to document config)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_help(cls: type, name: str, extra: str = "", required: str = "required") -> str:
+    """`--help` text of one flag: the field's docstring and its default."""
+    doc = field_docs(cls).get(name, "").rstrip(".")
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        default: Any = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        return f"{doc}{extra} ({required})".replace("%", "%%")
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"{doc}{extra} (default: {shown})".replace("%", "%%")
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_command(prog: str, command: Callable[[], int], resume_hint: str) -> int:
+    """Run a command; errors a user can act on become one line on stderr and exit 2, Ctrl-C
+    says how to resume and exits 130. Programming errors keep their traceback."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; {resume_hint}", file=sys.stderr)
+        return INTERRUPTED
+    except (StoreError, ValueError, KeyError, FileNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not (isinstance(e, OSError) or transient(e)):
+            raise
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
