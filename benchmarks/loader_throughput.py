@@ -1,12 +1,13 @@
 """Loader throughput and shuffle quality, against in-memory data and the raw disk, in one run.
 
-    python -m benchmarks.loader_throughput [--tile 4] [--latents 3072] [--steps 30]
+    python -m benchmarks.loader_throughput [--tile 8] [--latents 3072] [--windows 3]
 
 Store: real MiniLM `encoder.layer.3` rows (pydoc corpus, tiled), rows shuffled inside each
 shard as generation writes them, default layout. Measures (cold page cache where it matters):
   1. a fixed TopK SAE training step fed by the loader vs the same step fed from a tensor
      already in memory, both in steady state (the loader's first batch, which waits for its
-     first window, is taken before timing) (target >= 0.95);
+     first window, is taken before timing); the timed steps consume `--windows` whole
+     windows, so the loader decodes while it is timed (target >= 0.95);
   2. one loader epoch (rows/s) vs reading the store's files sequentially with plain reads
      (target >= 0.8), both cold, best of 3; then both warm, beside decoding alone (what the
      CPU allows: every chunk decoded into one buffer, no shuffle);
@@ -32,6 +33,7 @@ from actstore.loader import Loader, LoaderConfig
 from actstore.shuffle_quality import shuffle_quality
 from benchmarks.minilm_activations import minilm_activations
 from benchmarks.store_codecs import drop_cache, timed
+from benchmarks.window_probe import probe_windows
 
 HOOK = "encoder.layer.3"
 CTX = 128
@@ -55,14 +57,16 @@ def build_store(url: str, acts: np.ndarray) -> ActivationStore:
 class TopKStep:
     """A plain TopK SAE training step (encoder, top-k, decoder, MSE, Adam)."""
 
-    def __init__(self, d: int, latents: int, k: int) -> None:
+    def __init__(self, d: int, latents: int, k: int,
+                 device: torch.device | str = "cpu") -> None:
         torch.manual_seed(0)
-        self.enc = torch.nn.Linear(d, latents)
-        self.dec = torch.nn.Linear(latents, d)
+        self.enc = torch.nn.Linear(d, latents, device=device)
+        self.dec = torch.nn.Linear(latents, d, device=device)
         self.k = k
         self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=1e-4)
 
-    def __call__(self, x: torch.Tensor) -> float:
+    def __call__(self, x: torch.Tensor, sync: bool = True) -> float | None:
+        """One step; returns the loss (a host sync) unless `sync` is False."""
         pre = self.enc(x)
         top = torch.topk(pre, self.k, dim=-1)
         z = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
@@ -70,31 +74,42 @@ class TopKStep:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return float(loss.detach())
+        return float(loss.detach()) if sync else None
 
 
-def step_ratio(store: ActivationStore, batch: int, latents: int, steps: int,
-               repeats: int = 3) -> None:
+def step_ratio(store: ActivationStore, batch: int, latents: int, windows: int,
+               repeats: int = 2) -> None:
+    """The timed steps consume `windows` loader windows after the first batch, so the loader
+    decodes while it is timed (the windows it began inside the interval are printed)."""
     cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch, dtype="float32")
+    steps = windows * cfg.shuffle_buffer // batch
+    if (steps + 1) * batch > store.num_rows:
+        raise SystemExit(f"--windows {windows} needs {(steps + 1) * batch:,} rows; the store "
+                         f"has {store.num_rows:,}: raise --tile")
     memory = torch.from_numpy(store.read_float32(HOOK, 0, batch * steps))
     step = TopKStep(store.layout.d_model[HOOK], latents, k=32)
     step(memory[:batch])  # warm-up
     t_mem = t_load = float("inf")
+    read = 0
     for _ in range(repeats):  # alternated, best of each: this machine's speed drifts
         t0 = time.perf_counter()
         for i in range(steps):
             step(memory[i * batch:(i + 1) * batch])
         t_mem = min(t_mem, time.perf_counter() - t0)
         drop_cache(store.location.root)
-        loader = iter(Loader(cfg, store=store))
-        step(next(loader).x[HOOK])  # steady state, as the memory side: first window filled
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(next(loader).x[HOOK])
-        t_load = min(t_load, time.perf_counter() - t0)
-    print(f"SAE step (TopK, n={latents}, k=32, batch {batch}): from memory "
-          f"{steps * batch / t_mem:,.0f} rows/s, from the loader {steps * batch / t_load:,.0f} "
-          f"rows/s = {t_mem / t_load:.3f}x")
+        with probe_windows() as probe:
+            loader = iter(Loader(cfg, store=store))
+            step(next(loader).x[HOOK])  # steady state, as the memory side: first window in
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(next(loader).x[HOOK])
+            t1 = time.perf_counter()
+        if t1 - t0 < t_load:
+            t_load, read = t1 - t0, probe.between(t0, t1)
+    print(f"SAE step (TopK, n={latents}, k=32, batch {batch}, {steps} timed steps = {windows} "
+          f"windows of {cfg.shuffle_buffer:,} rows; {read} windows began decoding while "
+          f"timed): from memory {steps * batch / t_mem:,.0f} rows/s, from the loader "
+          f"{steps * batch / t_load:,.0f} rows/s = {t_mem / t_load:.3f}x")
 
 
 def epoch_ratio(store: ActivationStore, batch: int) -> None:
@@ -153,11 +168,14 @@ def quality(store: ActivationStore, batch: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--tile", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--latents", type=int, default=3072)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--workdir", default="bench-out")
+    p.add_argument("--tile", type=int, default=8,
+                   help="copies of the 128,000 MiniLM rows in the store (default: 8)")
+    p.add_argument("--batch", type=int, default=4096, help="rows per batch (default: 4096)")
+    p.add_argument("--latents", type=int, default=3072,
+                   help="latents of the TopK step (default: 3072)")
+    p.add_argument("--windows", type=int, default=3,
+                   help="loader windows the timed SAE steps consume (default: 3)")
+    p.add_argument("--workdir", default="bench-out", help="where the store is made")
     args = p.parse_args()
     acts = np.tile(minilm_activations(128_000), (args.tile, 1))
     os.makedirs(args.workdir, exist_ok=True)
@@ -166,7 +184,7 @@ def main() -> None:
         store = build_store(f"{work}/store", acts)
         print(f"store: {store.num_rows} rows, {store.num_shards} shards, chunks of "
               f"{store.layout.chunk_rows} rows")
-        step_ratio(store, args.batch, args.latents, args.steps)
+        step_ratio(store, args.batch, args.latents, args.windows)
         epoch_ratio(store, args.batch)
         quality(store, args.batch)
     finally:
