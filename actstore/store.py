@@ -73,8 +73,11 @@ class ActivationStore:
         """Array path -> encoder of its shard objects (used by writers)."""
         self.decoders = fmt.shard_decoders(layout, spec.dtype)
         """Array path -> decoder of its shard objects."""
-        self.context_parts: tuple[str, ...] = ()
-        """Parquet parts of the contexts table written at creation (checked by `problem`)."""
+        self.context_parts: tuple[str, ...] | None = ()
+        """Parquet parts of the contexts table written at creation, which must exist (checked
+        by `problem`); () when it was created without one (a store written through the API
+        may have none); None for a store older than this record (then some part must exist,
+        as generation always wrote one)."""
         self._indices: dict[tuple[str, int], NDArray[np.uint64]] = {}
         self._records: dict[int, dict[str, Any]] = {}
         """Commit markers of shards being read (a committed shard never changes)."""
@@ -96,7 +99,8 @@ class ActivationStore:
         if spec is not None and spec != found:
             raise SpecMismatchError(url, found.diff(spec))
         store = cls(loc, found, Layout.from_dict(attrs["layout"]))
-        store.context_parts = tuple(attrs.get("context_parts", ()))
+        parts = attrs.get("context_parts")
+        store.context_parts = None if parts is None else tuple(parts)
         return store
 
     @classmethod
@@ -175,8 +179,10 @@ class ActivationStore:
     def contexts_missing(self) -> list[str]:
         """Parts of the contexts table that should exist and do not (all of it, when the store
         predates the record of its parts and has none)."""
+        if self.context_parts == ():
+            return []
         present = {n for n in self.location.list(fmt.CONTEXTS) if n.endswith(".parquet")}
-        if not self.context_parts:
+        if self.context_parts is None:
             return [] if present else ["*.parquet"]
         return [p for p in self.context_parts if p not in present]
 

@@ -79,6 +79,8 @@ class Output(NamedTuple):
     """Its parts: mse, and l1_loss / l0_loss / aux_loss as the architecture has them
     (detached; coefficient included). Names end in `_loss` so they never collide with the
     metrics of the same quantity (`l0` is the mean number of active latents)."""
+    fired: torch.Tensor
+    """Per latent, the tokens of this batch on which it was active, (latents,) int64."""
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -168,7 +170,7 @@ class SparseDictionary(nn.Module):
         if arch == "relu":
             return torch.relu(pre)
         if arch == "topk":
-            return _topk(pre, self.cfg.k or 1)
+            return _topk(pre, self.cfg.k or 1)[0]
         if arch == "batchtopk":
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         return jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
@@ -177,13 +179,18 @@ class SparseDictionary(nn.Module):
         """Training pass: codes, reconstruction, losses; tracks which latents fire."""
         pre = self.pre_acts(x)
         arch = self.cfg.arch
+        fired = None  # per-latent counts: from the B·k selections when there are some
         if arch == "batchtopk":
-            z = _batch_topk(pre, (self.cfg.k or 1) * x.shape[0])
+            z, fired = _batch_topk(pre, (self.cfg.k or 1) * x.shape[0])
             self._update_threshold(z)
         elif arch == "jumprelu":
             z = jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
+        elif arch == "topk":
+            z, fired = _topk(pre, self.cfg.k or 1)
         else:
-            z = self.encode(x) if arch == "relu" else _topk(pre, self.cfg.k or 1)
+            z = torch.relu(pre)
+        if fired is None:
+            fired = (z > 0).sum(0)
         x_hat = self.decode(z)
         mse = ((x_hat - x) ** 2).sum(-1).mean()
         terms = {"mse": mse}
@@ -194,9 +201,9 @@ class SparseDictionary(nn.Module):
             terms["l0_loss"] = self.cfg.l0 * l0.sum(-1).mean()
         else:
             terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
-        self._track(z, x.shape[0])
+        self._track(fired, x.shape[0])
         loss = torch.stack(list(terms.values())).sum()
-        return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()})
+        return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()}, fired)
 
     # --- AuxK, batchtopk threshold, activity --------------------------------------------------
 
@@ -210,7 +217,7 @@ class SparseDictionary(nn.Module):
         if not bool(dead.any()):
             return x.new_zeros(())
         k_aux = min(self.cfg.aux_k or 2 * (self.cfg.k or 1), int(dead.sum()))
-        z_aux = _topk(pre.masked_fill(~dead, float("-inf")), k_aux)
+        z_aux = _topk(pre.masked_fill(~dead, float("-inf")), k_aux)[0]
         residual = (x - x_hat).detach()
         return ((z_aux @ self.W_dec - residual) ** 2).sum(-1).mean()
 
@@ -227,10 +234,10 @@ class SparseDictionary(nn.Module):
         self.threshold.copy_(torch.where(torch.isfinite(current), updated, self.threshold))
 
     @torch.no_grad()
-    def _track(self, z: torch.Tensor, tokens: int) -> None:
+    def _track(self, counts: torch.Tensor, tokens: int) -> None:
         """Tokens since each latent fired, over all ranks' batches (the same on every rank;
         DDP's buffer broadcast is off because it would overwrite this with rank 0's view)."""
-        fired = distributed.all_reduce((z > 0).any(0).to(torch.int32), "max").bool()
+        fired = distributed.all_reduce((counts > 0).to(torch.int32), "max").bool()
         self.tokens_since_fired.add_(tokens * distributed.world_size())
         self.tokens_since_fired.masked_fill_(fired, 0)
 
@@ -257,15 +264,27 @@ class SparseDictionary(nn.Module):
                          else geometric_median(sample.float()))
 
 
-def _topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+def _counts(indices: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
+    """Per latent, how many of the selections were active: O(B·k), not a pass over (B, n),
+    and no host sync (a scatter-add, where bincount would size its output on the host)."""
+    out = torch.zeros(n, dtype=torch.long, device=indices.device)
+    return out.scatter_add_(0, indices.flatten(), active.flatten().long())
+
+
+def _topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes keeping each row's k largest pre-activations (ReLU'd), and per-latent counts."""
     top = torch.topk(pre, k, dim=-1)
-    return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+    values = torch.relu(top.values)
+    z = torch.zeros_like(pre).scatter_(-1, top.indices, values)
+    return z, _counts(top.indices, values > 0, pre.shape[-1])
 
 
-def _batch_topk(pre: torch.Tensor, k_total: int) -> torch.Tensor:
+def _batch_topk(pre: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes keeping the batch's k_total largest (ReLU'd) pre-activations, and counts."""
     flat = torch.relu(pre).flatten()
     top = torch.topk(flat, min(k_total, flat.numel()))
-    return torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(pre)
+    z = torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(pre)
+    return z, _counts(top.indices % pre.shape[-1], top.values > 0, pre.shape[-1])
 
 
 def geometric_median(points: torch.Tensor, iters: int = 100, eps: float = 1e-8) -> torch.Tensor:

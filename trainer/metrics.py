@@ -40,7 +40,7 @@ class Meter:
         ssdev = (x - x.mean(0)).pow(2).sum().double()
         n = len(x)
         for i, out in enumerate(outs):
-            fired = (out.z > 0).sum(0)
+            fired = out.fired  # counted by the dictionary from its selections
             # the dictionary's own "mse" term is the per-token squared error: sse = mse * n
             self.sums[i, :4] += torch.stack([out.terms["mse"].double() * n, ssdev,
                                              fired.sum().double(), out.loss.detach().double() * n])
