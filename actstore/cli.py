@@ -137,7 +137,7 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help=h("dtype"))
     g.add_argument("--device", choices=["cuda", "cpu"], help=h("device"))
     g.add_argument("--workers", type=int, help=h("workers"))
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help=h("cpus_per_worker"))
+    g.add_argument("--cpus-per-worker", type=float, help=h("cpus_per_worker"))
     g.add_argument("--batch-size", type=int, default=8, help=h("batch_size"))
     g.add_argument("--shard-mib", type=int, default=256, help=h("shard_mib"))
     g.add_argument("--address", help=h("address"))

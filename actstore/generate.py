@@ -7,12 +7,11 @@ complete store, or take the job lock, build or reread the contexts, and run the 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import torch
@@ -32,6 +31,9 @@ from actstore.spec import (
 )
 from actstore.store import ActivationStore, read_root_attrs, stored_row_counts
 from actstore.writer import JobLock, break_lease
+
+if TYPE_CHECKING:
+    from actstore.ray_pool import WorkerPlan
 
 
 class ModelNotFoundError(StoreError, ValueError):
@@ -73,9 +75,11 @@ class GenerateConfig:
     device: Literal["cuda", "cpu"] | None = None
     """Where workers run the model (default: cuda when Ray sees GPUs, else cpu)."""
     workers: int | None = None
-    """Number of workers (default: one per GPU; 1 on CPU)."""
-    cpus_per_worker: float = 1.0
-    """CPUs a worker reserves (CPU workers; leave some for Ray's own tasks)."""
+    """Number of workers (default: one per GPU; on CPU, the cores Ray has divided by
+    --cpus-per-worker)."""
+    cpus_per_worker: float | None = None
+    """CPUs each CPU worker reserves in Ray and runs torch threads on (default: the cores Ray
+    has divided by --workers, else 1, so workers x threads = the cores)."""
     batch_size: int = 8
     """Contexts per forward pass."""
     shard_mib: int = 256
@@ -101,7 +105,8 @@ class GenerateConfig:
             (self.workers is None or self.workers >= 1,
              f"--workers must be >= 1, got {self.workers}"),
             (self.shard_mib >= 1, f"--shard-mib must be >= 1, got {self.shard_mib}"),
-            (self.cpus_per_worker > 0, "--cpus-per-worker must be > 0"),
+            (self.cpus_per_worker is None or self.cpus_per_worker > 0,
+             "--cpus-per-worker must be > 0"),
             (bool(self.hooks), "at least one --hook is needed"),
             (self.device != "cuda" or torch.cuda.is_available() or self.address is not None,
              "--device cuda but no CUDA device is visible"),
@@ -172,14 +177,16 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
     # Bad data must fail before anything is created, so the corpus is read before the lock.
     contexts = None if exists else _build_contexts(cfg)
-    started_ray = connect(cfg)  # an unreachable cluster fails here, before the lock
+    cluster = connect(cfg)  # an unreachable cluster fails here, before the lock
+    if cfg.progress:
+        print(f"generate: {cluster.plan.describe()}", file=sys.stderr)
     # A local Ray started here (and its workers) must die with this process, even when it is
     # killed outright.
-    reaper = Reaper() if started_ray else None
+    reaper = Reaper() if cluster.started_here else None
     try:
-        store, missing = _locked_run(cfg, spec, url, loc, contexts)
+        store, missing = _locked_run(cfg, spec, url, loc, contexts, plan=cluster.plan)
     finally:
-        if started_ray:
+        if cluster.started_here:
             import ray
 
             ray.shutdown()
@@ -193,18 +200,19 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
 
 def _locked_run(cfg: GenerateConfig, spec: StoreSpec, url: str, loc: Location,
-                contexts: pa.Table | None) -> tuple[ActivationStore, list[int]]:
+                contexts: pa.Table | None, *, plan: WorkerPlan
+                ) -> tuple[ActivationStore, list[int]]:
     """Under the job lock: create or reopen the store, run its missing shards."""
     from actstore.ray_pool import run_shards
 
     lock = JobLock(loc, f"gen-{uuid.uuid4().hex[:8]}")
     lock.acquire()
     try:
-        store = _create_or_open(cfg, spec, url, contexts)
+        store = _create_or_open(cfg, spec, url, contexts, plan.workers)
         for shard in store.shards_missing():  # we hold the job lock: leases are from dead jobs
             break_lease(store, shard)
         missing = store.shards_missing()
-        run_shards(cfg, store, missing, lock.job_id)
+        run_shards(cfg, store, missing, lock.job_id, plan)
     except BaseException as e:
         try:
             lock.release()
@@ -233,7 +241,7 @@ def _build_contexts(cfg: GenerateConfig) -> pa.Table:
 
 
 def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
-                    contexts: pa.Table | None) -> ActivationStore:
+                    contexts: pa.Table | None, workers: int) -> ActivationStore:
     if read_root_attrs(Location.from_url(url, cfg.storage_options)) is not None:
         store = ActivationStore.open(url, spec, cfg.storage_options)  # made earlier
         if store.contexts_missing():
@@ -243,7 +251,6 @@ def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
         contexts = _build_contexts(cfg)
     num_rows = int(stored_row_counts(contexts).sum())
     d_model = _hook_widths(cfg, spec)
-    workers = cfg.workers or default_workers(device_and_dtype(cfg)[0])
     row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[cfg.store_dtype]
     # Several shards per worker keep every worker busy and make retries cheap.
     shard_bytes = min(cfg.shard_mib << 20, max(1, num_rows // (4 * workers)) * row_bytes)
@@ -278,9 +285,3 @@ def _hook_widths(cfg: GenerateConfig, spec: StoreSpec) -> dict[str, int]:
     with Capture(model, spec.hooks) as cap:
         out = cap.run(torch.zeros(1, 2, dtype=torch.long, device="meta"))
     return {h: int(v.shape[-1]) for h, v in out.items()}
-
-
-def default_workers(device: str) -> int:
-    if device == "cuda":
-        return max(1, torch.cuda.device_count())
-    return max(1, min(2, (os.cpu_count() or 2) // 2))

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from actstore.generate import GenerateConfig
 
 IN_FLIGHT_PER_WORKER = 2
+#: Torch threads per CPU worker by default (workers = cores // this).
+DEFAULT_CPU_THREADS = 1
 #: Environment a worker needs that a remote cluster does not have: credentials, endpoints,
 #: offline switches.
 FORWARDED_ENV = ("AWS_", "GOOGLE_", "HF_", "TRANSFORMERS_", "FSSPEC_")
@@ -71,9 +73,60 @@ def _probe(address: str, source: str, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def connect(cfg: GenerateConfig, timeout_s: float = 10.0) -> bool:
-    """Join the cluster (or start a local Ray) and check it has what the workers need,
-    before any lock is taken. Returns True when Ray was started here (shut it down after)."""
+class WorkerPlan(NamedTuple):
+    """How many workers run where, decided from the flags and the cluster's resources."""
+
+    device: str
+    """cuda (one GPU each) or cpu."""
+    workers: int
+    """Ray actors started."""
+    cpus: float
+    """CPUs each reserves in Ray."""
+    threads: int
+    """Torch threads each runs (CPU workers: their CPUs, so workers x threads = the cores)."""
+    cluster_cpus: float
+    """CPUs the cluster has."""
+
+    def describe(self) -> str:
+        if self.device == "cuda":
+            return f"{self.workers} GPU worker{'s' * (self.workers > 1)}"
+        return (f"{self.workers} CPU worker{'s' * (self.workers > 1)} x {self.threads} torch "
+                f"thread{'s' * (self.threads > 1)} (Ray has {self.cluster_cpus:g} CPUs)")
+
+
+def plan_workers(cfg: GenerateConfig, cpus: float, gpus: float) -> WorkerPlan:
+    """GPU: one worker per GPU. CPU: workers x threads = the cores Ray has, by default
+    `DEFAULT_CPU_THREADS` threads per worker (measured best on CPU, benchmarks/README.md)."""
+    from actstore.generate import device_and_dtype
+
+    device, _ = device_and_dtype(cfg)
+    if device == "cuda":
+        n = cfg.workers or max(1, int(gpus))
+        each = cfg.cpus_per_worker or 1.0
+        return WorkerPlan(device, n, each, max(1, int(each)), cpus)
+    cores = max(1, int(cpus))
+    if cfg.workers and cfg.cpus_per_worker:
+        n, each = cfg.workers, cfg.cpus_per_worker
+    elif cfg.workers:
+        n, each = cfg.workers, float(max(1, cores // cfg.workers))
+    else:
+        each = cfg.cpus_per_worker or float(min(DEFAULT_CPU_THREADS, cores))
+        n = max(1, int(cores // each))
+    return WorkerPlan(device, n, each, max(1, int(each)), cpus)
+
+
+class Cluster(NamedTuple):
+    """The Ray cluster a job runs on."""
+
+    started_here: bool
+    """Ray was started by this process (shut it down after)."""
+    plan: WorkerPlan
+    """The workers it will run."""
+
+
+def connect(cfg: GenerateConfig, timeout_s: float = 10.0) -> Cluster:
+    """Join the cluster (or start a local Ray), plan the workers and check the cluster has
+    what they need, before any lock is taken."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -83,42 +136,41 @@ def connect(cfg: GenerateConfig, timeout_s: float = 10.0) -> bool:
             _probe(address, source, timeout_s)
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
                  runtime_env=_runtime_env())
-    from actstore.generate import device_and_dtype
-
-    device, _ = device_and_dtype(cfg)
-    need, amount = ("GPU", 1.0) if device == "cuda" else ("CPU", cfg.cpus_per_worker)
-    have = float(ray.cluster_resources().get(need, 0.0))  # type: ignore[no-untyped-call]
+    resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    plan = plan_workers(cfg, float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0)))
+    need, amount = ("GPU", 1.0) if plan.device == "cuda" else ("CPU", plan.cpus)
+    have = float(resources.get(need, 0.0))
     if have < amount:
         if started_here:
             ray.shutdown()
         raise RayUnavailableError(
             f"the Ray cluster ({address or 'local'}, from {source}) has {have:g} {need}, a "
             f"worker needs {amount:g}: add nodes, or lower --cpus-per-worker")
-    return started_here
+    return Cluster(started_here, plan)
 
 
 def run_shards(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
-               job_id: str) -> None:
+               job_id: str, plan: WorkerPlan) -> None:
     """Commit every shard in `shards` on the connected cluster (`connect`); returns when all
     are committed or raises."""
     import ray
 
-    from actstore.generate import default_workers, device_and_dtype
+    from actstore.generate import device_and_dtype
 
     if not shards:
         return
     device, dtype = device_and_dtype(cfg)
     actor_cls = ray.remote(ShardWorker).options(
-        num_gpus=1 if device == "cuda" else 0, num_cpus=cfg.cpus_per_worker,
+        num_gpus=1 if device == "cuda" else 0, num_cpus=plan.cpus,
         max_concurrency=IN_FLIGHT_PER_WORKER, max_restarts=0, runtime_env=_runtime_env())
 
     def start() -> Any:
         return actor_cls.remote(store.url, model=cfg.model, revision=cfg.revision,
                                 model_dtype=dtype, device=device, batch_size=cfg.batch_size,
                                 job_id=job_id, storage_options=cfg.storage_options,
-                                driver=this_process())
+                                driver=this_process(), threads=plan.threads)
 
-    n_workers = min(cfg.workers or default_workers(device), len(shards))
+    n_workers = min(plan.workers, len(shards))
     pool = _Pool(store, start, n_workers, cfg.max_retries)
     total = sum(b - a for a, b in map(store.layout.shard_rows_range, shards))
     try:

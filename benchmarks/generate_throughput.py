@@ -29,6 +29,7 @@ import torch
 from actstore import ActivationStore
 from actstore.generate import GenerateConfig, generate
 from actstore.worker import ShardWorker
+from actstore.writer import JobLock
 from benchmarks.store_codecs import local_ceiling
 
 
@@ -57,6 +58,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64_000)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--layouts", default="2x1,1x2",
+                   help="CPU worker layouts (workers x threads) timed end to end, beside the "
+                   "default plan (default: 2x1,1x2)")
     p.add_argument("--workdir", default="bench-out")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,9 +71,11 @@ def main() -> None:
     cfg = GenerateConfig(model=model, hooks=(args.hook,), dataset="builtin:pydoc",
                          out=str(work / "stores"), context_length=args.context_length,
                          max_tokens=args.max_tokens, batch_size=args.batch_size,
-                         device=args.device, workers=1, progress=False)
+                         device=args.device, progress=False)
     try:
         report(cfg, work, args.repeats)
+        if args.device == "cpu":
+            layouts(cfg, work, args.layouts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -77,7 +83,8 @@ def main() -> None:
 def report(cfg: GenerateConfig, work: Path, repeats: int) -> None:
     first = generate(cfg)  # end to end; also builds the store the other runs re-use
     store = ActivationStore.open(first.url)
-    print(f"end to end (Ray, start-up and tokenization included): {first.tokens} tokens in "
+    print(f"end to end, default workers (Ray, start-up and tokenization included): "
+          f"{first.tokens} tokens in "
           f"{first.seconds:.1f}s = {first.tokens / first.seconds:,.0f} tokens/s")
     dtype = cfg.dtype or ("bfloat16" if cfg.device == "cuda" else "float32")
     worker = ShardWorker(first.url, model=cfg.model, revision=cfg.revision, model_dtype=dtype,
@@ -103,11 +110,22 @@ def report(cfg: GenerateConfig, work: Path, repeats: int) -> None:
     print(f"same spec again: reused={again.reused} in {again.seconds:.2f}s")
 
 
+def layouts(cfg: GenerateConfig, work: Path, spec: str) -> None:
+    """End to end (a fresh store each) for each CPU worker layout: which should be default."""
+    for i, layout in enumerate(spec.split(",")):
+        workers, threads = (int(v) for v in layout.split("x"))
+        run = generate(replace(cfg, out=str(work / f"layout-{i}"), workers=workers,
+                               cpus_per_worker=float(threads)))
+        print(f"end to end, {workers} workers x {threads} threads: {run.tokens} tokens in "
+              f"{run.seconds:.1f}s = {run.tokens / run.seconds:,.0f} tokens/s")
+
+
 def timed_pipeline(worker: ShardWorker, shards: list[int]) -> float:
-    """Seconds to compute and commit every shard again, two in flight as in a Ray actor."""
+    """Seconds to compute and commit every shard again, two in flight as in a Ray actor
+    (under the store's job lock, as a job's workers are)."""
     for s in shards:
         worker.store.location.delete(f"commits/shard-{s:06d}/zarr.json")
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as pool, JobLock(worker.store.location, worker.job_id):
         t0 = time.perf_counter()
         list(pool.map(worker.process, shards))
         return time.perf_counter() - t0

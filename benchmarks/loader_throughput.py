@@ -33,7 +33,7 @@ from actstore.loader import Loader, LoaderConfig
 from actstore.shuffle_quality import shuffle_quality
 from benchmarks.minilm_activations import minilm_activations
 from benchmarks.store_codecs import drop_cache, timed
-from benchmarks.window_probe import probe_windows
+from benchmarks.window_probe import probe_decoding
 
 HOOK = "encoder.layer.3"
 CTX = 128
@@ -97,7 +97,7 @@ def step_ratio(store: ActivationStore, batch: int, latents: int, windows: int,
             step(memory[i * batch:(i + 1) * batch])
         t_mem = min(t_mem, time.perf_counter() - t0)
         drop_cache(store.location.root)
-        with probe_windows() as probe:
+        with probe_decoding() as probe:
             loader = iter(Loader(cfg, store=store))
             step(next(loader).x[HOOK])  # steady state, as the memory side: first window in
             t0 = time.perf_counter()
@@ -105,10 +105,11 @@ def step_ratio(store: ActivationStore, batch: int, latents: int, windows: int,
                 step(next(loader).x[HOOK])
             t1 = time.perf_counter()
         if t1 - t0 < t_load:
-            t_load, read = t1 - t0, probe.between(t0, t1)
+            t_load, read = t1 - t0, probe.rows_between(t0, t1)
     print(f"SAE step (TopK, n={latents}, k=32, batch {batch}, {steps} timed steps = {windows} "
-          f"windows of {cfg.shuffle_buffer:,} rows; {read} windows began decoding while "
-          f"timed): from memory {steps * batch / t_mem:,.0f} rows/s, from the loader "
+          f"windows of {cfg.shuffle_buffer:,} rows; {read:,} rows = "
+          f"{read / cfg.shuffle_buffer:.1f} windows decoded while timed): from memory "
+          f"{steps * batch / t_mem:,.0f} rows/s, from the loader "
           f"{steps * batch / t_load:,.0f} rows/s = {t_mem / t_load:.3f}x")
 
 

@@ -1,14 +1,14 @@
 """Trainer throughput: `trainer.train.train` streaming from a local store vs the same
 dictionaries stepped on batches already in memory, and vs a plain TopK step, in one run.
 
-    python -m benchmarks.train_throughput [--latents 4096 24576] [--windows 4] [--device cuda]
+    python -m benchmarks.train_throughput [--latents 2048 8192] [--windows 4] [--device cuda]
 
 TopK, d_model=768, k=32, batch 4096. The store holds synthetic bf16 rows (a sparse mix of
 8192 random directions plus noise, so the dictionary has something to fit), written with the
 default layout and write-time shuffle, and is larger than the timed interval: the loader's
 shuffle window is `--shuffle-buffer` rows (default 32,768 = 8 batches, so that on a CPU the
-timed steps cross `--windows` windows in minutes), and the script prints how many windows the
-loader began to read inside the timed interval. Both sides run the same `Ensemble` step and
+timed steps cross `--windows` windows in minutes), and the script prints how many rows (and
+windows) the loader decoded inside the timed interval. Both sides run the same `Ensemble` step and
 metrics; the first `--warmup` steps are not timed. The third column is a plain TopK step
 (nn.Linear encoder and decoder, top-k, MSE, Adam: what a naive trainer does) on the same
 batches in memory, measured in the same run, the reference the trainer must beat.
@@ -27,7 +27,7 @@ import torch
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
 from actstore.loader import Normalizer
 from benchmarks.loader_throughput import TopKStep
-from benchmarks.window_probe import probe_windows
+from benchmarks.window_probe import probe_decoding
 from trainer.config import TrainConfig
 from trainer.ensemble import Ensemble, adam, warmup_decay
 from trainer.metrics import Meter
@@ -54,8 +54,8 @@ def synthetic_store(url: str, rows: int) -> ActivationStore:
 
 
 def store_rate(cfg: TrainConfig, warmup: int) -> tuple[float, int]:
-    """Tokens/s of `train` from the end of step `warmup` to the last step, and the windows
-    the loader began to read in between (timed at the metric flushes, on the host)."""
+    """Tokens/s of `train` from the end of step `warmup` to the last step, and the rows the
+    loader decoded in between (timed at the metric flushes, on the host)."""
     flushes: list[float] = []
     real = Meter.flush
 
@@ -65,13 +65,13 @@ def store_rate(cfg: TrainConfig, warmup: int) -> tuple[float, int]:
         return out
     Meter.flush = timed_flush  # type: ignore[method-assign]
     try:
-        with probe_windows() as probe:
+        with probe_decoding() as probe:
             train(cfg)
     finally:
         Meter.flush = real  # type: ignore[method-assign]
     t0, t1 = flushes[0], flushes[-1]  # after step `warmup`, after the last step
     steps = cfg.tokens // cfg.batch_size
-    return (steps - warmup) * cfg.batch_size / (t1 - t0), probe.between(t0, t1)
+    return (steps - warmup) * cfg.batch_size / (t1 - t0), probe.rows_between(t0, t1)
 
 
 def memory_rates(cfg: TrainConfig, store: ActivationStore, device: torch.device,
@@ -81,8 +81,8 @@ def memory_rates(cfg: TrainConfig, store: ActivationStore, device: torch.device,
     steps = cfg.tokens // cfg.batch_size
     norm = Normalizer.of(store, HOOK, cfg.normalize)
     x_all = norm.apply(store.read_torch(HOOK, 0, steps * BATCH).float()).to(device)
-    ens = Ensemble(cfg.dictionaries(D), adam(cfg.lr), seed=cfg.seed, grad_clip=cfg.grad_clip,
-                   schedule=warmup_decay(steps, cfg.warmup_steps, cfg.decay_start)).to(device)
+    ens = Ensemble(cfg.dictionaries(D), adam(cfg.lr_of), seed=cfg.seed, grad_clip=cfg.grad_clip,
+                   schedule=warmup_decay(steps, cfg.warmup, cfg.decay_start)).to(device)
     meter = Meter(ens.members, device)
     autocast = cfg.autocast and device.type == "cuda"
     start = 0.0
@@ -108,8 +108,9 @@ def memory_rates(cfg: TrainConfig, store: ActivationStore, device: torch.device,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--latents", type=int, nargs="+", default=[4096, 24_576],
-                   help="dictionary sizes, one run each (default: 4096 24576)")
+    p.add_argument("--latents", type=int, nargs="+", default=None,
+                   help="dictionary sizes, one run each (default: 2048 8192 on cpu, "
+                   "24576 131072 on cuda)")
     p.add_argument("--windows", type=int, default=4,
                    help="loader windows the timed steps span (default: 4)")
     p.add_argument("--shuffle-buffer", type=int, default=8 * BATCH,
@@ -119,6 +120,7 @@ def main() -> None:
                    help="cuda when available, else cpu")
     p.add_argument("--dir", default=None, help="where the store goes (default: a temp dir)")
     a = p.parse_args()
+    a.latents = a.latents or ([24_576, 131_072] if a.device == "cuda" else [2048, 8192])
     per_window = a.shuffle_buffer // BATCH
     steps = a.warmup + a.windows * per_window
     root = Path(a.dir or tempfile.mkdtemp(prefix="actstore-train-bench-"))
@@ -133,10 +135,11 @@ def main() -> None:
                           log_every=a.warmup, checkpoint_every=steps * a.warmup,
                           eval_contexts=0, progress=False, plots=False, overwrite=True,
                           bias_init="mean", device=a.device, shuffle_buffer=a.shuffle_buffer)
-        from_store, windows = store_rate(cfg, a.warmup)
+        from_store, decoded = store_rate(cfg, a.warmup)
         in_memory, naive = memory_rates(cfg, store, device, a.warmup)
-        print(f"latents {n:>7}: store {from_store:,.0f} tok/s ({windows} windows read while "
-              f"timed), memory {in_memory:,.0f} tok/s, naive TopK step {naive:,.0f} tok/s; "
+        print(f"latents {n:>7}: store {from_store:,.0f} tok/s ({decoded:,} rows = "
+              f"{decoded / a.shuffle_buffer:.1f} windows decoded while timed), memory "
+              f"{in_memory:,.0f} tok/s, naive TopK step {naive:,.0f} tok/s; "
               f"store/memory {from_store / in_memory:.2f}, store/naive "
               f"{from_store / naive:.2f}", flush=True)
 

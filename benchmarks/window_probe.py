@@ -1,5 +1,5 @@
-"""Counts what a loader really read inside a timed interval, so a benchmark can show that it
-streamed (windows decoded while it was timed) rather than measured data decoded beforehand."""
+"""Counts what a loader really decoded inside a timed interval, so a benchmark can show that
+it streamed (rows decoded while it was timed) rather than timed data decoded beforehand."""
 
 from __future__ import annotations
 
@@ -11,28 +11,28 @@ from typing import Any
 from actstore.loader import Loader
 
 
-class WindowProbe:
-    """Start times of every window the loaders of this process begin to read."""
+class DecodeProbe:
+    """When each chunk run was decoded by the loaders of this process, and how many rows."""
 
     def __init__(self) -> None:
-        self.started: list[float] = []
+        self.decoded: list[tuple[float, int]] = []
 
-    def between(self, t0: float, t1: float) -> int:
-        """Windows whose reading began inside [t0, t1]."""
-        return sum(t0 <= t <= t1 for t in self.started)
+    def rows_between(self, t0: float, t1: float) -> int:
+        """Rows whose decoding finished inside [t0, t1]."""
+        return sum(n for t, n in self.decoded if t0 <= t <= t1)
 
 
 @contextmanager
-def probe_windows() -> Iterator[WindowProbe]:
-    """Record `Loader._read_window` calls (one per window) while the block runs."""
-    probe = WindowProbe()
-    real = Loader._read_window
+def probe_decoding() -> Iterator[DecodeProbe]:
+    """Record every `Loader._read_scattered` call (one chunk run) while the block runs."""
+    probe = DecodeProbe()
+    real = Loader._read_scattered
 
-    def recorded(self: Loader, *args: Any, **kwargs: Any) -> Any:
-        probe.started.append(time.perf_counter())
-        return real(self, *args, **kwargs)
-    Loader._read_window = recorded  # type: ignore[method-assign]
+    def recorded(self: Loader, hook: str, start: int, stop: int, *args: Any) -> None:
+        real(self, hook, start, stop, *args)
+        probe.decoded.append((time.perf_counter(), stop - start))
+    Loader._read_scattered = recorded  # type: ignore[method-assign,assignment]
     try:
         yield probe
     finally:
-        Loader._read_window = real  # type: ignore[method-assign]
+        Loader._read_scattered = real  # type: ignore[method-assign]

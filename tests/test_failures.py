@@ -24,7 +24,7 @@ from actstore import (
 )
 from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
-from actstore.ray_pool import RayUnavailableError, ray_address
+from actstore.ray_pool import RayUnavailableError, plan_workers, ray_address
 from actstore.reaper import _alive, descendants
 from tests.conftest import TmpFs
 from tests.gen_fixtures import save_tiny
@@ -223,3 +223,15 @@ def test_every_flag_explains_itself(command: str, capsys: pytest.CaptureFixture[
         assert len(doc.split()) >= 3, f"{command} {flag} has no help: {entry!r}"
     if command in ("generate", "train"):
         assert options.count("(default:") >= 10
+
+
+@pytest.mark.parametrize(("workers", "cpus", "cores", "want"), [
+    (None, None, 2, (2, 1.0, 1)), (None, None, 16, (16, 1.0, 1)), (1, None, 2, (1, 2.0, 2)),
+    (3, None, 16, (3, 5.0, 5)), (None, 4.0, 16, (4, 4.0, 4)), (2, 0.5, 2, (2, 0.5, 1))])
+def test_cpu_workers_use_every_core_by_default(workers: int | None, cpus: float | None,
+                                               cores: int, want: tuple[int, float, int],
+                                               tmp_path: Path) -> None:
+    plan = plan_workers(_generate_cfg(tmp_path, workers=workers, cpus_per_worker=cpus,
+                                      device="cpu"), float(cores), 0.0)
+    assert (plan.workers, plan.cpus, plan.threads) == want
+    assert plan.workers * plan.cpus <= cores

@@ -24,6 +24,26 @@ KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk"
 BiasInit = Literal["geometric_median", "mean", "zeros"]
 
 
+def default_lr(latents: int) -> float:
+    """Adam's learning rate for a TopK dictionary of `latents`: 2e-4 at 16,384 latents,
+    scaled by 1 / sqrt(latents) ("Scaling and Evaluating Sparse Autoencoders", Gao et al. 2024,
+    appendix A). Chosen over a fixed rate by `benchmarks/schedule_sweep.py`."""
+    return float(2e-4 * (16384 / latents) ** 0.5)
+
+
+def default_warmup(steps: int) -> int:
+    """Warmup steps for a run of `steps`: 5% of it (at most 1000), so a short run reaches its
+    peak learning rate early instead of spending most of itself warming up."""
+    return min(1000, max(1, steps // 20))
+
+
+def default_dead_window(tokens: int, batch_size: int) -> int:
+    """Tokens after which a silent latent counts as dead: a tenth of the run (at least one
+    batch, at most 10M as Gao et al. 2024), so AuxK revives latents within short runs too and
+    `dead` is not 0 by construction."""
+    return min(10_000_000, max(batch_size, tokens // 10))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: a store, a hook, one dictionary or a sweep of them."""
@@ -52,10 +72,12 @@ class TrainConfig:
     """Continue from the checkpoint in `out`."""
     overwrite: bool = False
     """Start afresh in an `out` that holds another run (its files are replaced)."""
-    lr: float = 2e-4
-    """Adam learning rate after warmup."""
-    warmup_steps: int = 100
-    """Linear learning-rate warmup from 0."""
+    lr: float | None = None
+    """Adam learning rate after warmup (default: `default_lr`, 2e-4 * sqrt(16384 / latents)
+    per dictionary, the scaling of Gao et al. 2024)."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warmup from 0, in steps (default: `default_warmup`, 5% of the
+    run, at most 1000)."""
     decay_start: float = 0.8
     """Fraction of the steps after which the learning rate decays linearly to 0."""
     grad_clip: float | None = 1.0
@@ -70,8 +92,9 @@ class TrainConfig:
     """Rows sampled for the bias init."""
     aux_coef: float = 1 / 32
     """AuxK loss weight (topk, batchtopk)."""
-    dead_after_tokens: int = 1_000_000
-    """A latent silent for this many tokens is dead (metric, AuxK)."""
+    dead_after_tokens: int | None = None
+    """A latent silent for this many tokens is dead (the `dead` metric, and AuxK's input)
+    (default: `default_dead_window`, a tenth of the run, at most 10M tokens)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """cuda (one GPU per rank, LOCAL_RANK) when available, else cpu."""
     autocast: bool = True
@@ -100,7 +123,9 @@ class TrainConfig:
             (self.tokens >= 1 and self.batch_size >= 1, "--tokens and --batch-size must be >= 1"),
             (self.tokens >= self.batch_size, f"--tokens ({self.tokens}) must be at least one "
                                              f"batch ({self.batch_size})"),
-            (self.lr > 0 and self.warmup_steps >= 0, "--lr must be > 0, --warmup-steps >= 0"),
+            ((self.lr is None or self.lr > 0)
+             and (self.warmup_steps is None or self.warmup_steps >= 0),
+             "--lr must be > 0, --warmup-steps >= 0"),
             (0 <= self.decay_start <= 1, "--decay-start is a fraction in [0, 1]"),
             (self.grad_clip is None or self.grad_clip > 0, "--grad-clip must be > 0"),
             (self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
@@ -108,7 +133,8 @@ class TrainConfig:
              f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --log-every "
              f"({self.log_every}), so a resumed run logs exactly what an uninterrupted one does"),
             (self.eval_every >= 0 and self.eval_contexts >= 0, "eval settings must be >= 0"),
-            (self.init_rows >= 1 and self.dead_after_tokens >= 1, "counts must be >= 1"),
+            (self.init_rows >= 1 and (self.dead_after_tokens is None
+                                      or self.dead_after_tokens >= 1), "counts must be >= 1"),
             (self.normalize in get_args(Normalize), f"--normalize: {get_args(Normalize)}"),
             (self.bias_init in get_args(BiasInit), f"--bias-init: {get_args(BiasInit)}"),
         ]
@@ -130,8 +156,37 @@ class TrainConfig:
         key = KNOB[self.arch]
         sweep: tuple[Any, ...] = getattr(self, key)
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
-                                 dead_after_tokens=self.dead_after_tokens, **{key: v})
+                                 dead_after_tokens=self.dead_window, **{key: v})
                 for n, v in itertools.product(self.latents, sweep)]
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps of the run."""
+        return self.tokens // self.batch_size
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in effect (the flag, or `default_warmup`)."""
+        return default_warmup(self.steps) if self.warmup_steps is None else self.warmup_steps
+
+    @property
+    def dead_window(self) -> int:
+        """Tokens of silence after which a latent is dead (the flag, or the default)."""
+        return (default_dead_window(self.tokens, self.batch_size)
+                if self.dead_after_tokens is None else self.dead_after_tokens)
+
+    def lr_of(self, member: DictionaryConfig) -> float:
+        """The learning rate a member trains at (the flag, or `default_lr` of its size)."""
+        return default_lr(member.latents) if self.lr is None else self.lr
+
+    def schedule_warning(self) -> str | None:
+        """Why this schedule never reaches its peak learning rate, or None when it does."""
+        decay_from = int(self.decay_start * self.steps)
+        if self.warmup > decay_from:
+            return (f"warmup ({self.warmup} steps) ends after the decay starts (step "
+                    f"{decay_from} of {self.steps}): the learning rate never reaches its peak; "
+                    "lower --warmup-steps or raise --tokens")
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

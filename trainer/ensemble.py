@@ -22,8 +22,13 @@ OptimizerFactory = Callable[[SparseDictionary], torch.optim.Optimizer]
 Schedule = Callable[[int], float]
 
 
-def adam(lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999)) -> OptimizerFactory:
-    return lambda sae: torch.optim.Adam(sae.parameters(), lr=lr, betas=betas)
+def adam(lr: float | Callable[[DictionaryConfig], float] = 1e-4,
+         betas: tuple[float, float] = (0.9, 0.999)) -> OptimizerFactory:
+    """Adam for each member, at `lr` or at `lr(member config)` (a rate per dictionary size)."""
+    def make(sae: SparseDictionary) -> torch.optim.Optimizer:
+        rate = lr(sae.cfg) if callable(lr) else lr
+        return torch.optim.Adam(sae.parameters(), lr=rate, betas=betas)
+    return make
 
 
 def warmup_decay(steps: int, warmup: int, decay_start: float) -> Schedule:

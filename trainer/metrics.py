@@ -5,6 +5,7 @@ per step) and reduced across ranks when a line is written.
     fvu   fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean_batch(x)||^2
     l0    mean number of active latents per token
     dead  latents that fired on none of the last `dead_after_tokens` tokens (all ranks)
+    silent  latents that fired on none of this logging interval's tokens (all ranks)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Meter:
         self.terms: list[dict[str, torch.Tensor]] = [{} for _ in members]
         self.fired = [torch.zeros(m.cfg.latents, dtype=torch.long, device=device)
                       for m in members]
+        self.interval_fired = [torch.zeros_like(f) for f in self.fired]
         self.tokens_total = 0
         self.interval_tokens = 0  # this rank's; put into the sums only when they are reduced
 
@@ -48,6 +50,7 @@ class Meter:
                 if name != "mse":
                     self.terms[i][name] = self.terms[i].get(name, 0) + value.double() * n
             self.fired[i] += fired
+            self.interval_fired[i] += fired
         self.tokens_total += n
         self.interval_tokens += n
 
@@ -62,13 +65,16 @@ class Meter:
             tokens = max(s["tokens"], 1.0)
             line = {"mse": s["sse"] / tokens, "fvu": s["sse"] / max(s["ssdev"], 1e-30),
                     "l0": s["l0"] / tokens, "loss": s["loss"] / tokens,
-                    "dead": int(member.dead_mask().sum())}
+                    "dead": int(member.dead_mask().sum()),
+                    "silent": int((distributed.all_reduce(self.interval_fired[i]) == 0).sum())}
             for name, total in sorted(self.terms[i].items()):
                 if name in line:  # a loss term must never overwrite the metric it is named like
                     raise RuntimeError(f"loss term {name!r} collides with a metric")
                 line[name] = float(distributed.all_reduce(torch.as_tensor(total).clone())) / tokens
             lines.append(line)
         self.sums.zero_()
+        for f in self.interval_fired:
+            f.zero_()
         self.interval_tokens = 0
         self.terms = [{} for _ in self.members]
         return lines

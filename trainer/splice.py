@@ -90,12 +90,18 @@ class Splicer:
         final-state MSE fraction recovered (encoders)."""
         results = []
         for sae in saes:
-            def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae) -> torch.Tensor:
-                x = self.norm.apply(h.float())
-                return self.norm.invert(sae.decode(sae.encode(x)))
+            fired = torch.zeros(sae.cfg.latents, dtype=torch.bool, device=self.ids.device)
+
+            def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae,
+                            fired: torch.Tensor = fired) -> torch.Tensor:
+                z = sae.encode(self.norm.apply(h.float()))
+                fired |= (z > 0).flatten(0, -2).any(0)
+                return self.norm.invert(sae.decode(z))
             spliced = self._run(reconstruct)
-            results.append(self._lm_metrics(spliced) if self.is_lm
-                           else self._state_metrics(spliced))
+            metrics = self._lm_metrics(spliced) if self.is_lm else self._state_metrics(spliced)
+            # latents that fire on none of the held-out tokens: dead where it counts
+            metrics["silent_held_out"] = float((~fired).sum())
+            results.append(metrics)
         return results
 
     def _lm_metrics(self, spliced: torch.Tensor) -> dict[str, float]:

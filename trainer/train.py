@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,9 +103,12 @@ class _Run:
             read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
             normalize=cfg.normalize), store=self.store, rank=world.rank, world_size=world.size)
         self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
-        self.ensemble = Ensemble(self.members, adam(cfg.lr), seed=cfg.seed,
+        warning = cfg.schedule_warning()
+        if warning and world.is_main:
+            print(f"actstore train: warning: {warning}", file=sys.stderr)
+        self.ensemble = Ensemble(self.members, adam(cfg.lr_of), seed=cfg.seed,
                                  grad_clip=cfg.grad_clip,
-                                 schedule=warmup_decay(self.steps, cfg.warmup_steps,
+                                 schedule=warmup_decay(self.steps, cfg.warmup,
                                                        cfg.decay_start)).to(world.device)
         self.meter = Meter(self.ensemble.members, world.device)
         self.names = [member_name(m) for m in self.members]
