@@ -12,8 +12,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from actstore.errors import StoreError
-from actstore.ray_pool import transient
+from actstore.errors import StoreError, transient
 
 #: Exit status of a command interrupted by Ctrl-C (the shell's convention: 128 + SIGINT).
 INTERRUPTED = 130

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class StoreError(Exception):
     """Base class of every error raised by actstore's store layer."""
@@ -50,3 +52,25 @@ class CorruptChunkError(StoreError):
 
 class FormatError(StoreError):
     """Data given to or found in the store does not have the expected shape, dtype or layout."""
+
+
+#: Errors of cloud SDKs that a later attempt can get past (matched by name, so that neither
+#: botocore nor aiohttp has to be installed).
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "ServerDisconnectedError", "ClientOSError",
+                    "ClientPayloadError", "ClientConnectorError", "ServerTimeoutError",
+                    "ResponseStreamingError", "IncompleteReadError", "TransportError"}
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def transient(e: BaseException) -> bool:
+    """True for a fault that may pass (network, server busy), False for one that will not
+    (bad data, no space, no permission, a missing bucket)."""
+    if isinstance(e, StoreError | PermissionError | FileNotFoundError | IsADirectoryError |
+                  NotADirectoryError | FileExistsError):
+        return False
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    if {c.__name__ for c in type(e).__mro__} & _TRANSIENT_NAMES:
+        return True
+    return isinstance(e, OSError) and e.errno not in _FATAL_ERRNOS

@@ -33,7 +33,7 @@ from actstore.store import ActivationStore, read_root_attrs, stored_row_counts
 from actstore.writer import JobLock, break_lease
 
 if TYPE_CHECKING:
-    from actstore.ray_pool import WorkerPlan
+    from actstore.ray_cluster import WorkerPlan
 
 
 class ModelNotFoundError(StoreError, ValueError):
@@ -165,7 +165,7 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Fill (or reuse) the store for `cfg`; see the module docstring for the order of work."""
-    from actstore.ray_pool import connect
+    from actstore.ray_cluster import connect
 
     t0 = time.perf_counter()
     Location.from_url(cfg.out, cfg.storage_options).preflight("--out")

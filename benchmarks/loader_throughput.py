@@ -169,13 +169,14 @@ def quality(store: ActivationStore, batch: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--tile", type=int, default=8,
-                   help="copies of the 128,000 MiniLM rows in the store (default: 8)")
+    p.add_argument("--tile", type=int, default=12,
+                   help="copies of the 128,000 MiniLM rows in the store (default: 12)")
     p.add_argument("--batch", type=int, default=4096, help="rows per batch (default: 4096)")
     p.add_argument("--latents", type=int, default=3072,
                    help="latents of the TopK step (default: 3072)")
-    p.add_argument("--windows", type=int, default=3,
-                   help="loader windows the timed SAE steps consume (default: 3)")
+    p.add_argument("--windows", type=int, default=5,
+                   help="loader windows the timed SAE steps consume (default: 5; the loader "
+                   "reads up to 3 ahead)")
     p.add_argument("--workdir", default="bench-out", help="where the store is made")
     args = p.parse_args()
     acts = np.tile(minilm_activations(128_000), (args.tile, 1))

@@ -2,7 +2,7 @@
 trained under several schedules on the same batches, for two stores, two dictionary sizes and
 two run lengths.
 
-    python -m benchmarks.schedule_sweep [--latents 1024 4096] [--tokens 131072 524288]
+    python -m benchmarks.schedule_sweep [--latents 1024 4096] [--tokens 65536 262144]
 
 Stores (real activations, offline): the bundled MiniLM's `encoder.layer.3` (d=384) and a
 random-initialised GPT-2 shape (4 layers, d=256, block 2), both over the embedded pydoc corpus
@@ -122,8 +122,8 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latents", type=int, nargs="+", default=[1024, 4096],
                    help="dictionary sizes (default: 1024 4096)")
-    p.add_argument("--tokens", type=int, nargs="+", default=[131_072, 524_288],
-                   help="training tokens per run, i.e. run lengths (default: 131072 524288)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[65_536, 262_144],
+                   help="training tokens per run, i.e. run lengths (default: 65536 262144)")
     p.add_argument("--batch", type=int, default=2048, help="rows per step (default: 2048)")
     p.add_argument("--out", default="bench-out/schedule_sweep.json", help="results as JSON")
     a = p.parse_args()

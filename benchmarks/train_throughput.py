@@ -6,7 +6,7 @@ dictionaries stepped on batches already in memory, and vs a plain TopK step, in 
 TopK, d_model=768, k=32, batch 4096. The store holds synthetic bf16 rows (a sparse mix of
 8192 random directions plus noise, so the dictionary has something to fit), written with the
 default layout and write-time shuffle, and is larger than the timed interval: the loader's
-shuffle window is `--shuffle-buffer` rows (default 32,768 = 8 batches, so that on a CPU the
+shuffle window is `--shuffle-buffer` rows (default 16,384 = 4 batches, so that on a CPU the
 timed steps cross `--windows` windows in minutes), and the script prints how many rows (and
 windows) the loader decoded inside the timed interval. Both sides run the same `Ensemble` step and
 metrics; the first `--warmup` steps are not timed. The third column is a plain TopK step
@@ -111,10 +111,11 @@ def main() -> None:
     p.add_argument("--latents", type=int, nargs="+", default=None,
                    help="dictionary sizes, one run each (default: 2048 8192 on cpu, "
                    "24576 131072 on cuda)")
-    p.add_argument("--windows", type=int, default=4,
-                   help="loader windows the timed steps span (default: 4)")
-    p.add_argument("--shuffle-buffer", type=int, default=8 * BATCH,
-                   help="the loader's window in rows (default: 32768)")
+    p.add_argument("--windows", type=int, default=12,
+                   help="loader windows the timed steps span (default: 12; the loader reads "
+                   "up to ~4 ahead, so about 8 are decoded while timed)")
+    p.add_argument("--shuffle-buffer", type=int, default=4 * BATCH,
+                   help="the loader's window in rows (default: 16384)")
     p.add_argument("--warmup", type=int, default=4, help="untimed steps first (default: 4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda when available, else cpu")

@@ -24,7 +24,7 @@ from actstore import (
 )
 from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
-from actstore.ray_pool import RayUnavailableError, plan_workers, ray_address
+from actstore.ray_cluster import RayUnavailableError, plan_workers, ray_address
 from actstore.reaper import _alive, descendants
 from tests.conftest import TmpFs
 from tests.gen_fixtures import save_tiny
