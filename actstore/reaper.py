@@ -8,7 +8,7 @@ keeps a list of the driver's descendants, refreshed every second. When the pipe 
 without a "done" line (the driver died), it terminates that list: Ray's processes and the
 workers under them.
 
-    python -m actstore.reaper DRIVER_PID      # started by Reaper, not by hand
+    python -I actstore/reaper.py DRIVER_PID      # started by Reaper, not by hand
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ class Reaper:
     """Started by the driver after it started Ray; `close()` on a normal exit."""
 
     def __init__(self) -> None:
+        # This file run as a script in isolated mode: the watcher imports the standard library
+        # only (not the package, whose torch import would cost seconds of CPU at start-up).
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "actstore.reaper", str(os.getpid())],
+            [sys.executable, "-I", os.path.abspath(__file__), str(os.getpid())],
             stdin=subprocess.PIPE, start_new_session=True)  # not in the driver's group
 
     def close(self) -> None:

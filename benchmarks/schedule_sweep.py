@@ -92,7 +92,7 @@ def sweep(acts: NDArray[np.float32], latents: int, tokens: int, batch: int,
           seed: int = 0) -> dict[str, dict[str, float]]:
     cut = int(len(acts) * 0.9) // CTX * CTX
     train = torch.from_numpy(acts[:cut])
-    scale = float(np.sqrt(train.shape[1] / train.pow(2).sum(1).mean()))  # as "scale" does
+    scale = (train.shape[1] / float(train.pow(2).sum(1).mean())) ** 0.5  # as "scale" does
     train, held = train * scale, torch.from_numpy(acts[cut:]) * scale
     steps = tokens // batch
     gen = torch.Generator().manual_seed(seed)

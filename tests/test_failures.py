@@ -20,11 +20,13 @@ from actstore import (
     StoreAccessError,
     StoreFullError,
     cli,
+    ray_pool,
     verify,
 )
+from actstore import generate as generate_module
 from actstore.generate import GenerateConfig, generate
 from actstore.location import Location
-from actstore.ray_cluster import RayUnavailableError, plan_workers, ray_address
+from actstore.ray_cluster import RayUnavailableError, WorkerPlan, plan_workers, ray_address
 from actstore.reaper import _alive, descendants
 from tests.conftest import TmpFs
 from tests.gen_fixtures import save_tiny
@@ -235,3 +237,25 @@ def test_cpu_workers_use_every_core_by_default(workers: int | None, cpus: float 
                                       device="cpu"), float(cores), 0.0)
     assert (plan.workers, plan.cpus, plan.threads) == want
     assert plan.workers * plan.cpus <= cores
+
+
+def test_a_failing_lock_release_never_masks_the_original_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault that stopped a job (an S3 outage) often stops the lock's release too: the
+    user must see the first error, with the second as a note."""
+    url = str(tmp_path / "store")
+    store = new_store(url)
+    fill_store(store, shards=[0])
+
+    def boom(*_args: object, **_kw: object) -> None:
+        raise ConnectionError("the upload failed")
+
+    def failing_release(_self: JobLock) -> None:
+        raise OSError("the release failed too")
+    monkeypatch.setattr(ray_pool, "run_shards", boom)
+    monkeypatch.setattr(JobLock, "release", failing_release)
+    plan = WorkerPlan("cpu", 1, 1.0, 1, 2.0)
+    with pytest.raises(ConnectionError, match="the upload failed") as caught:
+        generate_module._locked_run(_generate_cfg(tmp_path), store.spec, url,
+                                    Location.from_url(url), None, plan=plan)
+    assert any("releasing the job lock failed as well" in n for n in caught.value.__notes__)
