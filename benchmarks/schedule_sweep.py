@@ -14,9 +14,10 @@ clipping) and is scored by one function on the held-out rows: FVU, and latents t
 fire on them. Schedules:
   old        lr 2e-4, 100 warmup steps, linear decay over the last 20% (the old default)
   saelens    lr 3e-4 constant, no warmup, no decay (SAELens' TopK defaults)
-  default    lr 2e-4 * sqrt(16384 / latents) (Gao et al. 2024), warmup 5% of the steps, decay
-             over the last 20% (the new default, `trainer.config.default_lr`)
-  default/2, default*2   the same with half and twice the learning rate
+  default    lr `trainer.config.default_lr(latents)` = 4e-4 * sqrt(16384 / latents), warmup 5%
+             of the steps, decay over the last 20% (the new default). Gao et al. 2024's rate
+             is default/2; the first run of this sweep had it as "default" (see README)
+  default/2, default*2, default*4   the same with 1/2, 2 and 4 times the learning rate
   no-decay   the new default without the final decay
 """
 
@@ -77,7 +78,7 @@ def schedules(latents: int, steps: int) -> dict[str, tuple[float, int, float]]:
     lr, warm = default_lr(latents), default_warmup(steps)
     return {"old": (2e-4, 100, 0.8), "saelens": (3e-4, 0, 1.0), "default": (lr, warm, 0.8),
             "default/2": (lr / 2, warm, 0.8), "default*2": (lr * 2, warm, 0.8),
-            "no-decay": (lr, warm, 1.0)}
+            "default*4": (lr * 4, warm, 0.8), "no-decay": (lr, warm, 1.0)}
 
 
 def held_out_scores(sae: SparseDictionary, x: torch.Tensor) -> tuple[float, int]:
@@ -89,7 +90,7 @@ def held_out_scores(sae: SparseDictionary, x: torch.Tensor) -> tuple[float, int]
 
 
 def sweep(acts: NDArray[np.float32], latents: int, tokens: int, batch: int,
-          seed: int = 0) -> dict[str, dict[str, float]]:
+          names: list[str] | None = None, *, seed: int = 0) -> dict[str, dict[str, float]]:
     cut = int(len(acts) * 0.9) // CTX * CTX
     train = torch.from_numpy(acts[:cut])
     scale = (train.shape[1] / float(train.pow(2).sum(1).mean())) ** 0.5  # as "scale" does
@@ -100,6 +101,8 @@ def sweep(acts: NDArray[np.float32], latents: int, tokens: int, batch: int,
                        for _ in range(-(-tokens // len(train)))])[:steps * batch]
     runs = {}
     for name, (lr, warm, decay) in schedules(latents, steps).items():
+        if names and name not in names:
+            continue
         sae = SparseDictionary(DictionaryConfig(arch="topk", d_model=train.shape[1],
                                                 latents=latents, k=K,
                                                 dead_after_tokens=max(batch, tokens // 8)),
@@ -125,15 +128,21 @@ def main() -> None:
     p.add_argument("--tokens", type=int, nargs="+", default=[65_536, 262_144],
                    help="training tokens per run, i.e. run lengths (default: 65536 262144)")
     p.add_argument("--batch", type=int, default=2048, help="rows per step (default: 2048)")
+    p.add_argument("--schedules", nargs="+", default=None,
+                   help="run only these schedules (default: all)")
+    p.add_argument("--stores", nargs="+", default=["minilm-l3", "gpt2rand-l2"],
+                   help="which stores (default: both)")
     p.add_argument("--out", default="bench-out/schedule_sweep.json", help="results as JSON")
     a = p.parse_args()
-    stores = {"minilm-l3": minilm_activations(ROWS), "gpt2rand-l2": random_gpt2_activations()}
+    makers = {"minilm-l3": lambda: minilm_activations(ROWS),
+              "gpt2rand-l2": random_gpt2_activations}
+    stores = {name: makers[name]() for name in a.stores}
     results: list[dict[str, Any]] = []
     print(f"TopK k={K}, batch {a.batch}; held-out FVU (latents silent on held-out rows)")
     for store, acts in stores.items():
         for n in a.latents:
             for tokens in a.tokens:
-                runs = sweep(acts, n, tokens, a.batch)
+                runs = sweep(acts, n, tokens, a.batch, a.schedules)
                 results.append({"store": store, "latents": n, "tokens": tokens, "runs": runs})
                 best = min(runs, key=lambda r: runs[r]["fvu"])
                 print(f"{store} n={n} tokens={tokens} ({tokens // a.batch} steps): " + ", ".join(

