@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from trainer.config import TrainConfig, default_dead_window, default_lr, default_warmup
 from trainer.dictionaries import DictionaryConfig
-from trainer.ensemble import Ensemble, adam
+from trainer.ensemble import Ensemble, adam, warmup_decay
 from trainer.metrics import Meter
 
 # jumprelu's L0 coefficient is far from 1, so a penalty logged as "l0" would show.
@@ -65,3 +66,14 @@ def test_default_schedule_scales_with_the_run_and_the_dictionary() -> None:
     assert "never reaches its peak" in str(late.schedule_warning())
     fixed = TrainConfig(**{**base, "lr": 1e-3})  # type: ignore[arg-type]
     assert {fixed.lr_of(m) for m in fixed.dictionaries(16)} == {1e-3}
+
+
+def test_schedule_warning_is_exactly_when_the_peak_is_never_reached() -> None:
+    for steps, warm, decay in itertools.product(range(1, 30), range(35),
+                                                (0.0, 0.3, 0.8, 1.0)):
+        factor = warmup_decay(steps, warm, decay)
+        peaks = max(factor(s) for s in range(steps)) >= 1 - 1e-12
+        cfg = TrainConfig(store="s", hook="h", arch="topk", latents=(8,), k=(1,),
+                          tokens=steps, batch_size=1, out="o", warmup_steps=warm,
+                          decay_start=decay)
+        assert (cfg.schedule_warning() is None) == peaks, (steps, warm, decay)

@@ -186,7 +186,9 @@ class TrainConfig:
     def schedule_warning(self) -> str | None:
         """Why this schedule never reaches its peak learning rate, or None when it does."""
         decay_from = int(self.decay_start * self.steps)
-        if self.warmup > decay_from:
+        # the factor reaches 1 at step warmup - 1 (if the run gets there), and stays 1 until
+        # step decay_from
+        if self.warmup - 1 > min(decay_from, self.steps - 1):
             return (f"warmup ({self.warmup} steps) ends after the decay starts (step "
                     f"{decay_from} of {self.steps}): the learning rate never reaches its peak; "
                     "lower --warmup-steps or raise --tokens")
