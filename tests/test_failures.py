@@ -259,3 +259,15 @@ def test_a_failing_lock_release_never_masks_the_original_error(
         generate_module._locked_run(_generate_cfg(tmp_path), store.spec, url,
                                     Location.from_url(url), None, plan=plan)
     assert any("releasing the job lock failed as well" in n for n in caught.value.__notes__)
+
+
+def test_unreachable_s3_endpoint_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    for argv in (["ls", "s3://some-bucket/stores"], ["info", "s3://some-bucket/stores/k"]):
+        done = subprocess.run([sys.executable, "-m", "actstore.cli", *argv], env=env,
+                              capture_output=True, text=True, check=False, timeout=120)
+        assert done.returncode == 2, done.stderr[-2000:]
+        err = done.stderr.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "127.0.0.1:1" in err
