@@ -261,7 +261,7 @@ def test_a_failing_lock_release_never_masks_the_original_error(
     assert any("releasing the job lock failed as well" in n for n in caught.value.__notes__)
 
 
-def test_unreachable_s3_endpoint_is_one_line(tmp_path: Path) -> None:
+def test_unreachable_s3_endpoint_is_one_line() -> None:
     env = {**os.environ, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1",
            "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
     for argv in (["ls", "s3://some-bucket/stores"], ["info", "s3://some-bucket/stores/k"]):
