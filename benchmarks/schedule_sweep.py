@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from benchmarks.minilm_activations import minilm_activations, pydoc_text
+from benchmarks.minilm_activations import layer_outputs, minilm_activations
 from trainer.config import default_lr, default_warmup
 from trainer.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.ensemble import train_step, warmup_decay
@@ -59,15 +59,7 @@ def random_gpt2_activations(rows: int = ROWS, cache_dir: Path = Path("bench-out"
     model = transformers.GPT2Model(transformers.GPT2Config(
         n_layer=4, n_embd=256, n_head=4, vocab_size=len(tok), n_positions=CTX))
     model.eval()  # type: ignore[no-untyped-call]
-    ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
-    n_ctx = min(len(ids) // CTX, -(-rows // CTX))
-    batch = torch.tensor(ids[: n_ctx * CTX]).view(n_ctx, CTX)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, n_ctx, 32):
-            hidden = model(input_ids=batch[i:i + 32], output_hidden_states=True).hidden_states
-            out.append(hidden[3].reshape(-1, 256))
-    acts = torch.cat(out)[:rows].float().numpy()
+    acts = layer_outputs(model, tok, 2, rows, CTX)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cache, acts)
     return acts

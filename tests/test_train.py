@@ -78,6 +78,19 @@ def test_trains_a_sweep_and_writes_every_artifact(store: str, tmp_path: Path) ->
     assert (tmp_path / "plots" / "latent_density.png").stat().st_size > 1000
 
 
+def die_at_step(m: pytest.MonkeyPatch, n: int) -> None:
+    """The n-th training step raises KeyboardInterrupt, as a run killed there would stop."""
+    real_step = ensemble.Ensemble.step
+    calls = {"n": 0}
+
+    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(self, x, autocast)
+    m.setattr(ensemble.Ensemble, "step", dying_step)
+
+
 def test_resume_replays_the_uninterrupted_run(store: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed at step 27 (last checkpoint at 20): the resumed run logs the same curve, step
@@ -85,16 +98,8 @@ def test_resume_replays_the_uninterrupted_run(store: str, tmp_path: Path,
     whole = tmp_path / "whole"
     train(config(store, whole, arch="batchtopk"))
     cut = tmp_path / "cut"
-    real_step = ensemble.Ensemble.step
-    calls = {"n": 0}
-
-    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 28:
-            raise KeyboardInterrupt
-        return real_step(self, x, autocast)
     with monkeypatch.context() as m:
-        m.setattr(ensemble.Ensemble, "step", dying_step)
+        die_at_step(m, 28)
         with pytest.raises(KeyboardInterrupt):
             train(config(store, cut, arch="batchtopk"))
     assert max(r["step"] for r in read_metrics(cut)) == 25  # logged past the checkpoint
@@ -180,16 +185,8 @@ def test_resume_refuses_other_settings_and_an_existing_run(store: str, tmp_path:
 
 def test_resumed_run_reports_its_own_tokens(store: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    real_step = ensemble.Ensemble.step
-    calls = {"n": 0}
-
-    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt
-        return real_step(self, x, autocast)
     with monkeypatch.context() as m:
-        m.setattr(ensemble.Ensemble, "step", dying_step)
+        die_at_step(m, 13)
         with pytest.raises(KeyboardInterrupt):
             train(config(store, tmp_path, tokens=320))
     result = train(config(store, tmp_path, tokens=320, resume=True))  # from step 10
