@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from actstore.errors import StoreError, transient
+from actstore.errors import StoreError, one_line, transient
 
 #: Exit status of a command interrupted by Ctrl-C (the shell's convention: 128 + SIGINT).
 INTERRUPTED = 130
@@ -43,12 +43,6 @@ def field_help(cls: type, name: str, extra: str = "", required: str = "required"
         return f"{doc}{extra} ({required})".replace("%", "%%")
     shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
     return f"{doc}{extra} (default: {shown})".replace("%", "%%")
-
-
-def one_line(error: BaseException) -> str:
-    """An error as one line: its type and the first line of its message."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def run_command(prog: str, command: Callable[[], int], resume_hint: str) -> int:

@@ -74,3 +74,9 @@ def transient(e: BaseException) -> bool:
     if {c.__name__ for c in type(e).__mro__} & _TRANSIENT_NAMES:
         return True
     return isinstance(e, OSError) and e.errno not in _FATAL_ERRNOS
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

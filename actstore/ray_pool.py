@@ -78,11 +78,11 @@ class _Pool:
         self.next_id = n_workers
         self.in_flight: dict[Any, tuple[int, int]] = {}
         self.retries: Counter[int] = Counter()
+        self.delayed: list[tuple[float, int]] = []  # (when, shard): retries after a backoff
 
     def run(self, queue: deque[int], bar: tqdm[Any]) -> None:
         import ray
 
-        self.delayed: list[tuple[float, int]] = []  # (when, shard): retries after a backoff
         while True:
             self._release_due(queue)
             for k in list(self.actors):  # a requeued shard goes to whoever has room

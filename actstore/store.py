@@ -79,10 +79,10 @@ class ActivationStore:
         may have none); None for a store older than this record (then some part must exist,
         as generation always wrote one)."""
         self._indices: dict[tuple[str, int], NDArray[np.uint64]] = {}
-        self._records: dict[int, dict[str, Any]] = {}
-        """Commit markers of shards being read (a committed shard never changes)."""
         """Parsed shard indices, so chunk-sized reads cost one request, not two. Only shards
         being read are cached; committed shards never change."""
+        self._records: dict[int, dict[str, Any]] = {}
+        """Commit markers of shards being read (a committed shard never changes)."""
 
     # --- opening -----------------------------------------------------------------------------
 

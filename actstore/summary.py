@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from actstore import format as fmt
+from actstore.errors import one_line
 from actstore.location import Location
 from actstore.spec import DTYPE_ITEMSIZE
 from actstore.store import ActivationStore, read_root_attrs
@@ -78,7 +79,7 @@ def scan_stores(root: Location, max_depth: int = 2
                     raise ValueError("a zarr group without actstore attributes")
             good.append(ActivationStore.open(root.url))
         except Exception as e:  # one bad store must not hide the others
-            bad.append(BadStore(root.url, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+            bad.append(BadStore(root.url, one_line(e)))
         return good, bad
     if max_depth > 0:
         for name in root.list(""):

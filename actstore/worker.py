@@ -56,10 +56,6 @@ class Plan:
         return range(first, last)
 
 
-def self_is_cpu(device: str) -> bool:
-    return torch.device(device).type == "cpu"
-
-
 def _exit_with(driver: dict[str, Any]) -> None:
     """Exit this worker process once the driver (a process of this host) is gone."""
     while not holder_is_dead(driver):
@@ -78,7 +74,7 @@ class ShardWorker:
                  device: str, batch_size: int, job_id: str,
                  storage_options: dict[str, Any] | None = None,
                  driver: dict[str, Any] | None = None, threads: int | None = None) -> None:
-        if threads is not None and self_is_cpu(device):
+        if threads is not None and torch.device(device).type == "cpu":
             torch.set_num_threads(threads)  # the CPUs this worker reserved in Ray
         self.store = ActivationStore.open(store_url, storage_options=storage_options)
         self.plan = Plan.of(self.store)

@@ -37,6 +37,7 @@ from actstore.errors import (
     StoreBusyError,
 )
 from actstore.location import Location, access_errors
+from actstore.reaper import proc_stat
 from actstore.shard_codec import run_in_pool
 from actstore.stats import HookStats
 from actstore.store import ActivationStore, RowIndex, disk_full
@@ -192,11 +193,9 @@ def break_lease(store: ActivationStore, shard: int) -> dict[str, Any] | None:
 def _start_time(pid: int) -> int | None:
     """When process `pid` started (clock ticks since boot, Linux), or None if there is no such
     process. A pid that was reused by another process has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        pass
+    fields = proc_stat(pid)
+    if fields is not None:
+        return int(fields[19])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -249,6 +248,7 @@ class JobLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = time.time()
+        self._holder = this_process()  # fixed for the process: read /proc once, not per beat
 
     def acquire(self) -> None:
         """Take the lock, taking over a dead holder's; StoreBusyError while a live job has it."""
@@ -324,7 +324,7 @@ class JobLock:
 
     def _payload(self) -> bytes:
         return _group_bytes({"job": self.job_id, "started_at": self._started_at,
-                             "heartbeat_at": time.time(), **this_process()})
+                             "heartbeat_at": time.time(), **self._holder})
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_s / 5):

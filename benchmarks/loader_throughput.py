@@ -31,9 +31,9 @@ import torch
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
 from actstore.loader import Loader, LoaderConfig
 from actstore.shuffle_quality import shuffle_quality
+from benchmarks.decode_probe import probe_decoding
 from benchmarks.minilm_activations import minilm_activations
 from benchmarks.store_codecs import drop_cache, timed
-from benchmarks.window_probe import probe_decoding
 
 HOOK = "encoder.layer.3"
 CTX = 128

@@ -26,8 +26,8 @@ import torch
 
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
 from actstore.loader import Normalizer
+from benchmarks.decode_probe import probe_decoding
 from benchmarks.loader_throughput import TopKStep
-from benchmarks.window_probe import probe_decoding
 from trainer.config import TrainConfig
 from trainer.ensemble import Ensemble, adam, warmup_decay
 from trainer.metrics import Meter

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import KNOB, TrainConfig
 from trainer.dictionaries import DictionaryConfig
 
 VERSION = 1
@@ -74,7 +74,7 @@ def load(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]) -> 
     if changed:
         raise ValueError(f"--resume: settings differ from the checkpoint's (saved, now): "
                          f"{changed}; resume with the same settings")
-    steps = cfg.tokens // cfg.batch_size
+    steps = cfg.steps
     if int(state["step"]) >= steps:
         raise ValueError(f"--resume: the run in {out} is finished ({state['step']} of {steps} "
                          f"steps); its dictionaries are in {Path(out) / 'dictionaries'}. To "
@@ -99,6 +99,5 @@ def _check_dictionaries(saved: list[dict[str, Any]], now: list[dict[str, Any]]) 
 
 
 def _names(members: list[dict[str, Any]]) -> str:
-    knob = {"relu": "l1", "jumprelu": "l0"}
-    return ", ".join(f"{m['arch']} n={m['latents']} {knob.get(m['arch'], 'k')}="
-                     f"{m[knob.get(m['arch'], 'k')]}" for m in members)
+    return ", ".join(f"{m['arch']} n={m['latents']} {KNOB[m['arch']]}={m[KNOB[m['arch']]]}"
+                     for m in members)

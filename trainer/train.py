@@ -95,7 +95,7 @@ class _Run:
         self.store = ActivationStore.open(cfg.store)
         check_against(cfg, self.store, world)
         self.members = cfg.dictionaries(self.store.layout.d_model[cfg.hook])
-        self.steps = cfg.tokens // cfg.batch_size
+        self.steps = cfg.steps
         per_rank = cfg.batch_size // world.size
         self.loader = Loader(LoaderConfig(
             hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
