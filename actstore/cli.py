@@ -116,7 +116,8 @@ def _print_summary(cfg: GenerateConfig, result: GenerateResult) -> None:
 def _add_generate(sub: Any) -> None:
     g = sub.add_parser("generate", help="run a model over a corpus into a store (Ray)",
                        description="Run a model over a corpus and fill a store, resumably, "
-                       "with Ray workers; the same spec again reuses the store.")
+                       "with Ray workers (or in this process when Ray would not pay, see "
+                       "--executor); the same spec again reuses the store.")
 
     def h(name: str, extra: str = "") -> str:
         return field_help(GenerateConfig, name, extra)
@@ -141,6 +142,8 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--batch-size", type=int, default=8, help=h("batch_size"))
     g.add_argument("--shard-mib", type=int, default=256, help=h("shard_mib"))
     g.add_argument("--address", help=h("address"))
+    g.add_argument("--executor", choices=["auto", "ray", "local"], default="auto",
+                   help=h("executor"))
     g.add_argument("--max-retries", type=int, default=3, help=h("max_retries"))
     g.add_argument("--no-progress", action="store_false", dest="progress",
                    help="no progress bar")

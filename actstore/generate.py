@@ -87,6 +87,10 @@ class GenerateConfig:
     several shards on small stores."""
     address: str | None = None
     """Ray cluster address (default: RAY_ADDRESS, else a local Ray)."""
+    executor: Literal["auto", "ray", "local"] = "auto"
+    """ray: Ray workers; local: one worker in this process using every core, no Ray; auto:
+    ray when a cluster (--address, RAY_ADDRESS), --workers or several GPUs are there, else
+    local."""
     max_retries: int = 3
     """How often a shard is retried after its worker died."""
     progress: bool = True
@@ -110,6 +114,11 @@ class GenerateConfig:
             (bool(self.hooks), "at least one --hook is needed"),
             (self.device != "cuda" or torch.cuda.is_available() or self.address is not None,
              "--device cuda but no CUDA device is visible"),
+            (self.executor in ("auto", "ray", "local"),
+             f"--executor must be auto, ray or local, got {self.executor!r}"),
+            (self.executor != "local" or (self.address is None and (self.workers or 1) == 1),
+             "--executor local runs one worker in this process: --address and --workers > 1 "
+             "need --executor ray"),
         ]
         for ok, message in checks:
             if not ok:
@@ -165,7 +174,7 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Fill (or reuse) the store for `cfg`; see the module docstring for the order of work."""
-    from actstore.ray_cluster import connect
+    from actstore.ray_cluster import choose_executor, connect
 
     t0 = time.perf_counter()
     Location.from_url(cfg.out, cfg.storage_options).preflight("--out")
@@ -173,20 +182,25 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     url = store_url(cfg, spec)
     loc = Location.from_url(url, cfg.storage_options)
     exists = read_root_attrs(loc) is not None
-    if exists and ActivationStore.open(url, spec, cfg.storage_options).complete:
+    store = ActivationStore.open(url, spec, cfg.storage_options) if exists else None
+    if store is not None and store.complete:
         return GenerateResult(url, True, 0, time.perf_counter() - t0, 0)
     # Bad data must fail before anything is created, so the corpus is read before the lock.
     contexts = None if exists else _build_contexts(cfg)
-    cluster = connect(cfg)  # an unreachable cluster fails here, before the lock
+    plan, why = choose_executor(cfg)
+    cluster = None
+    if plan is None:
+        cluster = connect(cfg)  # an unreachable cluster fails here, before the lock
+        plan = cluster.plan._replace(why=why)
     if cfg.progress:
-        print(f"generate: {cluster.plan.describe()}", file=sys.stderr)
+        print(f"generate: {plan.describe()}", file=sys.stderr)
     # A local Ray started here (and its workers) must die with this process, even when it is
     # killed outright.
-    reaper = Reaper() if cluster.started_here else None
+    reaper = Reaper() if cluster is not None and cluster.started_here else None
     try:
-        store, missing = _locked_run(cfg, spec, url, loc, contexts, plan=cluster.plan)
+        store, missing = _locked_run(cfg, spec, url, loc, contexts, plan=plan)
     finally:
-        if cluster.started_here:
+        if cluster is not None and cluster.started_here:
             import ray
 
             ray.shutdown()
@@ -204,6 +218,7 @@ def _locked_run(cfg: GenerateConfig, spec: StoreSpec, url: str, loc: Location,
                 ) -> tuple[ActivationStore, list[int]]:
     """Under the job lock: create or reopen the store, run its missing shards."""
     from actstore.ray_pool import run_shards
+    from actstore.shard_pool import run_local
 
     lock = JobLock(loc, f"gen-{uuid.uuid4().hex[:8]}")
     lock.acquire()
@@ -212,7 +227,8 @@ def _locked_run(cfg: GenerateConfig, spec: StoreSpec, url: str, loc: Location,
         for shard in store.shards_missing():  # we hold the job lock: leases are from dead jobs
             break_lease(store, shard)
         missing = store.shards_missing()
-        run_shards(cfg, store, missing, lock.job_id, plan)
+        run = run_local if plan.executor == "local" else run_shards
+        run(cfg, store, missing, lock.job_id, plan)
     except BaseException as e:
         try:
             lock.release()

@@ -56,6 +56,10 @@ class Plan:
         return range(first, last)
 
 
+class ShardCancelledError(RuntimeError):
+    """`ShardWorker.cancel` stopped this shard before it was written."""
+
+
 def _exit_with(driver: dict[str, Any]) -> None:
     """Exit this worker process once the driver (a process of this host) is gone."""
     while not holder_is_dead(driver):
@@ -84,6 +88,7 @@ class ShardWorker:
         self.batch_size = batch_size
         self.job_id, self.writer_id = job_id, f"{job_id}/{os.getpid()}"
         self._compute_lock = threading.Lock()
+        self._cancelled = threading.Event()
         if driver is not None:  # a worker outlives a killed driver only by a second
             threading.Thread(target=_exit_with, args=(driver,), daemon=True,
                              name="actstore-driver-watch").start()
@@ -101,12 +106,19 @@ class ShardWorker:
         write_shard(self.store, shard, activations, index, writer_id=self.writer_id)
         return len(index.context)
 
+    def cancel(self) -> None:
+        """Stop computing at the next batch (an in-process run stopped by an error or
+        Ctrl-C: its threads must not run a whole shard first)."""
+        self._cancelled.set()
+
     def compute(self, shard: int) -> tuple[dict[str, torch.Tensor], RowIndex]:
         """Rows of `shard`, shuffled: {hook: (rows, d) in storage dtype on CPU}, row index."""
         a, b = self.store.layout.shard_rows_range(shard)
         ctx = self.plan.contexts_of(a, b)
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.store.hooks}
         for i in range(0, len(ctx), self.batch_size):
+            if self._cancelled.is_set():
+                raise ShardCancelledError(f"shard {shard}: the run was stopped")
             for hook, rows in self._run_batch(list(ctx[i:i + self.batch_size])).items():
                 parts[hook].append(rows)
         if self.device.type == "cuda":

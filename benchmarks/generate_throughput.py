@@ -6,8 +6,9 @@
 
 Measures, on the same contexts: (1) bare: the capture forward pass stopped after the hook, no
 storage; (2) pipeline: the same through `ShardWorker.process` (capture, cast, shuffle, stats,
-compress, commit), two shards in flight as in a Ray actor; (3) end to end: `generate()` with
-Ray workers, start-up and tokenization included. Ratios: pipeline/bare (target >= 0.9 when the
+compress, commit), two shards in flight as in a Ray actor; (3) end to end: `generate()` at default
+flags, then with Ray workers of each layout and in this process, start-up and tokenization
+included. Ratios: pipeline/bare (target >= 0.9 when the
 disk outpaces the model) and store bytes/s vs raw fsync'd writes of the same bytes.
 """
 
@@ -58,9 +59,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64_000)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--layouts", default="2x1,1x2",
-                   help="CPU worker layouts (workers x threads) timed end to end, beside the "
-                   "default plan (default: 2x1,1x2)")
+    p.add_argument("--layouts", default="2x1,1x2,local",
+                   help="CPU layouts timed end to end beside the defaults: WxT = W Ray workers "
+                   "x T threads, local = in this process (default: 2x1,1x2,local)")
     p.add_argument("--workdir", default="bench-out")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,7 +84,7 @@ def main() -> None:
 def report(cfg: GenerateConfig, work: Path, repeats: int) -> None:
     first = generate(cfg)  # end to end; also builds the store the other runs re-use
     store = ActivationStore.open(first.url)
-    print(f"end to end, default workers (Ray, start-up and tokenization included): "
+    print(f"end to end, default flags (start-up and tokenization included): "
           f"{first.tokens} tokens in "
           f"{first.seconds:.1f}s = {first.tokens / first.seconds:,.0f} tokens/s")
     dtype = cfg.dtype or ("bfloat16" if cfg.device == "cuda" else "float32")
@@ -111,12 +112,19 @@ def report(cfg: GenerateConfig, work: Path, repeats: int) -> None:
 
 
 def layouts(cfg: GenerateConfig, work: Path, spec: str) -> None:
-    """End to end (a fresh store each) for each CPU worker layout: which should be default."""
+    """End to end (a fresh store each) for each CPU layout: which should be default. `WxT`:
+    W Ray workers x T threads; `local`: one worker in this process, no Ray."""
     for i, layout in enumerate(spec.split(",")):
-        workers, threads = (int(v) for v in layout.split("x"))
-        run = generate(replace(cfg, out=str(work / f"layout-{i}"), workers=workers,
-                               cpus_per_worker=float(threads)))
-        print(f"end to end, {workers} workers x {threads} threads: {run.tokens} tokens in "
+        out = str(work / f"layout-{i}")
+        if layout == "local":
+            run = generate(replace(cfg, out=out, executor="local"))
+            name = "in this process (no Ray), 1 worker x all cores"
+        else:
+            workers, threads = (int(v) for v in layout.split("x"))
+            run = generate(replace(cfg, out=out, workers=workers, executor="ray",
+                                   cpus_per_worker=float(threads)))
+            name = f"Ray, {workers} workers x {threads} threads"
+        print(f"end to end, {name}: {run.tokens} tokens in "
               f"{run.seconds:.1f}s = {run.tokens / run.seconds:,.0f} tokens/s")
 
 

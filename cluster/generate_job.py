@@ -4,7 +4,8 @@
         --model gpt2 --hook transformer.h.6 --dataset Skylion007/openwebtext \\
         --context-length 1024 --max-tokens 100000000 --out s3://bucket/stores
 
-Inside a job Ray sets RAY_ADDRESS, so the workers are placed on the cluster; the flags are
+Inside a job Ray sets RAY_ADDRESS, so the workers are placed on the cluster (and the job
+asks for Ray workers explicitly, `--executor ray`, unless told otherwise); the flags are
 exactly those of `actstore generate`. The exit code is the command's (0, 1 when --verify finds
 a problem, 2 for bad input), so the job's status says how it went.
 """
@@ -17,7 +18,8 @@ from actstore.cli import main
 
 
 def run(argv: list[str]) -> int:
-    return main(["generate", *argv])
+    given = any(a == "--executor" or a.startswith("--executor=") for a in argv)
+    return main(["generate", *([] if given else ["--executor", "ray"]), *argv])
 
 
 if __name__ == "__main__":

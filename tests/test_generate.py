@@ -177,21 +177,27 @@ def test_a_deleted_contexts_table_is_rebuilt_not_reused(models: dict[str, str],
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_s3_outage_during_uploads_is_retried(models: dict[str, str], s3_endpoint: str,
-                                             monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_s3_outage_during_uploads_is_retried(executor: str, models: dict[str, str],
+                                             s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """Workers reach S3 through a proxy that goes down for a few seconds while shards are
-    written: the failed uploads are retried with backoff and the store ends complete."""
+    """Workers (Ray's, or the one in this process) reach S3 through a proxy that goes down for
+    a few seconds while shards are written: the failed uploads are retried with backoff and
+    the store ends complete."""
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = FlakyProxy((host, int(port)))
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    # The proxy goes in the store's fsspec options, not the environment: fsspec caches
+    # filesystems by their arguments, so an environment endpoint would leave the cached
+    # default filesystem pointing at the closed proxy for the checks below and later tests.
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # the S3 client's own retries would hide it
     direct = fsspec.filesystem("s3", skip_instance_cache=True,
                                endpoint_url=s3_endpoint)  # the test's own view, no proxy
-    name = f"s3://actstore-test/outage-{os.getpid()}"
+    name = f"s3://actstore-test/outage-{os.getpid()}-{executor}"
     cfg = config(models["gpt2"], ("transformer.h.0",), Path("/unused"), max_tokens=8000,
                  shard_mib=1, batch_size=2)
-    cfg = replace(cfg, out=name)
+    cfg = replace(cfg, out=name, executor=executor,
+                  storage_options={"endpoint_url": f"http://127.0.0.1:{proxy.port}"},
+                  **({"workers": None, "cpus_per_worker": None} if executor == "local" else {}))
 
     def outage_at_first_lease() -> None:
         deadline = time.time() + 120
