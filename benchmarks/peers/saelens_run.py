@@ -3,6 +3,7 @@
 
     saelens_run.py cache --model DIR --layer L --tokens T.npy --out DIR [--batch-prompts 8]
     saelens_run.py train --model DIR --layer L --cache DIR --latents N --k K --tokens N --out DIR
+    saelens_run.py import-cache --acts X.npy --tokens T.npy --layer L --out DIR
     saelens_run.py score --rows X.npy SAE_DIR [SAE_DIR ...]
 
 `cache` and `train` run SAELens' own runners (`CacheActivationsRunner`,
@@ -10,9 +11,11 @@
 The model is the saved Hugging Face GPT-2 checkpoint, as a TransformerLens `HookedTransformer`
 with the same weights (`convert_gpt2_weights`, no folding or centring), which SAELens runs up to
 the hooked block only; `CacheActivationsRunner` has no model argument, so its `load_model` is
-replaced for the constructor's duration. `score` loads any SAELens-format dictionary (SAELens'
-own, and actstore's export) with `SAE.load_from_disk` and scores it on the same rows: FVU, L0,
-latents that never fire.
+replaced for the constructor's duration. `import-cache` writes given activation rows (another
+tool's, e.g. of a model SAELens cannot run, such as MiniLM's BERT encoder) in the format
+`CacheActivationsRunner` writes, so `train` reads exactly those rows. `score` loads any
+SAELens-format dictionary (SAELens' own, and actstore's export) with `SAE.load_from_disk` and
+scores it on the same rows: FVU, L0, latents that never fire.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +38,8 @@ def hooked_gpt2(model_dir: str) -> Any:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
-    hf = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    hf = transformers.GPT2LMHeadModel.from_pretrained(model_dir)
+    hf.eval()  # type: ignore[no-untyped-call]
     c = hf.config
     cfg = HookedTransformerConfig(
         n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
@@ -68,7 +71,7 @@ def cache(a: argparse.Namespace) -> dict[str, Any]:
         buffer_size_gb=(tokens.size + 1) * model.cfg.d_model * 4 / 1e9)
     t = time.perf_counter()
     saved = car.load_model
-    car.load_model = lambda *_a, **_k: model  # type: ignore[assignment]
+    car.load_model = lambda *_a, **_k: model
     try:
         runner = CacheActivationsRunner(cfg, override_dataset=dataset)
     finally:
@@ -77,14 +80,29 @@ def cache(a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds_in_runner": time.perf_counter() - t, "tokens": int(tokens.size)}
 
 
+def import_cache(a: argparse.Namespace) -> dict[str, Any]:
+    """(contexts, context_length, d) activations and their token ids as a SAELens cache."""
+    import numpy as np
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+
+    acts, tokens = np.load(a.acts), np.load(a.tokens)
+    n, ctx, d = acts.shape
+    hook = f"blocks.{a.layer}.hook_resid_post"
+    features = Features({hook: Array2D(shape=(ctx, d), dtype="float32"),
+                         "token_ids": Sequence(Value(dtype="int32"), length=ctx)})
+    Dataset.from_dict({hook: list(acts), "token_ids": tokens.tolist()},
+                      features=features).save_to_disk(a.out)
+    return {"contexts": int(n), "tokens": int(n * ctx), "d": int(d)}
+
+
 def train(a: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
-    model = hooked_gpt2(a.model)
+    model = hooked_gpt2(a.model)  # not run: training from a cache without wandb runs no evals
     cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=a.latents, k=a.k),
+        sae=TopKTrainingSAEConfig(d_in=a.d_in or model.cfg.d_model, d_sae=a.latents, k=a.k),
         model_name="gpt2-random", hook_name=f"blocks.{a.layer}.hook_resid_post",
         dataset_path="unused-cached", use_cached_activations=True,
         cached_activations_path=a.cache, context_size=a.context_size,
@@ -143,11 +161,18 @@ def main() -> None:
     t.add_argument("--tokens", type=int, required=True, help="training tokens")
     t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
     t.add_argument("--context-size", type=int, default=128, help="the cache's context length")
+    t.add_argument("--d-in", type=int, help="width of the cached rows (default: the model's)")
+    m = sub.add_parser("import-cache", help="activation rows (.npy) as a SAELens cache")
+    m.add_argument("--acts", required=True, help=".npy (contexts, context_length, d) float32")
+    m.add_argument("--tokens", required=True, help=".npy (contexts, context_length) int")
+    m.add_argument("--layer", type=int, required=True, help="names the hook column")
+    m.add_argument("--out", required=True, help="output folder")
     s = sub.add_parser("score", help="FVU / L0 / never-firing latents on held-out rows")
     s.add_argument("--rows", required=True, help=".npy (rows, d) held-out activations")
     s.add_argument("saes", nargs="+", help="SAELens-format dictionary folders")
     a = p.parse_args()
-    result = {"cache": cache, "train": train, "score": score}[a.cmd](a)
+    result = {"cache": cache, "train": train, "score": score,
+              "import-cache": import_cache}[a.cmd](a)
     result["seconds_in_process"] = time.perf_counter() - T0
     print(json.dumps(result), file=sys.stdout, flush=True)
 
