@@ -52,8 +52,15 @@ def _patched(module: nn.Module, replace: Replace) -> Iterator[None]:
         handle.remove()
 
 
+#: Output elements (logits or final states) one evaluation chunk holds: 64 MB in float32, so
+#: a held-out slice of a 50k-vocabulary LM never holds (contexts, length, vocab) at once.
+CHUNK_ELEMENTS = 1 << 24
+
+
 class Splicer:
-    """The store's model on one device, ready to evaluate dictionaries on held-out contexts."""
+    """The store's model on one device, ready to evaluate dictionaries on held-out contexts.
+    The contexts go through in chunks of `CHUNK_ELEMENTS` outputs; the clean outputs are
+    recomputed per chunk rather than kept, so memory stays bounded by a chunk."""
 
     def __init__(self, store: ActivationStore, hook: str, norm: Normalizer, contexts: int,
                  device: torch.device) -> None:
@@ -62,15 +69,21 @@ class Splicer:
         self.module = dict(self.model.named_modules())[hook]
         self.ids = held_out_contexts(store, contexts).to(device)
         self.norm, self.skip_first = norm, spec.bos_policy == "drop"
-        self.is_lm = False  # set by the clean run: does the model return logits?
         with torch.inference_mode():
-            self.clean = self._run(None)
-            self.zero = self._run(torch.zeros_like)
+            first = self._run(None, self.ids[:1])
+            self.is_lm = self._is_lm
+            per_context = first.shape[1] * first.shape[2]
+            self.chunks = torch.split(self.ids, max(1, CHUNK_ELEMENTS // per_context))
+            zero: dict[str, float] = {}
+            for ids in self.chunks:  # the zero-ablation baseline, summed over chunks
+                _add(zero, self._compare(self._run(None, ids), self._run(torch.zeros_like, ids),
+                                         ids))
+            self.zero = zero
 
-    def _run(self, replace: Replace | None) -> torch.Tensor:
-        """Logits (LM) or final hidden states, float32."""
+    def _run(self, replace: Replace | None, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (LM) or final hidden states, float32, of the contexts `ids`."""
         if replace is None:
-            out = self.model(input_ids=self.ids)
+            out = self.model(input_ids=ids)
         else:
             def keep_skipped(h: torch.Tensor) -> torch.Tensor:
                 new = replace(h).to(h.dtype)
@@ -78,46 +91,64 @@ class Splicer:
                     new[:, 0] = h[:, 0]
                 return new
             with _patched(self.module, keep_skipped):
-                out = self.model(input_ids=self.ids)
+                out = self.model(input_ids=ids)
         logits = getattr(out, "logits", None)
-        self.is_lm = logits is not None
+        self._is_lm = logits is not None
         result: torch.Tensor = logits if logits is not None else out.last_hidden_state
         return result.float()
+
+    def _compare(self, clean: torch.Tensor, other: torch.Tensor,
+                 ids: torch.Tensor) -> dict[str, float]:
+        """Sums over this chunk's predicted tokens (LM) or positions (encoders): the clean and
+        the other run's CE and KL(clean || other), or the other's final-state squared error."""
+        if not self.is_lm:
+            return {"se": float((other - clean).pow(2).sum(-1).double().sum()),
+                    "n": float(clean[..., 0].numel())}
+        target = ids[:, 1:].flatten()
+        clean, other = clean[:, :-1].flatten(0, 1), other[:, :-1].flatten(0, 1)
+        log_p, log_q = F.log_softmax(clean, -1), F.log_softmax(other, -1)
+        def total(per_token: torch.Tensor) -> float:
+            return float(per_token.double().sum())  # summed in float64 across chunks
+        return {"ce_clean": total(F.nll_loss(log_p, target, reduction="none")),
+                "ce": total(F.nll_loss(log_q, target, reduction="none")),
+                "kl": total((log_p.exp() * (log_p - log_q)).sum(-1)), "n": float(len(target))}
 
     @torch.inference_mode()
     def evaluate(self, saes: Sequence[SparseDictionary]) -> list[dict[str, float]]:
         """Per dictionary: CE clean/zero/spliced, KL and the fraction recovered (LM), or the
         final-state MSE fraction recovered (encoders)."""
+        sums: list[dict[str, float]] = [{} for _ in saes]
+        fired = [torch.zeros(s.cfg.latents, dtype=torch.bool, device=self.ids.device)
+                 for s in saes]
+        for ids in self.chunks:
+            clean = self._run(None, ids)
+            for sae, total, seen in zip(saes, sums, fired, strict=True):
+                def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae,
+                                seen: torch.Tensor = seen) -> torch.Tensor:
+                    z = sae.encode(self.norm.apply(h.float()))
+                    seen |= (z > 0).flatten(0, -2).any(0)
+                    return self.norm.invert(sae.decode(z))
+                _add(total, self._compare(clean, self._run(reconstruct, ids), ids))
         results = []
-        for sae in saes:
-            fired = torch.zeros(sae.cfg.latents, dtype=torch.bool, device=self.ids.device)
-
-            def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae,
-                            fired: torch.Tensor = fired) -> torch.Tensor:
-                z = sae.encode(self.norm.apply(h.float()))
-                fired |= (z > 0).flatten(0, -2).any(0)
-                return self.norm.invert(sae.decode(z))
-            spliced = self._run(reconstruct)
-            metrics = self._lm_metrics(spliced) if self.is_lm else self._state_metrics(spliced)
+        for total, seen in zip(sums, fired, strict=True):
+            metrics = self._lm_metrics(total) if self.is_lm else self._state_metrics(total)
             # latents that fire on none of the held-out tokens: dead where it counts
-            metrics["silent_held_out"] = float((~fired).sum())
+            metrics["silent_held_out"] = float((~seen).sum())
             results.append(metrics)
         return results
 
-    def _lm_metrics(self, spliced: torch.Tensor) -> dict[str, float]:
-        target = self.ids[:, 1:].flatten()
-
-        def ce(logits: torch.Tensor) -> float:
-            return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), target))
-        clean, zero, ours = ce(self.clean), ce(self.zero), ce(spliced)
-        log_p = F.log_softmax(self.clean[:, :-1], -1)
-        log_q = F.log_softmax(spliced[:, :-1], -1)
-        kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
-        return {"ce_clean": clean, "ce_zero": zero, "ce_spliced": ours, "kl": kl,
+    def _lm_metrics(self, spliced: dict[str, float]) -> dict[str, float]:
+        n = spliced["n"]
+        clean, zero, ours = spliced["ce_clean"] / n, self.zero["ce"] / n, spliced["ce"] / n
+        return {"ce_clean": clean, "ce_zero": zero, "ce_spliced": ours, "kl": spliced["kl"] / n,
                 "loss_recovered": (zero - ours) / (zero - clean) if zero != clean else 1.0}
 
-    def _state_metrics(self, spliced: torch.Tensor) -> dict[str, float]:
-        ours = float((spliced - self.clean).pow(2).sum(-1).mean())
-        zero = float((self.zero - self.clean).pow(2).sum(-1).mean())
+    def _state_metrics(self, spliced: dict[str, float]) -> dict[str, float]:
+        ours, zero = spliced["se"] / spliced["n"], self.zero["se"] / self.zero["n"]
         return {"final_mse_spliced": ours, "final_mse_zero": zero,
                 "final_state_recovered": 1 - ours / zero if zero else 1.0}
+
+
+def _add(total: dict[str, float], part: dict[str, float]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0.0) + v
