@@ -247,6 +247,9 @@ def table(rounds: list[dict[str, Any]]) -> str:
     ours_s, theirs_s = med("cache", "actstore", "wall"), med("cache", "saelens", "wall")
     rows.insert(0, f"| caching: tokens/s end to end | {toks / ours_s:,.0f} | "
                 f"{toks / theirs_s:,.0f} | {theirs_s / ours_s:.2f} |")
+    paired = [r["cache"]["saelens"]["wall"] / r["cache"]["actstore"]["wall"] for r in rounds]
+    rows.insert(1, "| caching: speed-up of each round (paired) | | | "
+                + ", ".join(f"{x:.2f}" for x in paired) + " |")
     return "\n".join(["| median | actstore | SAELens | actstore / SAELens |",
                       "| --- | --- | --- | --- |", *rows])
 
