@@ -1,9 +1,9 @@
-"""actstore and SAELens side by side on this machine: the same model, the same token ids, the
-same dictionary settings, each tool at its default flags; both dictionaries scored by one
-script on held-out rows neither trained on.
+"""actstore beside SAELens and EleutherAI's sparsify on this machine: the same model, the same
+token ids, the same dictionary settings, each tool at its default flags; every dictionary
+scored by the same code (`scoring.score_rows`) on held-out rows no tool trained on.
 
-    bash benchmarks/peers/setup.sh                  # once: SAELens in .peers-venv
-    python -m benchmarks.peers.compare [--tokens 524288] [--rounds 2]
+    bash benchmarks/peers/setup.sh                  # once: the peers in .peers-venv
+    python -m benchmarks.peers.compare [--tokens 524288] [--rounds 3]
 
 Work: a random-initialised GPT-2 shape (4 blocks, d=256, 4 heads, context 128, MiniLM's
 tokenizer), the output of block 2 (`transformer.h.2` = TransformerLens'
@@ -12,14 +12,16 @@ standard library modules, packed into 128-token contexts (every tenth file is he
 1. Caching: `actstore generate` (default flags) vs SAELens' `CacheActivationsRunner` on the
    token ids of actstore's contexts table; wall time of the whole command (process start,
    imports, model load, writing) and the peak RSS of each, bytes on disk per token.
-2. Training: `actstore train --arch topk --latents 2048 --k 32 --batch-size 4096` at default
-   schedule vs SAELens' `LanguageModelSAETrainingRunner` (TopK, its defaults: lr 3e-4
-   constant) from each tool's own cache, the same number of tokens; wall time, and tokens/s
-   of the training loop as each tool reports it.
+2. Training, task 1: `actstore train --arch topk --latents 2048 --k 32 --batch-size 4096` at
+   the default schedule vs SAELens' `LanguageModelSAETrainingRunner` (TopK, lr 3e-4 constant)
+   from each tool's own cache, the same number of tokens; sparsify's `Trainer` (which caches
+   nothing) trains from the model over the same token ids, so its wall time compares with
+   actstore's caching plus training ("token ids to a trained dictionary").
+   Task 2: MiniLM `encoder.layer.3` rows (n=3072), which SAELens gets through its cache format
+   (`saelens_run.py import-cache`); sparsify is not run there (it trains from causal LMs).
 3. Quality: FVU, L0 and latents that never fire on held-out rows (actstore's activations of the
-   held-out files), computed for both dictionaries by `saelens_run.py score`, which loads each
-   with SAELens (actstore's through its SAELens export).
-Rounds alternate the tools; the table shows medians. Results go to `--out` as JSON.
+   held-out files); SAELens loads actstore's dictionaries through their SAELens export.
+Each round runs every tool once; the table shows medians. Results go to `--out` as JSON.
 """
 
 from __future__ import annotations
@@ -135,6 +137,12 @@ def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespa
     r["gpt2"] = train_both(work / "gpt2", a, model, Task(
         url, f"transformer.h.{LAYER}", work / "sl-cache", LATENTS, a.tokens, held["gpt2"],
         LAYER))
+    r["gpt2"]["sparsify"] = sparsify(work / "sparsify", a, model, work / "tokens.npy",
+                                     held["gpt2"])
+    r["end_to_end"] = {  # token ids to a trained dictionary, whole commands
+        "actstore": {"wall": gen["wall"] + r["gpt2"]["actstore"]["wall"]},
+        "saelens": {"wall": cache["wall"] + r["gpt2"]["saelens"]["wall"]},
+        "sparsify": {"wall": r["gpt2"]["sparsify"]["wall"]}}
     minilm = ActivationStore.open(held["minilm-store"])
     imported = work / "minilm-sl-cache"
     measured([a.peer_python, str(HERE / "saelens_run.py"), "import-cache",
@@ -145,6 +153,21 @@ def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespa
         minilm.url, hook, imported, MINILM_LATENTS, minilm.num_rows, held["minilm"],
         MINILM_LAYER, minilm.layout.d_model[hook]))
     return r
+
+
+def sparsify(work: Path, a: argparse.Namespace, model: str, tokens: Path,
+             held_rows: str) -> dict[str, Any]:
+    """EleutherAI sparsify trains from the model over the same token ids (it has no cache)."""
+    run = measured([a.peer_python, str(HERE / "sparsify_run.py"), "train", "--model", model,
+                    "--layer", str(LAYER), "--tokens", str(tokens), "--latents", str(LATENTS),
+                    "--k", str(K), "--batch-size", str(BATCH), "--out", str(work)])
+    done = json.loads(run["out"].strip().splitlines()[-1])
+    sae = work / "run" / f"h.{LAYER}"
+    scored = measured([a.peer_python, str(HERE / "sparsify_run.py"), "score", "--rows",
+                       held_rows, str(sae)])
+    s = json.loads(scored["out"].strip().splitlines()[-1])
+    return {"wall": run["wall"], "rss_mb": run["rss_mb"],
+            "run_tokens_per_s": done["tokens"] / done["seconds_in_trainer"], **s[str(sae)]}
 
 
 class Task(NamedTuple):
@@ -221,37 +244,43 @@ def inputs(work: Path, model: str, data: tuple[str, str], a: argparse.Namespace
 
 
 def table(rounds: list[dict[str, Any]]) -> str:
-    def med(*keys: str) -> float:
+    """Medians over the rounds; sparsify only in the rows it has (task 1's training, which
+    it does from the model, and end to end)."""
+    def med(*keys: str) -> float | None:
         vals = []
         for r in rounds:
             v: Any = r
             for k in keys:
+                if k not in v:
+                    return None
                 v = v[k]
             vals.append(float(v))
         return statistics.median(vals)
-    rows = []
-    for stage, metric, name in [
-            ("cache", "wall", "caching: wall s (whole command)"),
-            ("cache", "rss_mb", "caching: peak RSS MB"),
-            ("cache", "bytes_per_token", "caching: bytes/token on disk"),
-            *[(task, metric, f"{label}: {what}") for task, label in TASKS for metric, what in (
-                ("wall", "training wall s (whole command)"),
-                ("run_tokens_per_s", "training tokens/s (the run, no start-up)"),
-                ("rss_mb", "training peak RSS MB"),
-                ("fvu", "held-out FVU"), ("l0", "held-out L0"),
-                ("never_fire", "latents never firing on held-out rows"))]]:
-        ours, theirs = med(stage, "actstore", metric), med(stage, "saelens", metric)
-        rows.append(f"| {name} | {ours:,.3f} | {theirs:,.3f} | {ours / theirs:.2f} |"
-                    if theirs else f"| {name} | {ours:,.3f} | {theirs:,.3f} | |")
-    toks = med("cache", "actstore", "tokens")
-    ours_s, theirs_s = med("cache", "actstore", "wall"), med("cache", "saelens", "wall")
-    rows.insert(0, f"| caching: tokens/s end to end | {toks / ours_s:,.0f} | "
-                f"{toks / theirs_s:,.0f} | {theirs_s / ours_s:.2f} |")
+
+    def row(name: str, stage: str, metric: str) -> str:
+        ours, sl, sp = (med(stage, t, metric) for t in ("actstore", "saelens", "sparsify"))
+        cells = [f"{v:,.3f}" if v is not None else "" for v in (ours, sl, sp)]
+        ratios = [f"{ours / v:.2f}" if ours is not None and v else "" for v in (sl, sp)]
+        return f"| {name} | {' | '.join(cells)} | {' | '.join(ratios)} |"
+    rows = [row("token ids to a trained dictionary (task 1): wall s", "end_to_end", "wall")]
+    toks = med("cache", "actstore", "tokens") or 0.0
+    ours_s, sl_s = med("cache", "actstore", "wall") or 1.0, med("cache", "saelens", "wall") or 1.0
+    rows.append(f"| caching: tokens/s end to end | {toks / ours_s:,.0f} | {toks / sl_s:,.0f} | "
+                f"| {sl_s / ours_s:.2f} (speed-up) | |")
     paired = [r["cache"]["saelens"]["wall"] / r["cache"]["actstore"]["wall"] for r in rounds]
-    rows.insert(1, "| caching: speed-up of each round (paired) | | | "
-                + ", ".join(f"{x:.2f}" for x in paired) + " |")
-    return "\n".join(["| median | actstore | SAELens | actstore / SAELens |",
-                      "| --- | --- | --- | --- |", *rows])
+    rows.append("| caching: speed-up of each round (paired) | | | | "
+                + ", ".join(f"{x:.2f}" for x in paired) + " | |")
+    rows += [row(f"caching: {what}", "cache", metric) for metric, what in (
+        ("wall", "wall s (whole command)"), ("rss_mb", "peak RSS MB"),
+        ("bytes_per_token", "bytes/token on disk"))]
+    for task, label in TASKS:
+        rows += [row(f"{label}: {what}", task, metric) for metric, what in (
+            ("wall", "training wall s (whole command)"),
+            ("run_tokens_per_s", "training tokens/s (the run, no start-up)"),
+            ("rss_mb", "training peak RSS MB"), ("fvu", "held-out FVU"),
+            ("l0", "held-out L0"), ("never_fire", "latents never firing on held-out rows"))]
+    return "\n".join(["| median | actstore | SAELens | sparsify | actstore / SAELens | "
+                      "actstore / sparsify |", "| --- | --- | --- | --- | --- | --- |", *rows])
 
 
 def main() -> None:
@@ -261,11 +290,11 @@ def main() -> None:
     p.add_argument("--held-out", type=int, default=65_536, help="held-out rows scored")
     p.add_argument("--minilm-tokens", type=int, default=262_144,
                    help="task 2: MiniLM rows both tools train on")
-    p.add_argument("--rounds", type=int, default=2, help="rounds (medians reported)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (medians reported)")
     p.add_argument("--peer-python", default=os.environ.get(
         "ACTSTORE_PEERS_PYTHON", str(REPO / ".peers-venv" / "bin" / "python")),
         help="python of the peers' environment (benchmarks/peers/setup.sh)")
-    p.add_argument("--out", default="bench-out/peers-saelens.json", help="results JSON")
+    p.add_argument("--out", default="bench-out/peers.json", help="results JSON")
     a = p.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", RAY_ADDRESS="", WANDB_MODE="disabled")
     base = Path(tempfile.mkdtemp(prefix="actstore-peers-", dir="bench-out"))

@@ -25,8 +25,10 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks.peers.scoring
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 T0 = time.perf_counter()
@@ -125,21 +127,17 @@ def score(a: argparse.Namespace) -> dict[str, Any]:
     import torch
     from sae_lens import SAE
 
+    from benchmarks.peers.scoring import score_rows
+
     x = torch.from_numpy(np.load(a.rows).astype(np.float32))
-    total = (x - x.mean(0)).pow(2).sum()
     out: dict[str, Any] = {}
     for path in a.saes:
         sae = SAE.load_from_disk(path, device="cpu")
-        err, fired, l0 = 0.0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
-        with torch.no_grad():
-            for i in range(0, len(x), 4096):
-                xb = x[i:i + 4096]
-                z = sae.encode(xb)
-                err += float((sae.decode(z) - xb).pow(2).sum())
-                fired |= (z != 0).any(0)
-                l0 += float((z != 0).sum())
-        out[path] = {"fvu": err / float(total), "l0": l0 / len(x),
-                     "never_fire": int((~fired).sum()), "class": type(sae).__name__}
+
+        def reconstruct(xb: torch.Tensor, sae: Any = sae) -> tuple[torch.Tensor, torch.Tensor]:
+            z = sae.encode(xb)
+            return sae.decode(z), z.nonzero()[:, 1]
+        out[path] = {**score_rows(x, reconstruct, sae.cfg.d_sae), "class": type(sae).__name__}
     return out
 
 

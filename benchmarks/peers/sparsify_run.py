@@ -1,0 +1,91 @@
+"""EleutherAI sparsify's side of `benchmarks/peers/compare.py`; runs in the peers' environment
+(`benchmarks/peers/setup.sh`), never imports actstore. Each subcommand prints one JSON line.
+
+    sparsify_run.py train --model DIR --layer L --tokens T.npy --latents N --k K --out DIR
+    sparsify_run.py score --rows X.npy SAE_DIR [SAE_DIR ...]
+
+sparsify trains from the model directly (it caches nothing): `train` runs its `Trainer` on the
+saved Hugging Face checkpoint over the given token ids, hooking block L's output, at its
+defaults for everything the comparison does not fix (signum optimiser, its learning-rate rule,
+1000 warmup steps, no AuxK). The batch is in sequences: `--batch-size` tokens / context length.
+`score` loads each saved `SparseCoder` and scores it on the given rows with the same code as
+`saelens_run.py score` (`scoring.score_rows`): FVU, L0, latents that never fire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks.peers.scoring
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+T0 = time.perf_counter()
+
+
+def train(a: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import transformers
+    from datasets import Dataset
+    from sparsify import SparseCoderConfig, TrainConfig, Trainer
+
+    tokens = np.load(a.tokens)
+    dataset = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.model)
+    cfg = TrainConfig(SparseCoderConfig(num_latents=a.latents, k=a.k),
+                      batch_size=a.batch_size // tokens.shape[1], layers=[a.layer],
+                      log_to_wandb=False, save_dir=a.out, run_name="run", save_every=10**9)
+    t = time.perf_counter()
+    trainer = Trainer(cfg, dataset, model)
+    trainer.fit()
+    return {"seconds_in_trainer": time.perf_counter() - t, "tokens": int(tokens.size)}
+
+
+def score(a: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from sparsify import SparseCoder
+
+    from benchmarks.peers.scoring import score_rows
+
+    x = torch.from_numpy(np.load(a.rows).astype(np.float32))
+    out: dict[str, Any] = {}
+    for path in a.saes:
+        sae = SparseCoder.load_from_disk(path, device="cpu")
+
+        def reconstruct(xb: torch.Tensor, sae: Any = sae) -> tuple[torch.Tensor, torch.Tensor]:
+            enc = sae.encode(xb)
+            return (sae.decode(enc.top_acts, enc.top_indices),
+                    enc.top_indices[enc.top_acts > 0])
+        out[path] = {**score_rows(x, reconstruct, sae.num_latents), "class": type(sae).__name__}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="TopK training from the model, sparsify's defaults")
+    t.add_argument("--model", required=True, help="saved HF causal LM checkpoint folder")
+    t.add_argument("--layer", type=int, required=True, help="block whose output is hooked")
+    t.add_argument("--tokens", required=True, help=".npy (contexts, context_length) int")
+    t.add_argument("--latents", type=int, required=True, help="dictionary size")
+    t.add_argument("--k", type=int, required=True, help="active latents per token")
+    t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
+    t.add_argument("--out", required=True, help="output folder")
+    s = sub.add_parser("score", help="FVU / L0 / never-firing latents on held-out rows")
+    s.add_argument("--rows", required=True, help=".npy (rows, d) held-out activations")
+    s.add_argument("saes", nargs="+", help="saved SparseCoder folders")
+    a = p.parse_args()
+    result = {"train": train, "score": score}[a.cmd](a)
+    result["seconds_in_process"] = time.perf_counter() - T0
+    print(json.dumps(result), file=sys.stdout, flush=True)
+
+
+if __name__ == "__main__":
+    main()
