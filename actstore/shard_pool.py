@@ -176,7 +176,7 @@ def run_local(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
 class LocalPool(ShardPool):
     """One `ShardWorker` in this process, two threads feeding it: the model runs under the
     worker's lock while the previous shard compresses and uploads. No Ray, no child process:
-    what a local job on one GPU, or a short one on CPU, needs."""
+    what a local job on one device needs."""
 
     def __init__(self, store: ActivationStore, make_worker: Any, max_retries: int) -> None:
         self.make_worker = make_worker

@@ -105,3 +105,38 @@ def test_a_short_local_job_runs_in_this_process(tmp_path: Path,
     assert store.num_shards >= 4
     assert verify(store).ok
     assert_matches_forward(result.url, model, {hook: 1})
+
+
+@pytest.mark.slow
+def test_an_error_stops_an_in_process_run_and_a_rerun_finishes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real error while writing (not a passing fault) stops the run with that error, the
+    other shard in flight stops too, the lock is released, and the same command again
+    completes the store."""
+    import actstore.worker
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    model = save_tiny("gpt2", tmp_path)
+    cfg = _cfg(tmp_path / "out", model=model, hooks=(LAYERS["gpt2"].format(1),),
+               context_length=32, max_tokens=4000, batch_size=2)
+    real = actstore.worker.write_shard
+    calls: list[int] = []
+
+    def failing(store: ActivationStore, shard: int, *args: object, **kw: object) -> None:
+        calls.append(shard)
+        if len(calls) == 2:
+            raise ValueError("the disk refused this shard")
+        real(store, shard, *args, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(actstore.worker, "write_shard", failing)
+    with pytest.raises(ValueError, match="the disk refused"):
+        generate(cfg)
+    store = ActivationStore.open(next(p for p in (tmp_path / "out").iterdir()).as_posix())
+    assert len(calls) <= 3  # the shard computing beside it stopped at its next batch
+    assert store.num_shards >= 4
+    done = store.shards_done()
+    assert 1 <= len(done) < store.num_shards
+    monkeypatch.setattr(actstore.worker, "write_shard", real)
+    result = generate(cfg)  # the lock was released: the rerun takes it and finishes
+    assert result.tokens == store.num_rows - sum(
+        b - a for a, b in map(store.layout.shard_rows_range, done))
+    assert verify(ActivationStore.open(result.url)).ok
