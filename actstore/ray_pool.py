@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from actstore.shard_pool import IN_FLIGHT_PER_WORKER, ShardPool, WorkerDiedError
+from actstore.shard_pool import IN_FLIGHT_PER_WORKER, ShardPool, WorkerDiedError, worker_args
 from actstore.store import ActivationStore
 from actstore.worker import ShardWorker
 from actstore.writer import this_process
@@ -35,26 +35,18 @@ def run_shards(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
     are committed or raises."""
     import ray
 
-    from actstore.generate import device_and_dtype
-
     if not shards:
         return
-    device, dtype = device_and_dtype(cfg)
+    args = worker_args(cfg, job_id, plan)
     actor_cls = ray.remote(ShardWorker).options(
-        num_gpus=1 if device == "cuda" else 0, num_cpus=plan.cpus,
+        num_gpus=1 if args["device"] == "cuda" else 0, num_cpus=plan.cpus,
         max_concurrency=IN_FLIGHT_PER_WORKER, max_restarts=0, runtime_env=worker_runtime_env())
 
     def start() -> Any:
-        return actor_cls.remote(store.url, model=cfg.model, revision=cfg.revision,
-                                model_dtype=dtype, device=device, batch_size=cfg.batch_size,
-                                job_id=job_id, storage_options=cfg.storage_options,
-                                driver=this_process(), threads=plan.threads)
+        return actor_cls.remote(store.url, driver=this_process(), **args)
 
-    pool = RayPool(store, start, min(plan.workers, len(shards)), cfg.max_retries)
-    try:
-        pool.run(shards, progress=cfg.progress, desc=f"generate {store.key}")
-    finally:
-        pool.shutdown()
+    RayPool(store, start, min(plan.workers, len(shards)), cfg.max_retries).run(
+        shards, progress=cfg.progress, desc=f"generate {store.key}")
 
 
 class RayPool(ShardPool):

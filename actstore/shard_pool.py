@@ -70,24 +70,29 @@ class ShardPool(ABC):
         """Stop every worker."""
 
     def run(self, shards: list[int], *, progress: bool, desc: str) -> None:
-        """Commit every shard in `shards`; returns when all are committed or raises."""
+        """Commit every shard in `shards`; returns when all are committed or raises. The
+        workers are stopped either way."""
         total = sum(b - a for a, b in map(self.store.layout.shard_rows_range, shards))
         queue = deque(shards)
-        with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress,
-                  desc=desc) as bar:
-            while True:
-                self._release_due(queue)
-                for k in list(self.workers):  # a requeued shard goes to whoever has room
-                    self._feed(k, queue)
-                if not (self.in_flight or self.delayed):
-                    return
-                now = time.monotonic()  # sleep until a result, or the next retry is due
-                wait = max(0.0, min((t for t, _ in self.delayed), default=now + 60.0) - now)
-                if not self.in_flight:
-                    time.sleep(wait)
-                    continue
-                for handle in self._wait(list(self.in_flight), wait):
-                    self._collect(handle, queue, bar)
+        try:
+            with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress,
+                      desc=desc) as bar:
+                while True:
+                    self._release_due(queue)
+                    for k in list(self.workers):  # a requeued shard goes to whoever has room
+                        self._feed(k, queue)
+                    if not (self.in_flight or self.delayed):
+                        return
+                    now = time.monotonic()  # sleep until a result, or the next retry is due
+                    wait = max(0.0, min((t for t, _ in self.delayed), default=now + 60.0)
+                               - now)
+                    if not self.in_flight:
+                        time.sleep(wait)
+                        continue
+                    for handle in self._wait(list(self.in_flight), wait):
+                        self._collect(handle, queue, bar)
+        finally:
+            self.shutdown()
 
     def _collect(self, handle: Any, queue: deque[int], bar: tqdm[Any]) -> None:
         key, shard = self.in_flight.pop(handle)
@@ -147,29 +152,29 @@ class ShardPool(ABC):
             self.next_id += 1
 
 
+def worker_args(cfg: GenerateConfig, job_id: str, plan: WorkerPlan) -> dict[str, Any]:
+    """`ShardWorker`'s keyword arguments for this job, wherever it runs."""
+    from actstore.generate import device_and_dtype
+
+    device, dtype = device_and_dtype(cfg)
+    return {"model": cfg.model, "revision": cfg.revision, "model_dtype": dtype,
+            "device": device, "batch_size": cfg.batch_size, "job_id": job_id,
+            "storage_options": cfg.storage_options, "threads": plan.threads}
+
+
 def run_local(cfg: GenerateConfig, store: ActivationStore, shards: list[int],
               job_id: str, plan: WorkerPlan) -> None:
     """Commit every shard in `shards` with one worker in this process."""
     import torch
 
-    from actstore.generate import device_and_dtype
-
     if not shards:
         return
-    device, dtype = device_and_dtype(cfg)
+    args = worker_args(cfg, job_id, plan)
     threads = torch.get_num_threads()
-
-    def start() -> ShardWorker:
-        return ShardWorker(store.url, model=cfg.model, revision=cfg.revision,
-                           model_dtype=dtype, device=device, batch_size=cfg.batch_size,
-                           job_id=job_id, storage_options=cfg.storage_options,
-                           threads=plan.threads)
-
-    pool = LocalPool(store, start, cfg.max_retries)
     try:
-        pool.run(shards, progress=cfg.progress, desc=f"generate {store.key}")
+        LocalPool(store, lambda: ShardWorker(store.url, **args), cfg.max_retries).run(
+            shards, progress=cfg.progress, desc=f"generate {store.key}")
     finally:
-        pool.shutdown()
         torch.set_num_threads(threads)  # the worker set this process's
 
 
