@@ -76,8 +76,8 @@ class Splicer:
             self.chunks = torch.split(self.ids, max(1, CHUNK_ELEMENTS // per_context))
             zero: dict[str, float] = {}
             for ids in self.chunks:  # the zero-ablation baseline, summed over chunks
-                _add(zero, self._compare(self._run(None, ids), self._run(torch.zeros_like, ids),
-                                         ids))
+                _add(zero, self._compare(self._reference(ids),
+                                         self._run(torch.zeros_like, ids), ids))
             self.zero = zero
 
     def _run(self, replace: Replace | None, ids: torch.Tensor) -> torch.Tensor:
@@ -97,16 +97,22 @@ class Splicer:
         result: torch.Tensor = logits if logits is not None else out.last_hidden_state
         return result.float()
 
-    def _compare(self, clean: torch.Tensor, other: torch.Tensor,
+    def _reference(self, ids: torch.Tensor) -> torch.Tensor:
+        """The clean run of the contexts `ids`, as `_compare` takes it: the log-probabilities
+        of the predicted positions (LM), or the final states (encoders)."""
+        clean = self._run(None, ids)
+        return F.log_softmax(clean[:, :-1].flatten(0, 1), -1) if self.is_lm else clean
+
+    def _compare(self, reference: torch.Tensor, other: torch.Tensor,
                  ids: torch.Tensor) -> dict[str, float]:
         """Sums over this chunk's predicted tokens (LM) or positions (encoders): the clean and
         the other run's CE and KL(clean || other), or the other's final-state squared error."""
         if not self.is_lm:
-            return {"se": float((other - clean).pow(2).sum(-1).double().sum()),
-                    "n": float(clean[..., 0].numel())}
+            return {"se": float((other - reference).pow(2).sum(-1).double().sum()),
+                    "n": float(reference[..., 0].numel())}
         target = ids[:, 1:].flatten()
-        clean, other = clean[:, :-1].flatten(0, 1), other[:, :-1].flatten(0, 1)
-        log_p, log_q = F.log_softmax(clean, -1), F.log_softmax(other, -1)
+        log_p, log_q = reference, F.log_softmax(other[:, :-1].flatten(0, 1), -1)
+
         def total(per_token: torch.Tensor) -> float:
             return float(per_token.double().sum())  # summed in float64 across chunks
         return {"ce_clean": total(F.nll_loss(log_p, target, reduction="none")),
@@ -121,14 +127,14 @@ class Splicer:
         fired = [torch.zeros(s.cfg.latents, dtype=torch.bool, device=self.ids.device)
                  for s in saes]
         for ids in self.chunks:
-            clean = self._run(None, ids)
+            reference = self._reference(ids)  # once per chunk, for every dictionary
             for sae, total, seen in zip(saes, sums, fired, strict=True):
                 def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae,
                                 seen: torch.Tensor = seen) -> torch.Tensor:
                     z = sae.encode(self.norm.apply(h.float()))
                     seen |= (z > 0).flatten(0, -2).any(0)
                     return self.norm.invert(sae.decode(z))
-                _add(total, self._compare(clean, self._run(reconstruct, ids), ids))
+                _add(total, self._compare(reference, self._run(reconstruct, ids), ids))
         results = []
         for total, seen in zip(sums, fired, strict=True):
             metrics = self._lm_metrics(total) if self.is_lm else self._state_metrics(total)
