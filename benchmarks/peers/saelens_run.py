@@ -123,22 +123,19 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def score(a: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
     import torch
     from sae_lens import SAE
 
-    from benchmarks.peers.scoring import score_rows
+    from benchmarks.peers.scoring import Reconstruct, score_files
 
-    x = torch.from_numpy(np.load(a.rows).astype(np.float32))
-    out: dict[str, Any] = {}
-    for path in a.saes:
+    def load(path: str) -> tuple[Reconstruct, int, str]:
         sae = SAE.load_from_disk(path, device="cpu")
 
-        def reconstruct(xb: torch.Tensor, sae: Any = sae) -> tuple[torch.Tensor, torch.Tensor]:
+        def reconstruct(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             z = sae.encode(xb)
             return sae.decode(z), z.nonzero()[:, 1]
-        out[path] = {**score_rows(x, reconstruct, sae.cfg.d_sae), "class": type(sae).__name__}
-    return out
+        return reconstruct, sae.cfg.d_sae, type(sae).__name__
+    return score_files(a.rows, a.saes, load)
 
 
 def main() -> None:

@@ -4,12 +4,26 @@ the held-out rows' own mean, L0, latents that never fire."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 #: Reconstructs a batch of rows: (x_hat, the latent id of every active code in the batch).
 Reconstruct = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: Loads a saved dictionary: (its Reconstruct, its number of latents, its class name).
+Load = Callable[[str], tuple[Reconstruct, int, str]]
+
+
+def score_files(rows: str, paths: Sequence[str], load: Load) -> dict[str, Any]:
+    """`score_rows` for each saved dictionary in `paths` on the rows of the .npy `rows`."""
+    x = torch.from_numpy(np.load(rows).astype(np.float32))
+    out: dict[str, Any] = {}
+    for path in paths:
+        reconstruct, latents, name = load(path)
+        out[path] = {**score_rows(x, reconstruct, latents), "class": name}
+    return out
 
 
 def score_rows(x: torch.Tensor, reconstruct: Reconstruct, latents: int,

@@ -47,23 +47,20 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def score(a: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
     import torch
     from sparsify import SparseCoder
 
-    from benchmarks.peers.scoring import score_rows
+    from benchmarks.peers.scoring import Reconstruct, score_files
 
-    x = torch.from_numpy(np.load(a.rows).astype(np.float32))
-    out: dict[str, Any] = {}
-    for path in a.saes:
+    def load(path: str) -> tuple[Reconstruct, int, str]:
         sae = SparseCoder.load_from_disk(path, device="cpu")
 
-        def reconstruct(xb: torch.Tensor, sae: Any = sae) -> tuple[torch.Tensor, torch.Tensor]:
+        def reconstruct(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             enc = sae.encode(xb)
             return (sae.decode(enc.top_acts, enc.top_indices),
                     enc.top_indices[enc.top_acts > 0])
-        out[path] = {**score_rows(x, reconstruct, sae.num_latents), "class": type(sae).__name__}
-    return out
+        return reconstruct, sae.num_latents, type(sae).__name__
+    return score_files(a.rows, a.saes, load)
 
 
 def main() -> None:
