@@ -12,9 +12,11 @@ from trainer.dictionaries import DictionaryConfig, SparseDictionary, geometric_m
 D, N, B = 4, 6, 5
 
 
-def make(arch: str, **kw: object) -> tuple[SparseDictionary, torch.Tensor]:
+def make(arch: str, kernel: str = "auto", **kw: object
+         ) -> tuple[SparseDictionary, torch.Tensor]:
     torch.manual_seed(0)
-    sae = SparseDictionary(DictionaryConfig(arch=arch, d_model=D, latents=N, **kw)).double()  # type: ignore[arg-type]
+    cfg = DictionaryConfig(arch=arch, d_model=D, latents=N, **kw)  # type: ignore[arg-type]
+    sae = SparseDictionary(cfg, kernel=kernel).double()  # type: ignore[arg-type]
     with torch.no_grad():  # non-trivial biases, so the tied-bias algebra is exercised
         sae.b_enc.copy_(torch.randn(N) * 0.1)
         sae.b_dec.copy_(torch.randn(D) * 0.1)
@@ -38,6 +40,11 @@ def ref_decode(sae: SparseDictionary, z: list[list[float]]) -> torch.Tensor:
                          for b in range(B)], dtype=torch.float64)
 
 
+def dense(z: torch.Tensor) -> torch.Tensor:
+    """Codes as a dense matrix (the sparse step returns them as a sparse COO tensor)."""
+    return z.to_dense() if z.is_sparse else z
+
+
 def ref_mse(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     return sum(float(((x_hat[b] - x[b]) ** 2).sum()) for b in range(B)) / B
 
@@ -53,20 +60,22 @@ def test_relu_l1_matches_reference() -> None:
     assert out.loss.item() == pytest.approx(ref_mse(x_hat, x) + l1, rel=1e-12)
 
 
-def test_topk_matches_reference() -> None:
-    sae, x = make("topk", k=2)
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_topk_matches_reference(kernel: str) -> None:
+    sae, x = make("topk", kernel, k=2)
     out = sae(x)
     z = []
     for row in ref_pre(sae, x):
         keep = sorted(range(N), key=lambda i: -row[i])[:2]
         z.append([max(0.0, row[i]) if i in keep else 0.0 for i in range(N)])
-    torch.testing.assert_close(out.z, torch.tensor(z, dtype=torch.float64))
+    torch.testing.assert_close(dense(out.z), torch.tensor(z, dtype=torch.float64))
     assert float(out.terms["aux_loss"]) == 0.0  # nothing is dead yet
     assert out.loss.item() == pytest.approx(ref_mse(ref_decode(sae, z), x), rel=1e-12)
 
 
-def test_batchtopk_matches_reference_and_learns_its_threshold() -> None:
-    sae, x = make("batchtopk", k=2)
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_batchtopk_matches_reference_and_learns_its_threshold(kernel: str) -> None:
+    sae, x = make("batchtopk", kernel, k=2)
     out = sae(x)
     pre = ref_pre(sae, x)
     ranked = sorted(((max(0.0, pre[b][i]), b, i) for b in range(B) for i in range(N)),
@@ -74,12 +83,15 @@ def test_batchtopk_matches_reference_and_learns_its_threshold() -> None:
     z = [[0.0] * N for _ in range(B)]
     for v, b, i in ranked:
         z[b][i] = v
-    torch.testing.assert_close(out.z, torch.tensor(z, dtype=torch.float64))
+    torch.testing.assert_close(dense(out.z), torch.tensor(z, dtype=torch.float64))
     smallest = min(v for v, _, _ in ranked if v > 0)
     assert float(sae.threshold) == pytest.approx(smallest)  # first batch sets it
     inference = sae.encode(x)  # per token, against the threshold, no batch coupling
     want = [[max(0.0, p) if p > smallest else 0.0 for p in row] for row in pre]
     torch.testing.assert_close(inference, torch.tensor(want, dtype=torch.float64))
+    x_hat, fired = sae.reconstruct(x)  # the same codes, without a (tokens, latents) matrix
+    torch.testing.assert_close(x_hat, ref_decode(sae, want))
+    assert fired.tolist() == [any(row[i] > 0 for row in want) for i in range(N)]
 
 
 def test_jumprelu_forward_and_straight_through_gradients() -> None:
@@ -108,8 +120,9 @@ def test_jumprelu_forward_and_straight_through_gradients() -> None:
         assert float(sae.log_threshold.grad[i]) == pytest.approx(d_theta * theta[i], abs=1e-12)
 
 
-def test_auxk_reconstructs_the_residual_from_dead_latents() -> None:
-    sae, x = make("topk", k=1, aux_k=2, aux_coef=0.5, dead_after_tokens=1)
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_auxk_reconstructs_the_residual_from_dead_latents(kernel: str) -> None:
+    sae, x = make("topk", kernel, k=1, aux_k=2, aux_coef=0.5, dead_after_tokens=1)
     sae.tokens_since_fired.fill_(5)
     sae.tokens_since_fired[0] = 0  # latent 0 is alive; the rest are dead
     out = sae(x)
@@ -174,7 +187,7 @@ def test_ensemble_members_equal_training_each_alone() -> None:
         ensemble.step(x)
     for i, cfg in enumerate(configs):
         alone = SparseDictionary(cfg, torch.Generator().manual_seed(3 + i)).double()
-        opt = torch.optim.Adam(alone.parameters(), lr=1e-2)
+        opt = adam(1e-2)(alone)  # the same optimiser as the ensemble members
         for x in batches:
             train_step(alone, alone, opt, x, grad_clip=1.0)
         for (name, a), b in zip(alone.state_dict().items(),

@@ -19,9 +19,29 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from trainer import distributed
+from trainer import distributed, kernels
+from trainer.initialisation import geometric_median, initial_decoder
+from trainer.kernels.jumprelu import jump_relu, step
+
+__all__ = ["DictionaryConfig", "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
 
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
+Kernel = Literal["auto", "dense", "sparse"]
+#: Architectures whose codes are chosen by rank, so the sparse step applies (see kernels/).
+SELECTED = ("topk", "batchtopk")
+
+
+def resolve_kernel(arch: Arch, kernel: Kernel) -> Literal["dense", "sparse"]:
+    """The step a dictionary trains with: sparse for topk/batchtopk unless asked otherwise.
+    ReLU and JumpReLU keep the dense step: which of their codes are non-zero is known only
+    after the full (batch, latents) pre-activations exist, so the encoder cannot skip them,
+    and their early-training codes are far from sparse (L0 in the hundreds or thousands)."""
+    if kernel == "sparse" and arch not in SELECTED:
+        raise ValueError(f"--kernel sparse applies to {' and '.join(SELECTED)}; --arch {arch} "
+                         "trains with the dense step")
+    if kernel == "auto":
+        return "sparse" if arch in SELECTED else "dense"
+    return kernel
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,7 @@ class Output(NamedTuple):
     x_hat: torch.Tensor
     """Reconstruction, like x."""
     z: torch.Tensor
-    """Codes, (batch, latents)."""
+    """Codes, (batch, latents): dense, or a detached sparse COO tensor from the sparse step."""
     loss: torch.Tensor
     """Total loss (scalar)."""
     terms: dict[str, torch.Tensor]
@@ -83,77 +103,44 @@ class Output(NamedTuple):
     """Per latent, the tokens of this batch on which it was active, (latents,) int64."""
 
 
-def _rectangle(u: torch.Tensor) -> torch.Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-
-
-class _JumpReLU(torch.autograd.Function):
-    """x * H(x - t); d/dt by the straight-through estimator of Rajamanoharan et al. (2024)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, bw: float) -> torch.Tensor:
-        ctx.save_for_backward(x, t)
-        ctx.bw = bw
-        return x * (x > t).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        x, t = ctx.saved_tensors
-        gx = g * (x > t).to(g.dtype)
-        gt = (g * -(t / ctx.bw) * _rectangle((x - t) / ctx.bw)).sum(0)
-        return gx, gt, None
-
-
-class _Step(torch.autograd.Function):
-    """H(x - t); no gradient to x, straight-through gradient to t."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, bw: float) -> torch.Tensor:
-        ctx.save_for_backward(x, t)
-        ctx.bw = bw
-        return (x > t).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        x, t = ctx.saved_tensors
-        gt = (g * -(1.0 / ctx.bw) * _rectangle((x - t) / ctx.bw)).sum(0)
-        return torch.zeros_like(x), gt, None
-
-
-def jump_relu(x: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    out: torch.Tensor = _JumpReLU.apply(x, threshold, bandwidth)  # type: ignore[no-untyped-call]
-    return out
-
-
-def step(x: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    out: torch.Tensor = _Step.apply(x, threshold, bandwidth)  # type: ignore[no-untyped-call]
-    return out
-
-
 class SparseDictionary(nn.Module):
     """A dictionary of `latents` unit-norm directions in a `d_model` space."""
 
+    replica_group: Any = None
+    """Process group of the ranks holding these same latents (None: every rank)."""
     threshold: torch.Tensor
     """batchtopk's inference threshold (a running estimate of the smallest kept activation)."""
     tokens_since_fired: torch.Tensor
     """Per latent, tokens since it last fired (dead latents, AuxK)."""
 
-    def __init__(self, cfg: DictionaryConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, cfg: DictionaryConfig, generator: torch.Generator | None = None,
+                 kernel: Kernel = "auto", shard: tuple[int, int] | None = None) -> None:
+        """`shard`: the [start, stop) of the latents this module holds (latent sharding);
+        they are initialised exactly as the same rows of the whole dictionary."""
         super().__init__()
         self.cfg = cfg
-        d, n = cfg.d_model, cfg.latents
-        w = torch.empty(n, d)
-        bound = 1 / math.sqrt(d)
-        w.uniform_(-bound, bound, generator=generator)
-        w = w / w.norm(dim=1, keepdim=True)
+        self.kernel = resolve_kernel(cfg.arch, kernel)
+        d = cfg.d_model
+        self.start, self.stop = shard or (0, cfg.latents)
+        n = self.stop - self.start
+        seed = (generator.initial_seed() if generator is not None
+                else int(torch.randint(0, 2**62, ()).item()))
+        w = initial_decoder(d, self.start, self.stop, seed)
         self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.T.clone())  # encoder = decoder transpose at init
+        # encoder = decoder transpose at init; stored latent-major (the clone keeps w.T's
+        # strides), so a latent's encoder column is contiguous, as the sparse step reads it
+        self.W_enc = nn.Parameter(w.T.clone())
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.b_dec = nn.Parameter(torch.zeros(d))
         if cfg.arch == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((n,), math.log(cfg.jump_init_threshold)))
         self.register_buffer("threshold", torch.zeros(()))  # batchtopk at inference
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long))
+
+    @property
+    def local_latents(self) -> int:
+        """Latents this module holds (all of them unless sharded)."""
+        return self.stop - self.start
 
     # --- the maps ---------------------------------------------------------------------------
 
@@ -175,14 +162,35 @@ class SparseDictionary(nn.Module):
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         return jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: the reconstruction of x (..., d) and which latents fired, (latents,)
+        bool; under the sparse kernel without a (tokens, latents) tensor."""
+        if self.kernel == "dense":
+            z = self.encode(x)
+            return self.decode(z), (z > 0).flatten(0, -2).any(0)
+        flat = x.flatten(0, -2)
+        rows, n = flat.shape[0], self.cfg.latents
+        acc: kernels.Accumulator = (
+            kernels.RowTopK(rows, self.cfg.k or 1, x.device) if self.cfg.arch == "topk"
+            else kernels.Above(rows, n, self.threshold))
+        sel, = kernels.select(flat - self.b_dec, self.W_enc, self.b_enc, [acc])
+        codes = torch.relu(sel.values)
+        fired = torch.zeros(n, dtype=torch.bool, device=x.device)
+        fired[sel.cols[codes > 0]] = True
+        x_hat = kernels.decode([sel], [codes], self.W_dec)[0] + self.b_dec
+        return x_hat.view_as(x), fired
+
     def forward(self, x: torch.Tensor) -> Output:
         """Training pass: codes, reconstruction, losses; tracks which latents fire."""
+        if self.kernel == "sparse":
+            return self._forward_sparse(x)
         pre = self.pre_acts(x)
         arch = self.cfg.arch
         fired = None  # per-latent counts: from the B·k selections when there are some
         if arch == "batchtopk":
             z, fired = _batch_topk(pre, (self.cfg.k or 1) * x.shape[0])
-            self._update_threshold(z)
+            self._update_threshold(z.masked_fill(z <= 0, math.inf).min())
         elif arch == "jumprelu":
             z = jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
         elif arch == "topk":
@@ -221,13 +229,40 @@ class SparseDictionary(nn.Module):
         residual = (x - x_hat).detach()
         return ((z_aux @ self.W_dec - residual) ** 2).sum(-1).mean()
 
+    def _forward_sparse(self, x: torch.Tensor) -> Output:
+        """The same pass without (batch, latents) tensors: latents selected block by block,
+        gradients only through the selected entries (trainer/kernels)."""
+        cfg, batch = self.cfg, x.shape[0]
+        xc = x - self.b_dec
+        k = cfg.k or 1
+        main: kernels.Accumulator = (kernels.RowTopK(batch, k, x.device) if cfg.arch == "topk"
+                                     else kernels.BatchTopK(batch, cfg.latents, k * batch,
+                                                            x.device))
+        dead = self.dead_mask()
+        k_aux = min(cfg.aux_k or 2 * k, int(dead.sum()))
+        accs = [main] + ([kernels.RowTopK(batch, k_aux, x.device, dead)] if k_aux else [])
+        sels = kernels.select(xc.detach(), self.W_enc, self.b_enc, accs)
+        codes = [torch.relu(v) for v in kernels.selected(xc, self.W_enc, self.b_enc, sels)]
+        decoded = kernels.decode(sels, codes, self.W_dec)
+        x_hat = decoded[0] + self.b_dec
+        terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
+        if k_aux:  # AuxK: the dead latents' top k_aux reconstruct the residual
+            aux_err = decoded[1] - (x - x_hat).detach()
+            terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
+        sel, z = sels[0], codes[0]
+        fired = selection_counts(sel.cols, z.detach() > 0, cfg.latents)
+        if cfg.arch == "batchtopk":
+            self._update_threshold(smallest_positive(z.detach()))
+        self._track(fired, batch)
+        loss = terms["mse"] + terms["aux_loss"]
+        return Output(x_hat, kernels.to_sparse(sel, z, cfg.latents), loss,
+                      {k: v.detach() for k, v in terms.items()}, fired)
+
     @torch.no_grad()
-    def _update_threshold(self, z: torch.Tensor) -> None:
-        """Running estimate of the smallest kept activation, over the batches of all ranks
-        (so every rank keeps the same threshold)."""
-        # float32 even under autocast; +inf when nothing fired (then the threshold stays)
-        current = z.masked_fill(z <= 0, math.inf).min().to(self.threshold.dtype)
-        current = distributed.all_reduce(current, "min")
+    def _update_threshold(self, smallest: torch.Tensor) -> None:
+        """Running estimate of the smallest kept activation (`smallest`: this batch's, +inf
+        when nothing fired), over the batches of all ranks (every rank keeps the same)."""
+        current = distributed.all_reduce(smallest.to(self.threshold.dtype), "min")
         m = self.cfg.threshold_momentum  # torch.where, not `if`: no host sync per step
         updated = torch.where(self.threshold == 0, current,
                               (1 - m) * self.threshold + m * current)
@@ -235,11 +270,21 @@ class SparseDictionary(nn.Module):
 
     @torch.no_grad()
     def _track(self, counts: torch.Tensor, tokens: int) -> None:
-        """Tokens since each latent fired, over all ranks' batches (the same on every rank;
-        DDP's buffer broadcast is off because it would overwrite this with rank 0's view)."""
-        fired = distributed.all_reduce((counts > 0).to(torch.int32), "max").bool()
-        self.tokens_since_fired.add_(tokens * distributed.world_size())
+        """Tokens since each latent fired, over the batches of every rank holding these
+        latents (the same on all of them; DDP's buffer broadcast is off because it would
+        overwrite this with one rank's view)."""
+        group = self.replica_group
+        fired = distributed.all_reduce((counts > 0).to(torch.int32), "max", group).bool()
+        self.tokens_since_fired.add_(tokens * distributed.group_size(group))
         self.tokens_since_fired.masked_fill_(fired, 0)
+
+    def over_shards(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of a per-shard quantity over the shards of this dictionary (it is one)."""
+        return t
+
+    def clip_grad_norm_(self, max_norm: float) -> None:
+        """Scale the gradients so that their global norm is at most `max_norm`."""
+        torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
 
     # --- the decoder constraint ---------------------------------------------------------------
 
@@ -247,9 +292,11 @@ class SparseDictionary(nn.Module):
     def remove_parallel_grad(self) -> None:
         """Drop the part of each decoder row's gradient along the row (before the step)."""
         if self.W_dec.grad is not None:
-            w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
-            grad = self.W_dec.grad
-            grad.sub_((grad * w).sum(1, keepdim=True) * w)
+            # grad -= (grad·W / |W|²) W row by row, in place: no (latents, d) temporaries
+            w, grad = self.W_dec, self.W_dec.grad
+            along = torch.bmm(grad.unsqueeze(1), w.unsqueeze(2)).view(-1)
+            grad.addcmul_((along / torch.linalg.vector_norm(w, dim=1).square()).unsqueeze(1), w,
+                          value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -264,11 +311,17 @@ class SparseDictionary(nn.Module):
                          else geometric_median(sample.float()))
 
 
-def _counts(indices: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
+def selection_counts(indices: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
     """Per latent, how many of the selections were active: O(B·k), not a pass over (B, n),
     and no host sync (a scatter-add, where bincount would size its output on the host)."""
     out = torch.zeros(n, dtype=torch.long, device=indices.device)
     return out.scatter_add_(0, indices.flatten(), active.flatten().long())
+
+
+def smallest_positive(values: torch.Tensor) -> torch.Tensor:
+    """The smallest positive value, +inf when there is none (no host sync)."""
+    inf = values.new_full((1,), math.inf)
+    return torch.cat([values.masked_fill(values <= 0, math.inf), inf]).min()
 
 
 def _topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +329,7 @@ def _topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     top = torch.topk(pre, k, dim=-1)
     values = torch.relu(top.values)
     z = torch.zeros_like(pre).scatter_(-1, top.indices, values)
-    return z, _counts(top.indices, values > 0, pre.shape[-1])
+    return z, selection_counts(top.indices, values > 0, pre.shape[-1])
 
 
 def _batch_topk(pre: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,16 +337,4 @@ def _batch_topk(pre: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Te
     flat = torch.relu(pre).flatten()
     top = torch.topk(flat, min(k_total, flat.numel()))
     z = torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(pre)
-    return z, _counts(top.indices % pre.shape[-1], top.values > 0, pre.shape[-1])
-
-
-def geometric_median(points: torch.Tensor, iters: int = 100, eps: float = 1e-8) -> torch.Tensor:
-    """Weiszfeld's algorithm: the point minimising the sum of distances to `points`."""
-    y: torch.Tensor = points.mean(0)
-    for _ in range(iters):
-        w = 1 / (points - y).norm(dim=1).clamp_min(eps)
-        new: torch.Tensor = (w[:, None] * points).sum(0) / w.sum()
-        if (new - y).norm() < eps * (1 + y.norm()):
-            return new
-        y = new
-    return y
+    return z, selection_counts(top.indices % pre.shape[-1], top.values > 0, pre.shape[-1])

@@ -63,17 +63,28 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def world_size() -> int:
     """Ranks in the process group (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In place over all ranks (a no-op without a process group); returns `t`."""
-    if world_size() > 1:
+def all_reduce(t: torch.Tensor, op: str = "sum", group: Any = None) -> torch.Tensor:
+    """In place over all ranks, or over `group`'s (a no-op without a process group or when the
+    group is one rank); returns `t`."""
+    if world_size() > 1 and (group is None or dist.get_world_size(group) > 1):
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-                               "min": dist.ReduceOp.MIN}[op])
+                               "min": dist.ReduceOp.MIN}[op], group=group)
     return t
+
+
+def group_size(group: Any = None) -> int:
+    """Ranks in `group` (the whole world when None; 1 without a process group)."""
+    return world_size() if group is None or world_size() == 1 else dist.get_world_size(group)
 
 
 def gather_objects(obj: Any) -> list[Any]:

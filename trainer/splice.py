@@ -124,22 +124,22 @@ class Splicer:
         """Per dictionary: CE clean/zero/spliced, KL and the fraction recovered (LM), or the
         final-state MSE fraction recovered (encoders)."""
         sums: list[dict[str, float]] = [{} for _ in saes]
-        fired = [torch.zeros(s.cfg.latents, dtype=torch.bool, device=self.ids.device)
+        fired = [torch.zeros(s.local_latents, dtype=torch.bool, device=self.ids.device)
                  for s in saes]
         for ids in self.chunks:
             reference = self._reference(ids)  # once per chunk, for every dictionary
             for sae, total, seen in zip(saes, sums, fired, strict=True):
                 def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae,
                                 seen: torch.Tensor = seen) -> torch.Tensor:
-                    z = sae.encode(self.norm.apply(h.float()))
-                    seen |= (z > 0).flatten(0, -2).any(0)
-                    return self.norm.invert(sae.decode(z))
+                    x_hat, fired = sae.reconstruct(self.norm.apply(h.float()))
+                    seen |= fired
+                    return self.norm.invert(x_hat)
                 _add(total, self._compare(reference, self._run(reconstruct, ids), ids))
         results = []
-        for total, seen in zip(sums, fired, strict=True):
+        for sae, total, seen in zip(saes, sums, fired, strict=True):
             metrics = self._lm_metrics(total) if self.is_lm else self._state_metrics(total)
             # latents that fire on none of the held-out tokens: dead where it counts
-            metrics["silent_held_out"] = float((~seen).sum())
+            metrics["silent_held_out"] = float(sae.over_shards((~seen).sum()))
             results.append(metrics)
         return results
 
