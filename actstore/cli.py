@@ -189,9 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: dict[str, Any]) -> int:
-    from trainer.cli import config_from_args, run_train
+    from trainer.cli import run_from_args
 
-    return run_train(config_from_args(args))
+    return run_from_args(args)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,12 +13,13 @@ workers' nodes see (rank 0 writes it; every rank reads the checkpoint on --resum
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.cli import add_arguments, config_from_args
+from trainer.cli import add_arguments, config_from_args, print_plan
 from trainer.config import TrainConfig
 
 
@@ -50,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ray-storage", help="Ray Train's run folder (default: a temp dir)")
     args = vars(parser.parse_args(argv))
     workers, gpu, storage = args.pop("workers"), args.pop("gpu"), args.pop("ray_storage")
+    plan = args.pop("plan", None)
     try:
         cfg = config_from_args(args)
+        if plan:  # what each worker's device needs, with dp = workers / tp
+            os.environ["WORLD_SIZE"] = str(workers)
+            return print_plan(cfg)
     except ValueError as e:
         print(f"cluster.train_job: error: {e}", file=sys.stderr)
         return 2

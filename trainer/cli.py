@@ -44,13 +44,14 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                        ("seed", int), ("init_rows", int), ("aux_coef", float),
                        ("dead_after_tokens", int), ("log_every", int),
                        ("checkpoint_every", int), ("eval_every", int), ("eval_contexts", int),
-                       ("shuffle_buffer", int), ("read_threads", int)):
+                       ("shuffle_buffer", int), ("read_threads", int), ("tp", int)):
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help=h(name))
     t.add_argument("--out", help=h("out"))
     t.add_argument("--normalize", choices=["none", "scale", "center_scale"],
                    help=h("normalize"))
     t.add_argument("--bias-init", choices=["geometric_median", "mean", "zeros"],
                    help=h("bias_init"))
+    t.add_argument("--kernel", choices=["auto", "dense", "sparse"], help=h("kernel"))
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help=h("device"))
     t.add_argument("--resume", action="store_true", default=None, help=h("resume"))
     t.add_argument("--overwrite", action="store_true", default=None, help=h("overwrite"))
@@ -60,6 +61,10 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                    help="no progress bar")
     t.add_argument("--no-plots", action="store_false", dest="plots", default=None,
                    help="no PNG plots at the end")
+    t.add_argument("--plan", action="store_true", default=None,
+                   help="print the memory each device needs (parameters, gradients, Adam, "
+                   "the step's buffers), what is free and what would fit; then exit "
+                   "without training")
 
 
 def config_from_args(args: dict[str, Any]) -> TrainConfig:
@@ -69,6 +74,36 @@ def config_from_args(args: dict[str, Any]) -> TrainConfig:
     if path:
         return TrainConfig.from_file(path, given)
     return TrainConfig.from_dict(given)
+
+
+def run_from_args(args: dict[str, Any]) -> int:
+    """Train, or with --plan only print the memory plan."""
+    plan = bool(args.pop("plan", None))
+    cfg = config_from_args(args)
+    return print_plan(cfg) if plan else run_train(cfg)
+
+
+def print_plan(cfg: TrainConfig) -> int:
+    """`--plan`: the memory model's prediction for this run on this rank's device."""
+    import torch
+
+    from actstore.format import storage_numpy_dtype
+    from actstore.store import ActivationStore
+    from trainer.plan import describe
+
+    store = ActivationStore.open(cfg.store)
+    if cfg.hook not in store.layout.d_model:
+        raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
+                         f"{list(store.hooks)}")
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
+    ranks = int(os.environ.get("WORLD_SIZE", str(cfg.tp)))
+    if ranks % cfg.tp:
+        raise ValueError(f"--tp {cfg.tp} must divide the number of ranks ({ranks})")
+    print(describe(cfg, store.layout.d_model[cfg.hook],
+                   storage_numpy_dtype(store.spec.dtype).itemsize, ranks // cfg.tp, device))
+    return 0
 
 
 def run_train(cfg: TrainConfig) -> int:
@@ -94,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="actstore train", description=__doc__)
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
-    return run_command("actstore train", lambda: run_train(config_from_args(args)),
+    return run_command("actstore train", lambda: run_from_args(args),
                        "rerun the same command with --resume to continue from the last "
                        "checkpoint")
 
