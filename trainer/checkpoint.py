@@ -1,34 +1,67 @@
 """Checkpoints: everything a resumed run needs to replay an uninterrupted one step for step.
 
-`out/checkpoint.pt` holds the step, the ensemble (parameters, buffers, optimisers,
-schedulers), every rank's loader position, the run-long metric state and the RNG states. It
-is written by rank 0 to a temporary file and renamed, so a run killed mid-write keeps the
-previous checkpoint. Checkpoints fall on logging steps, so no interval sums are lost.
+`out/checkpoint/` is a torch.distributed.checkpoint (DCP) directory written by every rank:
+
+    m{i}.<parameter or buffer>        member i's tensors (W_enc as its latent-major transpose)
+    m{i}.adam.<parameter>.<moment>    Adam's exp_avg, exp_avg_sq and step
+    m{i}.fired                        the run-long firing counts (latent densities)
+    meta                              step, settings, dictionaries, schedulers, learning rates,
+                                      every dp rank's loader position, RNG states (one blob)
+
+Under latent sharding (tp > 1) the per-latent tensors are DTensors sharded along the latents
+over the mesh's tp dimension and replicated over dp, so each rank writes its own slice and DCP
+reshards on load: a checkpoint written at one tp resumes at any other (the dp size, which fixes
+the loader's order, must stay). It is written to a temporary directory and swapped in, so a run
+killed mid-write keeps the previous checkpoint. Checkpoints fall on logging steps, so no
+interval sums are lost.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import random
+import shutil
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from trainer import distributed
 from trainer.config import KNOB, TrainConfig
-from trainer.dictionaries import DictionaryConfig
+from trainer.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.ensemble import Ensemble
+from trainer.metrics import Meter
+from trainer.sharding.gather import SHARDED_DIM
+from trainer.sharding.mesh import Mesh
 
-VERSION = 1
+VERSION = 2
 #: Settings a resumed run may change: they do not alter the numbers.
 FREE_SETTINGS = {"resume", "overwrite", "progress", "plots", "read_threads", "eval_every",
-                 "eval_contexts"}
+                 "eval_contexts", "kernel", "tp", "out"}  # out: a moved run folder resumes
 
 
 def path(out: str | Path) -> Path:
-    return Path(out) / "checkpoint.pt"
+    return Path(out) / "checkpoint"
+
+
+def _previous(out: str | Path) -> Path:
+    """Where the last checkpoint sits while a new one is swapped in."""
+    return Path(out) / ".checkpoint.previous"
+
+
+def found(out: str | Path) -> Path | None:
+    """The checkpoint directory of `out`, if any (also mid-swap)."""
+    return next((p for p in (path(out), _previous(out)) if p.is_dir()), None)
 
 
 def rng_state() -> dict[str, Any]:
@@ -47,26 +80,106 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(out: str | Path, state: dict[str, Any]) -> None:
-    """Write atomically (temporary file, fsync, rename). Streamed to the file rather than
-    built in memory for `Location.put`: with optimiser state a checkpoint can be GBs."""
-    target = path(out)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # never another run's
-    with open(tmp, "wb") as f:
-        torch.save({"version": VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+def _blob(value: dict[str, Any]) -> io.BytesIO:
+    """The non-tensor state as one pickled blob (DCP stores bytes as they are)."""
+    out = io.BytesIO()
+    torch.save(value, out)
+    out.seek(0)
+    return out
 
 
-def load(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]) -> dict[str, Any]:
-    """The checkpoint in `out`, after checking it belongs to this run."""
+def _unblob(loaded: Any) -> dict[str, Any]:
+    """What DCP put back for a blob: the bytes (torch 2.13), or already the unpickled value."""
+    if isinstance(loaded, io.BytesIO):
+        loaded.seek(0)
+        value: dict[str, Any] = torch.load(loaded, weights_only=False)
+        return value
+    return dict(loaded)
+
+
+@contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns whenever it runs without a process group, which one process does by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _as_saved(key: str, t: torch.Tensor, member: SparseDictionary, mesh: Mesh | None
+              ) -> torch.Tensor:
+    """A tensor as the checkpoint holds it: latent-major (W_enc transposed, a view), and a
+    DTensor over the mesh when its latents are sharded."""
+    view = t.t() if key == "W_enc" else t
+    if mesh is None or mesh.tp == 1 or key not in SHARDED_DIM:
+        return view
+    shape = torch.Size((member.cfg.latents, *view.shape[1:]))
+    stride = tuple(int(torch.tensor(shape[i + 1:]).prod()) for i in range(len(shape)))
+    return DTensor.from_local(view, mesh.device_mesh, [Replicate(), Shard(0)], run_check=False,
+                              shape=shape, stride=stride)
+
+
+def _ensure_adam_state(ensemble: Ensemble) -> None:
+    """Empty Adam state where a step has not made it yet (a load fills it in place)."""
+    for opt in ensemble.optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if not opt.state.get(p):
+                    opt.state[p] = {"step": torch.zeros((), device=p.device),
+                                    "exp_avg": torch.zeros_like(p),
+                                    "exp_avg_sq": torch.zeros_like(p)}
+
+
+def tensors(ensemble: Ensemble, meter: Meter, mesh: Mesh | None) -> dict[str, Any]:
+    """The checkpoint's tensors, sharing storage with the run's (so a load fills the run)."""
+    out: dict[str, Any] = {}
+    for i, (m, opt) in enumerate(zip(ensemble.members, ensemble.optimizers, strict=True)):
+        for key, t in m.state_dict().items():
+            out[f"m{i}.{key}"] = _as_saved(key, t, m, mesh)
+        for name, p in m.named_parameters():
+            state = opt.state[p]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                out[f"m{i}.adam.{name}.{moment}"] = _as_saved(name, state[moment], m, mesh)
+            out[f"m{i}.adam.{name}.step"] = state["step"]
+        out[f"m{i}.fired"] = _as_saved("tokens_since_fired", meter.fired[i], m, mesh)
+    return out
+
+
+def save(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None,
+         meta: dict[str, Any]) -> None:
+    """Every rank: write its share into a new directory, then rank 0 swaps it in."""
     target = path(out)
-    if not target.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {target}")
-    state: dict[str, Any] = torch.load(target, map_location="cpu", weights_only=False)
+    tmp = Path(distributed.broadcast_object(
+        str(target.with_name(f".checkpoint.{uuid.uuid4().hex}.tmp"))))  # never another run's
+    with _single_process_ok():
+        dcp_save({**tensors(ensemble, meter, mesh), "meta": _blob({"version": VERSION, **meta})},
+                 checkpoint_id=str(tmp), no_dist=distributed.world_size() == 1)
+    distributed.barrier()
+    if distributed.rank() == 0:
+        previous = _previous(out)
+        if previous.exists():
+            shutil.rmtree(previous)
+        if target.exists():
+            os.replace(target, previous)
+        os.replace(tmp, target)
+        shutil.rmtree(previous, ignore_errors=True)
+    distributed.barrier()
+
+
+def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]
+              ) -> dict[str, Any]:
+    """The checkpoint's step, settings and positions, after checking it belongs to this run."""
+    where = found(out)
+    if where is None:
+        legacy = Path(out) / "checkpoint.pt"
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}" + (
+            f" ({legacy} was written by an older actstore and cannot be resumed)"
+            if legacy.exists() else ""))
+    holder: dict[str, Any] = {"meta": io.BytesIO()}
+    with _single_process_ok():
+        dcp_load(holder, checkpoint_id=str(where), no_dist=distributed.world_size() == 1)
+    state = _unblob(holder["meta"])
     if state.get("version") != VERSION:
-        raise ValueError(f"{target}: checkpoint version {state.get('version')} is not {VERSION}")
+        raise ValueError(f"{where}: checkpoint version {state.get('version')} is not {VERSION}")
     _check_dictionaries(state["dictionaries"], [dataclasses.asdict(m) for m in members])
     saved = state["config"]
     changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
@@ -82,6 +195,16 @@ def load(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]) -> 
                          "another --out")
     return state
 
+
+def load_tensors(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None) -> None:
+    """Fill the run's parameters, buffers, Adam state and firing counts from the checkpoint,
+    resharded to this run's tp."""
+    where = found(out)
+    assert where is not None  # load_meta checked
+    _ensure_adam_state(ensemble)
+    with _single_process_ok():
+        dcp_load(tensors(ensemble, meter, mesh), checkpoint_id=str(where),
+                 no_dist=distributed.world_size() == 1)
 
 
 def _check_dictionaries(saved: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from trainer.dictionaries import Arch, DictionaryConfig
+from trainer.dictionaries import Arch, DictionaryConfig, Kernel, resolve_kernel
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
@@ -99,6 +99,15 @@ class TrainConfig:
     dead_after_tokens: int | None = None
     """A latent silent for this many tokens is dead (the `dead` metric, and AuxK's input)
     (default: `default_dead_window`, a tenth of the run, at most 10M tokens)."""
+    tp: int = 1
+    """Ranks each dictionary's latents are split over (latent sharding, for dictionaries
+    larger than one device); the world size must be a multiple, and dp = world size / tp ranks
+    read different batches. Any tp can resume another's checkpoint."""
+    kernel: Kernel = "auto"
+    """The training step: sparse (latents selected block by block, gradients through the
+    selected entries only; no (batch, latents) tensor) or dense (the plain PyTorch step). auto:
+    sparse for topk and batchtopk, dense for relu and jumprelu (whose codes are not chosen by
+    rank). Both give the same parameters within floating-point rounding."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """cuda (one GPU per rank, LOCAL_RANK) when available, else cpu."""
     autocast: bool = True
@@ -132,6 +141,7 @@ class TrainConfig:
              "--lr must be > 0, --warmup-steps >= 0"),
             (0 <= self.decay_start <= 1, "--decay-start is a fraction in [0, 1]"),
             (self.grad_clip is None or self.grad_clip > 0, "--grad-clip must be > 0"),
+            (self.tp >= 1, "--tp must be >= 1"),
             (self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
             (self.checkpoint_every % self.log_every == 0,
              f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --log-every "
@@ -145,6 +155,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.kernel not in get_args(Kernel):
+            raise ValueError(f"--kernel must be one of {get_args(Kernel)}")
+        resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
         name = KNOB[self.arch]
         if not getattr(self, name):
             raise ValueError(f"--arch {self.arch} needs --{name}")

@@ -17,20 +17,27 @@ import torch
 
 from trainer import distributed
 from trainer.dictionaries import Output, SparseDictionary
+from trainer.sharding.mesh import Mesh
+from trainer.sharding.ops import gather_uneven
 
 _SUMS = ("sse", "ssdev", "l0", "loss", "tokens")
 
 
 class Meter:
     """Interval sums for each member of an ensemble, plus per-latent firing counts over the
-    whole run (for the latent-density histogram)."""
+    whole run (for the latent-density histogram). Under latent sharding the per-token sums are
+    the same on the tp ranks of a dp row and are reduced over dp only; per-latent counts are
+    reduced over dp and then summed (or, for densities, gathered) over tp."""
 
-    def __init__(self, members: Sequence[SparseDictionary], device: torch.device) -> None:
+    def __init__(self, members: Sequence[SparseDictionary], device: torch.device,
+                 mesh: Mesh | None = None) -> None:
         self.members = list(members)
         self.device = device
+        self.dp_group = mesh.dp_group if mesh is not None else None
+        self.tp_group = mesh.tp_group if mesh is not None and mesh.tp > 1 else None
         self.sums = torch.zeros(len(members), len(_SUMS), dtype=torch.float64, device=device)
         self.terms: list[dict[str, torch.Tensor]] = [{} for _ in members]
-        self.fired = [torch.zeros(m.cfg.latents, dtype=torch.long, device=device)
+        self.fired = [torch.zeros(m.local_latents, dtype=torch.long, device=device)
                       for m in members]
         self.interval_fired = [torch.zeros_like(f) for f in self.fired]
         self.tokens_total = 0
@@ -58,19 +65,25 @@ class Meter:
         """Every member's metrics since the last flush (over all ranks); resets the sums.
         Called on every rank (it reduces)."""
         self.sums[:, 4] = float(self.interval_tokens)
-        sums = distributed.all_reduce(self.sums.clone()).cpu()
+        sums = distributed.all_reduce(self.sums.clone(), "sum", self.dp_group)
+        sums[:, 2] = distributed.all_reduce(sums[:, 2].clone(), "sum", self.tp_group)  # l0
+        sums = sums.cpu()
         lines = []
         for i, member in enumerate(self.members):
             s = dict(zip(_SUMS, sums[i].tolist(), strict=True))
             tokens = max(s["tokens"], 1.0)
+            silent = distributed.all_reduce(self.interval_fired[i].clone(), "sum",
+                                            self.dp_group) == 0
             line = {"mse": s["sse"] / tokens, "fvu": s["sse"] / max(s["ssdev"], 1e-30),
                     "l0": s["l0"] / tokens, "loss": s["loss"] / tokens,
-                    "dead": int(member.dead_mask().sum()),
-                    "silent": int((distributed.all_reduce(self.interval_fired[i]) == 0).sum())}
+                    "dead": int(member.over_shards(member.dead_mask().sum())),
+                    "silent": int(member.over_shards(silent.sum()))}
             for name, total in sorted(self.terms[i].items()):
                 if name in line:  # a loss term must never overwrite the metric it is named like
                     raise RuntimeError(f"loss term {name!r} collides with a metric")
-                line[name] = float(distributed.all_reduce(torch.as_tensor(total).clone())) / tokens
+                summed = distributed.all_reduce(torch.as_tensor(total).clone(), "sum",
+                                                self.dp_group)
+                line[name] = float(summed) / tokens
             lines.append(line)
         self.sums.zero_()
         for f in self.interval_fired:
@@ -80,10 +93,17 @@ class Meter:
         return lines
 
     def densities(self) -> list[torch.Tensor]:
-        """Per member, the fraction of training tokens on which each latent fired (all ranks)."""
-        tokens = distributed.all_reduce(torch.tensor(float(self.tokens_total)))
-        return [distributed.all_reduce(f.clone()).cpu().double() / max(float(tokens), 1.0)
-                for f in self.fired]
+        """Per member, the fraction of training tokens on which each latent fired (all ranks;
+        under latent sharding the whole dictionary's, on every rank)."""
+        tokens = distributed.all_reduce(torch.tensor(float(self.tokens_total)), "sum",
+                                        self.dp_group)
+        out = []
+        for f in self.fired:
+            counts = distributed.all_reduce(f.clone(), "sum", self.dp_group)
+            if self.tp_group is not None:
+                counts = torch.cat(list(gather_uneven(counts, self.tp_group)))
+            out.append(counts.cpu().double() / max(float(tokens), 1.0))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Run-long state (interval sums are empty at checkpoints, which fall on log steps)."""

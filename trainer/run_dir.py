@@ -21,7 +21,8 @@ from trainer import checkpoint
 from trainer.config import TrainConfig
 
 #: What a run writes into its folder (all of it is replaced by --overwrite).
-ARTIFACTS = ("metrics.jsonl", "dictionaries", "plots", checkpoint.path("").name)
+ARTIFACTS = ("metrics.jsonl", "dictionaries", "plots", checkpoint.path("").name,
+             "checkpoint.pt")  # the last: an older version's checkpoint file
 
 
 def prepare(out: Path) -> None:
@@ -57,10 +58,10 @@ def claim(cfg: TrainConfig) -> JobLock:
 
 def _check_contents(cfg: TrainConfig, out: Path) -> None:
     present = sorted(p.name for p in out.iterdir() if p.name != fmt.LOCK)
-    has_checkpoint = checkpoint.path(out).exists()
+    has_checkpoint = checkpoint.found(out) is not None
     if cfg.resume:
         if not has_checkpoint:
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint.path(out)}")
+            checkpoint.load_meta(out, cfg, [])  # raises, saying why
         return
     if not present:
         return

@@ -1,6 +1,8 @@
 """The training loop: one function for every launcher (plain process, torchrun, Ray Train).
 
-    store ──Loader(rank, world)──▶ (B / world, d) float32 batches, normalised, on this rank's device
+    store ──Loader(dp rank, dp)──▶ (B / dp, d) float32 batches, normalised, on this rank's device
+          (dp = world / tp: the tp ranks of a dp row read the same batches and hold slices of
+          every dictionary's latents; tp = 1 is plain data parallelism)
           ──Ensemble.step──▶ every dictionary's forward, DDP-averaged backward, constrained step
           ──Meter──▶ metrics.jsonl every `log_every` steps (rank 0), checkpoint every
             `checkpoint_every`, loss recovered with the model spliced (rank 0)
@@ -22,10 +24,11 @@ import torch
 from tqdm import tqdm
 
 from actstore.errors import StoreError
+from actstore.format import storage_numpy_dtype
 from actstore.loader import Loader, LoaderConfig
 from actstore.store import ActivationStore
 from actstore.writer import JobLock
-from trainer import checkpoint, distributed, run_dir
+from trainer import checkpoint, distributed, plan, run_dir
 from trainer.config import TrainConfig
 from trainer.dictionaries import DictionaryConfig
 from trainer.distributed import World
@@ -33,6 +36,8 @@ from trainer.ensemble import Ensemble, adam, warmup_decay
 from trainer.export import export_saelens, save_dictionary
 from trainer.logs import MetricsLog
 from trainer.metrics import Meter
+from trainer.sharding.gather import gathered
+from trainer.sharding.mesh import make_mesh
 from trainer.splice import Splicer
 
 
@@ -63,6 +68,9 @@ def member_name(cfg: DictionaryConfig) -> str:
 
 def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
     """Checks that need the store and the world size, before any work."""
+    if world.size % cfg.tp:
+        raise ValueError(f"--tp {cfg.tp} must divide the number of ranks ({world.size})")
+    dp = world.size // cfg.tp
     if cfg.hook not in store.layout.d_model:
         raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
                          f"{list(store.hooks)}")
@@ -70,12 +78,12 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
     if problem is not None:
         raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating it "
                          "first")
-    if cfg.batch_size % world.size:
+    if cfg.batch_size % dp:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
-                         f"{world.size} ranks")
-    if store.num_rows // world.size < cfg.batch_size // world.size:
+                         f"{dp} data-parallel ranks")
+    if store.num_rows // dp < cfg.batch_size // dp:
         raise ValueError(f"store {store.url} has {store.num_rows} rows: fewer than one batch "
-                         f"of {cfg.batch_size // world.size} per rank")
+                         f"of {cfg.batch_size // dp} per data-parallel rank")
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -94,14 +102,21 @@ class _Run:
         self.cfg, self.world = cfg, world
         self.store = ActivationStore.open(cfg.store)
         check_against(cfg, self.store, world)
-        self.members = cfg.dictionaries(self.store.layout.d_model[cfg.hook])
+        d_model = self.store.layout.d_model[cfg.hook]
+        self.members = cfg.dictionaries(d_model)
+        problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
+                                   .itemsize, world.size // cfg.tp, world.device)
+        if problem:
+            raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
-        per_rank = cfg.batch_size // world.size
+        self.mesh = make_mesh(world, cfg.tp)
+        per_rank = cfg.batch_size // self.mesh.dp
         self.loader = Loader(LoaderConfig(
             hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
             shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
             read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
-            normalize=cfg.normalize), store=self.store, rank=world.rank, world_size=world.size)
+            normalize=cfg.normalize), store=self.store, rank=self.mesh.dp_rank,
+            world_size=self.mesh.dp)
         self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
         warning = cfg.schedule_warning()
         if warning and world.is_main:
@@ -109,24 +124,27 @@ class _Run:
         self.ensemble = Ensemble(self.members, adam(cfg.lr_of), seed=cfg.seed,
                                  grad_clip=cfg.grad_clip,
                                  schedule=warmup_decay(self.steps, cfg.warmup,
-                                                       cfg.decay_start)).to(world.device)
-        self.meter = Meter(self.ensemble.members, world.device)
+                                                       cfg.decay_start),
+                                 kernel=cfg.kernel, mesh=self.mesh).to(world.device)
+        self.meter = Meter(self.ensemble.members, world.device, self.mesh)
         self.names = [member_name(m) for m in self.members]
         self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
         self.step = 0
         self.splicer = self._splicer() if cfg.eval_contexts else None
 
     def _splicer(self) -> Splicer | None:
-        """The model for loss recovered, loaded on rank 0 at the start, so a model that cannot
-        be loaded stops every rank before training rather than at the end."""
+        """The model for loss recovered, loaded at the start on the ranks of dp row 0 (rank 0,
+        or under latent sharding every tp rank there, since each holds a slice of the
+        dictionaries), so a model that cannot be loaded stops every rank before training
+        rather than at the end."""
         error, splicer = None, None
-        if self.world.is_main:
+        if self.mesh.dp_rank == 0:
             try:
                 splicer = Splicer(self.store, self.cfg.hook, self.norm, self.cfg.eval_contexts,
                                   self.world.device)
             except Exception as e:  # reported on every rank below
                 error = f"{type(e).__name__}: {e}"
-        error = distributed.broadcast_object(error)
+        error = next((e for e in distributed.gather_objects(error) if e), None)
         if error:
             raise ValueError(f"loss recovered needs the store's model ({self.store.spec.model})"
                              f", which failed to load: {error}; pass --eval-contexts 0 to "
@@ -223,23 +241,30 @@ class _Run:
 
     def _save(self) -> None:
         loaders = distributed.gather_objects(self.loader.state_dict())
-        if self.world.is_main:
-            checkpoint.save(self.cfg.out, {
-                "step": self.step, "config": self.cfg.to_dict(),
-                "dictionaries": [dataclasses.asdict(m) for m in self.members],
-                "ensemble": self.ensemble.state_dict(), "loaders": loaders,
-                "meter": self.meter.state_dict(), "rng": checkpoint.rng_state()})
-        distributed.barrier()
+        ensemble = self.ensemble
+        checkpoint.save(self.cfg.out, ensemble, self.meter, self.mesh, {
+            "step": self.step, "config": self.cfg.to_dict(),
+            "dictionaries": [dataclasses.asdict(m) for m in self.members],
+            "schedulers": [s.state_dict() for s in ensemble.schedulers],
+            "lrs": [[g["lr"] for g in o.param_groups] for o in ensemble.optimizers],
+            "loaders": loaders[::self.mesh.tp],  # one per dp row (its tp ranks read alike)
+            "meter_tokens": self.meter.tokens_total,
+            "rng": distributed.broadcast_object(checkpoint.rng_state())})
 
     def _restore(self) -> None:
-        state = checkpoint.load(self.cfg.out, self.cfg, self.members)
-        if len(state["loaders"]) != self.world.size:
-            raise ValueError(f"--resume: the checkpoint was written by {len(state['loaders'])} "
-                             f"ranks, this run has {self.world.size}; resume with the same "
-                             "world size (the batches would differ)")
-        self.loader.load_state_dict(state["loaders"][self.world.rank])
-        self.ensemble.load_state_dict(state["ensemble"])
-        self.meter.load_state_dict(state["meter"])
+        state = checkpoint.load_meta(self.cfg.out, self.cfg, self.members)
+        if len(state["loaders"]) != self.mesh.dp:
+            raise ValueError(f"--resume: the checkpoint was written with {len(state['loaders'])}"
+                             f" data-parallel ranks, this run has {self.mesh.dp}; resume with "
+                             "the same number of ranks / --tp (the batches would differ)")
+        checkpoint.load_tensors(self.cfg.out, self.ensemble, self.meter, self.mesh)
+        self.loader.load_state_dict(state["loaders"][self.mesh.dp_rank])
+        for sched, saved in zip(self.ensemble.schedulers, state["schedulers"], strict=True):
+            sched.load_state_dict(saved)
+        for opt, lrs in zip(self.ensemble.optimizers, state["lrs"], strict=True):
+            for group, lr in zip(opt.param_groups, lrs, strict=True):
+                group["lr"] = lr
+        self.meter.tokens_total = int(state["meter_tokens"])
         checkpoint.set_rng_state(state["rng"])
         self.step = int(state["step"])
 
@@ -247,13 +272,15 @@ class _Run:
                 ) -> tuple[tuple[Path, ...], tuple[dict[str, float], ...]]:
         from trainer.plots import plot_run  # matplotlib: imported only when a run ends
 
-        evals = self._evaluate() if self.splicer is not None else []
+        evals = self._evaluate() if self.cfg.eval_contexts else []  # every rank: it barriers
         densities = self.meter.densities()
+        whole = [gathered(m) for m in self.ensemble.members]  # sharded: on tp rank 0
         final = tuple({**m, **(evals[i] if evals else {})} for i, m in enumerate(last))
         dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
         if self.world.is_main:
             source = self._source()
-            for d, member, dens in zip(dirs, self.ensemble.members, densities, strict=True):
+            for d, member, dens in zip(dirs, whole, densities, strict=True):
+                assert member is not None  # rank 0 is tp rank 0 of dp row 0
                 save_dictionary(d, member, self.norm, source)
                 export_saelens(d / "saelens", member, self.norm, source)
                 torch.save(dens, d / "latent_density.pt")

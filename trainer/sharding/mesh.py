@@ -1,0 +1,60 @@
+"""The 2-D layout of ranks for latent sharding: dp × tp.
+
+    rank = dp_rank · tp + tp_rank           (torch's DeviceMesh order: a tp group is tp
+                                             consecutive ranks, e.g. the GPUs of one node)
+
+The tp ranks of one dp row read the same batches and hold disjoint, contiguous slices of every
+dictionary's latents; the dp ranks of one tp column hold the same slice and average its
+gradients. tp = 1 is plain data parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch.distributed.device_mesh import init_device_mesh
+
+from trainer.distributed import World
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """This rank's place in the dp × tp layout."""
+
+    dp: int
+    """Data-parallel replicas (world size / tp)."""
+    tp: int
+    """Ranks a dictionary's latents are split over."""
+    dp_rank: int
+    """Which replica (which batches) this rank serves."""
+    tp_rank: int
+    """Which slice of the latents this rank holds."""
+    dp_group: Any = None
+    """Process group of the ranks holding this slice (None: the whole world, when tp = 1)."""
+    tp_group: Any = None
+    """Process group of the ranks sharing this batch (None when tp = 1)."""
+    device_mesh: Any = None
+    """The torch DeviceMesh ("dp", "tp") the groups come from (None when tp = 1); sharded
+    checkpoints place their DTensors on it."""
+
+    def shard(self, latents: int) -> tuple[int, int]:
+        """[start, stop) of the latents this rank holds: contiguous slices of ceil(latents /
+        tp), the last one shorter (torch.chunk's split, which DTensor's Shard placement and so
+        the sharded checkpoints use)."""
+        size = -(-latents // self.tp)
+        start = min(self.tp_rank * size, latents)
+        return start, min(start + size, latents)
+
+
+def make_mesh(world: World, tp: int) -> Mesh:
+    """The dp × tp mesh over the running process group (`tp` must divide the world size)."""
+    if tp < 1 or world.size % tp:
+        raise ValueError(f"--tp {tp} must divide the number of ranks ({world.size})")
+    if tp == 1:
+        return Mesh(dp=world.size, tp=1, dp_rank=world.rank, tp_rank=0)
+    mesh = init_device_mesh(world.device.type, (world.size // tp, tp),
+                            mesh_dim_names=("dp", "tp"))
+    return Mesh(dp=world.size // tp, tp=tp, dp_rank=mesh.get_local_rank("dp"),
+                tp_rank=mesh.get_local_rank("tp"), dp_group=mesh.get_group("dp"),
+                tp_group=mesh.get_group("tp"), device_mesh=mesh)
