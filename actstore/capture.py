@@ -91,6 +91,10 @@ def load_model(model: str, revision: str | None, dtype: torch.dtype,
                device: str | torch.device) -> nn.Module:
     cls: Any = type(skeleton(load_config(model, revision)))
     loaded = cls.from_pretrained(model_path(model), revision=revision, dtype=dtype)
+    if getattr(loaded.config, "use_cache", None):
+        # one forward per batch, never a second: a KV cache is work thrown away (py-spy: ~3%
+        # of a small GPT-2's generation time went to filling it)
+        loaded.config.use_cache = False
     return loaded.to(device).eval()  # type: ignore[no-any-return]
 
 

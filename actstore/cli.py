@@ -150,6 +150,34 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--verify", action="store_true", help=h("verify"))
 
 
+def _add_toy(sub: Any) -> None:
+    from actstore.toy import ToyConfig
+
+    t = sub.add_parser("toy", help="write a store of synthetic activations with known "
+                       "ground-truth features (for MMCS)",
+                       description="Write a store of sparse non-negative mixtures of random "
+                       "unit directions (Sharkey et al. 2022's toy data), with the directions "
+                       "saved beside it as ground_truth.safetensors; the same flags again "
+                       "reuse the store.")
+    t.add_argument("--out", required=True, help=field_help(ToyConfig, "out"))
+    for name, kind in (("d", int), ("features", int), ("active", float), ("decay", float),
+                       ("correlation", float), ("rows", int), ("seed", int)):
+        t.add_argument(f"--{name}", type=kind, default=getattr(ToyConfig, name),
+                       help=field_help(ToyConfig, name))
+    t.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help=field_help(ToyConfig, "dtype"))
+
+
+def run_toy(args: dict[str, Any]) -> int:
+    from actstore.toy import HOOK, ToyConfig, make_toy_store
+
+    cfg = ToyConfig(**args)
+    store = make_toy_store(cfg)
+    print(f"done: {store.url}: {store.num_rows} rows of d={cfg.d} (hook {HOOK!r}), "
+          f"{cfg.features} ground-truth features, {cfg.active:g} active per row on average")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actstore", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", dest="as_json",
                     help=field_help(LsConfig, "as_json"))
     _add_generate(sub)
+    _add_toy(sub)
     from trainer.cli import add_train_parser
 
     add_train_parser(sub)
@@ -181,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generate": lambda: run_generate(GenerateConfig(**{**args,
                                                            "hooks": tuple(args["hooks"])})),
         "train": lambda: _train(args),
+        "toy": lambda: run_toy(args),
     }
     hint = ("rerun the same command with --resume to continue from the last checkpoint"
             if command == "train" else "rerun the same command to resume"

@@ -110,9 +110,9 @@ def test_tp_that_does_not_divide_the_ranks_is_refused(store: str, tmp_path: Path
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
 
 
-def test_torchrun_tp_flag(store: str, tmp_path: Path) -> None:
-    """The command line a user runs: torchrun with --tp, then the gathered files are plain
-    dictionaries (same names, shapes and SAELens export as an unsharded run)."""
+def test_torchrun_and_ray_train_with_tp(store: str, tmp_path: Path) -> None:
+    """The command lines a user runs: torchrun and Ray Train with --tp 2; the gathered files
+    are plain dictionaries (same names, shapes and SAELens export as an unsharded run)."""
     bin_dir = Path(sys.executable).parent
     flags = ["--store", store, "--hook", HOOKS[0], "--arch", "batchtopk", "--latents", "24",
              "--k", "2", "--tokens", "160", "--batch-size", "16", "--eval-contexts", "0",
@@ -123,7 +123,11 @@ def test_torchrun_tp_flag(store: str, tmp_path: Path) -> None:
                     str(tmp_path / "tp2")], check=True, env=env(), timeout=300)
     subprocess.run([sys.executable, "-m", "trainer.cli", *flags, "--out",
                     str(tmp_path / "one")], check=True, env=env(), timeout=300)
+    subprocess.run([sys.executable, "-m", "cluster.train_job", "--workers", "2",
+                    "--ray-storage", str(tmp_path / "ray"), *flags, "--tp", "2", "--out",
+                    str(tmp_path / "ray-tp2")], check=True, env=env(), timeout=300)
     assert_close_weights(tmp_path / "one", tmp_path / "tp2")
-    for out in ("one", "tp2"):
+    assert_close_weights(tmp_path / "one", tmp_path / "ray-tp2")  # Ray Train, the same
+    for out in ("one", "tp2", "ray-tp2"):
         assert (tmp_path / out / "dictionaries" / "batchtopk-n24-k2" / "saelens"
                 / "sae_weights.safetensors").exists()

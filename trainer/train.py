@@ -27,12 +27,14 @@ from actstore.errors import StoreError
 from actstore.format import storage_numpy_dtype
 from actstore.loader import Loader, LoaderConfig
 from actstore.store import ActivationStore
+from actstore.toy import TOY_MODEL, load_ground_truth
 from actstore.writer import JobLock
 from trainer import checkpoint, distributed, plan, run_dir
 from trainer.config import TrainConfig
-from trainer.dictionaries import DictionaryConfig
+from trainer.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.distributed import World
 from trainer.ensemble import Ensemble, adam, warmup_decay
+from trainer.evaluation.mmcs import mmcs, recovered
 from trainer.export import export_saelens, save_dictionary
 from trainer.logs import MetricsLog
 from trainer.metrics import Meter
@@ -130,7 +132,9 @@ class _Run:
         self.names = [member_name(m) for m in self.members]
         self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
         self.step = 0
-        self.splicer = self._splicer() if cfg.eval_contexts else None
+        # a toy store has no model to splice into (its ground truth gives MMCS instead)
+        has_model = self.store.spec.model != TOY_MODEL
+        self.splicer = self._splicer() if cfg.eval_contexts and has_model else None
 
     def _splicer(self) -> Splicer | None:
         """The model for loss recovered, loaded at the start on the ranks of dp row 0 (rank 0,
@@ -275,7 +279,10 @@ class _Run:
         evals = self._evaluate() if self.cfg.eval_contexts else []  # every rank: it barriers
         densities = self.meter.densities()
         whole = [gathered(m) for m in self.ensemble.members]  # sharded: on tp rank 0
-        final = tuple({**m, **(evals[i] if evals else {})} for i, m in enumerate(last))
+        truth = load_ground_truth(self.store)  # toy stores: recovery of the known features
+        final = tuple({**m, **(evals[i] if evals else {}),
+                       **(_recovery(truth, w) if truth is not None and w is not None else {})}
+                      for i, (m, w) in enumerate(zip(last, whole, strict=True)))
         dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
         if self.world.is_main:
             source = self._source()
@@ -296,3 +303,10 @@ class _Run:
                 "dataset": spec.dataset, "context_length": spec.context_length,
                 "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,
                 "train_config": self.cfg.to_dict()}
+
+
+def _recovery(truth: torch.Tensor, sae: SparseDictionary) -> dict[str, float]:
+    """MMCS of a dictionary's decoder against the store's ground truth, and the fraction of
+    features recovered (cosine > 0.9)."""
+    return {"mmcs": mmcs(truth, sae.W_dec.detach()),
+            "recovered_0.9": recovered(truth, sae.W_dec.detach())}

@@ -134,6 +134,8 @@ def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespa
                   "saelens": {"wall": cache["wall"], "rss_mb": cache["rss_mb"],
                               "tokens": int(tokens.size),
                               "bytes_per_token": du(work / "sl-cache") / tokens.size}}
+    if a.caching_only:
+        return r
     r["gpt2"] = train_both(work / "gpt2", a, model, Task(
         url, f"transformer.h.{LAYER}", work / "sl-cache", LATENTS, a.tokens, held["gpt2"],
         LAYER))
@@ -295,13 +297,15 @@ def main() -> None:
         "ACTSTORE_PEERS_PYTHON", str(REPO / ".peers-venv" / "bin" / "python")),
         help="python of the peers' environment (benchmarks/peers/setup.sh)")
     p.add_argument("--out", default="bench-out/peers.json", help="results JSON")
+    p.add_argument("--caching-only", action="store_true",
+                   help="only the caching comparison (more rounds of it in less time)")
     a = p.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", RAY_ADDRESS="", WANDB_MODE="disabled")
     base = Path(tempfile.mkdtemp(prefix="actstore-peers-", dir="bench-out"))
     try:
         model = random_gpt2(base)
         data = corpus(base, chars=int((max(a.tokens, a.minilm_tokens) + 10 * a.held_out) * 6))
-        held = inputs(base, model, data, a)
+        held = {} if a.caching_only else inputs(base, model, data, a)
         rounds = []
         for i in range(a.rounds):
             rounds.append(one_round(base / f"round{i}", model, data, a, held))

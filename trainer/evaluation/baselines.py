@@ -1,0 +1,102 @@
+"""The seed paper's baselines, scored like the dictionaries: PCA, ICA, the neuron basis and a
+random orthogonal basis, each a linear code cut to its top k by magnitude.
+
+    codes  c = (x - mean) @ encoder              (d, m) encoder
+    keep   each row's k largest |c|              equal L0 = k
+    x̂      = c_k @ decoder + mean                (m, d) decoder
+
+FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the rows scored. PCA's basis comes from the exact
+covariance, streamed over the store in float64 (`moments`), so it sees every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from trainer.evaluation.ica import ICAResult
+
+
+@dataclass(frozen=True)
+class Basis:
+    """A linear code with a name (`pca`, `ica`, `neurons`, `random`)."""
+
+    name: str
+    encoder: torch.Tensor
+    """(d, m)."""
+    decoder: torch.Tensor
+    """(m, d)."""
+    mean: torch.Tensor
+    """(d,)."""
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Mean and covariance of a stream of rows, in float64."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    rows: int
+
+
+def moments(batches: Iterable[torch.Tensor]) -> Moments:
+    """Exact mean and covariance over every row of `batches` (float64 sums, one pass)."""
+    total, outer, rows = None, None, 0
+    for batch in batches:
+        x = batch.double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        outer = x.T @ x if outer is None else outer + x.T @ x
+        rows += len(x)
+    if total is None or outer is None or rows < 2:
+        raise ValueError("moments need at least two rows")
+    mean = total / rows
+    cov = (outer - rows * torch.outer(mean, mean)) / (rows - 1)
+    return Moments(mean, cov, rows)
+
+
+def pca(m: Moments) -> Basis:
+    """Principal directions, largest variance first."""
+    values, vectors = torch.linalg.eigh(m.cov)
+    order = torch.argsort(values, descending=True)
+    e = vectors[:, order].float()
+    return Basis("pca", e, e.T.contiguous(), m.mean.float())
+
+
+def neurons(d: int, mean: torch.Tensor) -> Basis:
+    """The activations' own coordinates."""
+    eye = torch.eye(d)
+    return Basis("neurons", eye, eye, mean.float())
+
+
+def random_basis(d: int, mean: torch.Tensor, seed: int = 0) -> Basis:
+    """A random orthogonal basis (QR of a Gaussian matrix)."""
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    q = (q * torch.sign(torch.diagonal(r))).float()  # Haar-distributed
+    return Basis("random", q, q.T.contiguous(), mean.float())
+
+
+def ica_basis(fit: ICAResult) -> Basis:
+    """ICA's components: codes from the unmixing, reconstructions from the mixing."""
+    return Basis("ica", fit.unmixing.T.contiguous(), fit.mixing.T.contiguous(), fit.mean)
+
+
+def top_k_fvu(basis: Basis, x: torch.Tensor, k: int) -> float:
+    """FVU of `x` reconstructed from each row's k largest-magnitude codes."""
+    x = x.float()
+    codes = (x - basis.mean) @ basis.encoder
+    if k < codes.shape[1]:
+        keep = torch.topk(codes.abs(), k, dim=1).indices
+        codes = torch.zeros_like(codes).scatter_(1, keep, codes.gather(1, keep))
+    x_hat = codes @ basis.decoder + basis.mean
+    err = float((x - x_hat).double().pow(2).sum())
+    return err / max(float((x - x.mean(0)).double().pow(2).sum()), 1e-30)
+
+
+def frontier(bases: Sequence[Basis], x: torch.Tensor, ks: Sequence[int]
+             ) -> list[dict[str, float | str]]:
+    """FVU at each L0 = k for every basis: `{"method", "k", "l0", "fvu"}` rows."""
+    return [{"method": b.name, "k": k, "l0": float(min(k, b.encoder.shape[1])),
+             "fvu": top_k_fvu(b, x, k)} for b in bases for k in ks]

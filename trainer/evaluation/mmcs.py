@@ -1,0 +1,32 @@
+"""Mean max cosine similarity (Sharkey et al. 2022; the seed paper's measure of recovery):
+for each ground-truth direction, the cosine of the closest dictionary direction, averaged.
+
+    MMCS(truth, learned) = mean_g max_l cos(truth_g, learned_l)
+
+Signed cosine: the codes are non-negative, so a latent pointing against a feature does not
+recover it. Also the paper's proxy without ground truth: MMCS between dictionaries of
+different sizes (the smaller one's directions found in the larger one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def mmcs(truth: torch.Tensor, learned: torch.Tensor, chunk: int = 4096) -> float:
+    """MMCS of `learned` (n, d) directions against `truth` (G, d); chunked over the
+    learned directions, so a large dictionary needs no (G, n) matrix."""
+    t = torch.nn.functional.normalize(truth.double(), dim=1)
+    best = torch.full((len(t),), -1.0, dtype=torch.float64)
+    for start in range(0, len(learned), chunk):
+        part = torch.nn.functional.normalize(learned[start:start + chunk].double().cpu(), dim=1)
+        best = torch.maximum(best, (t @ part.T).max(1).values)
+    return float(best.mean())
+
+
+def recovered(truth: torch.Tensor, learned: torch.Tensor, threshold: float = 0.9) -> float:
+    """Fraction of the ground-truth directions some learned direction matches with cosine
+    above `threshold`."""
+    t = torch.nn.functional.normalize(truth.double(), dim=1)
+    part = torch.nn.functional.normalize(learned.double().cpu(), dim=1)
+    return float(((t @ part.T).max(1).values > threshold).double().mean())
