@@ -145,10 +145,10 @@ class SparseDictionary(nn.Module):
     # --- the maps ---------------------------------------------------------------------------
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return self.into_shards(x - self.b_dec) @ self.W_enc + self.b_enc
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.W_dec + self.b_dec
+        return self.over_shards(z @ self.W_dec) + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes at inference (batchtopk uses its learned threshold, not the batch)."""
@@ -170,15 +170,17 @@ class SparseDictionary(nn.Module):
             z = self.encode(x)
             return self.decode(z), (z > 0).flatten(0, -2).any(0)
         flat = x.flatten(0, -2)
-        rows, n = flat.shape[0], self.cfg.latents
-        acc: kernels.Accumulator = (
-            kernels.RowTopK(rows, self.cfg.k or 1, x.device) if self.cfg.arch == "topk"
-            else kernels.Above(rows, n, self.threshold))
+        rows, n, k = flat.shape[0], self.local_latents, self.cfg.k or 1
+        top = self.cfg.arch == "topk"  # batchtopk: per token, against its learned threshold
+        acc: kernels.Accumulator = (kernels.RowTopK(rows, k, x.device) if top
+                                    else kernels.Above(rows, n, self.threshold))
         sel, = kernels.select(flat - self.b_dec, self.W_enc, self.b_enc, [acc])
+        if top:
+            sel = self.winners(sel, k, by_row=True)
         codes = torch.relu(sel.values)
         fired = torch.zeros(n, dtype=torch.bool, device=x.device)
         fired[sel.cols[codes > 0]] = True
-        x_hat = kernels.decode([sel], [codes], self.W_dec)[0] + self.b_dec
+        x_hat = self.over_shards(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
         return x_hat.view_as(x), fired
 
     def forward(self, x: torch.Tensor) -> Output:
@@ -190,7 +192,7 @@ class SparseDictionary(nn.Module):
         fired = None  # per-latent counts: from the B·k selections when there are some
         if arch == "batchtopk":
             z, fired = _batch_topk(pre, (self.cfg.k or 1) * x.shape[0])
-            self._update_threshold(z.masked_fill(z <= 0, math.inf).min())
+            self._update_threshold(smallest_positive(z.flatten()))
         elif arch == "jumprelu":
             z = jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
         elif arch == "topk":
@@ -203,10 +205,10 @@ class SparseDictionary(nn.Module):
         mse = ((x_hat - x) ** 2).sum(-1).mean()
         terms = {"mse": mse}
         if arch == "relu":
-            terms["l1_loss"] = self.cfg.l1 * z.abs().sum(-1).mean()
+            terms["l1_loss"] = self.cfg.l1 * self.over_shards(z.abs().sum(-1)).mean()
         elif arch == "jumprelu":
             l0 = step(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
-            terms["l0_loss"] = self.cfg.l0 * l0.sum(-1).mean()
+            terms["l0_loss"] = self.cfg.l0 * self.over_shards(l0.sum(-1)).mean()
         else:
             terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
         self._track(fired, x.shape[0])
@@ -232,31 +234,33 @@ class SparseDictionary(nn.Module):
     def _forward_sparse(self, x: torch.Tensor) -> Output:
         """The same pass without (batch, latents) tensors: latents selected block by block,
         gradients only through the selected entries (trainer/kernels)."""
-        cfg, batch = self.cfg, x.shape[0]
-        xc = x - self.b_dec
-        k = cfg.k or 1
-        main: kernels.Accumulator = (kernels.RowTopK(batch, k, x.device) if cfg.arch == "topk"
-                                     else kernels.BatchTopK(batch, cfg.latents, k * batch,
-                                                            x.device))
+        cfg, batch, n = self.cfg, x.shape[0], self.local_latents
+        xc = self.into_shards(x - self.b_dec)
+        k, top = cfg.k or 1, cfg.arch == "topk"
+        main: kernels.Accumulator = (kernels.RowTopK(batch, k, x.device) if top
+                                     else kernels.BatchTopK(batch, n, k * batch, x.device))
         dead = self.dead_mask()
-        k_aux = min(cfg.aux_k or 2 * k, int(dead.sum()))
+        k_aux = min(cfg.aux_k or 2 * k, int(self.over_shards(dead.sum())))
         accs = [main] + ([kernels.RowTopK(batch, k_aux, x.device, dead)] if k_aux else [])
-        sels = kernels.select(xc.detach(), self.W_enc, self.b_enc, accs)
+        found = kernels.select(xc.detach(), self.W_enc, self.b_enc, accs)
+        sels = [self.winners(found[0], k if top else k * batch, by_row=top)]
+        if k_aux:
+            sels.append(self.winners(found[1], k_aux, by_row=True))
         codes = [torch.relu(v) for v in kernels.selected(xc, self.W_enc, self.b_enc, sels)]
         decoded = kernels.decode(sels, codes, self.W_dec)
-        x_hat = decoded[0] + self.b_dec
+        x_hat = self.over_shards(decoded[0]) + self.b_dec
         terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
         if k_aux:  # AuxK: the dead latents' top k_aux reconstruct the residual
-            aux_err = decoded[1] - (x - x_hat).detach()
+            aux_err = self.over_shards(decoded[1]) - (x - x_hat).detach()
             terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
         sel, z = sels[0], codes[0]
-        fired = selection_counts(sel.cols, z.detach() > 0, cfg.latents)
-        if cfg.arch == "batchtopk":
+        fired = selection_counts(sel.cols, z.detach() > 0, n)
+        if cfg.arch == "batchtopk":  # the minimum over all ranks is taken by the update
             self._update_threshold(smallest_positive(z.detach()))
         self._track(fired, batch)
         loss = terms["mse"] + terms["aux_loss"]
-        return Output(x_hat, kernels.to_sparse(sel, z, cfg.latents), loss,
-                      {k: v.detach() for k, v in terms.items()}, fired)
+        return Output(x_hat, kernels.to_sparse(sel, z, n), loss,
+                      {name: v.detach() for name, v in terms.items()}, fired)
 
     @torch.no_grad()
     def _update_threshold(self, smallest: torch.Tensor) -> None:
@@ -278,9 +282,21 @@ class SparseDictionary(nn.Module):
         self.tokens_since_fired.add_(tokens * distributed.group_size(group))
         self.tokens_since_fired.masked_fill_(fired, 0)
 
+    # --- where latent sharding (trainer/sharding) hooks in; identities for one shard ------
+
+    def into_shards(self, xc: torch.Tensor) -> torch.Tensor:
+        """The centred input as every shard takes it (its gradient: the sum of theirs)."""
+        return xc
+
     def over_shards(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of a per-shard quantity over the shards of this dictionary (it is one)."""
+        """The sum of a per-shard quantity over the shards (the sum's gradient: every one's)."""
         return t
+
+    def winners(self, found: kernels.Selection, count: int,  # noqa: ARG002
+                by_row: bool) -> kernels.Selection:  # noqa: ARG002
+        """Of the entries this shard selected (each row's top `count`, or the batch's), those
+        that win among every shard's: all of them here."""
+        return found
 
     def clip_grad_norm_(self, max_norm: float) -> None:
         """Scale the gradients so that their global norm is at most `max_norm`."""

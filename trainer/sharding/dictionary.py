@@ -10,10 +10,12 @@ b_dec and BatchTopK's threshold are replicated. The tp ranks of a dp row see the
     AuxK       the same over the dead latents, k_aux = min(aux_k, dead latents of all ranks)
     ReLU, JumpReLU  dense on the slice; only the sums need all ranks
 
-Every rank decodes its own winners; the partial reconstructions are summed over tp
-(`sum_over_shards`), and the input's gradient is summed back (`copy_to_shards`), so every
-parameter gets exactly the unsharded gradient of its slice. Gradients are averaged over dp only
-(DDP over the dp group). Tested against the unsharded dictionary (tests/test_sharding.py).
+The passes are SparseDictionary's own; this class fills in its three hooks. Every rank decodes
+its own winners (`winners`); the partial reconstructions and penalties are summed over tp
+(`over_shards`: `sum_over_shards`), and the input's gradient is summed back (`into_shards`:
+`copy_to_shards`), so every parameter gets exactly the unsharded gradient of its slice.
+Gradients are averaged over dp only (DDP over the dp group). Tested against the unsharded
+dictionary (tests/test_sharding.py).
 """
 
 from __future__ import annotations
@@ -22,29 +24,8 @@ import math
 
 import torch
 
-from trainer import distributed
-from trainer.dictionaries import (
-    SELECTED,
-    DictionaryConfig,
-    Kernel,
-    Output,
-    SparseDictionary,
-    selection_counts,
-    smallest_positive,
-)
-from trainer.kernels import (
-    Above,
-    Accumulator,
-    BatchTopK,
-    RowTopK,
-    Selection,
-    decode,
-    from_sorted,
-    select,
-    selected,
-    to_sparse,
-)
-from trainer.kernels.jumprelu import jump_relu, step
+from trainer.dictionaries import SELECTED, DictionaryConfig, Kernel, SparseDictionary
+from trainer.kernels import Selection, from_sorted
 from trainer.sharding.mesh import Mesh
 from trainer.sharding.ops import copy_to_shards, gather, sum_over_shards
 
@@ -67,8 +48,15 @@ class ShardedDictionary(SparseDictionary):
         self.mesh = mesh
         self.replica_group = mesh.dp_group
 
+    def into_shards(self, xc: torch.Tensor) -> torch.Tensor:
+        return copy_to_shards(xc, self.mesh.tp_group)
+
     def over_shards(self, t: torch.Tensor) -> torch.Tensor:
-        return distributed.all_reduce(t, "sum", self.mesh.tp_group)
+        return sum_over_shards(t, self.mesh.tp_group)
+
+    def winners(self, found: Selection, count: int, by_row: bool) -> Selection:
+        return (self._row_winners(found, count) if by_row
+                else self._batch_winners(found, count))
 
     def clip_grad_norm_(self, max_norm: float) -> None:
         """As torch's, with the norm over every shard (b_dec, replicated, counted once)."""
@@ -82,55 +70,6 @@ class ShardedDictionary(SparseDictionary):
         coef = (max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
         for g in grads.values():
             g.mul_(coef)
-
-    def forward(self, x: torch.Tensor) -> Output:
-        xc = copy_to_shards(x - self.b_dec, self.mesh.tp_group)
-        return self._selected(x, xc) if self.cfg.arch in SELECTED else self._dense(x, xc)
-
-    def _dense(self, x: torch.Tensor, xc: torch.Tensor) -> Output:
-        cfg, group = self.cfg, self.mesh.tp_group
-        pre = xc @ self.W_enc + self.b_enc
-        z = (torch.relu(pre) if cfg.arch == "relu"
-             else jump_relu(pre, self.log_threshold.exp(), cfg.jump_bandwidth))
-        x_hat = sum_over_shards(z @ self.W_dec, group) + self.b_dec
-        terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean()}
-        if cfg.arch == "relu":
-            terms["l1_loss"] = cfg.l1 * sum_over_shards(z.abs().sum(-1), group).mean()
-        else:
-            active = step(pre, self.log_threshold.exp(), cfg.jump_bandwidth).sum(-1)
-            terms["l0_loss"] = cfg.l0 * sum_over_shards(active, group).mean()
-        fired = (z > 0).sum(0)
-        self._track(fired, x.shape[0])
-        loss = torch.stack(list(terms.values())).sum()
-        return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()}, fired)
-
-    def _selected(self, x: torch.Tensor, xc: torch.Tensor) -> Output:
-        cfg, batch, group = self.cfg, x.shape[0], self.mesh.tp_group
-        k = cfg.k or 1
-        dead = self.dead_mask()
-        k_aux = min(cfg.aux_k or 2 * k, int(self.over_shards(dead.sum())))
-        main: Accumulator = (RowTopK(batch, k, x.device) if cfg.arch == "topk"
-                             else BatchTopK(batch, self.local_latents, k * batch, x.device))
-        accs = [main] + ([RowTopK(batch, k_aux, x.device, dead)] if k_aux else [])
-        local = select(xc.detach(), self.W_enc, self.b_enc, accs)
-        sels = [self._row_winners(local[0], k) if cfg.arch == "topk"
-                else self._batch_winners(local[0], k * batch)]
-        if k_aux:
-            sels.append(self._row_winners(local[1], k_aux))
-        codes = [torch.relu(v) for v in selected(xc, self.W_enc, self.b_enc, sels)]
-        partial = decode(sels, codes, self.W_dec)
-        x_hat = sum_over_shards(partial[0], group) + self.b_dec
-        terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
-        if k_aux:
-            aux_err = sum_over_shards(partial[1], group) - (x - x_hat).detach()
-            terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
-        fired = selection_counts(sels[0].cols, codes[0].detach() > 0, self.local_latents)
-        if cfg.arch == "batchtopk":  # the minimum over all ranks is taken by the update
-            self._update_threshold(smallest_positive(codes[0].detach()))
-        self._track(fired, batch)
-        return Output(x_hat, to_sparse(sels[0], codes[0], self.local_latents),
-                      terms["mse"] + terms["aux_loss"],
-                      {name: v.detach() for name, v in terms.items()}, fired)
 
     def _row_winners(self, local: Selection, k: int) -> Selection:
         """Each row's global top k from every shard's candidates; the ones held here."""
@@ -162,27 +101,3 @@ class ShardedDictionary(SparseDictionary):
         mine = (won >= 0) & (won % n >= self.start) & (won % n < self.stop)
         won, order = torch.sort(won[mine])
         return from_sorted(won // n, won % n - self.start, top.values[mine][order], batch)
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference over the shards (every tp rank calls it on the same x); `fired` is this
-        shard's latents."""
-        cfg, flat = self.cfg, x.flatten(0, -2)
-        xc = flat - self.b_dec
-        if cfg.arch in SELECTED:
-            acc: Accumulator = (RowTopK(len(flat), cfg.k or 1, x.device) if cfg.arch == "topk"
-                                else Above(len(flat), self.local_latents, self.threshold))
-            sel, = select(xc, self.W_enc, self.b_enc, [acc])
-            if cfg.arch == "topk":
-                sel = self._row_winners(sel, cfg.k or 1)
-            codes = torch.relu(sel.values)
-            fired = torch.zeros(self.local_latents, dtype=torch.bool, device=x.device)
-            fired[sel.cols[codes > 0]] = True
-            partial = decode([sel], [codes], self.W_dec)[0]
-        else:
-            pre = xc @ self.W_enc + self.b_enc
-            z = (torch.relu(pre) if cfg.arch == "relu"
-                 else jump_relu(pre, self.log_threshold.exp(), cfg.jump_bandwidth))
-            partial, fired = z @ self.W_dec, (z > 0).any(0)
-        x_hat = distributed.all_reduce(partial, "sum", self.mesh.tp_group) + self.b_dec
-        return x_hat.view_as(x), fired
