@@ -31,7 +31,7 @@ import torch
 
 from trainer.dictionaries import DictionaryConfig
 from trainer.ensemble import Ensemble, adam
-from trainer.plan import dictionary_memory, gib
+from trainer.plan import available_bytes, dictionary_memory, gib
 
 Step = typing.Literal["dense", "sparse"]
 
@@ -45,13 +45,11 @@ def rss_bytes(field: str) -> int:
 
 
 def device_bytes(device: str) -> int:
-    """Memory the step may use: the GPU's total, or the host's available memory."""
-    if device == "cuda":
-        return int(torch.cuda.mem_get_info()[1])
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
+    """Memory the step may use on `device` (the memory model's own reading of it)."""
+    free = available_bytes(torch.device(device))
+    if free is None:
+        raise RuntimeError(f"cannot tell the free memory of {device} here")
+    return free
 
 
 def child(a: argparse.Namespace) -> dict[str, Any]:

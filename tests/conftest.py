@@ -1,4 +1,5 @@
-"""Fixtures: one store URL per backend (memory, local disk, S3 on a real moto server)."""
+"""Fixtures: one store URL per backend (memory, local disk, S3 on a real moto server), and a
+filled local store for the trainer's tests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import fsspec
 import pytest
 from moto.server import ThreadedMotoServer
+
+from tests.helpers import fill_store, new_store
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,14 @@ def s3_endpoint() -> Iterator[str]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A complete local store of the helpers' layout (12- and 5-wide hooks), one per module."""
+    url = str(tmp_path_factory.mktemp("train") / "store")
+    fill_store(new_store(url))
+    return url
 
 
 @pytest.fixture(params=["memory", "local", "s3"])

@@ -13,19 +13,12 @@ import pytest
 import torch
 
 from actstore.cli import main
-from tests.helpers import HOOKS, fill_store, new_store
+from tests.helpers import HOOKS
 from trainer import plan
 from trainer.config import TrainConfig
 from trainer.train import train
 
 GIB = 1 << 30
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = str(tmp_path_factory.mktemp("plan") / "store")
-    fill_store(new_store(url))
-    return url
 
 
 def settings(store: str, out: Path, latents: int) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers import HOOKS, fill_store, new_store
+from tests.helpers import HOOKS
 from tests.test_ddp import env
 from tests.test_train import config, die_at_step, read_metrics, weights
 from trainer.config import TrainConfig
@@ -57,13 +57,6 @@ def assert_close_weights(a: Path, b: Path) -> None:
         for key in wa[name]:
             torch.testing.assert_close(wb[name][key], wa[name][key], rtol=1e-4, atol=1e-5,
                                        msg=lambda m, n=name, k=key: f"{n} {k}: {m}")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = str(tmp_path_factory.mktemp("sharded") / "store")
-    fill_store(new_store(url))
-    return url
 
 
 def settings(store: str, out: Path, **kw: Any) -> TrainConfig:

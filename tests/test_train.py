@@ -25,13 +25,6 @@ from trainer.logs import read_metrics
 from trainer.train import train
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = str(tmp_path_factory.mktemp("train") / "store")
-    fill_store(new_store(url))
-    return url
-
-
 def config(store: str, out: Path, **kw: Any) -> TrainConfig:
     base: dict[str, Any] = {
         "store": store, "hook": HOOKS[0], "arch": "topk", "latents": (24,), "k": (2, 3),

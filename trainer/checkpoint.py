@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import random
 import shutil
@@ -113,7 +114,7 @@ def _as_saved(key: str, t: torch.Tensor, member: SparseDictionary, mesh: Mesh | 
     if mesh is None or mesh.tp == 1 or key not in SHARDED_DIM:
         return view
     shape = torch.Size((member.cfg.latents, *view.shape[1:]))
-    stride = tuple(int(torch.tensor(shape[i + 1:]).prod()) for i in range(len(shape)))
+    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous
     return DTensor.from_local(view, mesh.device_mesh, [Replicate(), Shard(0)], run_check=False,
                               shape=shape, stride=stride)
 

@@ -89,20 +89,19 @@ def print_plan(cfg: TrainConfig) -> int:
 
     from actstore.format import storage_numpy_dtype
     from actstore.store import ActivationStore
+    from trainer.distributed import World, wants_cuda
     from trainer.plan import describe
+    from trainer.sharding.mesh import data_parallel
+    from trainer.train import check_against
 
     store = ActivationStore.open(cfg.store)
-    if cfg.hook not in store.layout.d_model:
-        raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
-                         f"{list(store.hooks)}")
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
-    ranks = int(os.environ.get("WORLD_SIZE", str(cfg.tp)))
-    if ranks % cfg.tp:
-        raise ValueError(f"--tp {cfg.tp} must divide the number of ranks ({ranks})")
+    world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
+    check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
     print(describe(cfg, store.layout.d_model[cfg.hook],
-                   storage_numpy_dtype(store.spec.dtype).itemsize, ranks // cfg.tp, device))
+                   storage_numpy_dtype(store.spec.dtype).itemsize,
+                   data_parallel(world.size, cfg.tp), device))
     return 0
 
 

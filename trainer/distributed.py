@@ -38,10 +38,15 @@ class World:
         return self.rank == 0
 
 
+def wants_cuda(device: str) -> bool:
+    """Whether `--device` (auto, cpu, cuda) means a GPU on this machine."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 def setup(device: str = "auto", timeout_s: float = 600) -> World:
     """Join (or start) the process group and pick this rank's device."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = wants_cuda(device)
     if use_cuda:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda but no CUDA device is visible")

@@ -108,22 +108,6 @@ class Ensemble:
             s.step()
         return outs
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"members": [m.state_dict() for m in self.members],
-                "optimizers": [o.state_dict() for o in self.optimizers],
-                "schedulers": [s.state_dict() for s in self.schedulers]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["members"]) != len(self.members):
-            raise ValueError(f"checkpoint has {len(state['members'])} dictionaries, this run "
-                             f"{len(self.members)}")
-        for m, s in zip(self.members, state["members"], strict=True):
-            m.load_state_dict(s)
-        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
-            o.load_state_dict(s)
-        for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
-            sch.load_state_dict(s)
-
 
 def train_step(sae: SparseDictionary, forward: Callable[[torch.Tensor], Output],
                opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float | None, *,

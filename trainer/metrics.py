@@ -11,7 +11,6 @@ per step) and reduced across ranks when a line is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -104,11 +103,3 @@ class Meter:
                 counts = torch.cat(list(gather_uneven(counts, self.tp_group)))
             out.append(counts.cpu().double() / max(float(tokens), 1.0))
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """Run-long state (interval sums are empty at checkpoints, which fall on log steps)."""
-        return {"fired": [f.cpu() for f in self.fired], "tokens_total": self.tokens_total}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fired = [f.to(self.device) for f in state["fired"]]
-        self.tokens_total = int(state["tokens_total"])

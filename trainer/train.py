@@ -39,7 +39,7 @@ from trainer.export import export_saelens, save_dictionary
 from trainer.logs import MetricsLog
 from trainer.metrics import Meter
 from trainer.sharding.gather import gathered
-from trainer.sharding.mesh import make_mesh
+from trainer.sharding.mesh import data_parallel, make_mesh
 from trainer.splice import Splicer
 
 
@@ -70,9 +70,7 @@ def member_name(cfg: DictionaryConfig) -> str:
 
 def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
     """Checks that need the store and the world size, before any work."""
-    if world.size % cfg.tp:
-        raise ValueError(f"--tp {cfg.tp} must divide the number of ranks ({world.size})")
-    dp = world.size // cfg.tp
+    dp = data_parallel(world.size, cfg.tp)
     if cfg.hook not in store.layout.d_model:
         raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
                          f"{list(store.hooks)}")
@@ -106,12 +104,12 @@ class _Run:
         check_against(cfg, self.store, world)
         d_model = self.store.layout.d_model[cfg.hook]
         self.members = cfg.dictionaries(d_model)
+        self.mesh = make_mesh(world, cfg.tp)
         problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
-                                   .itemsize, world.size // cfg.tp, world.device)
+                                   .itemsize, self.mesh.dp, world.device)
         if problem:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
-        self.mesh = make_mesh(world, cfg.tp)
         per_rank = cfg.batch_size // self.mesh.dp
         self.loader = Loader(LoaderConfig(
             hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,

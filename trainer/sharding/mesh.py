@@ -47,14 +47,19 @@ class Mesh:
         return start, min(start + size, latents)
 
 
+def data_parallel(ranks: int, tp: int) -> int:
+    """dp for `ranks` ranks split into tp groups; refuses a tp that does not divide them."""
+    if tp < 1 or ranks % tp:
+        raise ValueError(f"--tp {tp} must divide the number of ranks ({ranks})")
+    return ranks // tp
+
+
 def make_mesh(world: World, tp: int) -> Mesh:
     """The dp × tp mesh over the running process group (`tp` must divide the world size)."""
-    if tp < 1 or world.size % tp:
-        raise ValueError(f"--tp {tp} must divide the number of ranks ({world.size})")
+    dp = data_parallel(world.size, tp)
     if tp == 1:
-        return Mesh(dp=world.size, tp=1, dp_rank=world.rank, tp_rank=0)
-    mesh = init_device_mesh(world.device.type, (world.size // tp, tp),
-                            mesh_dim_names=("dp", "tp"))
-    return Mesh(dp=world.size // tp, tp=tp, dp_rank=mesh.get_local_rank("dp"),
+        return Mesh(dp=dp, tp=1, dp_rank=world.rank, tp_rank=0)
+    mesh = init_device_mesh(world.device.type, (dp, tp), mesh_dim_names=("dp", "tp"))
+    return Mesh(dp=dp, tp=tp, dp_rank=mesh.get_local_rank("dp"),
                 tp_rank=mesh.get_local_rank("tp"), dp_group=mesh.get_group("dp"),
                 tp_group=mesh.get_group("tp"), device_mesh=mesh)
