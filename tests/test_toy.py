@@ -93,3 +93,17 @@ def test_a_dictionary_trained_on_a_toy_store_recovers_its_features(
     line = re.search(r'"mmcs": ([\d.]+)', capsys.readouterr().out)
     assert line
     assert float(line.group(1)) > 0.9
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--active", "0"], "--active must be in"),
+    (["--active", "30", "--features", "24"], "--active must be in"),
+    (["--decay", "1.5"], "--decay must be in"),
+    (["--rows", "0"], "must be >= 1"),
+])
+def test_bad_toy_settings_are_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+        message: str) -> None:
+    assert main(["toy", "--out", str(tmp_path / "stores"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "stores").exists()
