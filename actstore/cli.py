@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cli import add_train_parser
 
     add_train_parser(sub)
+    from trainer.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
@@ -211,11 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                            "hooks": tuple(args["hooks"])})),
         "train": lambda: _train(args),
         "toy": lambda: run_toy(args),
+        "eval": lambda: _eval(args),
     }
     hint = ("rerun the same command with --resume to continue from the last checkpoint"
             if command == "train" else "rerun the same command to resume"
             if command == "generate" else "nothing was changed")
     return run_command(f"actstore {command}", runners[command], hint)
+
+
+def _eval(args: dict[str, Any]) -> int:
+    from trainer.evaluation.cli import run_eval
+
+    return run_eval(args)
 
 
 def _train(args: dict[str, Any]) -> int:

@@ -60,6 +60,9 @@ class LoaderConfig:
     """Drop each rank's final short batch of an epoch."""
     with_rows: bool = False
     """Also deliver the store row numbers of each batch (for tracing and shuffle quality)."""
+    shards: tuple[int, ...] | None = None
+    """Read only these shards (None: all of them): how a held-out slice is kept out of
+    training (see `actstore.holdout`)."""
 
     def __post_init__(self) -> None:
         if not self.hooks:
@@ -72,6 +75,8 @@ class LoaderConfig:
                              "two windows")
         if self.prefetch_windows < 1 or self.read_threads < 1:
             raise ValueError("prefetch_windows and read_threads must be >= 1")
+        if self.shards is not None and not self.shards:
+            raise ValueError("LoaderConfig.shards is empty: name at least one shard, or None")
 
 
 class Normalizer(NamedTuple):
@@ -116,13 +121,13 @@ class EpochPlan:
     """The row order of one rank in one epoch, as (chunk, offset) runs: pure arithmetic."""
 
     def __init__(self, store: ActivationStore, seed: int, epoch: int, rank: int,
-                 world_size: int) -> None:
+                 world_size: int, *, shards: tuple[int, ...] | None = None) -> None:
+        chunks = selected_chunks(store, shards)
         n, c = store.num_rows, store.layout.chunk_rows
-        n_chunks = -(-n // c)
-        order = np.random.default_rng(derived_seed(seed, epoch)).permutation(n_chunks)
+        order = chunks[np.random.default_rng(derived_seed(seed, epoch)).permutation(len(chunks))]
         sizes = np.minimum(c, n - order * c)
         self.chunk_order, self.chunk_start = order, np.concatenate([[0], np.cumsum(sizes)])
-        self.rows = n // world_size
+        self.rows = int(self.chunk_start[-1]) // world_size
         self.begin = rank * self.rows  # rank's slice of the global order
         self.chunk_rows = c
 
@@ -135,6 +140,34 @@ class EpochPlan:
             max(g_lo, self.chunk_start[k]) - self.chunk_start[k],
             min(g_hi, self.chunk_start[k + 1]) - self.chunk_start[k]) for k in range(first, last)]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def selected_chunks(store: ActivationStore, shards: tuple[int, ...] | None
+                    ) -> NDArray[np.int64]:
+    """Chunk numbers of the given shards (all chunks when None), ascending."""
+    c, n = store.layout.chunk_rows, store.num_rows
+    if shards is None:
+        return np.arange(-(-n // c), dtype=np.int64)
+    _check_shards(store, shards)
+    per = store.layout.shard_rows // c
+    parts = [np.arange(s * per, -(-store.layout.shard_rows_range(s)[1] // c), dtype=np.int64)
+             for s in sorted(set(shards))]
+    return np.concatenate(parts)
+
+
+def _check_shards(store: ActivationStore, shards: tuple[int, ...]) -> None:
+    bad = sorted(s for s in set(shards) if not 0 <= s < store.num_shards)
+    if bad:
+        raise ValueError(f"shards {bad} are not in store {store.url} (it has "
+                         f"{store.num_shards} shards)")
+
+
+def selected_rows(store: ActivationStore, shards: tuple[int, ...] | None) -> int:
+    """Rows in the given shards (all rows when None)."""
+    if shards is None:
+        return store.num_rows
+    _check_shards(store, shards)
+    return sum(b - a for a, b in map(store.layout.shard_rows_range, set(shards)))
 
 
 class Loader:
@@ -152,8 +185,9 @@ class Loader:
         if problem is not None:
             raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating "
                              "it first")
-        if store.num_rows // world_size == 0:
-            raise ValueError(f"{store.num_rows} rows cannot feed {world_size} ranks")
+        self.total_rows = selected_rows(store, config.shards)
+        if self.total_rows // world_size == 0:
+            raise ValueError(f"{self.total_rows} rows cannot feed {world_size} ranks")
         self.config, self.store, self.rank, self.world_size = config, store, rank, world_size
         self.epoch, self.consumed = 0, 0
         self._scale = {h: Normalizer.of(store, h, config.normalize) for h in config.hooks}
@@ -168,7 +202,7 @@ class Loader:
     @property
     def rows_per_epoch(self) -> int:
         """Rows this rank delivers per epoch."""
-        rows = self.store.num_rows // self.world_size
+        rows = self.total_rows // self.world_size
         return rows - rows % self.config.batch_size if self.config.drop_last else rows
 
     def __len__(self) -> int:
@@ -179,7 +213,8 @@ class Loader:
         return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed,
                 "world_size": self.world_size, "rank": self.rank, "seed": self.config.seed,
                 "batch_size": self.config.batch_size,
-                "shuffle_buffer": self.config.shuffle_buffer, "store_key": self.store.key}
+                "shuffle_buffer": self.config.shuffle_buffer, "store_key": self.store.key,
+                "shards": None if self.config.shards is None else sorted(self.config.shards)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at a saved position; refuses a state that would not replay the same batches."""
@@ -187,9 +222,10 @@ class Loader:
             raise ValueError(f"loader state version {state.get('version')} is not "
                              f"{STATE_VERSION}")
         mine = self.state_dict()
-        for key in ("world_size", "rank", "seed", "batch_size", "shuffle_buffer", "store_key"):
-            if state[key] != mine[key]:
-                raise ValueError(f"loader state was saved with {key}={state[key]!r}, this "
+        for key in ("world_size", "rank", "seed", "batch_size", "shuffle_buffer", "store_key",
+                    "shards"):
+            if state.get(key) != mine[key]:  # states from before `shards` have none
+                raise ValueError(f"loader state was saved with {key}={state.get(key)!r}, this "
                                  f"loader has {key}={mine[key]!r}: the batches would differ "
                                  "(resume with the same world size and settings)")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
@@ -201,7 +237,8 @@ class Loader:
         starts at the next call."""
         if self.consumed >= self.rows_per_epoch:
             self.epoch, self.consumed = self.epoch + 1, 0
-        plan = EpochPlan(self.store, self.config.seed, self.epoch, self.rank, self.world_size)
+        plan = EpochPlan(self.store, self.config.seed, self.epoch, self.rank, self.world_size,
+                         shards=self.config.shards)
         for rows, x in self._produce(plan, self.consumed):
             batch = self._deliver(x, rows)
             self.consumed += len(rows)

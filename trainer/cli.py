@@ -44,7 +44,8 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                        ("seed", int), ("init_rows", int), ("aux_coef", float),
                        ("dead_after_tokens", int), ("log_every", int),
                        ("checkpoint_every", int), ("eval_every", int), ("eval_contexts", int),
-                       ("shuffle_buffer", int), ("read_threads", int), ("tp", int)):
+                       ("shuffle_buffer", int), ("read_threads", int), ("tp", int),
+                       ("holdout", float)):
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help=h(name))
     t.add_argument("--out", help=h("out"))
     t.add_argument("--normalize", choices=["none", "scale", "center_scale"],

@@ -99,6 +99,9 @@ class TrainConfig:
     dead_after_tokens: int | None = None
     """A latent silent for this many tokens is dead (the `dead` metric, and AuxK's input)
     (default: `default_dead_window`, a tenth of the run, at most 10M tokens)."""
+    holdout: float = 0.0
+    """Fraction of the store's shards (the last ones: whole contexts) never trained on, for
+    held-out scores (`actstore eval`, loss recovered); 0: train on every row."""
     tp: int = 1
     """Ranks each dictionary's latents are split over (latent sharding, for dictionaries
     larger than one device); the world size must be a multiple, and dp = world size / tp ranks
@@ -142,6 +145,7 @@ class TrainConfig:
             (0 <= self.decay_start <= 1, "--decay-start is a fraction in [0, 1]"),
             (self.grad_clip is None or self.grad_clip > 0, "--grad-clip must be > 0"),
             (self.tp >= 1, "--tp must be >= 1"),
+            (0 <= self.holdout < 1, "--holdout is a fraction in [0, 1)"),
             (self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
             (self.checkpoint_every % self.log_every == 0,
              f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --log-every "

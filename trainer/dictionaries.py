@@ -166,22 +166,30 @@ class SparseDictionary(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference: the reconstruction of x (..., d) and which latents fired, (latents,)
         bool; under the sparse kernel without a (tokens, latents) tensor."""
+        x_hat, codes = self.infer(x.flatten(0, -2))
+        fired = torch.zeros(self.local_latents, dtype=torch.bool, device=x.device)
+        fired[codes.cols] = True
+        return x_hat.view_as(x), fired
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, kernels.Selection]:
+        """Inference on (tokens, d): the reconstruction and the non-zero codes (values > 0,
+        local latent ids), under the sparse kernel without a (tokens, latents) tensor."""
         if self.kernel == "dense":
             z = self.encode(x)
-            return self.decode(z), (z > 0).flatten(0, -2).any(0)
-        flat = x.flatten(0, -2)
-        rows, n, k = flat.shape[0], self.local_latents, self.cfg.k or 1
+            rows, cols = z.nonzero(as_tuple=True)
+            return self.decode(z), kernels.from_sorted(rows, cols, z[rows, cols], len(x))
+        n, k = self.local_latents, self.cfg.k or 1
         top = self.cfg.arch == "topk"  # batchtopk: per token, against its learned threshold
-        acc: kernels.Accumulator = (kernels.RowTopK(rows, k, x.device) if top
-                                    else kernels.Above(rows, n, self.threshold))
-        sel, = kernels.select(flat - self.b_dec, self.W_enc, self.b_enc, [acc])
+        acc: kernels.Accumulator = (kernels.RowTopK(len(x), k, x.device) if top
+                                    else kernels.Above(len(x), n, self.threshold))
+        sel, = kernels.select(x - self.b_dec, self.W_enc, self.b_enc, [acc])
         if top:
             sel = self.winners(sel, k, by_row=True)
         codes = torch.relu(sel.values)
-        fired = torch.zeros(n, dtype=torch.bool, device=x.device)
-        fired[sel.cols[codes > 0]] = True
         x_hat = self.over_shards(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
-        return x_hat.view_as(x), fired
+        live = codes > 0
+        return x_hat, kernels.from_sorted(sel.rows[live], sel.cols[live], codes[live], len(x))
 
     def forward(self, x: torch.Tensor) -> Output:
         """Training pass: codes, reconstruction, losses; tracks which latents fire."""

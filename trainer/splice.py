@@ -30,12 +30,17 @@ from trainer.dictionaries import SparseDictionary
 Replace = Callable[[torch.Tensor], torch.Tensor]
 
 
-def held_out_contexts(store: ActivationStore, n: int) -> torch.Tensor:
-    """The last `n` full-length contexts of the store, (n, context_length) token ids."""
-    tokens = store.read_contexts(["tokens"]).column("tokens").to_pylist()
-    full = [t for t in tokens if len(t) == store.spec.context_length][-n:]
+def held_out_contexts(store: ActivationStore, n: int, first: int = 0) -> torch.Tensor:
+    """The last `n` full-length contexts of the store whose id is >= `first` (the held-out
+    slice's first context, see actstore.holdout), (n, context_length) token ids."""
+    table = store.read_contexts(["context_id", "tokens"])
+    ids = table.column("context_id").to_pylist()
+    tokens = table.column("tokens").to_pylist()
+    full = [t for i, t in zip(ids, tokens, strict=True)
+            if i >= first and len(t) == store.spec.context_length][-n:]
     if not full:
-        raise ValueError(f"store {store.url} has no full-length context to evaluate on")
+        raise ValueError(f"store {store.url} has no full-length context to evaluate on"
+                         + (f" from context {first} on (the held-out slice)" if first else ""))
     return torch.tensor(full, dtype=torch.long)
 
 
@@ -63,11 +68,11 @@ class Splicer:
     recomputed per chunk rather than kept, so memory stays bounded by a chunk."""
 
     def __init__(self, store: ActivationStore, hook: str, norm: Normalizer, contexts: int,
-                 device: torch.device) -> None:
+                 device: torch.device, *, first_context: int = 0) -> None:
         spec = store.spec
         self.model = load_model(spec.model, spec.model_revision, torch.float32, device)
         self.module = dict(self.model.named_modules())[hook]
-        self.ids = held_out_contexts(store, contexts).to(device)
+        self.ids = held_out_contexts(store, contexts, first_context).to(device)
         self.norm, self.skip_first = norm, spec.bos_policy == "drop"
         with torch.inference_mode():
             first = self._run(None, self.ids[:1])

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from actstore import holdout
 from actstore.errors import StoreError
 from actstore.format import storage_numpy_dtype
 from actstore.loader import Loader, LoaderConfig
@@ -111,11 +112,13 @@ class _Run:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
         per_rank = cfg.batch_size // self.mesh.dp
+        self.split = holdout.split(self.store, cfg.holdout)
         self.loader = Loader(LoaderConfig(
             hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
             shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
             read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
-            normalize=cfg.normalize), store=self.store, rank=self.mesh.dp_rank,
+            normalize=cfg.normalize,
+            shards=self.split.train_shards), store=self.store, rank=self.mesh.dp_rank,
             world_size=self.mesh.dp)
         self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
         warning = cfg.schedule_warning()
@@ -142,8 +145,9 @@ class _Run:
         error, splicer = None, None
         if self.mesh.dp_rank == 0:
             try:
+                first = holdout.first_held_out_context(self.store, self.split)
                 splicer = Splicer(self.store, self.cfg.hook, self.norm, self.cfg.eval_contexts,
-                                  self.world.device)
+                                  self.world.device, first_context=first)
             except Exception as e:  # reported on every rank below
                 error = f"{type(e).__name__}: {e}"
         error = next((e for e in distributed.gather_objects(error) if e), None)

@@ -65,9 +65,12 @@ def _nonlinearity(u: torch.Tensor, fun: Fun, alpha: float) -> tuple[torch.Tensor
 
 def fast_ica(x: torch.Tensor, components: int | None = None, *, fun: Fun = "logcosh",
              alpha: float = 1.0, max_iter: int = 200, tol: float = 1e-4, seed: int = 0,
-             cov: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> ICAResult:
-    """FastICA of the rows of x (n, d), in float64 on x's device. `cov` and `mean` (e.g.
-    streamed over a whole store) whiten instead of the sample's own."""
+             cov: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+             precision: Literal["float32", "float64"] = "float32") -> ICAResult:
+    """FastICA of the rows of x (n, d) on x's device. `cov` and `mean` (e.g. streamed over a
+    whole store) whiten instead of the sample's own. The two products over the sample per
+    iteration run in `precision` (float32 halves their time and memory on a CPU and is many
+    times faster on most GPUs); whitening, W and its decorrelation stay in float64."""
     data = x.double()
     mean = data.mean(0) if mean is None else mean.double().to(data.device)
     centred = data - mean
@@ -75,13 +78,15 @@ def fast_ica(x: torch.Tensor, components: int | None = None, *, fun: Fun = "logc
         cov = centred.T @ centred / max(1, len(data) - 1)
     m = components or x.shape[1]
     k = whitening(cov.to(data.device), m)
-    z = k @ centred.T  # (m, n)
+    dtype = torch.float32 if precision == "float32" else torch.float64
+    z = (k @ centred.T).to(dtype)  # (m, n)
+    del data, centred
     g = torch.Generator().manual_seed(seed)
-    w = _decorrelate(torch.randn(m, m, generator=g, dtype=torch.float64).to(data.device))
+    w = _decorrelate(torch.randn(m, m, generator=g, dtype=torch.float64).to(z.device))
     converged, it = False, 0
     for it in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
-        gu, dg = _nonlinearity(w @ z, fun, alpha)
-        new = _decorrelate(gu @ z.T / z.shape[1] - dg[:, None] * w)
+        gu, dg = _nonlinearity(w.to(dtype) @ z, fun, alpha)
+        new = _decorrelate((gu @ z.T).double() / z.shape[1] - dg.double()[:, None] * w)
         change = float((torch.abs(torch.einsum("ij,ij->i", new, w)) - 1).abs().max())
         w = new
         if change < tol:

@@ -1,0 +1,171 @@
+"""`actstore eval`: scores on the held-out slice, the right top rows per latent, the report's
+files, its page rendered in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from actstore.cli import main
+from actstore.loader import Normalizer
+from actstore.store import ActivationStore
+from tests.helpers import HOOKS, Expected, fill_store, straddling_store
+from trainer.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.evaluation import examples
+from trainer.evaluation.report import write_report
+from trainer.evaluation.run import EvalConfig, evaluate
+from trainer.export import save_dictionary
+from trainer.kernels import from_sorted
+
+HOOK = HOOKS[0]  # d_model 12
+
+
+def _neuron_dictionary(d: int) -> SparseDictionary:
+    """codes = relu(x), x̂ = codes: latent j is coordinate j, so its top rows are known."""
+    sae = SparseDictionary(DictionaryConfig("relu", d, d))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def _run(tmp_path: Path, holdout_fraction: float) -> tuple[Path, ActivationStore, Expected]:
+    store = straddling_store(str(tmp_path / "store"))
+    want = fill_store(store)
+    run = tmp_path / "run"
+    source = {"store": store.url, "store_key": store.key, "hook": HOOK,
+              "train_config": {"holdout": holdout_fraction}}
+    save_dictionary(run / "dictionaries" / "neurons-relu", _neuron_dictionary(12),
+                    Normalizer(None, 1.0), source)
+    return run, store, want
+
+
+def test_top_rows_and_scores_on_the_held_out_slice(tmp_path: Path) -> None:
+    run, store, want = _run(tmp_path, 0.5)
+    cfg = EvalConfig(run=str(run), out=str(tmp_path / "report"), ks=(1, 12), top=3, show=12,
+                     ica="none", window=2)
+    ev = evaluate(cfg)
+    held = [r for r in range(60, 104)
+            if int(want.index.context[r]) > int(want.index.context[:60].max())]
+    x = want.activations[HOOK].bfloat16().float()[held]
+    assert ev.meta["held_out"]
+    assert ev.meta["rows"] == len(held)
+    # the dictionary keeps the positive part of x: its FVU and L0 are known
+    fvu = float((x - x.relu()).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert ev.dictionaries["neurons-relu"]["fvu"] == pytest.approx(fvu, rel=1e-5)
+    assert ev.dictionaries["neurons-relu"]["l0"] == pytest.approx(float((x > 0).sum(1)
+                                                                  .double().mean()))
+    rows = {(r["method"], r["k"]): r["fvu"] for r in ev.frontier}
+    l0 = round(ev.dictionaries["neurons-relu"]["l0"])  # relu has no k: its L0 stands for it
+    assert set(rows) >= {("pca", 1), ("pca", 12), ("neurons", 12), ("random", 12),
+                         ("pca", l0), ("neurons-relu", l0)}
+    assert rows[("neurons", 12)] == pytest.approx(0.0, abs=1e-6)  # complete bases are exact
+    write_report(ev, store, cfg)
+    latents = json.loads((tmp_path / "report" / "latents.json").read_text())
+    pages = latents["dictionaries"]["neurons-relu"]["pages"]
+    for j, page in pages.items():
+        col = x[:, int(j)]
+        best = torch.argsort(col, descending=True, stable=True)[:3]  # ties: earlier row
+        best = [held[i] for i in best.tolist() if col[i] > 0]
+        assert [e["row"] for e in page["examples"]] == best  # the right rows, in order
+        for e in page["examples"]:
+            r = e["row"]
+            assert e["token"] == f"#{int(want.index.token[r])}"
+            assert e["context"] == int(want.index.context[r])
+            assert e["position"] == int(want.index.position[r])
+            assert e["value"] == pytest.approx(float(x[held.index(r), int(j)]))
+    summary = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert all(set(r) == {"method", "k", "l0", "fvu"} for r in summary["frontier"])
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# Evaluation of")
+    assert (tmp_path / "report" / "frontier.png").stat().st_size > 1000
+
+
+def test_collector_merges_exactly_like_one_sort() -> None:
+    gen = torch.Generator().manual_seed(0)
+    latents, top, total = 7, 4, 0
+    collector = examples.TopCollector(latents, top, buffer=10)  # many merges
+    seen: list[tuple[int, float, int]] = []
+    for batch in range(6):
+        rows = torch.randint(0, 9, (30,), generator=gen).sort().values
+        cols = torch.randint(0, latents, (30,), generator=gen)
+        values = torch.rand(30, generator=gen) + 0.01
+        store_rows = torch.arange(9) + 100 * batch
+        collector.add(from_sorted(rows, cols, values, 9), store_rows)
+        seen += [(int(c), float(v), int(store_rows[r]))
+                 for r, c, v in zip(rows, cols, values, strict=True)]
+        total += 9
+    got = collector.result()
+    assert got.tokens == total
+    for j in range(latents):
+        mine = sorted((v, r) for c, v, r in seen if c == j)[::-1][:top]
+        assert got.rows[j][:len(mine)].tolist() == [r for _, r in mine]
+        assert got.values[j][:len(mine)].tolist() == pytest.approx([v for v, _ in mine])
+        assert int(got.fired[j]) == sum(1 for c, _, _ in seen if c == j)
+        assert int(got.histogram[j].sum()) == int(got.fired[j])
+
+
+def test_a_run_that_held_nothing_out_is_refused_unless_asked(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    run, _, _ = _run(tmp_path, 0.0)
+    out = tmp_path / "report"
+    args = ["eval", "--run", str(run), "--out", str(out), "--ica", "none", "--ks", "1", "2"]
+    assert main(args) == 2
+    assert "--holdout" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--on-training-rows"]) == 0
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["meta"]["held_out"] is False
+    assert "TRAINED ON" in (out / "index.html").read_text()
+    assert main(["eval", "--run", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "no trained dictionary" in capsys.readouterr().err
+
+
+def test_eval_refuses_another_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _, _ = _run(tmp_path, 0.5)
+    other = straddling_store(str(tmp_path / "other"))
+    fill_store(other, seed=1)
+    cfg = json.loads((run / "dictionaries" / "neurons-relu" / "cfg.json").read_text())
+    cfg["source"]["store_key"] = "0" * 16
+    (run / "dictionaries" / "neurons-relu" / "cfg.json").write_text(json.dumps(cfg))
+    assert main(["eval", "--run", str(run), "--out", str(tmp_path / "r")]) == 2
+    assert "is not the store the run trained on" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium installed")
+def test_index_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+    run, _, _ = _run(tmp_path, 0.5)
+    cfg = EvalConfig(run=str(run), out=str(tmp_path / "report"), ks=(1, 2), top=3, show=12,
+                     ica="none")
+    ev = evaluate(cfg)
+    write_report(ev, ActivationStore.open(ev.meta["store"]), cfg)
+    pages = json.loads((tmp_path / "report" / "latents.json").read_text())
+    name = "neurons-relu"
+    latent, page = next(iter(pages["dictionaries"][name]["pages"].items()))
+
+    def dom(fragment: str) -> str:
+        url = (tmp_path / "report" / "index.html").as_uri() + fragment
+        done = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+                               "--dump-dom", url], capture_output=True, text=True, timeout=120,
+                              check=True)
+        return done.stdout
+
+    shown = dom(f"#dict={name}&latent={latent}")
+    assert f"{name} latent {latent}" in shown  # the script ran and rendered the page
+    for e in page["examples"]:
+        assert f'data-row="{e["row"]}"' in shown
+        assert f'<span class="tok">{e["token"]}</span>' in shown
+    assert "neurons-relu</td>" in shown  # the metrics table
+    assert shown.count("<tr>") >= 3
+    missing = dom(f"#dict={name}&latent=99999")
+    assert "latent 99999 of neurons-relu has no page" in missing

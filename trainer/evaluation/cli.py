@@ -1,0 +1,50 @@
+"""`actstore eval --run DIR --out REPORT`: flags parse into one `EvalConfig`, then it runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actstore.cli_support import field_help
+from trainer.evaluation.run import EvalConfig
+
+
+def add_eval_parser(sub: Any) -> None:
+    e = sub.add_parser(
+        "eval", help="score a run's dictionaries against PCA, ICA, neurons on held-out rows",
+        description="Score every dictionary of a training run and the seed paper's baselines "
+        "(PCA from the streamed covariance, FastICA, the neuron basis, a random basis) on the "
+        "held-out slice of its store at equal L0; MMCS against a toy store's ground truth and "
+        "between dictionary sizes; the top-activating contexts of a sample of latents. Writes "
+        "eval.json, latents.json, report.md, frontier.png and a self-contained index.html.")
+
+    def h(name: str) -> str:
+        return field_help(EvalConfig, name)
+    e.add_argument("--run", required=True, help=h("run"))
+    e.add_argument("--out", required=True, help=h("out"))
+    e.add_argument("--store", help=h("store"))
+    for name, kind in (("rows", int), ("fit_rows", int), ("ica_rows", int), ("top", int),
+                       ("show", int), ("window", int), ("seed", int)):
+        e.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name,
+                       default=getattr(EvalConfig, name), help=h(name))
+    e.add_argument("--ks", type=int, nargs="+", default=list(EvalConfig.ks), help=h("ks"))
+    e.add_argument("--ica", choices=["logcosh", "cube", "none"], default="logcosh",
+                   help=h("ica"))
+    e.add_argument("--on-training-rows", action="store_true", help=h("on_training_rows"))
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help=h("device"))
+
+
+def run_eval(args: dict[str, Any]) -> int:
+    from trainer.evaluation.report import write_report
+    from trainer.evaluation.run import evaluate
+
+    cfg = EvalConfig(**{**args, "ks": tuple(args["ks"])})
+    ev = evaluate(cfg)
+    from actstore.store import ActivationStore
+
+    out = write_report(ev, ActivationStore.open(ev.meta["store"]), cfg)
+    for name, s in ev.dictionaries.items():
+        print(f"{name}: L0 {s['l0']:.2f}  FVU {s['fvu']:.4f}"
+              + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else ""))
+    print(f"report: {out}/index.html ({out}/report.md, {out}/eval.json)")
+    return 0

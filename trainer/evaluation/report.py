@@ -1,0 +1,147 @@
+"""The report folder of `actstore eval`:
+
+    eval.json      meta, the frontier ({"method", "k", "l0", "fvu"} rows), per-dictionary
+                   and per-baseline scores, MMCS between dictionary sizes
+    latents.json   per dictionary, for a sample of latents: firing, histogram, top examples
+    report.md      the same as tables
+    frontier.png   FVU against L0 for every method
+    index.html     all of it in one self-contained page (opens from disk, no server)
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt
+import transformers
+
+from actstore.capture import model_path
+from actstore.store import ActivationStore
+from actstore.toy import TOY_MODEL
+from trainer.evaluation.examples import (
+    HIST_EDGES,
+    Decode,
+    TopActivations,
+    render,
+    sample_latents,
+    token_ids_text,
+)
+from trainer.evaluation.html import page
+from trainer.evaluation.run import EvalConfig, Evaluation, dump
+
+BASELINES = ("pca", "ica", "neurons", "random")
+
+
+def decoder_of(store: ActivationStore) -> Decode:
+    """Token ids to text with the store's tokenizer (from local files only: a report never
+    downloads); ids as numbers when it cannot load."""
+    if store.spec.model == TOY_MODEL:
+        return token_ids_text
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(model_path(store.spec.tokenizer),
+                                                         local_files_only=True)
+    except Exception:
+        return token_ids_text
+    return lambda ids: str(tok.decode(list(ids)))
+
+
+def latent_pages(ev: Evaluation, store: ActivationStore, cfg: EvalConfig
+                 ) -> dict[str, Any]:
+    """latents.json: for each dictionary, a sample of latents with their examples as text."""
+    decode = decoder_of(store)
+    out: dict[str, Any] = {"histogram_edges": HIST_EDGES.tolist(), "dictionaries": {}}
+    for name, top in ev.tops.items():
+        ids = sample_latents(top, cfg.show, cfg.seed)
+        out["dictionaries"][name] = {
+            "latents": top.fired.numel(), "tokens": top.tokens,
+            "fired_on_slice": int((top.fired > 0).sum()),
+            "pages": {str(i): _page(top, i, store, decode, cfg.window) for i in ids}}
+    return out
+
+
+def _page(top: TopActivations, i: int, store: ActivationStore, decode: Decode,
+          window: int) -> dict[str, Any]:
+    keep = top.rows[i] >= 0
+    rows, values = top.rows[i][keep].tolist(), top.values[i][keep].tolist()
+    return {"fired": int(top.fired[i]), "density": float(top.fired[i]) / max(top.tokens, 1),
+            "histogram": top.histogram[i].tolist(),
+            "examples": [dataclasses.asdict(e) for e in render(store, rows, values, decode,
+                                                                window)]}
+
+
+def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """FVU against L0, log-log: a line per baseline, a point per dictionary."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m not in BASELINES, m))
+    for m in methods:
+        pts = sorted((r["l0"], r["fvu"]) for r in rows if r["method"] == m)
+        style = "-o" if m in BASELINES else "*"
+        ax.plot([p[0] for p in pts], [max(p[1], 1e-6) for p in pts], style, label=m,
+                markersize=4 if m in BASELINES else 12)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("L0 (active codes per token)")
+    ax.set_ylabel("FVU on the held-out slice")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(ev: Evaluation) -> str:
+    """report.md: the scores and the frontier as tables."""
+    m = ev.meta
+    slice_ = ("held-out contexts (never trained on)" if m["held_out"]
+              else "**rows the dictionaries trained on** (the run held nothing out)")
+    lines = [f"# Evaluation of {m['run']}", "",
+             f"Store `{m['store']}` (hook `{m['hook']}`, model `{m['model']}`); scored on "
+             f"{m['rows']} rows of {slice_}.", "",
+             "## Dictionaries", "", "| dictionary | L0 | FVU | fired on slice | MMCS |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, s in ev.dictionaries.items():
+        mm = f"{s['mmcs']:.3f}" if "mmcs" in s else "-"
+        lines.append(f"| {name} | {s['l0']:.2f} | {s['fvu']:.4f} | "
+                     f"{s['fired_fraction']:.1%} | {mm} |")
+    ks = sorted({r["k"] for r in ev.frontier if r["method"] in BASELINES})
+    bases = [b for b in BASELINES if b in ev.baselines]
+    lines += ["", "## Baselines at equal L0 (FVU; codes cut to their k largest by magnitude)",
+              "", "| k | " + " | ".join(bases) + " |", "|---" * (len(bases) + 1) + "|"]
+    fvu = {(r["method"], r["k"]): r["fvu"] for r in ev.frontier}
+    for k in ks:
+        lines.append(f"| {k} | " + " | ".join(f"{fvu[(b, k)]:.4f}" for b in bases) + " |")
+    if any(ev.baselines.values()):
+        lines += ["", "MMCS of the baselines with the ground truth: " + ", ".join(
+            f"{b} {s['mmcs']:.3f}" for b, s in ev.baselines.items() if s)]
+    if ev.mmcs_between:
+        lines += ["", "## MMCS between dictionary sizes", "", "| smaller | larger | MMCS |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {r['smaller']} | {r['larger']} | {r['mmcs']:.3f} |"
+                  for r in ev.mmcs_between]
+    lines += ["", "![FVU against L0](frontier.png)", "",
+              "Open `index.html` for the examples of each latent.", ""]
+    return "\n".join(lines)
+
+
+def write_report(ev: Evaluation, store: ActivationStore, cfg: EvalConfig) -> Path:
+    """Write the report folder; returns it."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"meta": ev.meta, "frontier": ev.frontier, "dictionaries": ev.dictionaries,
+               "baselines": ev.baselines, "mmcs_between": ev.mmcs_between}
+    dump(out / "eval.json", summary)
+    latents = latent_pages(ev, store, cfg)
+    dump(out / "latents.json", latents)
+    (out / "report.md").write_text(markdown(ev))
+    plot_frontier(ev.frontier, out / "frontier.png")
+    png = base64.b64encode((out / "frontier.png").read_bytes()).decode()
+    (out / "index.html").write_text(page(json.dumps(summary), json.dumps(latents), png))
+    return out

@@ -1,0 +1,231 @@
+"""`actstore eval`: a run's dictionaries and the seed paper's baselines, scored alike on the
+held-out slice of the store the run trained on.
+
+    run/dictionaries/<name>/ ──load──▶ dictionaries (their input normalisers)
+    store ── training shards ──▶ streamed covariance ─▶ PCA; a sample ─▶ FastICA; neurons; random
+          ── held-out shards ──▶ rows of contexts never trained on
+                                  ├─ baselines: top-k codes by magnitude, k swept ─▶ FVU vs L0
+                                  └─ dictionaries: FVU, L0, firing, top activations per latent
+    ground truth (toy stores) ──▶ MMCS of every dictionary and baseline; MMCS between sizes
+
+Every FVU is computed on raw activations (dictionaries' reconstructions are un-normalised), so
+the numbers of all methods compare.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from actstore import holdout
+from actstore.loader import Normalizer
+from actstore.store import ActivationStore
+from actstore.toy import load_ground_truth
+from trainer.dictionaries import SparseDictionary
+from trainer.evaluation import baselines
+from trainer.evaluation.examples import TopActivations, TopCollector
+from trainer.evaluation.ica import fast_ica
+from trainer.evaluation.mmcs import mmcs, recovered
+from trainer.export import load_dictionary
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`actstore eval --run DIR --out REPORT`."""
+
+    run: str
+    """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/)."""
+    out: str
+    """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
+    store: str | None = None
+    """Store URL (default: the one the run trained on; it must have the same key)."""
+    rows: int = 1 << 16
+    """Held-out rows scored (FVU, L0, firing, top activations)."""
+    fit_rows: int = 1 << 20
+    """Training rows PCA's covariance is streamed from (all of them when fewer)."""
+    ica: Literal["logcosh", "cube", "none"] = "logcosh"
+    """FastICA's non-linearity (none: no ICA baseline)."""
+    ica_rows: int = 1 << 16
+    """Training rows FastICA is fitted on (whitened by the streamed covariance)."""
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+    """L0 values at which each baseline keeps its top-k codes (each dictionary's k is added)."""
+    top: int = 16
+    """Top activations kept per latent."""
+    show: int = 64
+    """Latents per dictionary given a page of examples in index.html (a seeded sample of
+    those that fired on the slice)."""
+    window: int = 12
+    """Tokens shown either side of an activating token."""
+    on_training_rows: bool = False
+    """Score a run that held nothing out (no --holdout) on its last shard anyway; the report
+    says the rows were trained on."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the dictionaries and baselines run."""
+    seed: int = 0
+    """Seeds the random basis, ICA's start and the sample of latents shown."""
+
+    def __post_init__(self) -> None:
+        if min(self.rows, self.fit_rows, self.ica_rows, self.top, self.window) < 1 or \
+                self.show < 0:
+            raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window must be >= 1 "
+                             "and --show >= 0")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("--ks must be one or more values >= 1")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dictionary of the run."""
+
+    name: str
+    sae: SparseDictionary
+    norm: Normalizer
+    source: dict[str, Any]
+    """cfg.json's `source`: store, hook, model, train_config."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the report shows."""
+
+    meta: dict[str, Any]
+    """Run, store, hook, slice (held out or not, rows) and settings."""
+    frontier: list[dict[str, Any]]
+    """`{"method", "k", "l0", "fvu"}` for every baseline at every k and every dictionary."""
+    dictionaries: dict[str, dict[str, float]]
+    """Per dictionary: fvu, l0, fired fraction on the slice, and MMCS with a ground truth."""
+    baselines: dict[str, dict[str, float]]
+    """Per baseline: MMCS against the ground truth (toy stores), else empty."""
+    mmcs_between: list[dict[str, Any]]
+    """The paper's proxy without ground truth: MMCS of each smaller dictionary in larger ones."""
+    tops: dict[str, TopActivations]
+    """Per dictionary: top activations, firing counts, histograms over the slice."""
+
+
+def load_run(run: str) -> list[Member]:
+    """The dictionaries a run wrote (run/dictionaries/*/cfg.json), in name order."""
+    folder = Path(run) / "dictionaries"
+    found = sorted(p.parent for p in folder.glob("*/cfg.json"))
+    if not found:
+        raise FileNotFoundError(f"{run} holds no trained dictionary ({folder}/<name>/cfg.json):"
+                                " pass the --out folder of a finished actstore train run")
+    members = []
+    for path in found:
+        sae, norm, cfg = load_dictionary(path)
+        members.append(Member(path.name, sae, norm, cfg["source"]))
+    hooks = {(m.source["store_key"], m.source["hook"]) for m in members}
+    if len(hooks) > 1:
+        raise ValueError(f"{run}: its dictionaries come from different stores or hooks {hooks}")
+    return members
+
+
+def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout.Split, bool]:
+    """The store, its train/held-out split as the run made it, and whether the scored rows
+    are truly held out."""
+    url = cfg.store or first.source["store"]
+    store = ActivationStore.open(url)
+    if store.key != first.source["store_key"]:
+        raise ValueError(f"store {url} (key {store.key}) is not the store the run trained on "
+                         f"(key {first.source['store_key']}, {first.source['store']})")
+    fraction = float(first.source.get("train_config", {}).get("holdout", 0.0))
+    split = holdout.split(store, fraction)
+    if split.held_out:
+        return store, split, True
+    if not cfg.on_training_rows:
+        raise ValueError(f"{cfg.run} trained on every row of its store, so nothing is held "
+                         "out to score: train with --holdout (e.g. 0.1), or pass "
+                         "--on-training-rows to score its last shard anyway")
+    last = store.num_shards - 1  # scored "as if" held out; the report says otherwise
+    return store, holdout.Split(tuple(range(last)), (last,)), False
+
+
+def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, split: holdout.Split,
+                  device: torch.device) -> list[baselines.Basis]:
+    """PCA from the streamed covariance, FastICA on a sample, neurons, a random basis."""
+    train = split.train or split.held_out
+    fit = holdout.Split(train, ())
+    m = baselines.moments(b.to(device) for b in holdout.training_sample(
+        store, hook, fit, cfg.fit_rows))
+    d = len(m.mean)
+    out = [baselines.pca(m), baselines.neurons(d, m.mean.cpu()),
+           baselines.random_basis(d, m.mean.cpu(), cfg.seed)]
+    if cfg.ica != "none":
+        sample = torch.cat(list(holdout.training_sample(store, hook, fit, cfg.ica_rows)))
+        ica = fast_ica(sample.to(device), fun=cfg.ica, seed=cfg.seed, cov=m.cov, mean=m.mean)
+        out.append(baselines.ica_basis(ica))
+    return [baselines.Basis(b.name, b.encoder.cpu(), b.decoder.cpu(), b.mean.cpu())
+            for b in out]
+
+
+def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device
+          ) -> tuple[dict[str, float], TopActivations]:
+    """FVU (raw units), L0 and firing of one dictionary on the slice, and its top rows."""
+    sae = member.sae.to(device)
+    collector = TopCollector(sae.cfg.latents, top)
+    err, total, count = 0.0, torch.zeros((), dtype=torch.float64), 0
+    mean = torch.cat([h.x for h in held]).double().mean(0)
+    for h in held:
+        x = h.x.to(device)
+        x_hat_n, codes = sae.infer(member.norm.apply(x))
+        x_hat = member.norm.invert(x_hat_n)
+        err += float((x - x_hat).double().pow(2).sum())
+        total += (h.x.double() - mean).pow(2).sum()
+        count += len(x)
+        collector.add(codes, h.rows)
+    tops = collector.result()
+    fired = float((tops.fired > 0).double().mean())
+    return {"fvu": err / max(float(total), 1e-30), "l0": float(tops.fired.sum()) / count,
+            "fired_fraction": fired}, tops
+
+
+def evaluate(cfg: EvalConfig) -> Evaluation:
+    """Score every dictionary of `cfg.run` and every baseline on the held-out slice."""
+    want = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(want)
+    members = load_run(cfg.run)
+    hook = members[0].source["hook"]
+    store, split, held_out = open_slice(cfg, members[0])
+    held = list(holdout.held_out_batches(store, hook, split, cfg.rows, 4096))
+    if not held:
+        raise ValueError(f"the held-out slice of {store.url} has no row of a whole context")
+    x = torch.cat([h.x for h in held])
+    bases = fit_baselines(cfg, store, hook, split, device)
+    scores, tops, ks = {}, {}, set(cfg.ks)
+    for m in members:
+        scores[m.name], tops[m.name] = score(m, held, cfg.top, device)
+        ks.add(m.sae.cfg.k or max(1, round(scores[m.name]["l0"])))
+    frontier = baselines.frontier(bases, x, sorted(k for k in ks if k <= x.shape[1]))
+    frontier += [{"method": m.name, "k": m.sae.cfg.k or round(scores[m.name]["l0"]),
+                  "l0": scores[m.name]["l0"], "fvu": scores[m.name]["fvu"]} for m in members]
+    truth = load_ground_truth(store)
+    base_scores: dict[str, dict[str, float]] = {b.name: {} for b in bases}
+    if truth is not None:
+        for m in members:
+            w = m.sae.W_dec.detach().cpu()
+            scores[m.name] |= {"mmcs": mmcs(truth, w), "recovered_0.9": recovered(truth, w)}
+        for b in bases:
+            base_scores[b.name] = {"mmcs": mmcs(truth, b.decoder)}
+    meta = {"run": str(cfg.run), "store": store.url, "store_key": store.key, "hook": hook,
+            "model": store.spec.model, "held_out": held_out, "rows": len(x),
+            "held_out_shards": list(split.held_out), "ground_truth": truth is not None,
+            "settings": {k: v for k, v in vars(cfg).items() if k not in ("run", "out")}}
+    return Evaluation(meta, frontier, scores, base_scores, _between(members), tops)
+
+
+def _between(members: list[Member]) -> list[dict[str, Any]]:
+    """MMCS of each smaller dictionary's directions in each larger one."""
+    out = []
+    for a, b in itertools.combinations(sorted(members, key=lambda m: m.sae.cfg.latents), 2):
+        if a.sae.cfg.latents < b.sae.cfg.latents:
+            out.append({"smaller": a.name, "larger": b.name,
+                        "mmcs": mmcs(a.sae.W_dec.detach(), b.sae.W_dec.detach())})
+    return out
+
+
+def dump(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
