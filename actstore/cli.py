@@ -197,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cli import add_train_parser
 
     add_train_parser(sub)
-    from trainer.evaluation.cli import add_eval_parser
+    from trainer.evaluation.cli import add_eval_parser, add_steer_parser
 
     add_eval_parser(sub)
+    add_steer_parser(sub)
     return p
 
 
@@ -215,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": lambda: _train(args),
         "toy": lambda: run_toy(args),
         "eval": lambda: _eval(args),
+        "steer": lambda: _steer(args),
     }
     hint = ("rerun the same command with --resume to continue from the last checkpoint"
             if command == "train" else "rerun the same command to resume"
@@ -226,6 +228,12 @@ def _eval(args: dict[str, Any]) -> int:
     from trainer.evaluation.cli import run_eval
 
     return run_eval(args)
+
+
+def _steer(args: dict[str, Any]) -> int:
+    from trainer.evaluation.cli import run_steer
+
+    return run_steer(args)
 
 
 def _train(args: dict[str, Any]) -> int:
