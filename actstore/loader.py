@@ -89,10 +89,12 @@ class Normalizer(NamedTuple):
 
     @classmethod
     def of(cls, store: ActivationStore, hook: str,
-           mode: Literal["none", "scale", "center_scale"]) -> Normalizer:
+           mode: Literal["none", "scale", "center_scale"],
+           shards: tuple[int, ...] | None = None) -> Normalizer:
+        """From the statistics of the given shards (all when None)."""
         if mode == "none":
             return cls(None, 1.0)
-        stats = store.stats(hook)
+        stats = store.stats(hook, shards)
         d = store.layout.d_model[hook]
         if mode == "scale":
             return cls(None, float(np.sqrt(d / stats.mean_sq_norm)))
@@ -190,7 +192,9 @@ class Loader:
             raise ValueError(f"{self.total_rows} rows cannot feed {world_size} ranks")
         self.config, self.store, self.rank, self.world_size = config, store, rank, world_size
         self.epoch, self.consumed = 0, 0
-        self._scale = {h: Normalizer.of(store, h, config.normalize) for h in config.hooks}
+        # from the shards read only: a held-out slice leaks nothing into training
+        self._scale = {h: Normalizer.of(store, h, config.normalize, config.shards)
+                       for h in config.hooks}
         self._scratch = threading.local()  # per read thread: a chunk-sized decode buffer
 
     def normalizer(self, hook: str) -> Normalizer:

@@ -11,7 +11,7 @@ import errno
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -251,11 +251,12 @@ class ActivationStore:
             self.location.put(path, sink.getvalue())
         return path
 
-    def stats(self, hook: str) -> HookStats:
-        """Statistics of a hook over all committed shards (merged from their markers)."""
+    def stats(self, hook: str, shards: Sequence[int] | None = None) -> HookStats:
+        """Statistics of a hook over the committed shards (merged from their markers), or
+        over the given ones only (a training slice)."""
         self._hook_path(hook)
-        parts = (HookStats.from_dict(self.commit_record(s)["stats"][hook])
-                 for s in self.shards_done())
+        chosen = self.shards_done() if shards is None else sorted(set(shards))
+        parts = (HookStats.from_dict(self.commit_record(s)["stats"][hook]) for s in chosen)
         return HookStats.merge_all(parts, self.layout.d_model[hook])
 
     # --- internals ---------------------------------------------------------------------------

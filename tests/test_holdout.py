@@ -68,3 +68,25 @@ def test_bad_holdouts_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shards"):
         b.load_state_dict(a.state_dict())  # another slice: the batches would differ
     assert np.array_equal(holdout.split(store, 0.01).held_out, (3,))  # at least one shard
+
+
+def test_training_never_reads_the_held_out_shards(tmp_path: Path) -> None:
+    """Two stores equal in their training shards and different in the held-out ones train
+    the same dictionaries, bit for bit."""
+    from tests.test_train import config, weights
+    from trainer.train import train
+
+    runs = []
+    for name, held_seed in (("a", 0), ("b", 1)):
+        store = straddling_store(str(tmp_path / name))
+        fill_store(store, seed=0, shards=[0, 1])
+        fill_store(store, seed=held_seed, shards=[2, 3])
+        out = tmp_path / f"run-{name}"
+        train(config(store.url, out, hook=HOOKS[0], holdout=0.5, tokens=160, batch_size=8,
+                     init_rows=16, normalize="center_scale", log_every=5, checkpoint_every=10))
+        runs.append(weights(out))
+    a, b = runs
+    assert a.keys() == b.keys()
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)

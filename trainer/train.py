@@ -234,10 +234,11 @@ class _Run:
 
     @torch.no_grad()
     def _init_bias(self) -> None:
-        """b_dec at a centre of a sample spread over the store (the same rows on every rank)."""
+        """b_dec at a centre of a sample spread over the training shards (the same rows on
+        every rank; the training shards are the store's first rows)."""
         if self.cfg.bias_init == "zeros":
             return
-        n, spots = self.store.num_rows, 16
+        n, spots = self.store.layout.shard_rows_range(self.split.train[-1])[1], 16
         each = max(1, min(self.cfg.init_rows, n) // spots)
         parts = [self.store.read_torch(self.cfg.hook, a, min(a + each, n))
                  for a in sorted({i * n // spots for i in range(spots)})]
