@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,20 @@ def match(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a @ b.T).max(1).mean())
 
 
-def run_sklearn(x: np.ndarray, max_iter: int, tol: float, seed: int) -> dict[str, object]:
-    from sklearn.decomposition import FastICA
+@dataclass(frozen=True)
+class Fit:
+    """One timed fit."""
+
+    seconds: float
+    iterations: int
+    unmixing: np.ndarray
+    """(components, d)."""
+    mixing: np.ndarray
+    """(d, components)."""
+
+
+def run_sklearn(x: np.ndarray, max_iter: int, tol: float, seed: int) -> Fit:
+    from sklearn.decomposition import FastICA  # type: ignore[import-untyped]
 
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -51,12 +64,10 @@ def run_sklearn(x: np.ndarray, max_iter: int, tol: float, seed: int) -> dict[str
                       max_iter=max_iter, tol=tol, random_state=seed)
         ica.fit(x.astype(np.float64))
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "iterations": int(ica.n_iter_),
-            "unmixing": ica.components_, "mixing": ica.mixing_}
+    return Fit(seconds, int(ica.n_iter_), ica.components_, ica.mixing_)
 
 
-def run_torch(x: np.ndarray, max_iter: int, tol: float, seed: int, device: str
-              ) -> dict[str, object]:
+def run_torch(x: np.ndarray, max_iter: int, tol: float, seed: int, device: str) -> Fit:
     data = torch.from_numpy(x).to(device)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -65,9 +76,8 @@ def run_torch(x: np.ndarray, max_iter: int, tol: float, seed: int, device: str
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "iterations": fit.iterations,
-            "unmixing": fit.unmixing.cpu().double().numpy(),
-            "mixing": fit.mixing.cpu().double().numpy()}
+    return Fit(seconds, fit.iterations, fit.unmixing.cpu().double().numpy(),
+               fit.mixing.cpu().double().numpy())
 
 
 def main() -> None:
@@ -87,19 +97,18 @@ def main() -> None:
     if not args.skip_sklearn:
         runs["sklearn"] = run_sklearn(x, args.max_iter, args.tol, args.seed)
     truth = mixing.T  # rows: the sources' directions
-    table = {}
+    table: dict[str, dict[str, float]] = {}
     print(f"FastICA, {args.rows} x {args.d}, max_iter {args.max_iter}, tol {args.tol}, "
           f"torch on {args.device}, {torch.get_num_threads()} CPU threads")
     print(f"{'fit':8} {'seconds':>9} {'iters':>6} {'s/iter':>8} {'recovery':>9}")
     for name, r in runs.items():
-        rec = match(truth, np.asarray(r["mixing"]).T)
-        per = float(r["seconds"]) / max(int(r["iterations"]), 1)
-        table[name] = {"seconds": r["seconds"], "iterations": r["iterations"],
+        rec = match(truth, r.mixing.T)
+        per = r.seconds / max(r.iterations, 1)
+        table[name] = {"seconds": r.seconds, "iterations": r.iterations,
                        "seconds_per_iteration": per, "recovery_mean_abs_cos": rec}
-        print(f"{name:8} {r['seconds']:9.2f} {r['iterations']:6d} {per:8.3f} {rec:9.4f}")
+        print(f"{name:8} {r.seconds:9.2f} {r.iterations:6d} {per:8.3f} {rec:9.4f}")
     if "sklearn" in runs:
-        agree = match(np.asarray(runs["torch"]["unmixing"]),
-                      np.asarray(runs["sklearn"]["unmixing"]))
+        agree = match(runs["torch"].unmixing, runs["sklearn"].unmixing)
         speed = table["sklearn"]["seconds"] / table["torch"]["seconds"]
         per = (table["sklearn"]["seconds_per_iteration"]
                / table["torch"]["seconds_per_iteration"])
