@@ -139,12 +139,25 @@ def render(store: ActivationStore, rows: Sequence[int], values: Sequence[float],
     for row, value in zip(rows, values, strict=True):
         ctx, pos = int(index.context[row - lo]), int(index.position[row - lo])
         ids: list[int] = tokens[where[ctx]].as_py() if ctx in where else []
-        a, b = max(0, pos - window), pos + 1 + window
-        # a store without a contexts table (toy data) has no text: the row is all there is
-        token = decode(ids[pos:pos + 1]) if pos < len(ids) else f"(row {row})"
-        out.append(Example(int(row), float(value), ctx, pos, decode(ids[a:pos]), token,
-                           decode(ids[pos + 1:b])))
+        if pos >= len(ids):  # no contexts table (toy data): the row is all there is
+            out.append(Example(int(row), float(value), ctx, pos, "", f"(row {row})", ""))
+            continue
+        left, token, right = _split(decode, ids, pos, window)
+        out.append(Example(int(row), float(value), ctx, pos, left, token, right))
     return out
+
+
+def _split(decode: Decode, ids: Sequence[int], pos: int, window: int) -> tuple[str, str, str]:
+    """The window's text cut around token `pos`. Decoded as prefixes of one span, so the
+    tokenizer's own spacing survives (WordPiece joins with spaces, BPE tokens carry theirs);
+    pieces decoded apart where a prefix does not extend the shorter one."""
+    a, b = max(0, pos - window), pos + 1 + window
+    left, upto, whole = decode(ids[a:pos]), decode(ids[a:pos + 1]), decode(ids[a:b])
+    if upto.startswith(left) and whole.startswith(upto):
+        token = upto[len(left):]
+        bare = token.lstrip()  # the space before a word belongs to the left, not the mark
+        return left + token[:len(token) - len(bare)], bare, whole[len(upto):]
+    return left, decode(ids[pos:pos + 1]), decode(ids[pos + 1:b])
 
 
 def sample_latents(top: TopActivations, count: int, seed: int = 0) -> list[int]:

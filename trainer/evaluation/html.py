@@ -18,7 +18,7 @@ th:first-child, td:first-child { text-align: left; }
 .bar { display: inline-block; width: 14px; background: #48c; vertical-align: bottom;
        margin-right: 1px; }
 #hist { height: 60px; display: flex; align-items: flex-end; }
-.ids a { margin-right: 6px; }
+.ids { display: flex; flex-wrap: wrap; gap: 2px 8px; }
 """
 
 _SCRIPT = """
