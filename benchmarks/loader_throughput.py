@@ -22,18 +22,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
+from actstore.bench.io import drop_cache, read_files, timed
+from actstore.bench.storage import decode_all
 from actstore.loader import Loader, LoaderConfig
 from actstore.shuffle_quality import shuffle_quality
 from benchmarks.decode_probe import probe_decoding
 from benchmarks.minilm_activations import minilm_activations
-from benchmarks.store_codecs import drop_cache, timed
 
 HOOK = "encoder.layer.3"
 CTX = 128
@@ -119,12 +119,6 @@ def epoch_ratio(store: ActivationStore, batch: int) -> None:
                    and p.name != "zarr.json")
     cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch)
 
-    def read_files() -> None:
-        for f in files:
-            with open(f, "rb") as fh:
-                while fh.read(16 << 20):
-                    pass
-
     def epoch() -> int:
         return sum(len(b.x[HOOK]) for b in Loader(cfg, store=store))
 
@@ -134,7 +128,7 @@ def epoch_ratio(store: ActivationStore, batch: int) -> None:
     # Alternated, best of 3 each: single cold runs on this machine spread 2x.
     t_disk = t_load = float("inf")
     for _ in range(3):
-        t_disk, t_load = min(t_disk, cold(read_files)), min(t_load, cold(epoch))
+        t_disk, t_load = min(t_disk, cold(lambda: read_files(files))), min(t_load, cold(epoch))
     n = epoch()
     size = sum(os.path.getsize(f) for f in files)
     raw_mbps = n * store.layout.d_model[HOOK] * 2 / t_load / 1e6
@@ -149,14 +143,6 @@ def epoch_ratio(store: ActivationStore, batch: int) -> None:
     print(f"epoch, warm cache (best of 3): loader {n / t_warm:,.0f} rows/s; decoding alone "
           f"({cfg.read_threads} threads) {n / t_dec:,.0f} rows/s; loader = "
           f"{t_dec / t_warm:.2f}x decoding")
-
-
-def decode_all(store: ActivationStore, threads: int) -> None:
-    n, c = store.num_rows, store.layout.chunk_rows
-    out = np.empty((n, store.layout.d_model[HOOK]), np.uint16)
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda a: store.read_into(HOOK, a, min(n, a + c), out[a:a + c]),
-                      range(0, n, c)))
 
 
 def quality(store: ActivationStore, batch: int) -> None:

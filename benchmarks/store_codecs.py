@@ -17,7 +17,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from numpy.typing import NDArray
 
 from actstore import ActivationStore, Codec, Layout, RowIndex, StoreSpec, write_shard
+from actstore.bench.io import drop_cache, local_ceiling, timed
 from actstore.format import to_storage, torch_dtype
 from actstore.spec import StorageDtype
 from benchmarks.minilm_activations import minilm_activations
@@ -52,20 +52,6 @@ class Result:
     read_mbps: float
     write_vs_ceiling: float
     read_vs_ceiling: float
-
-
-def drop_cache(root: str) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def make_store(url: str, acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
@@ -95,26 +81,6 @@ def make_store(url: str, acts: NDArray[np.float32], dtype: StorageDtype, codec: 
 def read_all(store: ActivationStore, readers: int = 1) -> None:
     with ThreadPoolExecutor(readers) as pool:
         list(pool.map(lambda s: store.read_shard(HOOK, s), range(store.num_shards)))
-
-
-def local_ceiling(blobs: list[bytes], root: str, threads: int) -> tuple[float, float]:
-    """Seconds to write (with fsync, like a commit) and cold-read the same raw bytes, one file
-    per shard, with as many threads as the store gets."""
-    os.makedirs(root)
-
-    def write(i: int) -> None:
-        with open(f"{root}/{i}.raw", "wb") as f:
-            f.write(blobs[i])
-            f.flush()
-            os.fsync(f.fileno())
-
-    with ThreadPoolExecutor(threads) as pool:
-        tw = timed(lambda: list(pool.map(write, range(len(blobs)))))
-        drop_cache(root)
-        tr = timed(lambda: list(pool.map(lambda i: np.fromfile(f"{root}/{i}.raw", np.uint8),
-                                         range(len(blobs)))))
-    shutil.rmtree(root)
-    return tw, tr
 
 
 def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
