@@ -64,8 +64,9 @@ def tokenizer(vocab_size: int) -> Any:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(topics.values()), vocab_size=min(vocab_size, 16384),
                             special_tokens=["<|endoftext|>"], show_progress=False)
-    return transformers.PreTrainedTokenizerFast(  # GPT-2's convention: one token for both
-        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    fast: Any = transformers.PreTrainedTokenizerFast
+    return fast(tokenizer_object=bpe, bos_token="<|endoftext|>",  # GPT-2's: one for both
+                eos_token="<|endoftext|>")
 
 
 def model_path_for(plan: Plan, work: Path) -> str:
