@@ -92,19 +92,22 @@ def held_out_batches(store: ActivationStore, hook: str, s: Split, max_rows: int,
 
 
 def training_sample(store: ActivationStore, hook: str, s: Split, max_rows: int,
-                    block: int = 1 << 14) -> Iterator[torch.Tensor]:
+                    block: int = 1 << 14, *, rank: int = 0, world: int = 1
+                    ) -> Iterator[torch.Tensor]:
     """Up to `max_rows` rows of the training shards as float32 batches, in blocks spread
     evenly over them (baselines are fitted on what the dictionaries saw, never on the
-    held-out slice)."""
+    held-out slice); rank r of `world` gets every world-th block from the r-th, so the
+    ranks together read the sample once."""
     blocks = [(lo, min(lo + block, b)) for a, b in map(store.layout.shard_rows_range, s.train)
               for lo in range(a, b, block)]
     wanted = min(len(blocks), -(-max_rows // block))
     picks = np.unique(np.linspace(0, len(blocks) - 1, wanted).round().astype(int))
     left = max_rows
-    for i in picks:
+    for n, i in enumerate(picks):
         lo, hi = blocks[i]
         hi = min(hi, lo + left)
-        yield torch.from_numpy(store.read_float32(hook, lo, hi))
+        if n % world == rank:
+            yield torch.from_numpy(store.read_float32(hook, lo, hi))
         left -= hi - lo
         if left <= 0:
             return

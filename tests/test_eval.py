@@ -169,3 +169,38 @@ def test_index_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert shown.count("<tr>") >= 3
     missing = dom(f"#dict={name}&latent=99999")
     assert "latent 99999 of neurons-relu has no page" in missing
+
+
+def test_pca_moments_split_over_torchrun_ranks_equal_one_process(tmp_path: Path) -> None:
+    """`torchrun … actstore eval`: each rank streams its own blocks of the training rows and
+    the sums are all-reduced, so the report equals one process's."""
+    import subprocess
+    import sys
+
+    from tests.test_ddp import env
+
+    run, _, _ = _run(tmp_path, 0.5)
+    args = ["eval", "--run-dir", str(run), "--ica", "none", "--ks", "1", "3", "12"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "actstore.cli",
+                    *args, "--out", str(tmp_path / "two")], check=True, env=env(),
+                   timeout=300)
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())["frontier"]
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())["frontier"]
+    assert [(r["method"], r["k"]) for r in one] == [(r["method"], r["k"]) for r in two]
+    for a, b in zip(one, two, strict=True):
+        assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-9, abs=1e-12)
+
+
+def test_training_sample_ranks_cover_the_sample_once(tmp_path: Path) -> None:
+    from actstore import holdout
+
+    store = straddling_store(str(tmp_path / "s"))
+    fill_store(store)
+    split = holdout.split(store, 0.5)
+    whole = torch.cat(list(holdout.training_sample(store, HOOK, split, 50, block=7)))
+    parts = [torch.cat(list(holdout.training_sample(store, HOOK, split, 50, block=7, rank=r,
+                                                    world=3))) for r in range(3)]
+    assert 30 < len(whole) <= 50  # up to 50: blocks are cut at shard ends
+    assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, whole.tolist()))

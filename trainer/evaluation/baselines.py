@@ -41,15 +41,28 @@ class Moments:
     rows: int
 
 
-def moments(batches: Iterable[torch.Tensor]) -> Moments:
-    """Exact mean and covariance over every row of `batches` (float64 sums, one pass)."""
+def moments(batches: Iterable[torch.Tensor], d: int | None = None) -> Moments:
+    """Exact mean and covariance over every row of `batches` (float64 sums, one pass). Under
+    a process group each rank passes its own rows and the sums are all-reduced, so the
+    result is that of every rank's rows together (`d` is needed by a rank that has none)."""
+    from trainer import distributed
+
     total, outer, rows = None, None, 0
     for batch in batches:
         x = batch.double()
         total = x.sum(0) if total is None else total + x.sum(0)
         outer = x.T @ x if outer is None else outer + x.T @ x
         rows += len(x)
-    if total is None or outer is None or rows < 2:
+    if total is None or outer is None:
+        if d is None:
+            raise ValueError("moments need at least two rows")
+        total = torch.zeros(d, dtype=torch.float64)
+        outer = torch.zeros(d, d, dtype=torch.float64)
+    count = torch.tensor([float(rows)], dtype=torch.float64, device=total.device)
+    for t in (total, outer, count):
+        distributed.all_reduce(t)
+    rows = int(count.item())
+    if rows < 2:
         raise ValueError("moments need at least two rows")
     mean = total / rows
     cov = (outer - rows * torch.outer(mean, mean)) / (rows - 1)

@@ -19,7 +19,9 @@ def add_eval_parser(sub: Any) -> None:
 
     def h(name: str) -> str:
         return field_help(EvalConfig, name)
-    e.add_argument("--run", required=True, help=h("run"))
+    e.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help=h("run") + "; spell it --run-dir under torchrun, whose own parser "
+                   "takes --run for its --run-path")
     e.add_argument("--out", required=True, help=h("out"))
     e.add_argument("--store", help=h("store"))
     for name, kind in (("rows", int), ("fit_rows", int), ("ica_rows", int), ("top", int),
@@ -35,18 +37,26 @@ def add_eval_parser(sub: Any) -> None:
 
 
 def run_eval(args: dict[str, Any]) -> int:
+    """Under torchrun, the ranks share the reading of PCA's covariance (each streams its own
+    blocks, the sums are all-reduced); rank 0 writes the report."""
+    from actstore.store import ActivationStore
+    from trainer import distributed
     from trainer.evaluation.report import write_report
     from trainer.evaluation.run import evaluate
 
     cfg = EvalConfig(**{**args, "ks": tuple(args["ks"])})
-    ev = evaluate(cfg)
-    from actstore.store import ActivationStore
-
-    out = write_report(ev, ActivationStore.open(ev.meta["store"]), cfg)
-    for name, s in ev.dictionaries.items():
-        print(f"{name}: L0 {s['l0']:.2f}  FVU {s['fvu']:.4f}"
-              + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else ""))
-    print(f"report: {out}/index.html ({out}/report.md, {out}/eval.json)")
+    world = distributed.setup(cfg.device)
+    try:
+        ev = evaluate(cfg)
+        if world.is_main:
+            out = write_report(ev, ActivationStore.open(ev.meta["store"]), cfg)
+            for name, s in ev.dictionaries.items():
+                print(f"{name}: L0 {s['l0']:.2f}  FVU {s['fvu']:.4f}"
+                      + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else ""))
+            print(f"report: {out}/index.html ({out}/report.md, {out}/eval.json)")
+        distributed.barrier()
+    finally:
+        distributed.teardown(world)
     return 0
 
 

@@ -26,6 +26,7 @@ from actstore import holdout
 from actstore.loader import Normalizer
 from actstore.store import ActivationStore
 from actstore.toy import load_ground_truth
+from trainer import distributed
 from trainer.dictionaries import SparseDictionary
 from trainer.evaluation import baselines
 from trainer.evaluation.examples import TopActivations, TopCollector
@@ -149,9 +150,10 @@ def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, split: hol
     """PCA from the streamed covariance, FastICA on a sample, neurons, a random basis."""
     train = split.train or split.held_out
     fit = holdout.Split(train, ())
-    m = baselines.moments(b.to(device) for b in holdout.training_sample(
-        store, hook, fit, cfg.fit_rows))
-    d = len(m.mean)
+    d = store.layout.d_model[hook]
+    m = baselines.moments((b.to(device) for b in holdout.training_sample(
+        store, hook, fit, cfg.fit_rows, rank=distributed.rank(),
+        world=distributed.world_size())), d)
     out = [baselines.pca(m), baselines.neurons(d, m.mean.cpu()),
            baselines.random_basis(d, m.mean.cpu(), cfg.seed)]
     if cfg.ica != "none":
