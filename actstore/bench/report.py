@@ -19,43 +19,48 @@ def _machine(m: dict[str, Any]) -> list[str]:
             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items())]
 
 
+def _section(title: str, intro: str, unit: str, rows: list[tuple[str, str, str, str, float]]
+             ) -> list[str]:
+    """A stage's table: (measured, its value, ceiling, its value, ratio) per row."""
+    head = [f"## {title}", "", intro, "", f"| measured | {unit} | ceiling | {unit} | ratio |",
+            _RULE]
+    return [*head, *(f"| {a} | {va} | {b} | {vb} | {r:.2f} |" for a, va, b, vb, r in rows), ""]
+
+
 def _generation(g: dict[str, Any]) -> list[str]:
-    return ["## Generation", "",
-            f"{g['model']} → `{g['hook']}`, context {g['context_length']}, batch "
-            f"{g['batch_size']}, {g['tokens']:,} tokens, best of {g['rounds']} rounds.", "",
-            "| measured | tokens/s | ceiling | tokens/s | ratio |", _RULE,
-            f"| capture + store pipeline | {g['pipeline_tokens_per_s']:,.0f} | bare forward "
-            f"stopped after the hook | {g['bare_tokens_per_s']:,.0f} | "
-            f"{g['pipeline_vs_bare']:.2f} |",
-            f"| `generate()` end to end (start-up included) | "
-            f"{g['end_to_end_tokens_per_s']:,.0f} | bare forward | {g['bare_tokens_per_s']:,.0f}"
-            f" | {g['end_to_end_tokens_per_s'] / g['bare_tokens_per_s']:.2f} |", ""]
+    bare = f"{g['bare_tokens_per_s']:,.0f}"
+    return _section(
+        "Generation", f"{g['model']} → `{g['hook']}`, context {g['context_length']}, batch "
+        f"{g['batch_size']}, {g['tokens']:,} tokens, best of {g['rounds']} rounds.", "tokens/s",
+        [("capture + store pipeline", f"{g['pipeline_tokens_per_s']:,.0f}",
+          "bare forward stopped after the hook", bare, g["pipeline_vs_bare"]),
+         ("`generate()` end to end (start-up included)", f"{g['end_to_end_tokens_per_s']:,.0f}",
+          "bare forward", bare, g["end_to_end_tokens_per_s"] / g["bare_tokens_per_s"])])
 
 
 def _store(s: dict[str, Any]) -> list[str]:
-    return ["## Store", "",
-            f"{s['rows']:,} rows in {s['shards']} shards, {s['threads']} threads; compression "
-            f"{s['compression_ratio']:.2f}× ({s['raw_bytes'] / 1e6:,.0f} MB raw, "
-            f"{s['stored_bytes'] / 1e6:,.0f} MB stored).", "",
-            "| measured | MB/s of activations (stored) | ceiling: plain files, same bytes | "
-            "MB/s | ratio (stored bytes) |", "| --- | --- | --- | --- | --- |",
-            f"| write (encode, checksum, fsync, commit) | {s['write_mb_per_s']:,.0f} "
-            f"({s['write_stored_mb_per_s']:,.0f}) | write + fsync | "
-            f"{s['disk_write_mb_per_s']:,.0f} | {s['write_vs_disk']:.2f} |",
-            f"| cold read (decode) | {s['read_mb_per_s']:,.0f} ({s['read_stored_mb_per_s']:,.0f})"
-            f" | cold read | {s['disk_read_mb_per_s']:,.0f} | {s['read_vs_disk']:.2f} |", ""]
+    return _section(
+        "Store", f"{s['rows']:,} rows in {s['shards']} shards, {s['threads']} threads; "
+        f"compression {s['compression_ratio']:.2f}× ({s['raw_bytes'] / 1e6:,.0f} MB raw, "
+        f"{s['stored_bytes'] / 1e6:,.0f} MB stored); MB/s of activations (of stored bytes); "
+        "the ceiling is plain files of the same stored bytes, the ratio in stored bytes.", "MB/s",
+        [("write (encode, checksum, fsync, commit)",
+          f"{s['write_mb_per_s']:,.0f} ({s['write_stored_mb_per_s']:,.0f})", "write + fsync",
+          f"{s['disk_write_mb_per_s']:,.0f}", s["write_vs_disk"]),
+         ("cold read (decode)", f"{s['read_mb_per_s']:,.0f} ({s['read_stored_mb_per_s']:,.0f})",
+          "cold read", f"{s['disk_read_mb_per_s']:,.0f}", s["read_vs_disk"])])
 
 
 def _loader(x: dict[str, Any]) -> list[str]:
-    return ["## Loader", "",
-            f"{x['rows']:,} rows, batch {x['batch']}, shuffle window {x['shuffle_buffer']:,} "
-            f"rows; shuffle quality: same-context pairs "
-            f"{x['shuffle_same_context_ratio']:.2f}× a perfect shuffle.", "",
-            "| measured | rows/s | ceiling | rows/s | ratio |", _RULE,
-            f"| epoch, cold cache | {x['epoch_cold_rows_per_s']:,.0f} | sequential plain reads, "
-            f"cold | {x['disk_cold_rows_per_s']:,.0f} | {x['cold_vs_disk']:.2f} |",
-            f"| epoch, warm cache | {x['epoch_warm_rows_per_s']:,.0f} | decoding alone | "
-            f"{x['decode_rows_per_s']:,.0f} | {x['warm_vs_decode']:.2f} |", ""]
+    return _section(
+        "Loader", f"{x['rows']:,} rows, batch {x['batch']}, shuffle window "
+        f"{x['shuffle_buffer']:,} rows; shuffle quality: same-context pairs "
+        f"{x['shuffle_same_context_ratio']:.2f}× a perfect shuffle.", "rows/s",
+        [("epoch, cold cache", f"{x['epoch_cold_rows_per_s']:,.0f}",
+          "sequential plain reads, cold", f"{x['disk_cold_rows_per_s']:,.0f}",
+          x["cold_vs_disk"]),
+         ("epoch, warm cache", f"{x['epoch_warm_rows_per_s']:,.0f}", "decoding alone",
+          f"{x['decode_rows_per_s']:,.0f}", x["warm_vs_decode"])])
 
 
 def _trainer(rows: list[dict[str, Any]]) -> list[str]:
