@@ -24,7 +24,8 @@ def add_eval_parser(sub: Any) -> None:
                    "takes --run for its --run-path")
     e.add_argument("--out", required=True, help=h("out"))
     e.add_argument("--store", help=h("store"))
-    for name, kind in (("rows", int), ("fit_rows", int), ("ica_rows", int), ("top", int),
+    e.add_argument("--ica-rows", type=int, help=h("ica_rows"))
+    for name, kind in (("rows", int), ("fit_rows", int), ("top", int),
                        ("show", int), ("window", int), ("seed", int)):
         e.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name,
                        default=getattr(EvalConfig, name), help=h(name))
