@@ -64,7 +64,10 @@ def _loader(x: dict[str, Any]) -> list[str]:
 
 
 def _trainer(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["## Trainer", "", "TopK k=32, one full training step (`Ensemble.step`).", "",
+    out = ["## Trainer", "", "TopK k=32, one full training step (`Ensemble.step`). Peak: the "
+           "step's own memory on cuda (allocator statistics); on cpu `-`, since the resident set "
+           "of one process is no measure of it (benchmarks/large_dictionary.py measures it in a "
+           "process per configuration).", "",
            "| latents | step | batch | from memory tok/s | from the loader tok/s | loader ÷ "
            "memory | sparse ÷ dense | peak | memory model |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -76,9 +79,13 @@ def _trainer(rows: list[dict[str, Any]]) -> list[str]:
         ratio = f"{r['sparse_vs_dense']:.2f}" if "sparse_vs_dense" in r else ""
         out.append(f"| {r['latents']:,} | {r['kernel']} | {r['batch']} | "
                    f"{r['memory_tokens_per_s']:,.0f} | {r['loader_tokens_per_s']:,.0f} | "
-                   f"{r['loader_vs_memory']:.2f} | {ratio} | {r['peak_bytes'] / 2**30:.2f} GiB"
+                   f"{r['loader_vs_memory']:.2f} | {ratio} | {_gib(r['peak_bytes'])}"
                    f" | {r['predicted_bytes'] / 2**30:.2f} GiB |")
     return [*out, ""]
+
+
+def _gib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -43,7 +43,8 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
     tokens = None if plan.device == "cuda" else (1 << 14 if cfg.quick else 1 << 16)
     try:
         progress(f"generation: {plan.model} to {plan.hook} on {plan.device} (in this process)")
-        gen, store = generation.measure(plan, work, tokens, cfg.seconds / (3 if cfg.quick else 1))
+        gen, store = generation.measure(plan, work, tokens, cfg.seconds / (3 if cfg.quick else 1),
+                                        rounds=2 if cfg.quick else 3)
         if "generation" in cfg.stages:
             stages["generation"] = gen
         progress(f"store: {plan.store_rows:,} rows written and read")

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import torch
 
 from actstore.bench.config import Plan
-from actstore.bench.io import reset_peak, rss_bytes
 from actstore.bench.storage import rows_of
 from actstore.loader import Loader, LoaderConfig
 from actstore.store import ActivationStore
@@ -50,31 +49,32 @@ def one(store: ActivationStore, latents: int, kernel: Kernel, plan: Plan) -> dic
     d = store.layout.d_model[store.hooks[0]]
     cfg = DictionaryConfig(arch="topk", d_model=d, latents=latents, k=k,
                            dead_after_tokens=batch * 4)
+    cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated(device) if cuda else 0
     ens = Ensemble([cfg], adam(1e-4), kernel=kernel).to(device)
-    autocast = device.type == "cuda"
     scale = float((d / store.stats(store.hooks[0]).mean_sq_norm) ** 0.5)
     memory = (rows_of(store, batch * steps) * scale).to(device)
-    ens.step(memory[:batch], autocast)  # warm-up: allocator, kernels, Adam state
+    ens.step(memory[:batch], cuda)  # warm-up: allocator, kernels, Adam state (autocast on cuda)
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = 0
-    else:
-        base = reset_peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        ens.step(memory[i * batch:(i + 1) * batch], autocast)
+        ens.step(memory[i * batch:(i + 1) * batch], cuda)
     _sync(device)
     t_memory = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else rss_bytes("VmHWM") - base)
+    # The step's own peak on cuda (parameters, gradients, Adam, buffers; not the batches held
+    # here). On cpu none: in one process the resident set reuses memory earlier
+    # configurations freed, so it is no measure; benchmarks/large_dictionary.py measures it
+    # in a process per configuration.
+    peak = (torch.cuda.max_memory_allocated(device) - base - memory.nbytes) if cuda else None
     del memory
     batches = _batches(store, batch, device)
-    ens.step(next(batches), autocast)  # the loader's first window is read before timing
+    ens.step(next(batches), cuda)  # the loader's first window is read before timing
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        ens.step(next(batches), autocast)
+        ens.step(next(batches), cuda)
     _sync(device)
     t_loader = time.perf_counter() - t0
     model = dictionary_memory(d=d, latents=latents, k=k, batch=batch, kernel=kernel)
