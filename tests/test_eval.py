@@ -36,8 +36,9 @@ def _neuron_dictionary(d: int) -> SparseDictionary:
     return sae
 
 
-def _run(tmp_path: Path, holdout_fraction: float) -> tuple[Path, ActivationStore, Expected]:
-    store = straddling_store(str(tmp_path / "store"))
+def _run(tmp_path: Path, holdout_fraction: float, url: str | None = None
+         ) -> tuple[Path, ActivationStore, Expected]:
+    store = straddling_store(url or str(tmp_path / "store"))
     want = fill_store(store)
     run = tmp_path / "run"
     source = {"store": store.url, "store_key": store.key, "hook": HOOK,
@@ -204,3 +205,20 @@ def test_training_sample_ranks_cover_the_sample_once(tmp_path: Path) -> None:
                                                     world=3))) for r in range(3)]
     assert 30 < len(whole) <= 50  # up to 50: blocks are cut at shard ends
     assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, whole.tolist()))
+
+
+def test_eval_reads_a_store_on_every_backend(tmp_path: Path, store_url: str) -> None:
+    """The same report from a store in memory, on disk and on S3 (moto on 127.0.0.1)."""
+    run, store, want = _run(tmp_path, 0.5, store_url)
+    cfg = EvalConfig(run=str(run), out=str(tmp_path / "report"), ks=(1, 12), top=2, show=4,
+                     ica="none")
+    ev = evaluate(cfg)
+    assert ev.meta["store"] == store.url
+    held = [r for r in range(60, 104)
+            if int(want.index.context[r]) > int(want.index.context[:60].max())]
+    x = want.activations[HOOK].bfloat16().float()[held]
+    fvu = float((x - x.relu()).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert ev.dictionaries["neurons-relu"]["fvu"] == pytest.approx(fvu, rel=1e-5)
+    write_report(ev, store, cfg)
+    pages = json.loads((tmp_path / "report" / "latents.json").read_text())
+    assert pages["dictionaries"]["neurons-relu"]["pages"]
