@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,3 +83,15 @@ def straddling_store(url: str) -> ActivationStore:
 
 def new_store(url: str, dtype: StorageDtype = "bfloat16") -> ActivationStore:
     return ActivationStore.create(url, make_spec(dtype), make_layout())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+#: How long a test rank waits for the others before failing with gloo's own error (instead of
+#: hanging until pytest's timeout, which shows only the parent).
+RANK_TIMEOUT_S = 120

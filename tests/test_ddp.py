@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.helpers import HOOKS, fill_store, new_store
+from tests.helpers import HOOKS, RANK_TIMEOUT_S, fill_store, free_port, new_store
 from tests.test_train import assert_same_weights, config, curves
 from trainer.dictionaries import DictionaryConfig
 from trainer.ensemble import Ensemble, adam, warmup_decay
@@ -43,7 +44,8 @@ def fit(rank: int, world: int) -> Ensemble:
 
 
 def _rank(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=RANK_TIMEOUT_S))
     try:
         ens = fit(rank, world)
         torch.save([m.state_dict() for m in ens.members], f"{out}.{rank}")
@@ -53,7 +55,8 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
 
 def test_two_gloo_ranks_equal_one_rank_on_the_doubled_batch(tmp_path: Path) -> None:
     out = str(tmp_path / "state")
-    mp.start_processes(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", out), nprocs=2,
+    # TCP, not file://: a FileStore can strand the last rank once the others have left
+    mp.start_processes(_rank, args=(2, f"tcp://127.0.0.1:{free_port()}", out), nprocs=2,
                        start_method="spawn")
     one = fit(0, 1)
     for rank in (0, 1):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers import HOOKS
+from tests.helpers import HOOKS, free_port
 from tests.test_ddp import env
 from tests.test_train import config, die_at_step, read_metrics, weights
 from trainer.config import TrainConfig
 from trainer.train import train
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rank(rank: int, world: int, port: int, settings: dict[str, Any], die_at: int) -> None:

@@ -4,6 +4,7 @@ parameters (gathered) as the unsharded run, for all four architectures."""
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import RANK_TIMEOUT_S, free_port
 from trainer.dictionaries import DictionaryConfig
 from trainer.distributed import World
 from trainer.ensemble import Ensemble, adam, warmup_decay
@@ -46,7 +48,8 @@ def fit(mesh: Mesh | None, world: int) -> Ensemble:
 
 
 def _rank(rank: int, world: int, tp: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=RANK_TIMEOUT_S))
     try:
         mesh = make_mesh(World(rank, world, torch.device("cpu"), owns_group=False), tp)
         ens = fit(mesh, world)
@@ -60,7 +63,8 @@ def _rank(rank: int, world: int, tp: int, init: str, out: str) -> None:
 def run(tmp_path: Path, world: int, tp: int, name: str) -> dict[int, list[dict[str, torch.Tensor]]]:
     """Every rank's gathered dictionaries (saved by tp rank 0 of each dp row)."""
     out = str(tmp_path / name)
-    mp.start_processes(_rank, args=(world, tp, f"file://{tmp_path / name}.rdv", out),
+    # TCP, not file://: a FileStore can strand the last rank once the others have left
+    mp.start_processes(_rank, args=(world, tp, f"tcp://127.0.0.1:{free_port()}", out),
                        nprocs=world, start_method="spawn")
     return {r: torch.load(f"{out}.{r}") for r in range(world) if Path(f"{out}.{r}").exists()}
 
