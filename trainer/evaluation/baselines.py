@@ -105,7 +105,13 @@ def top_k_fvu(basis: Basis, x: torch.Tensor, k: int) -> float:
         codes = torch.zeros_like(codes).scatter_(1, keep, codes.gather(1, keep))
     x_hat = codes @ basis.decoder + basis.mean
     err = float((x - x_hat).double().pow(2).sum())
-    return err / max(float((x - x.mean(0)).double().pow(2).sum()), 1e-30)
+    return err / max(total_variance(x), 1e-30)
+
+
+def total_variance(x: torch.Tensor) -> float:
+    """Σ‖x − mean(x)‖² over the rows (in float64): FVU's denominator."""
+    x = x.double()
+    return float((x - x.mean(0)).pow(2).sum())
 
 
 def frontier(bases: Sequence[Basis], x: torch.Tensor, ks: Sequence[int]

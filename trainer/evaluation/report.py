@@ -29,7 +29,6 @@ from actstore.toy import TOY_MODEL
 from trainer.evaluation.examples import (
     HIST_EDGES,
     Decode,
-    TopActivations,
     render,
     sample_latents,
     token_ids_text,
@@ -55,26 +54,26 @@ def decoder_of(store: ActivationStore) -> Decode:
 
 def latent_pages(ev: Evaluation, store: ActivationStore, cfg: EvalConfig
                  ) -> dict[str, Any]:
-    """latents.json: for each dictionary, a sample of latents with their examples as text."""
+    """latents.json: for each dictionary, a sample of latents with their examples as text
+    (every example of a dictionary rendered in one call: one read of the contexts table)."""
     decode = decoder_of(store)
     out: dict[str, Any] = {"histogram_edges": HIST_EDGES.tolist(), "dictionaries": {}}
     for name, top in ev.tops.items():
         ids = sample_latents(top, cfg.show, cfg.seed)
+        kept = [top.rows[i] >= 0 for i in ids]
+        rows = [r for i, k in zip(ids, kept, strict=True) for r in top.rows[i][k].tolist()]
+        values = [v for i, k in zip(ids, kept, strict=True) for v in top.values[i][k].tolist()]
+        shown = iter(render(store, rows, values, decode, cfg.window))
+        pages = {}
+        for i, k in zip(ids, kept, strict=True):
+            pages[str(i)] = {
+                "fired": int(top.fired[i]), "density": float(top.fired[i]) / max(top.tokens, 1),
+                "histogram": top.histogram[i].tolist(),
+                "examples": [dataclasses.asdict(next(shown)) for _ in range(int(k.sum()))]}
         out["dictionaries"][name] = {
             "latents": top.fired.numel(), "tokens": top.tokens,
-            "fired_on_slice": int((top.fired > 0).sum()),
-            "pages": {str(i): _page(top, i, store, decode, cfg.window) for i in ids}}
+            "fired_on_slice": int((top.fired > 0).sum()), "pages": pages}
     return out
-
-
-def _page(top: TopActivations, i: int, store: ActivationStore, decode: Decode,
-          window: int) -> dict[str, Any]:
-    keep = top.rows[i] >= 0
-    rows, values = top.rows[i][keep].tolist(), top.values[i][keep].tolist()
-    return {"fired": int(top.fired[i]), "density": float(top.fired[i]) / max(top.tokens, 1),
-            "histogram": top.histogram[i].tolist(),
-            "examples": [dataclasses.asdict(e) for e in render(store, rows, values, decode,
-                                                                window)]}
 
 
 def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> None:

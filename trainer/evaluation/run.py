@@ -166,24 +166,23 @@ def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, split: hol
             for b in out]
 
 
-def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device
-          ) -> tuple[dict[str, float], TopActivations]:
-    """FVU (raw units), L0 and firing of one dictionary on the slice, and its top rows."""
+def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device,
+          variance: float) -> tuple[dict[str, float], TopActivations]:
+    """FVU (raw units), L0 and firing of one dictionary on the slice, and its top rows;
+    `variance` is the slice's Σ‖x − mean‖², FVU's denominator for every method."""
     sae = member.sae.to(device)
     collector = TopCollector(sae.cfg.latents, top)
-    err, total, count = 0.0, torch.zeros((), dtype=torch.float64), 0
-    mean = torch.cat([h.x for h in held]).double().mean(0)
+    err, count = 0.0, 0
     for h in held:
         x = h.x.to(device)
         x_hat_n, codes = sae.infer(member.norm.apply(x))
         x_hat = member.norm.invert(x_hat_n)
         err += float((x - x_hat).double().pow(2).sum())
-        total += (h.x.double() - mean).pow(2).sum()
         count += len(x)
         collector.add(codes, h.rows)
     tops = collector.result()
     fired = float((tops.fired > 0).double().mean())
-    return {"fvu": err / max(float(total), 1e-30), "l0": float(tops.fired.sum()) / count,
+    return {"fvu": err / max(variance, 1e-30), "l0": float(tops.fired.sum()) / count,
             "fired_fraction": fired}, tops
 
 
@@ -198,10 +197,11 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
     if not held:
         raise ValueError(f"the held-out slice of {store.url} has no row of a whole context")
     x = torch.cat([h.x for h in held])
+    variance = baselines.total_variance(x)
     bases = fit_baselines(cfg, store, hook, split, device)
     scores, tops, ks = {}, {}, set(cfg.ks)
     for m in members:
-        scores[m.name], tops[m.name] = score(m, held, cfg.top, device)
+        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance)
         ks.add(m.sae.cfg.k or max(1, round(scores[m.name]["l0"])))
     frontier = baselines.frontier(bases, x, sorted(k for k in ks if k <= x.shape[1]))
     frontier += [{"method": m.name, "k": m.sae.cfg.k or round(scores[m.name]["l0"]),
