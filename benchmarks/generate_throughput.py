@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from actstore import ActivationStore
-from actstore.bench.generation import random_checkpoint, timed_bare, timed_pipeline
+from actstore.bench.generation import best_of, random_checkpoint
 from actstore.bench.io import local_ceiling
 from actstore.generate import GenerateConfig, generate
 from actstore.worker import ShardWorker
@@ -70,10 +70,7 @@ def report(cfg: GenerateConfig, work: Path, repeats: int) -> None:
     worker = ShardWorker(first.url, model=cfg.model, revision=cfg.revision, model_dtype=dtype,
                          device=cfg.device or "cpu", batch_size=cfg.batch_size, job_id="bench")
     shards = list(range(store.num_shards))
-    bare = pipeline = float("inf")
-    for _ in range(repeats):  # alternated, best of each: this machine's speed drifts
-        bare = min(bare, timed_bare(worker, shards))
-        pipeline = min(pipeline, timed_pipeline(worker, shards))
+    bare, pipeline, _ = best_of(worker, shards, repeats)
     n = store.num_rows
     print(f"bare forward (stopped after {cfg.hooks[0]}): {n / bare:,.0f} tokens/s")
     print(f"generation pipeline (capture + store): {n / pipeline:,.0f} tokens/s "

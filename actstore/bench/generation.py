@@ -101,6 +101,18 @@ def timed_bare(worker: ShardWorker, shards: list[int]) -> float:
     return time.perf_counter() - t0
 
 
+def best_of(worker: ShardWorker, shards: list[int], rounds: int, seconds: float = 0.0
+            ) -> tuple[float, float, int]:
+    """Seconds of the bare forward passes and of the pipeline over `shards`, alternated, the
+    best of each over at least `rounds` rounds and `seconds` of each (a single pass varies by
+    ±15% on a VM); returns (bare, pipeline, rounds run)."""
+    bare, pipeline, spent, done = float("inf"), float("inf"), 0.0, 0
+    while done < rounds or spent < 2 * seconds:
+        b, p = timed_bare(worker, shards), timed_pipeline(worker, shards)
+        bare, pipeline, spent, done = min(bare, b), min(pipeline, p), spent + b + p, done + 1
+    return bare, pipeline, done
+
+
 def measure(plan: Plan, work: Path, tokens: int | None, seconds: float, rounds: int = 3
             ) -> tuple[dict[str, Any], ActivationStore]:
     """The stage's numbers, and the store it generated (the next stages' data)."""
@@ -117,11 +129,7 @@ def measure(plan: Plan, work: Path, tokens: int | None, seconds: float, rounds: 
                          device=plan.device, batch_size=plan.batch_size, job_id="bench")
     shards = list(range(store.num_shards))
     timed_bare(worker, shards[:1])  # warm-up (kernels, allocator)
-    # alternated, best of each (at least `rounds`): a single pass varies by ±15% on a VM
-    bare, pipeline, spent, done = float("inf"), float("inf"), 0.0, 0
-    while done < rounds or spent < 2 * seconds:
-        b, p = timed_bare(worker, shards), timed_pipeline(worker, shards)
-        bare, pipeline, spent, done = min(bare, b), min(pipeline, p), spent + b + p, done + 1
+    bare, pipeline, done = best_of(worker, shards, rounds, seconds)
     n = store.num_rows
     return {"model": plan.model, "hook": plan.hook, "context_length": plan.context_length,
             "batch_size": plan.batch_size, "tokens": n, "rounds": done,

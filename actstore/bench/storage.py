@@ -99,10 +99,16 @@ def decode_all(store: ActivationStore, threads: int) -> None:
                       range(0, n, c)))
 
 
+def window_rows(store: ActivationStore, batch: int) -> int:
+    """The loader's shuffle window for a benchmark: its default, or a quarter of a smaller
+    store (whole batches, at least one), so an epoch spans several windows."""
+    return min(LoaderConfig.shuffle_buffer, max(batch, store.num_rows // 4 // batch * batch))
+
+
 def measure_loader(store: ActivationStore, batch: int) -> dict[str, Any]:
     hook = store.hooks[0]
     cfg = LoaderConfig(hooks=(hook,), batch_size=batch,
-                       shuffle_buffer=min(1 << 18, store.num_rows // 4 // batch * batch or batch))
+                       shuffle_buffer=window_rows(store, batch))
     files = _files(store)
 
     def epoch() -> int:

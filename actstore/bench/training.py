@@ -14,8 +14,8 @@ from typing import Any, Literal
 import torch
 
 from actstore.bench.config import Plan
-from actstore.bench.storage import rows_of
-from actstore.loader import Loader, LoaderConfig
+from actstore.bench.storage import rows_of, window_rows
+from actstore.loader import Loader, LoaderConfig, Normalizer
 from actstore.store import ActivationStore
 from trainer.dictionaries import DictionaryConfig
 from trainer.ensemble import Ensemble, adam
@@ -33,8 +33,8 @@ def _batches(store: ActivationStore, batch: int, device: torch.device
              ) -> Iterator[torch.Tensor]:
     """Loader batches, epoch after epoch."""
     hook = store.hooks[0]
-    buffer = min(1 << 18, max(batch, store.num_rows // 4 // batch * batch))
-    loader = Loader(LoaderConfig(hooks=(hook,), batch_size=batch, shuffle_buffer=buffer,
+    loader = Loader(LoaderConfig(hooks=(hook,), batch_size=batch,
+                                 shuffle_buffer=window_rows(store, batch),
                                  device=str(device), dtype="float32", normalize="scale",
                                  drop_last=True), store=store)
     while True:
@@ -52,8 +52,9 @@ def one(store: ActivationStore, latents: int, kernel: Kernel, plan: Plan) -> dic
     cuda = device.type == "cuda"
     base = torch.cuda.memory_allocated(device) if cuda else 0
     ens = Ensemble([cfg], adam(1e-4), kernel=kernel).to(device)
-    scale = float((d / store.stats(store.hooks[0]).mean_sq_norm) ** 0.5)
-    memory = (rows_of(store, batch * steps) * scale).to(device)
+    # normalised as the loader's batches are ("scale"), so both sides step on the same data
+    norm = Normalizer.of(store, store.hooks[0], "scale")
+    memory = norm.apply(rows_of(store, batch * steps)).to(device)
     ens.step(memory[:batch], cuda)  # warm-up: allocator, kernels, Adam state (autocast on cuda)
     _sync(device)
     if cuda:
