@@ -21,17 +21,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
-from actstore.bench.io import drop_cache, read_files, timed
-from actstore.bench.storage import decode_all
+from actstore.bench.io import drop_cache
+from actstore.bench.storage import measure_loader
 from actstore.loader import Loader, LoaderConfig
-from actstore.shuffle_quality import shuffle_quality
 from benchmarks.decode_probe import probe_decoding
 from benchmarks.minilm_activations import minilm_activations
 
@@ -114,43 +111,22 @@ def step_ratio(store: ActivationStore, batch: int, latents: int, windows: int,
 
 
 def epoch_ratio(store: ActivationStore, batch: int) -> None:
-    root = store.location.root
-    files = sorted(str(p) for p in Path(root, "activations").rglob("*") if p.is_file()
-                   and p.name != "zarr.json")
-    cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch)
-
-    def epoch() -> int:
-        return sum(len(b.x[HOOK]) for b in Loader(cfg, store=store))
-
-    def cold(fn: Callable[[], object]) -> float:
-        drop_cache(root)
-        return timed(fn)
-    # Alternated, best of 3 each: single cold runs on this machine spread 2x.
-    t_disk = t_load = float("inf")
-    for _ in range(3):
-        t_disk, t_load = min(t_disk, cold(lambda: read_files(files))), min(t_load, cold(epoch))
-    n = epoch()
-    size = sum(os.path.getsize(f) for f in files)
-    raw_mbps = n * store.layout.d_model[HOOK] * 2 / t_load / 1e6
-    print(f"epoch, cold cache (best of 3): loader {n / t_load:,.0f} rows/s ({raw_mbps:.0f} "
-          "MB/s of bf16 rows); plain "
-          f"sequential read of the same {size / 1e6:.0f} MB {size / t_disk / 1e6:.0f} MB/s = "
-          f"{n / t_disk:,.0f} rows/s; ratio {t_disk / t_load:.2f}x")
+    """`actstore bench`'s loader stage, best of 3, printed."""
+    r = measure_loader(store, batch, repeats=3)
+    size = r["stored_bytes"]
+    raw_mbps = r["epoch_cold_rows_per_s"] * store.layout.d_model[HOOK] * 2 / 1e6
+    disk = r["disk_cold_rows_per_s"]
+    print(f"epoch, cold cache (best of 3): loader {r['epoch_cold_rows_per_s']:,.0f} rows/s "
+          f"({raw_mbps:.0f} MB/s of bf16 rows); plain sequential read of the same "
+          f"{size / 1e6:.0f} MB {size * disk / r['rows'] / 1e6:.0f} MB/s = {disk:,.0f} rows/s; "
+          f"ratio {r['cold_vs_disk']:.2f}x")
     # The same with the files in the page cache, beside decoding alone (every chunk into one
     # buffer with as many threads, no shuffle, no batches): what the CPU allows here.
-    t_warm = min(timed(epoch) for _ in range(3))
-    t_dec = min(timed(lambda: decode_all(store, cfg.read_threads)) for _ in range(3))
-    print(f"epoch, warm cache (best of 3): loader {n / t_warm:,.0f} rows/s; decoding alone "
-          f"({cfg.read_threads} threads) {n / t_dec:,.0f} rows/s; loader = "
-          f"{t_dec / t_warm:.2f}x decoding")
-
-
-def quality(store: ActivationStore, batch: int) -> None:
-    cfg = LoaderConfig(hooks=(HOOK,), batch_size=batch, with_rows=True)
-    q = shuffle_quality(store, (b.rows for b in Loader(cfg, store=store)
-                                if b.rows is not None))
-    print(f"shuffle quality (defaults: buffer {cfg.shuffle_buffer} rows, batch {batch}): "
-          f"same-context pairs {q.observed:.2e} vs perfect {q.perfect:.2e} = {q.ratio:.2f}x")
+    print(f"epoch, warm cache (best of 3): loader {r['epoch_warm_rows_per_s']:,.0f} rows/s; "
+          f"decoding alone ({r['read_threads']} threads) {r['decode_rows_per_s']:,.0f} rows/s; "
+          f"loader = {r['warm_vs_decode']:.2f}x decoding")
+    print(f"shuffle quality (buffer {r['shuffle_buffer']} rows, batch {batch}): same-context "
+          f"pairs {r['shuffle_same_context_ratio']:.2f}x a perfect shuffle")
 
 
 def main() -> None:
@@ -174,7 +150,6 @@ def main() -> None:
               f"{store.layout.chunk_rows} rows")
         step_ratio(store, args.batch, args.latents, args.windows)
         epoch_ratio(store, args.batch)
-        quality(store, args.batch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -105,7 +105,9 @@ def window_rows(store: ActivationStore, batch: int) -> int:
     return min(LoaderConfig.shuffle_buffer, max(batch, store.num_rows // 4 // batch * batch))
 
 
-def measure_loader(store: ActivationStore, batch: int) -> dict[str, Any]:
+def measure_loader(store: ActivationStore, batch: int, repeats: int = 2) -> dict[str, Any]:
+    """One epoch cold (vs sequential plain reads of the same files) and warm (vs decoding
+    alone), each the best of `repeats` alternated runs; and shuffle quality."""
     hook = store.hooks[0]
     cfg = LoaderConfig(hooks=(hook,), batch_size=batch,
                        shuffle_buffer=window_rows(store, batch))
@@ -118,16 +120,18 @@ def measure_loader(store: ActivationStore, batch: int) -> dict[str, Any]:
         drop_cache(store.location.root)
         return timed(fn)
     t_disk, t_cold = float("inf"), float("inf")
-    for _ in range(2):  # alternated, best of each
+    for _ in range(repeats):  # alternated: single cold runs on a VM spread 2x
         t_disk, t_cold = min(t_disk, cold(lambda: read_files(files))), min(t_cold, cold(epoch))
     n = epoch()
-    t_warm = min(timed(epoch) for _ in range(2))
-    t_dec = min(timed(lambda: decode_all(store, cfg.read_threads)) for _ in range(2))
+    t_warm = min(timed(epoch) for _ in range(repeats))
+    t_dec = min(timed(lambda: decode_all(store, cfg.read_threads)) for _ in range(repeats))
     q_cfg = LoaderConfig(hooks=(hook,), batch_size=batch, shuffle_buffer=cfg.shuffle_buffer,
                          with_rows=True)
     q = shuffle_quality(store, (b.rows for b in Loader(q_cfg, store=store)
                                 if b.rows is not None))
     return {"rows": n, "batch": batch, "shuffle_buffer": cfg.shuffle_buffer,
+            "read_threads": cfg.read_threads,
+            "stored_bytes": sum(os.path.getsize(f) for f in files),
             "epoch_cold_rows_per_s": n / t_cold, "disk_cold_rows_per_s": n / t_disk,
             "cold_vs_disk": t_disk / t_cold, "epoch_warm_rows_per_s": n / t_warm,
             "decode_rows_per_s": n / t_dec, "warm_vs_decode": t_dec / t_warm,
