@@ -41,6 +41,8 @@ def field_help(cls: type, name: str, extra: str = "", required: str = "required"
         default = field.default_factory()
     else:
         return f"{doc}{extra} ({required})".replace("%", "%%")
+    if default is None and "default" in doc.lower():
+        return f"{doc}{extra}".replace("%", "%%")  # the docstring says what None stands for
     shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
     return f"{doc}{extra} (default: {shown})".replace("%", "%%")
 

@@ -49,17 +49,20 @@ class GenerateConfig:
     hooks: tuple[str, ...]
     """Module paths to capture (several in one pass)."""
     dataset: str
-    """`builtin:pydoc`, a local .txt/.jsonl/.parquet file or glob, or a HF dataset."""
+    """`builtin:pydoc`; .txt/.jsonl/.parquet files, optionally .gz/.bz2/.xz/.zst: a file or
+    a glob, local or at an fsspec URL (s3://bucket/c/*.jsonl.zst), or a remote folder; or a
+    Hugging Face dataset by name or local folder."""
     out: str
     """Root URL; the store goes to `<out>/<key>`."""
     context_length: int = 128
     """Tokens per context, BOS included."""
     max_tokens: int | None = None
-    """Upper bound on tokens fed to the model (None: the whole dataset)."""
+    """Upper bound on tokens fed to the model, BOS included (default: the whole dataset)."""
     revision: str | None = None
-    """Model revision."""
+    """Model revision: commit, tag or branch (default: the latest; local folders have none)."""
     dataset_revision: str | None = None
-    """Dataset revision (HF datasets)."""
+    """Revision of a Hugging Face hub dataset (default: the latest). Files, folders and the
+    embedded corpus are identified by their content instead."""
     split: str | None = None
     """Dataset split (HF datasets; default train)."""
     text_column: str | None = None
@@ -165,11 +168,21 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
     _, model_dtype = device_and_dtype(cfg)
     return StoreSpec(
         model=cfg.model, model_revision=cfg.revision, hooks=hooks, dataset=cfg.dataset,
-        dataset_revision=cfg.dataset_revision, split=cfg.split, text_column=cfg.text_column,
+        dataset_revision=dataset_identity(cfg), split=cfg.split, text_column=cfg.text_column,
         context_length=cfg.context_length, tokenizer=cfg.model,
         tokenizer_hash=corpus.tokenizer_hash(tokenizer), bos_policy=cfg.bos,
         context_policy=cfg.context_policy, max_tokens=cfg.max_tokens, dtype=cfg.store_dtype,
         model_dtype=model_dtype)
+
+
+def dataset_identity(cfg: GenerateConfig) -> str | None:
+    """The spec's dataset revision: the one given for a hub dataset, the content's digest for
+    files, local folders and the embedded corpus (whose text changes with Python's version)."""
+    content = corpus.fingerprint(cfg.dataset)
+    if content is not None and cfg.dataset_revision is not None:
+        raise ValueError(f"--dataset-revision names a Hugging Face hub dataset's revision; "
+                         f"{cfg.dataset} is identified by its content instead: drop the flag")
+    return cfg.dataset_revision or content
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:

@@ -32,7 +32,7 @@ class StoreSpec:
     hooks: tuple[str, ...]
     """Module paths as in `model.named_modules()`, e.g. `encoder.layer.3`."""
     dataset: str
-    """Dataset name, local path or glob, or `builtin:pydoc` for the embedded corpus."""
+    """Dataset name, file, glob or fsspec URL, or `builtin:pydoc` for the embedded corpus."""
     context_length: int
     """Tokens per context (including any BOS token)."""
     tokenizer: str
@@ -42,7 +42,9 @@ class StoreSpec:
     model_revision: str | None = None
     """Model revision (commit, tag or branch); None for local paths."""
     dataset_revision: str | None = None
-    """Dataset revision; None for local files and the embedded corpus."""
+    """Dataset revision (hub datasets), or the digest of the content (`sha256:…`) of local or
+    remote files, a local dataset folder and the embedded corpus, so an edited corpus gets a new
+    store instead of reusing a stale one."""
     split: str | None = None
     """Dataset split, e.g. `train`."""
     text_column: str | None = None

@@ -204,7 +204,8 @@ def test_ctrl_c_says_how_to_resume(monkeypatch: pytest.MonkeyPatch,
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["generate", "train", "info", "verify", "ls"])
+@pytest.mark.parametrize("command", ["generate", "train", "info", "verify", "ls", "toy", "eval",
+                                     "steer", "bench"])
 def test_every_flag_explains_itself(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
@@ -219,6 +220,7 @@ def test_every_flag_explains_itself(command: str, capsys: pytest.CaptureFixture[
         assert len(doc.split()) >= 3, f"{command} {flag} has no help: {entry!r}"
     if command in ("generate", "train"):
         assert options.count("(default:") >= 10
+    assert "(default: None)" not in options  # say what leaving the flag out means
 
 
 @pytest.mark.parametrize(("workers", "cpus", "cores", "want"), [

@@ -270,6 +270,30 @@ def test_bad_input_fails_before_any_work(models: dict[str, str], tmp_path: Path)
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # nothing was created
 
 
+def test_an_edited_corpus_gets_a_new_store(models: dict[str, str], tmp_path: Path) -> None:
+    """The store key follows the corpus's content: the same file reuses its store, an edited
+    one (same path) gets a new store instead of the stale activations."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[k] for k in sorted(topics)[:6]]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = config(models["gpt2"], ("transformer.h.0",), tmp_path / "stores",
+                 dataset=str(corpus), executor="local", workers=1, max_tokens=640)
+    first = generate(cfg)
+    again = generate(cfg)
+    assert again.reused
+    assert again.url == first.url
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in reversed(texts)))
+    edited = generate(cfg)
+    assert not edited.reused
+    assert edited.url != first.url
+    tokens = ActivationStore.open(edited.url).read_contexts().column("tokens").to_pylist()
+    assert tokens != ActivationStore.open(first.url).read_contexts().column("tokens").to_pylist()
+    with pytest.raises(ValueError, match="--dataset-revision names a Hugging Face hub"):
+        generate(replace(cfg, dataset_revision="v1"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.usefixtures("ray_session")
