@@ -98,6 +98,23 @@ def load_model(model: str, revision: str | None, dtype: torch.dtype,
     return loaded.to(device).eval()  # type: ignore[no-any-return]
 
 
+PROBE = (2, 3)
+"""Input shape of the probe pass."""
+
+
+def _activations(name: str, output: Any) -> torch.Tensor:
+    """The activation tensor of a module's output: itself, the first of a tuple (attention
+    returns weights beside it), or the first field of a ModelOutput (last_hidden_state)."""
+    value = output
+    if isinstance(value, tuple | list) and value:
+        value = value[0]
+    elif hasattr(value, "to_tuple"):  # transformers' ModelOutput: the base model hooked whole
+        value = value.to_tuple()[0] if value.to_tuple() else None
+    if not isinstance(value, torch.Tensor):
+        raise UnknownHookError(f"hook {name!r} outputs {type(output).__name__}, not a tensor")
+    return value
+
+
 class Capture:
     """Forward hooks on the given modules; `run` returns their outputs and stops early.
 
@@ -115,8 +132,7 @@ class Capture:
 
     def _hook(self, name: str) -> Any:
         def fn(_module: nn.Module, _args: Any, output: Any) -> None:
-            value = output[0] if isinstance(output, tuple | list) else output
-            self._outputs[name] = value.detach()
+            self._outputs[name] = _activations(name, output).detach()
             if self._last is None:  # the probe: learn the order once, not on every pass
                 self._order.append(name)
             elif name == self._last and len(self._outputs) == len(self.hooks):
@@ -124,12 +140,27 @@ class Capture:
         return fn
 
     def _probe(self, device: torch.device) -> None:
+        """One tiny pass (2 contexts of 3 tokens, so that a batch or sequence axis that is not
+        the input's shows): the hooks' order, and a clear error for a hook that cannot give
+        one activation per token."""
         self._order.clear()
         with torch.inference_mode():
-            self.model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device))
+            self.model(input_ids=torch.zeros(*PROBE, dtype=torch.long, device=device))
         missing = set(self.hooks) - set(self._order)
         if missing:
-            raise UnknownHookError(f"hooks {sorted(missing)} never ran in a forward pass")
+            raise UnknownHookError(f"hooks {sorted(missing)} never ran in a forward pass (this "
+                                   "model's attention implementation may skip them)")
+        for name in self.hooks:
+            runs = self._order.count(name)
+            shape = tuple(self._outputs[name].shape)
+            if runs > 1:
+                raise UnknownHookError(f"hook {name!r} runs {runs} times per forward pass (a "
+                                       "shared module): hook a module that runs once")
+            if len(shape) != 3 or shape[:2] != PROBE:
+                raise UnknownHookError(
+                    f"hook {name!r} outputs shape {shape} for input {PROBE}, not (batch, "
+                    "tokens, width): hook a module with one activation per token (a block, its "
+                    "attention or MLP, a norm)")
         self._last = self._order[-1]
 
     def run(self, input_ids: torch.Tensor,

@@ -164,6 +164,7 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
             "holding config.json or a Hugging Face model name (offline, it must be in the "
             "cache)") from None
     hooks = resolve_hooks(config, cfg.hooks)
+    hook_widths(cfg.model, cfg.revision, hooks)  # a hook without one row per token fails here
     tokenizer = load_tokenizer(cfg.model, cfg.revision)
     _, model_dtype = device_and_dtype(cfg)
     return StoreSpec(
@@ -279,7 +280,7 @@ def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
     if contexts is None:
         contexts = _build_contexts(cfg)
     num_rows = int(stored_row_counts(contexts).sum())
-    d_model = _hook_widths(cfg, spec)
+    d_model = hook_widths(cfg.model, cfg.revision, spec.hooks)
     row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[cfg.store_dtype]
     # Several shards per worker keep every worker busy and make retries cheap.
     shard_bytes = min(cfg.shard_mib << 20, max(1, num_rows // (4 * workers)) * row_bytes)
@@ -306,11 +307,11 @@ def _rebuild_contexts(cfg: GenerateConfig, store: ActivationStore,
     store.write_contexts(table)
 
 
-def _hook_widths(cfg: GenerateConfig, spec: StoreSpec) -> dict[str, int]:
-    """d_model of each hook, from a 2-token pass of the model built on the meta device."""
+def hook_widths(model: str, revision: str | None, hooks: tuple[str, ...]) -> dict[str, int]:
+    """d_model of each hook, from a probe pass of the model built on the meta device (no
+    weights, no compute), which also refuses a hook that does not give one row per token."""
     from actstore.capture import Capture, skeleton
 
-    model = skeleton(load_config(cfg.model, cfg.revision))
-    with Capture(model, spec.hooks) as cap:
+    with Capture(skeleton(load_config(model, revision)), hooks) as cap:
         out = cap.run(torch.zeros(1, 2, dtype=torch.long, device="meta"))
     return {h: int(v.shape[-1]) for h, v in out.items()}

@@ -43,7 +43,7 @@ def docs() -> list[str]:
     return ["", texts[0][:40], *texts[1:6], "", "x", texts[6] * 8, *texts[7:]]
 
 
-def reference(texts: list[str], tok: Any, length: int, policy: str, bos_policy: str,
+def reference(texts: list[str], tok: Any, length: int, policy: str, *, bos_policy: str,
               max_tokens: int | None) -> tuple[list[list[int]], list[int]]:
     """The contexts table's tokens and doc ids, the obvious way: one token at a time."""
     bos = None if bos_policy == "none" else tok.cls_token_id
@@ -74,13 +74,14 @@ def reference(texts: list[str], tok: Any, length: int, policy: str, bos_policy: 
 @pytest.mark.parametrize("eos", ["eos", "no_eos"])
 @pytest.mark.parametrize(("length", "max_tokens"), [(2, None), (33, None), (128, 3000),
                                                     (128, 127 * 20 + 5), (1024, None)])
-def test_contexts_equal_a_token_by_token_reference(
+def test_contexts_equal_a_token_by_token_reference(  # noqa: PLR0917 (parametrized)
         tokenizers: dict[str, Any], policy: str, bos_policy: str, eos: str, length: int,
         max_tokens: int | None) -> None:
     tok = tokenizers[eos]
     table = build_contexts(iter(docs()), tok, context_length=length, policy=policy,  # type: ignore[arg-type]
                            bos_policy=bos_policy, max_tokens=max_tokens)  # type: ignore[arg-type]
-    want_tokens, want_docs = reference(docs(), tok, length, policy, bos_policy, max_tokens)
+    want_tokens, want_docs = reference(docs(), tok, length, policy, bos_policy=bos_policy,
+                                      max_tokens=max_tokens)
     assert table.column("tokens").to_pylist() == want_tokens
     assert table.column("doc_id").to_pylist() == want_docs
     assert table.column("context_id").to_pylist() == list(range(len(want_tokens)))
@@ -137,7 +138,7 @@ def test_compressed_files_globs_and_nulls(tmp_path: Path) -> None:
                  "f.parquet"):
         assert list(iter_documents(str(tmp_path / "c" / name))) == want, name
     assert list(iter_documents(str(tmp_path / "c" / "*"))) == want * 6
-    (tmp_path / "one.txt").write_bytes("line one\r\nline two\n".encode())
+    (tmp_path / "one.txt").write_bytes(b"line one\r\nline two\n")
     assert list(iter_documents(str(tmp_path / "one.txt"))) == ["line one\nline two\n"]
 
 
@@ -182,8 +183,8 @@ def test_remote_files_by_glob_and_by_folder() -> None:
         fs.rm(f"/{root}", recursive=True)
 
 
-def test_s3_corpus_and_its_missing_credentials(s3_endpoint: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("s3_endpoint")
+def test_s3_corpus_and_its_missing_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     import s3fs
 
     fs = fsspec.filesystem("s3")

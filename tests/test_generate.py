@@ -259,6 +259,8 @@ def test_bad_input_fails_before_any_work(models: dict[str, str], tmp_path: Path)
         generate(config(models["gpt2"], ("transformer.h.9",), tmp_path))
     with pytest.raises(ValueError, match="--max-tokens"):
         config(models["gpt2"], ("transformer.h.0",), tmp_path, max_tokens=8)
+    with pytest.raises(UnknownHookError, match=r"'model\.rotary_emb' outputs shape \(1, 3, "):
+        generate(config(models["llama"], ("model.rotary_emb",), tmp_path))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(DatasetError, match="no complete context"):
