@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actstore import StoreBusyError
+from actstore import StoreBusyError, StoreFullError
 from actstore.cli import main
 from actstore.loader import Normalizer
 from actstore.location import Location
 from actstore.writer import JobLock
+from tests.conftest import TmpFs
 from tests.helpers import HOOKS, fill_store, new_store
 from trainer import ensemble
 from trainer.config import TrainConfig
@@ -174,6 +176,38 @@ def test_resume_refuses_other_settings_and_an_existing_run(store: str, tmp_path:
         train(config(store, tmp_path, tokens=160, k=(3,), resume=True))
     with pytest.raises(ValueError, match=r"is finished \(10 of 10 steps\)"):
         train(config(store, tmp_path, tokens=160, resume=True))
+
+
+def test_a_full_disk_stops_training_in_one_line_and_leaves_no_partial_checkpoint(
+        store: str, tmpfs: TmpFs) -> None:
+    out = tmpfs.path / "run"
+    big = config(store, out, latents=(4096,), k=(4,), tokens=160)  # a checkpoint of ~1.2 MB
+    with pytest.raises(StoreFullError, match=r"--out .*/run: no space left on the device "
+                                             r".*nothing was checkpointed yet: free space and "
+                                             r"rerun with --overwrite"):
+        train(big)
+    assert not [p for p in out.iterdir() if "checkpoint" in p.name]  # the half-written one
+    tmpfs.resize("32m")
+    assert train(dataclasses.replace(big, overwrite=True)).steps == 10
+
+
+def test_a_full_disk_while_the_dictionaries_are_written_resumes_to_write_them(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "cfg.json")
+
+    with monkeypatch.context() as m:
+        m.setattr("trainer.train.export_saelens", full)
+        with pytest.raises(StoreFullError, match=r"no space left on the device \(cfg.json\); its"
+                                                 r" last checkpoint .* is intact: free space and "
+                                                 r"rerun with --resume"):
+            train(config(store, tmp_path / "a", tokens=160))
+    assert train(config(store, tmp_path / "a", tokens=160, resume=True)).steps == 10
+    train(config(store, tmp_path / "b", tokens=160))
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "a" / "dictionaries" / "topk-n24-k3" / "saelens" / "cfg.json").exists()
+    with pytest.raises(ValueError, match=r"is finished \(10 of 10 steps\)"):
+        train(config(store, tmp_path / "a", tokens=160, resume=True))
 
 
 def test_resumed_run_reports_its_own_tokens(store: str, tmp_path: Path,

@@ -19,6 +19,7 @@ interval sums are lost.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import math
 import os
@@ -151,9 +152,22 @@ def save(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None,
     target = path(out)
     tmp = Path(distributed.broadcast_object(
         str(target.with_name(f".checkpoint.{uuid.uuid4().hex}.tmp"))))  # never another run's
-    with _single_process_ok():
-        dcp_save({**tensors(ensemble, meter, mesh), "meta": _blob({"version": VERSION, **meta})},
-                 checkpoint_id=str(tmp), no_dist=distributed.world_size() == 1)
+    state = tensors(ensemble, meter, mesh)
+    try:
+        with _single_process_ok():
+            dcp_save({**state, "meta": _blob({"version": VERSION, **meta})},
+                     checkpoint_id=str(tmp), no_dist=distributed.world_size() == 1)
+    except BaseException as e:
+        # torch.save's zip writer reports a full disk without its errno: judge by the space
+        # left, before the half-written checkpoint is removed (the last one stays intact)
+        needed = sum(t.numel() * t.element_size() for t in state.values()
+                     if isinstance(t, torch.Tensor))
+        full = _free(target.parent) < needed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full and not isinstance(e, KeyboardInterrupt | SystemExit):  # dcp's own error is
+            # a BaseException
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from e
+        raise
     distributed.barrier()
     if distributed.rank() == 0:
         previous = _previous(out)
@@ -166,9 +180,17 @@ def save(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None,
     distributed.barrier()
 
 
-def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]
-              ) -> dict[str, Any]:
-    """The checkpoint's step, settings and positions, after checking it belongs to this run."""
+def _free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
+def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig],
+              finished: bool = True) -> dict[str, Any]:
+    """The checkpoint's step, settings and positions, after checking it belongs to this run.
+    A final checkpoint is refused when the run `finished` (wrote its dictionaries)."""
     where = found(out)
     if where is None:
         legacy = Path(out) / "checkpoint.pt"
@@ -189,7 +211,7 @@ def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]
         raise ValueError(f"--resume: settings differ from the checkpoint's (saved, now): "
                          f"{changed}; resume with the same settings")
     steps = cfg.steps
-    if int(state["step"]) >= steps:
+    if int(state["step"]) >= steps and finished:
         raise ValueError(f"--resume: the run in {out} is finished ({state['step']} of {steps} "
                          f"steps); its dictionaries are in {Path(out) / 'dictionaries'}. To "
                          "train further, start a new run from them or with more --tokens in "

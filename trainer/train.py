@@ -91,7 +91,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train `cfg`'s dictionaries; call it on every rank."""
     world = distributed.setup(cfg.device)
     try:
-        return _Run(cfg, world).run()
+        with run_dir.out_of_space(cfg.out):
+            return _Run(cfg, world).run()
     finally:
         distributed.teardown(world)
 
@@ -259,7 +260,8 @@ class _Run:
             "rng": distributed.broadcast_object(checkpoint.rng_state())})
 
     def _restore(self) -> None:
-        state = checkpoint.load_meta(self.cfg.out, self.cfg, self.members)
+        state = checkpoint.load_meta(self.cfg.out, self.cfg, self.members,
+                                     finished=run_dir.finished(self.cfg.out))
         if len(state["loaders"]) != self.mesh.dp:
             raise ValueError(f"--resume: the checkpoint was written with {len(state['loaders'])}"
                              f" data-parallel ranks, this run has {self.mesh.dp}; resume with "
@@ -296,6 +298,7 @@ class _Run:
                 torch.save(dens, d / "latent_density.pt")
             if self.cfg.plots:
                 plot_run(Path(self.cfg.out), self.names, densities)
+            run_dir.mark_finished(self.cfg.out)
         distributed.barrier()
         return dirs, final
 
