@@ -1,5 +1,6 @@
 """Our SAELens export, loaded by SAELens itself (its own environment, `SAE.load_from_disk`),
-gives the codes and reconstructions our dictionaries give, for every architecture.
+gives the codes and reconstructions our dictionaries give, for every architecture; our sparsify
+export likewise through sparsify's `SparseCoder.load_from_disk` (TopK).
 
 Needs SAELens installed apart from actstore (`scripts/install_saelens.sh`, which `.ci/run`
 calls); the path of that environment's python comes in ACTSTORE_SAELENS_PYTHON.
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from actstore.loader import Normalizer
 from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.export import export_saelens
+from trainer.export import export_saelens, export_sparsify
 
 PYTHON = os.environ.get("ACTSTORE_SAELENS_PYTHON")
 pytestmark = [pytest.mark.saelens,
@@ -77,3 +78,28 @@ def test_saelens_loads_every_architecture_and_agrees(tmp_path: Path) -> None:
         assert (load_file(tmp_path / arch / "saelens" / "sae_weights.safetensors").keys()
                 == load_file(tmp_path / arch / "resaved" / "sae_weights.safetensors").keys())
     assert loaded["topk"]["k"] == 5
+
+
+def test_sparsify_loads_the_topk_export_and_agrees(tmp_path: Path) -> None:
+    """sparsify's own loader (same environment as SAELens', `scripts/install_saelens.sh`)."""
+    assert PYTHON is not None
+    norm = Normalizer(torch.randn(12), 0.37)
+    sae = trained_like("topk")
+    export_sparsify(tmp_path / "topk" / "sparsify", sae, norm)
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)) * 4 + 1
+    save_file({"x": x}, tmp_path / "topk" / "inputs.safetensors")
+    with torch.no_grad():
+        z = sae.encode(norm.apply(x))
+        x_hat = norm.invert(sae.decode(z))
+    assert int((z > 0).sum()) == 64 * 5  # every row fires its k latents: a real comparison
+    done = subprocess.run([PYTHON, str(Path(__file__).with_name("sparsify_load.py")),
+                           str(tmp_path)], capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "topk": {"k": 5, "latents": 40, "d_in": 12}}
+    theirs = load_file(tmp_path / "topk" / "sparsify_outputs.safetensors")
+    torch.testing.assert_close(theirs["z"], z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(theirs["x_hat"], x_hat, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sparsify has no relu coder"):
+        export_sparsify(tmp_path / "relu", trained_like("relu"), norm)

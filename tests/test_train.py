@@ -69,6 +69,9 @@ def test_trains_a_sweep_and_writes_every_artifact(store: str, tmp_path: Path) ->
         assert cfg["source"]["hook"] == HOOKS[0]
         norms = sae.W_dec.norm(dim=1)
         torch.testing.assert_close(norms, torch.ones_like(norms))  # the decoder constraint
+        assert sorted(p.name for p in d.iterdir()) == [
+            "cfg.json", "latent_density.pt", "model.safetensors", "saelens", "sparsify"]
+    assert (tmp_path / ".finished").exists()
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "latent_density.png").stat().st_size > 1000
 

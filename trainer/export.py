@@ -15,6 +15,10 @@ so (x - b_dec') W_enc' + b_enc' equals the pre-activations of x'. Architectures 
 relu -> standard, topk -> topk (k), jumprelu -> jumprelu (threshold = exp(log_threshold)),
 batchtopk -> jumprelu with every threshold equal to the learned batch threshold (as SAELens
 saves its own BatchTopK SAEs).
+
+EleutherAI sparsify's format (`sparsify/`: cfg.json + sae.safetensors, loaded by
+`sparsify.SparseCoder.load_from_disk`), for TopK only (sparsify has no other activation that
+ours map to): the same folded weights as encoder.weight = W_enc'ᵀ, encoder.bias, W_dec', b_dec'.
 """
 
 from __future__ import annotations
@@ -82,10 +86,7 @@ def export_saelens(path: str | Path, sae: SparseDictionary, norm: Normalizer,
     """SAELens' `cfg.json` + `sae_weights.safetensors`, acting on raw activations."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    s = norm.scale
-    mean = norm.mean if norm.mean is not None else torch.zeros(sae.cfg.d_model)
-    weights = {"W_enc": sae.W_enc * s, "W_dec": sae.W_dec / s,
-               "b_enc": sae.b_enc, "b_dec": sae.b_dec / s + mean.to(sae.b_dec.device)}
+    weights = folded(sae, norm)
     arch = sae.cfg.arch
     if arch == "jumprelu":
         weights["threshold"] = sae.log_threshold.exp()
@@ -93,6 +94,33 @@ def export_saelens(path: str | Path, sae: SparseDictionary, norm: Normalizer,
         weights["threshold"] = sae.threshold.expand(sae.cfg.latents)
     save_file(_contiguous(weights), out / "sae_weights.safetensors")
     _write_json(out / "cfg.json", saelens_config(sae.cfg, source))
+    return out
+
+
+def folded(sae: SparseDictionary, norm: Normalizer) -> dict[str, torch.Tensor]:
+    """W_enc, W_dec, b_enc, b_dec acting on raw activations (the module docstring's fold)."""
+    s = norm.scale
+    mean = norm.mean if norm.mean is not None else torch.zeros(sae.cfg.d_model)
+    return {"W_enc": sae.W_enc * s, "W_dec": sae.W_dec / s,
+            "b_enc": sae.b_enc, "b_dec": sae.b_dec / s + mean.to(sae.b_dec.device)}
+
+
+def export_sparsify(path: str | Path, sae: SparseDictionary, norm: Normalizer) -> Path:
+    """sparsify's `cfg.json` + `sae.safetensors` for a TopK dictionary, on raw activations."""
+    if sae.cfg.arch != "topk":
+        raise ValueError(f"sparsify has no {sae.cfg.arch} coder: only topk exports to it")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    w = folded(sae, norm)
+    save_file(_contiguous({"encoder.weight": w["W_enc"].T, "encoder.bias": w["b_enc"],
+                           "W_dec": w["W_dec"], "b_dec": w["b_dec"]}), out / "sae.safetensors")
+    _write_json(out / "cfg.json", {
+        "activation": "topk", "expansion_factor": max(1, sae.cfg.latents // sae.cfg.d_model),
+        "num_latents": sae.cfg.latents, "k": sae.cfg.k, "d_in": sae.cfg.d_model,
+        # rows are not unit norm once the input scale is folded in; the flag only steers
+        # sparsify's training, never a load
+        "normalize_decoder": False, "multi_topk": False, "skip_connection": False,
+        "transcode": False})
     return out
 
 

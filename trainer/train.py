@@ -6,8 +6,9 @@
           ──Ensemble.step──▶ every dictionary's forward, DDP-averaged backward, constrained step
           ──Meter──▶ metrics.jsonl every `log_every` steps (rank 0), checkpoint every
             `checkpoint_every`, loss recovered with the model spliced (rank 0)
-    end: per dictionary dictionaries/<name>/ (cfg.json + model.safetensors) and its SAELens
-         export in dictionaries/<name>/saelens/, plots/*.png
+    end: per dictionary dictionaries/<name>/ (cfg.json + model.safetensors), its SAELens
+         export in dictionaries/<name>/saelens/ (and sparsify's in sparsify/ for TopK),
+         plots/*.png
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from trainer.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.distributed import World
 from trainer.ensemble import Ensemble, adam, warmup_decay
 from trainer.evaluation.mmcs import mmcs, recovered
-from trainer.export import export_saelens, save_dictionary
+from trainer.export import export_saelens, export_sparsify, save_dictionary
 from trainer.logs import MetricsLog
 from trainer.metrics import Meter
 from trainer.sharding.gather import gathered
@@ -295,6 +296,8 @@ class _Run:
                 assert member is not None  # rank 0 is tp rank 0 of dp row 0
                 save_dictionary(d, member, self.norm, source)
                 export_saelens(d / "saelens", member, self.norm, source)
+                if member.cfg.arch == "topk":
+                    export_sparsify(d / "sparsify", member, self.norm)
                 torch.save(dens, d / "latent_density.pt")
             if self.cfg.plots:
                 plot_run(Path(self.cfg.out), self.names, densities)
