@@ -172,26 +172,34 @@ def test_index_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert "latent 99999 of neurons-relu has no page" in missing
 
 
-def test_pca_moments_split_over_torchrun_ranks_equal_one_process(tmp_path: Path) -> None:
-    """`torchrun … actstore eval`: each rank streams its own blocks of the training rows and
-    the sums are all-reduced, so the report equals one process's."""
+def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
+        tmp_path: Path) -> None:
+    """`torchrun … actstore eval`: the ranks split PCA's covariance (training rows), the
+    dictionary's scores and top activations and the baselines' frontier (held-out rows); ICA is
+    fitted on rank 0. The report equals one process's."""
     import subprocess
     import sys
 
     from tests.test_ddp import env
 
     run, _, _ = _run(tmp_path, 0.5)
-    args = ["eval", "--run-dir", str(run), "--ica", "none", "--ks", "1", "3", "12"]
+    args = ["eval", "--run-dir", str(run), "--ica-rows", "256", "--ks", "1", "3", "12",
+            "--top", "5"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "actstore.cli",
                     *args, "--out", str(tmp_path / "two")], check=True, env=env(),
                    timeout=300)
-    one = json.loads((tmp_path / "one" / "eval.json").read_text())["frontier"]
-    two = json.loads((tmp_path / "two" / "eval.json").read_text())["frontier"]
-    assert [(r["method"], r["k"]) for r in one] == [(r["method"], r["k"]) for r in two]
-    for a, b in zip(one, two, strict=True):
+    one, two = (json.loads((tmp_path / o / "eval.json").read_text()) for o in ("one", "two"))
+    assert {r["method"] for r in one["frontier"]} >= {"pca", "ica", "neurons", "random"}
+    assert [(r["method"], r["k"]) for r in one["frontier"]] == \
+        [(r["method"], r["k"]) for r in two["frontier"]]
+    for a, b in zip(one["frontier"], two["frontier"], strict=True):
         assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-9, abs=1e-12)
+    for key, value in one["dictionaries"]["neurons-relu"].items():
+        assert two["dictionaries"]["neurons-relu"][key] == pytest.approx(value, rel=1e-9)
+    tops = [json.loads((tmp_path / o / "latents.json").read_text()) for o in ("one", "two")]
+    assert tops[0] == tops[1]  # the same top rows, values and texts for every latent shown
 
 
 def test_training_sample_ranks_cover_the_sample_once(tmp_path: Path) -> None:

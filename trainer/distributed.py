@@ -8,6 +8,7 @@ exactly a plain run.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -99,6 +100,13 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """Element-wise sums of every rank's `values`, added in rank order (the same on every
+    rank)."""
+    parts = gather_objects([float(v) for v in values])
+    return [sum(column) for column in zip(*parts, strict=True)]
 
 
 def broadcast_object(obj: Any) -> Any:

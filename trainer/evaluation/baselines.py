@@ -11,7 +11,7 @@ covariance, streamed over the store in float64 (`moments`), so it sees every row
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -98,14 +98,18 @@ def ica_basis(fit: ICAResult) -> Basis:
 
 def top_k_fvu(basis: Basis, x: torch.Tensor, k: int) -> float:
     """FVU of `x` reconstructed from each row's k largest-magnitude codes."""
+    return top_k_error(basis, x, k) / max(total_variance(x), 1e-30)
+
+
+def top_k_error(basis: Basis, x: torch.Tensor, k: int) -> float:
+    """Σ‖x − x̂‖² of `x` reconstructed from each row's k largest-magnitude codes."""
     x = x.float()
     codes = (x - basis.mean) @ basis.encoder
     if k < codes.shape[1]:
         keep = torch.topk(codes.abs(), k, dim=1).indices
         codes = torch.zeros_like(codes).scatter_(1, keep, codes.gather(1, keep))
     x_hat = codes @ basis.decoder + basis.mean
-    err = float((x - x_hat).double().pow(2).sum())
-    return err / max(total_variance(x), 1e-30)
+    return float((x - x_hat).double().pow(2).sum())
 
 
 def total_variance(x: torch.Tensor) -> float:
@@ -114,8 +118,15 @@ def total_variance(x: torch.Tensor) -> float:
     return float((x - x.mean(0)).pow(2).sum())
 
 
-def frontier(bases: Sequence[Basis], x: torch.Tensor, ks: Sequence[int]
+def frontier(bases: Sequence[Basis], x: torch.Tensor, ks: Sequence[int],
+             variance: float | None = None,
+             reduce: Callable[[list[float]], list[float]] = list,
              ) -> list[dict[str, float | str]]:
-    """FVU at each L0 = k for every basis: `{"method", "k", "l0", "fvu"}` rows."""
+    """FVU at each L0 = k for every basis: `{"method", "k", "l0", "fvu"}` rows. `x` may be one
+    rank's share of the rows: `reduce` sums the errors over ranks and `variance` is that of
+    all the rows (by default `x`'s own)."""
+    pairs = [(b, k) for b in bases for k in ks]
+    errors = reduce([top_k_error(b, x, k) for b, k in pairs])
+    total = total_variance(x) if variance is None else variance
     return [{"method": b.name, "k": k, "l0": float(min(k, b.encoder.shape[1])),
-             "fvu": top_k_fvu(b, x, k)} for b in bases for k in ks]
+             "fvu": e / max(total, 1e-30)} for (b, k), e in zip(pairs, errors, strict=True)]

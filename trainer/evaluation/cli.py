@@ -38,8 +38,10 @@ def add_eval_parser(sub: Any) -> None:
 
 
 def run_eval(args: dict[str, Any]) -> int:
-    """Under torchrun, the ranks share the reading of PCA's covariance (each streams its own
-    blocks, the sums are all-reduced); rank 0 writes the report."""
+    """Under torchrun the ranks share the work: PCA's covariance (each streams its own blocks
+    of training rows), the dictionaries' scores and top activations and the baselines'
+    frontier (each its share of the held-out rows); sums and top lists are merged, FastICA is
+    fitted on rank 0 and sent to the others, and rank 0 writes the report."""
     from actstore.store import ActivationStore
     from trainer import distributed
     from trainer.evaluation.report import write_report

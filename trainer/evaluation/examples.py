@@ -80,7 +80,10 @@ class TopCollector:
         values = torch.cat([self.values[keep], *(p[1] for p in self._pending)])
         rows = torch.cat([self.rows[keep], *(p[2] for p in self._pending)])
         self._pending, self._held = [], 0
-        order = torch.argsort(values, descending=True, stable=True)
+        # by latent, then value (largest first), then row: ties go to the earlier row, as in
+        # one pass over the rows in order, however the rows were split among collectors
+        order = torch.argsort(rows, stable=True)
+        order = order[torch.argsort(values[order], descending=True, stable=True)]
         order = order[torch.argsort(cols[order], stable=True)]
         cols, values, rows = cols[order], values[order], rows[order]
         first = torch.searchsorted(cols, torch.arange(self.latents))
@@ -90,6 +93,16 @@ class TopCollector:
         self.values.zero_()
         self.rows[cols[take], rank[take]] = rows[take]
         self.values[cols[take], rank[take]] = values[take]
+
+    def absorb(self, part: TopActivations) -> None:
+        """Fold in another collector's result (a rank's share of the rows)."""
+        keep = part.rows >= 0
+        lat = torch.arange(self.latents).unsqueeze(1).expand_as(part.rows)
+        self._pending.append((lat[keep], part.values[keep], part.rows[keep]))
+        self._held += int(keep.sum())
+        self.fired += part.fired
+        self.histogram += part.histogram
+        self.tokens += part.tokens
 
     def result(self) -> TopActivations:
         self._merge()

@@ -157,23 +157,31 @@ def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, split: hol
         world=distributed.world_size())), d)
     out = [baselines.pca(m), baselines.neurons(d, m.mean.cpu()),
            baselines.random_basis(d, m.mean.cpu(), cfg.seed)]
-    if cfg.ica != "none":
-        rows = cfg.ica_rows or (1 << 20 if device.type == "cuda" else 1 << 16)
-        sample = torch.cat(list(holdout.training_sample(store, hook, fit, rows)))
-        ica = fast_ica(sample.to(device), fun=cfg.ica, seed=cfg.seed, cov=m.cov, mean=m.mean)
-        out.append(baselines.ica_basis(ica))
-    return [baselines.Basis(b.name, b.encoder.cpu(), b.decoder.cpu(), b.mean.cpu())
-            for b in out]
+    if cfg.ica != "none":  # fitted once, on rank 0, and sent to the others
+        basis = None
+        if distributed.rank() == 0:
+            rows = cfg.ica_rows or (1 << 20 if device.type == "cuda" else 1 << 16)
+            sample = torch.cat(list(holdout.training_sample(store, hook, fit, rows)))
+            basis = _cpu(baselines.ica_basis(fast_ica(sample.to(device), fun=cfg.ica,
+                                                      seed=cfg.seed, cov=m.cov, mean=m.mean)))
+        out.append(distributed.broadcast_object(basis))
+    return [_cpu(b) for b in out]
+
+
+def _cpu(b: baselines.Basis) -> baselines.Basis:
+    return baselines.Basis(b.name, b.encoder.cpu(), b.decoder.cpu(), b.mean.cpu())
 
 
 def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device,
           variance: float) -> tuple[dict[str, float], TopActivations]:
     """FVU (raw units), L0 and firing of one dictionary on the slice, and its top rows;
-    `variance` is the slice's Σ‖x − mean‖², FVU's denominator for every method."""
+    `variance` is the slice's Σ‖x − mean‖², FVU's denominator for every method. Under
+    torchrun each rank scores its share of `held` (every world-th batch) and the sums and top
+    lists are merged, so every rank returns what one process would."""
     sae = member.sae.to(device)
     collector = TopCollector(sae.cfg.latents, top)
     err, count = 0.0, 0
-    for h in held:
+    for h in held[distributed.rank()::distributed.world_size()]:
         x = h.x.to(device)
         x_hat_n, codes = sae.infer(member.norm.apply(x))
         x_hat = member.norm.invert(x_hat_n)
@@ -181,6 +189,13 @@ def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: tor
         count += len(x)
         collector.add(codes, h.rows)
     tops = collector.result()
+    if distributed.world_size() > 1:
+        err, rows = distributed.sum_over_ranks([err, count])
+        count = int(rows)
+        merged = TopCollector(sae.cfg.latents, top)
+        for part in distributed.gather_objects(tops):
+            merged.absorb(part)
+        tops = merged.result()
     fired = float((tops.fired > 0).double().mean())
     return {"fvu": err / max(variance, 1e-30), "l0": float(tops.fired.sum()) / count,
             "fired_fraction": fired}, tops
@@ -203,7 +218,9 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
     for m in members:
         scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance)
         ks.add(m.sae.cfg.k or max(1, round(scores[m.name]["l0"])))
-    frontier = baselines.frontier(bases, x, sorted(k for k in ks if k <= x.shape[1]))
+    share = x[distributed.rank()::distributed.world_size()]  # rows, each rank its own
+    frontier = baselines.frontier(bases, share, sorted(k for k in ks if k <= x.shape[1]),
+                                  variance, reduce=distributed.sum_over_ranks)
     frontier += [{"method": m.name, "k": m.sae.cfg.k or round(scores[m.name]["l0"]),
                   "l0": scores[m.name]["l0"], "fvu": scores[m.name]["fvu"]} for m in members]
     truth = load_ground_truth(store)
