@@ -17,8 +17,9 @@ import pyarrow as pa
 import torch
 
 from actstore import corpus
-from actstore.capture import load_config, load_tokenizer, resolve_hooks
+from actstore.capture import load_config, load_tokenizer, model_path, resolve_hooks
 from actstore.errors import FormatError, StoreError
+from actstore.fingerprint import model_fingerprint
 from actstore.location import Location
 from actstore.reaper import Reaper
 from actstore.spec import (
@@ -154,7 +155,8 @@ def device_and_dtype(cfg: GenerateConfig) -> tuple[str, str]:
 
 
 def make_spec(cfg: GenerateConfig) -> StoreSpec:
-    """The spec, from the model's config and tokenizer alone (no weights, no data)."""
+    """The spec, from the model's config and tokenizer and the digests of its weights and
+    corpus files (hashed, not loaded; cached while the files are unchanged)."""
     try:
         config = load_config(cfg.model, cfg.revision)
     except (OSError, ValueError) as e:  # transformers' "not a folder nor a model id" family
@@ -168,7 +170,9 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
     tokenizer = load_tokenizer(cfg.model, cfg.revision)
     _, model_dtype = device_and_dtype(cfg)
     return StoreSpec(
-        model=cfg.model, model_revision=cfg.revision, hooks=hooks, dataset=cfg.dataset,
+        model=cfg.model, model_revision=cfg.revision,
+        model_weights=model_fingerprint(model_path(cfg.model), cfg.revision), hooks=hooks,
+        dataset=cfg.dataset,
         dataset_revision=dataset_identity(cfg), split=cfg.split, text_column=cfg.text_column,
         context_length=cfg.context_length, tokenizer=cfg.model,
         tokenizer_hash=corpus.tokenizer_hash(tokenizer), bos_policy=cfg.bos,

@@ -21,6 +21,8 @@ BosPolicy = Literal["keep", "drop", "none"]
 ContextPolicy = Literal["pack", "truncate"]
 
 DTYPE_ITEMSIZE: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
+ADDED_FIELDS = ("model_weights",)
+"""Spec fields added after format 1 was first written: omitted from the key while None."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class StoreSpec:
     """Hash of the tokenizer's vocabulary and settings, so a changed tokenizer is noticed."""
     model_revision: str | None = None
     """Model revision (commit, tag or branch); None for local paths."""
+    model_weights: str | None = None
+    """What the weights are: a digest of a local folder's weight and config files
+    (`sha256:…`) or the hub commit they came from (`commit:…`), so that retrained or updated
+    weights under the same name get a new store. Left out of the key when None (stores made
+    before it existed keep theirs)."""
     dataset_revision: str | None = None
     """Dataset revision (hub datasets), or the digest of the content (`sha256:…`) of local or
     remote files, a local dataset folder and the embedded corpus, so an edited corpus gets a new
@@ -82,6 +89,9 @@ class StoreSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hooks"] = list(self.hooks)
+        for name in ADDED_FIELDS:
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod
@@ -100,7 +110,7 @@ class StoreSpec:
 
     def diff(self, other: StoreSpec) -> dict[str, tuple[object, object]]:
         """Fields whose values differ, as name -> (self's value, other's value)."""
-        mine, theirs = self.to_dict(), other.to_dict()
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
         return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
 
 

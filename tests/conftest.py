@@ -16,6 +16,19 @@ import pytest
 from tests.helpers import fill_store, new_store
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The weights' and corpus files' digest cache, kept out of the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("digests")
+    saved = os.environ.get("ACTSTORE_CACHE_DIR")
+    os.environ["ACTSTORE_CACHE_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("ACTSTORE_CACHE_DIR", None)
+    else:
+        os.environ["ACTSTORE_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 endpoint on 127.0.0.1 (moto's server), reached through s3fs.

@@ -296,6 +296,26 @@ def test_an_edited_corpus_gets_a_new_store(models: dict[str, str], tmp_path: Pat
         generate(replace(cfg, dataset_revision="v1"))
 
 
+def test_retrained_weights_at_the_same_path_get_a_new_store(tmp_path: Path) -> None:
+    import transformers
+
+    path = save_tiny("gpt2", tmp_path / "model")
+    cfg = config(path, ("transformer.h.0",), tmp_path / "stores", executor="local", workers=1,
+                 max_tokens=640)
+    first = generate(cfg)
+    assert generate(cfg).reused
+    model = transformers.GPT2LMHeadModel.from_pretrained(path)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_proj.weight.mul_(1.5)  # trained further, saved in place
+    model.save_pretrained(path)
+    second = generate(cfg)
+    assert not second.reused
+    assert second.url != first.url
+    assert_matches_forward(second.url, path, {"transformer.h.0": 0}, samples=10)
+    with pytest.raises(SpecMismatchError, match=r"model_weights: store has 'sha256:"):
+        generate(replace(cfg, out=first.url))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.usefixtures("ray_session")

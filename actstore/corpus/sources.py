@@ -28,6 +28,7 @@ from fsspec.core import OpenFile
 from fsspec.implementations.local import LocalFileSystem
 
 from actstore.errors import StoreError
+from actstore.fingerprint import digest, file_digest
 from actstore.location import access_errors
 
 BUILTIN_PYDOC = "builtin:pydoc"
@@ -61,11 +62,9 @@ def fingerprint(source: str) -> str | None:
     local files' bytes, or of remote files' version tags (ETag and the like, so a reused store
     is found without reading the corpus). None for a Hugging Face hub dataset, which is named by
     its revision. A store is keyed by this, so an edited corpus never reuses a stale store."""
-    h = hashlib.sha256()
-    if source == BUILTIN_PYDOC:
-        for text in _pydoc_topics():
-            h.update(text.encode())
-        return f"sha256:{h.hexdigest()[:16]}"
+    if source == BUILTIN_PYDOC:  # its text changes with Python's version
+        text = hashlib.sha256("\0".join(_pydoc_topics()).encode()).hexdigest()
+        return digest([(BUILTIN_PYDOC, text)])
     files = _files(source)
     if files is None and os.path.isdir(source):  # a local Hugging Face dataset folder
         files = LocalFileSystem(), _folder_files(source)
@@ -74,10 +73,8 @@ def fingerprint(source: str) -> str | None:
     fs, paths = files
     local = isinstance(fs, LocalFileSystem)
     with access_errors(source):
-        for path in paths:
-            h.update(f"{os.path.basename(path)}\0{fs.size(path)}\0".encode())
-            h.update(_file_digest(path) if local else str(fs.checksum(path)).encode())
-    return f"sha256:{h.hexdigest()[:16]}"
+        return digest((os.path.basename(p), file_digest(p) if local else
+                       f"{fs.size(p)}:{fs.checksum(p)}") for p in paths)
 
 
 def _pydoc_topics() -> Iterator[str]:
@@ -125,14 +122,6 @@ def _folder_files(folder: str) -> list[str]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [os.path.join(root, n) for n in names if not n.startswith(".")]
     return sorted(found)
-
-
-def _file_digest(path: str) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.digest()
 
 
 def _file_documents(fs: Any, path: str, column: str) -> Iterator[str]:
