@@ -24,7 +24,14 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from actstore.corpus import BUILTIN_PYDOC, DatasetError, build_contexts, fingerprint, iter_documents
+from actstore.corpus import (
+    BUILTIN_PYDOC,
+    DatasetError,
+    build_contexts,
+    fingerprint,
+    iter_documents,
+    tokenizer_hash,
+)
 from tests.gen_fixtures import minilm_path
 
 
@@ -225,3 +232,21 @@ def test_fingerprint_follows_content_not_place(tmp_path: Path) -> None:
     assert fingerprint(str(tmp_path / "copy")) not in (None, folder)
     assert fingerprint(BUILTIN_PYDOC) == fingerprint(BUILTIN_PYDOC) is not None
     assert fingerprint("Skylion007/openwebtext") is None  # a hub dataset: its revision names it
+
+
+def test_tokenizer_hash_follows_how_text_is_cut() -> None:
+    """Same vocabulary, different normalizer (no lower-casing): other ids, another hash; a
+    call that pads and truncates changes nothing that decides our ids."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    first = tokenizer_hash(tok)
+    tok("Hello World", truncation=True, max_length=3, padding="max_length")
+    assert tokenizer_hash(tok) == first
+    again = transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    assert tokenizer_hash(again) == first
+    cased = transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True,
+                                                       do_lower_case=False)
+    assert cased("Hello", add_special_tokens=False)["input_ids"] != \
+        tok("Hello", add_special_tokens=False)["input_ids"]
+    assert tokenizer_hash(cased) != first

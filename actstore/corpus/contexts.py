@@ -29,9 +29,17 @@ TABLE_CONTEXTS = 1 << 20
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
-    """A hash of what decides token ids: vocabulary, special tokens, class."""
-    payload = json.dumps({"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab(),
-                          "special": tokenizer.special_tokens_map}, sort_keys=True, default=str)
+    """A hash of what decides token ids: class, vocabulary and special tokens, and for a fast
+    tokenizer its normalizer (lower-casing, accents), pre-tokenizer (prefix space) and model
+    (BPE merges): the same vocabulary cut differently gives other ids. Padding and truncation,
+    which calls change and which never touch our (unpadded) ids, are left out."""
+    fields: dict[str, Any] = {"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab(),
+                              "special": tokenizer.special_tokens_map}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        fields |= {k: state.get(k) for k in ("normalizer", "pre_tokenizer", "model")}
+    payload = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
