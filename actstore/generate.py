@@ -50,8 +50,8 @@ class GenerateConfig:
     hooks: tuple[str, ...]
     """Module paths to capture (several in one pass)."""
     dataset: str
-    """`builtin:pydoc`; .txt/.jsonl/.parquet files, optionally .gz/.bz2/.xz/.zst: a file or
-    a glob, local or at an fsspec URL (s3://bucket/c/*.jsonl.zst), or a remote folder; or a
+    """`builtin:pydoc`; .txt/.jsonl/.json/.parquet files, optionally .gz/.bz2/.xz/.zst: a file
+    or a glob, local or at an fsspec URL (s3://bucket/c/*.jsonl.zst), or a remote folder; or a
     Hugging Face dataset by name or local folder."""
     out: str
     """Root URL; the store goes to `<out>/<key>`."""

@@ -138,6 +138,9 @@ def write_corpus(folder: Path, rows: list[Any]) -> None:
     (folder / "d.jsonl.xz").write_bytes(lzma.compress(lines))
     (folder / "e.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
     pq.write_table(pa.table({"text": pa.array(rows, pa.string())}), folder / "f.parquet")
+    array = json.dumps([{"text": r, "id": i} for i, r in enumerate(rows)], indent=1)
+    (folder / "g.json").write_text(array)  # one array, objects over several lines
+    (folder / "h.json.gz").write_bytes(gzip.compress(lines))  # .json holding JSON lines
 
 
 def test_compressed_files_globs_and_nulls(tmp_path: Path) -> None:
@@ -145,9 +148,11 @@ def test_compressed_files_globs_and_nulls(tmp_path: Path) -> None:
     write_corpus(tmp_path / "c", rows)
     want = ["first document", "", "", "third — ünïcode ✓", "x" * 5000]  # null: empty, same id
     for name in ("a.jsonl", "b.jsonl.gz", "c.jsonl.bz2", "d.jsonl.xz", "e.jsonl.zst",
-                 "f.parquet"):
+                 "f.parquet", "g.json", "h.json.gz"):
         assert list(iter_documents(str(tmp_path / "c" / name))) == want, name
-    assert list(iter_documents(str(tmp_path / "c" / "*"))) == want * 6
+    assert list(iter_documents(str(tmp_path / "c" / "*"))) == want * 8
+    (tmp_path / "strings.json").write_text(json.dumps(["one", None, "three"]))
+    assert list(iter_documents(str(tmp_path / "strings.json"))) == ["one", "", "three"]
     (tmp_path / "one.txt").write_bytes(b"line one\r\nline two\n")
     assert list(iter_documents(str(tmp_path / "one.txt"))) == ["line one\nline two\n"]
 
@@ -158,7 +163,9 @@ def test_compressed_files_globs_and_nulls(tmp_path: Path) -> None:
     (b'{"text": "ok"}\n{"text": "unterminated\n', "x.jsonl", r"x\.jsonl:2 is not JSON"),
     (b'"just a string"\n', "x.jsonl", r"x\.jsonl:1 is a JSON str, not an object"),
     (b"caf\xe9 in latin-1", "x.txt", r"x\.txt is not UTF-8 text .*re-encode it as UTF-8"),
-    (b"text", "x.csv", r"unsupported file type \(use \.txt, \.jsonl or \.parquet"),
+    (b"text", "x.csv", r"unsupported file type \(use \.txt, \.jsonl, \.json or \.parquet"),
+    (b'[{"text": "a"}, {"body": "b"}]', "x.json", r"x\.json item 2 has no column 'text'"),
+    (b'[{"text": "a"},', "x.json", r"x\.json is not JSON: .* at line 1"),
     (b"not gzip at all", "x.jsonl.gz", r"x\.jsonl\.gz cannot be read"),
 ])
 def test_bad_files_are_clear_errors(tmp_path: Path, content: bytes, name: str,

@@ -3,9 +3,10 @@
 Sources:
 - `builtin:pydoc`: Python's own documentation topics, on every machine (no download);
 - files, local or at any fsspec URL (`s3://`, `gs://`, `memory://`): one file, a glob, or a
-  remote folder. `.txt` is one document per file, `.jsonl` one per line, `.parquet` one per row;
-  each may be compressed (`.gz`, `.bz2`, `.xz`, `.zst`). Files are streamed, never read whole
-  (a `.txt` document excepted);
+  remote folder. `.txt` is one document per file, `.jsonl` one per line, `.json` one per item
+  of its array (or per line), `.parquet` one per row; each may be compressed (`.gz`, `.bz2`,
+  `.xz`, `.zst`). Files are streamed, never read whole (a `.txt` document and a `.json` array
+  excepted);
 - a Hugging Face dataset by name or local folder (streamed, so a large one is never downloaded
   whole).
 
@@ -32,7 +33,7 @@ from actstore.fingerprint import digest, file_digest
 from actstore.location import access_errors
 
 BUILTIN_PYDOC = "builtin:pydoc"
-KINDS = (".txt", ".jsonl", ".parquet")
+KINDS = (".txt", ".jsonl", ".json", ".parquet")
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 _GLOB = "*?["
 
@@ -127,8 +128,8 @@ def _folder_files(folder: str) -> list[str]:
 def _file_documents(fs: Any, path: str, column: str) -> Iterator[str]:
     kind, compression = _kind(path)
     if kind not in KINDS:
-        raise DatasetError(f"{path}: unsupported file type (use .txt, .jsonl or .parquet, "
-                           f"optionally compressed as {', '.join(COMPRESSIONS)})")
+        raise DatasetError(f"{path}: unsupported file type (use .txt, .jsonl, .json or "
+                           f".parquet, optionally compressed as {', '.join(COMPRESSIONS)})")
     try:
         with access_errors(path), OpenFile(fs, path, "rb", compression=compression) as raw:
             if kind == ".parquet":
@@ -137,8 +138,12 @@ def _file_documents(fs: Any, path: str, column: str) -> Iterator[str]:
             text = io.TextIOWrapper(raw, encoding="utf-8", newline=None if kind == ".txt" else "")
             if kind == ".txt":
                 yield text.read()
-            else:
-                yield from _jsonl_documents(text, path, column)
+            else:  # .jsonl, or .json: one array, or one object per line (as Hugging Face)
+                head = text.read(4096)
+                if kind == ".json" and head.lstrip().startswith("["):
+                    yield from _json_array_documents(head + text.read(), path, column)
+                else:
+                    yield from _jsonl_documents(_lines(head, text), path, column)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start} of a "
                            "block); re-encode it as UTF-8") from None
@@ -148,7 +153,29 @@ def _file_documents(fs: Any, path: str, column: str) -> Iterator[str]:
         raise DatasetError(f"{path} cannot be read: {type(e).__name__}: {e}") from e
 
 
-def _jsonl_documents(lines: io.TextIOWrapper, path: str, column: str) -> Iterator[str]:
+def _lines(head: str, rest: io.TextIOWrapper) -> Iterator[str]:
+    """The lines of a stream whose first `head` characters were read already."""
+    yield from io.StringIO(head + rest.readline())  # the head's last line, completed
+    yield from rest
+
+
+def _json_array_documents(text: str, path: str, column: str) -> Iterator[str]:
+    """A .json file holding one array: of objects (their `column`) or of strings."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not JSON: {e.msg} at line {e.lineno}") from None
+    if not isinstance(rows, list):
+        raise DatasetError(f"{path} holds a JSON {type(rows).__name__}, not an array")
+    for n, row in enumerate(rows, 1):
+        if isinstance(row, dict) and column not in row:
+            raise DatasetError(f"{path} item {n} has no column {column!r}; it has "
+                               f"{sorted(row)} (use --text-column)")
+        value = row[column] if isinstance(row, dict) else row
+        yield as_text(value, f"{path} item {n}", column)
+
+
+def _jsonl_documents(lines: Iterator[str], path: str, column: str) -> Iterator[str]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
