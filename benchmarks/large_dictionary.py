@@ -146,6 +146,19 @@ def largest(a: argparse.Namespace, tp: int, budget: int) -> int:
     return n
 
 
+def predict(a: argparse.Namespace, budget: int) -> str:
+    """The model's figures for devices with `budget` bytes each (sparse TopK, AuxK on)."""
+    lines = [f"budget per device: {gib(budget)} (90% of the device); TopK d={a.d} k={a.k} "
+             f"batch {a.batch}, sparse step, Adam",
+             f"largest dictionary, 1 device: {largest(a, 1, budget):,} latents",
+             f"largest dictionary, tp = 8: {largest(a, 8, budget):,} latents"]
+    for n in a.latents:
+        plan = dictionary_memory(d=a.d, latents=n, k=a.k, batch=a.batch, tp=8)
+        lines.append(f"{n:,} latents at tp = 8, per device: {gib(plan.total)} "
+                     f"({'fits' if plan.total <= budget else 'does not fit'})\n{plan.table()}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,12 +175,19 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--largest", action="store_true",
                    help="also train the largest dictionary the model fits on this device")
+    p.add_argument("--predict-gib", type=float, metavar="GIB",
+                   help="print only the memory model's figures for a device of GIB GiB (the "
+                   "largest dictionary on one such device and on tp = 8 of them, and the "
+                   "per-device plan of --latents at tp = 8); nothing runs")
     p.add_argument("--out", default="bench-out/large_dictionary.json")
     p.add_argument("--child-latents", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child-kernel", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child_latents:
         print(json.dumps(child(a)))
+        return
+    if a.predict_gib:
+        print(predict(a, int(a.predict_gib * (1 << 30) * 0.9)))
         return
     results = measure(a)
     report: dict[str, Any] = {"device": a.device, "results": results,
