@@ -10,6 +10,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+# Tests never reach the network: a model or dataset that is not on disk fails at once instead
+# of after Hugging Face's retries (set before anything imports huggingface_hub).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import fsspec
 import pytest
 

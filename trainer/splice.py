@@ -128,25 +128,32 @@ class Splicer:
     def evaluate(self, saes: Sequence[SparseDictionary]) -> list[dict[str, float]]:
         """Per dictionary: CE clean/zero/spliced, KL and the fraction recovered (LM), or the
         final-state MSE fraction recovered (encoders)."""
-        sums: list[dict[str, float]] = [{} for _ in saes]
         fired = [torch.zeros(s.local_latents, dtype=torch.bool, device=self.ids.device)
                  for s in saes]
-        for ids in self.chunks:
-            reference = self._reference(ids)  # once per chunk, for every dictionary
-            for sae, total, seen in zip(saes, sums, fired, strict=True):
-                def reconstruct(h: torch.Tensor, sae: SparseDictionary = sae,
-                                seen: torch.Tensor = seen) -> torch.Tensor:
-                    x_hat, fired = sae.reconstruct(self.norm.apply(h.float()))
-                    seen |= fired
-                    return self.norm.invert(x_hat)
-                _add(total, self._compare(reference, self._run(reconstruct, ids), ids))
-        results = []
-        for sae, total, seen in zip(saes, sums, fired, strict=True):
-            metrics = self._lm_metrics(total) if self.is_lm else self._state_metrics(total)
+
+        def reconstruct(sae: SparseDictionary, seen: torch.Tensor) -> Replace:
+            def fn(h: torch.Tensor) -> torch.Tensor:
+                x_hat, fired = sae.reconstruct(self.norm.apply(h.float()))
+                seen.logical_or_(fired)  # in place: the caller keeps `seen`
+                return self.norm.invert(x_hat)
+            return fn
+        results = self.evaluate_replacements(
+            [reconstruct(sae, seen) for sae, seen in zip(saes, fired, strict=True)])
+        for sae, metrics, seen in zip(saes, results, fired, strict=True):
             # latents that fire on none of the held-out tokens: dead where it counts
             metrics["silent_held_out"] = float(sae.over_shards((~seen).sum()))
-            results.append(metrics)
         return results
+
+    @torch.inference_mode()
+    def evaluate_replacements(self, replacements: Sequence[Replace]) -> list[dict[str, float]]:
+        """The metrics of `evaluate` for any reconstructions of the hooked output (raw
+        activations in, raw out): a dictionary's, or a baseline's top-k."""
+        sums: list[dict[str, float]] = [{} for _ in replacements]
+        for ids in self.chunks:
+            reference = self._reference(ids)  # once per chunk, for every replacement
+            for fn, total in zip(replacements, sums, strict=True):
+                _add(total, self._compare(reference, self._run(fn, ids), ids))
+        return [self._lm_metrics(t) if self.is_lm else self._state_metrics(t) for t in sums]
 
     def _lm_metrics(self, spliced: dict[str, float]) -> dict[str, float]:
         n = spliced["n"]

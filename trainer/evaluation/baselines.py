@@ -104,12 +104,16 @@ def top_k_fvu(basis: Basis, x: torch.Tensor, k: int) -> float:
 def top_k_error(basis: Basis, x: torch.Tensor, k: int) -> float:
     """Σ‖x − x̂‖² of `x` reconstructed from each row's k largest-magnitude codes."""
     x = x.float()
-    codes = (x - basis.mean) @ basis.encoder
-    if k < codes.shape[1]:
-        keep = torch.topk(codes.abs(), k, dim=1).indices
-        codes = torch.zeros_like(codes).scatter_(1, keep, codes.gather(1, keep))
-    x_hat = codes @ basis.decoder + basis.mean
-    return float((x - x_hat).double().pow(2).sum())
+    return float((x - top_k_reconstruct(basis, x, k)).double().pow(2).sum())
+
+
+def top_k_reconstruct(basis: Basis, x: torch.Tensor, k: int) -> torch.Tensor:
+    """`x` (any leading shape) rebuilt from each row's k largest-magnitude codes."""
+    codes = (x.float() - basis.mean) @ basis.encoder
+    if k < codes.shape[-1]:
+        keep = torch.topk(codes.abs(), k, dim=-1).indices
+        codes = torch.zeros_like(codes).scatter_(-1, keep, codes.gather(-1, keep))
+    return codes @ basis.decoder + basis.mean
 
 
 def total_variance(x: torch.Tensor) -> float:

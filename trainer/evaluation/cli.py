@@ -14,7 +14,8 @@ def add_eval_parser(sub: Any) -> None:
         description="Score every dictionary of a training run and the seed paper's baselines "
         "(PCA from the streamed covariance, FastICA, the neuron basis, a random basis) on the "
         "held-out slice of its store at equal L0; MMCS against a toy store's ground truth and "
-        "between dictionary sizes; the top-activating contexts of a sample of latents. Writes "
+        "between dictionary sizes; loss recovered with each reconstruction spliced into the "
+        "model; the top-activating contexts of a sample of latents. Writes "
         "eval.json, latents.json, report.md, frontier.png and a self-contained index.html.")
 
     def h(name: str) -> str:
@@ -25,8 +26,8 @@ def add_eval_parser(sub: Any) -> None:
     e.add_argument("--out", required=True, help=h("out"))
     e.add_argument("--store", help=h("store"))
     e.add_argument("--ica-rows", type=int, help=h("ica_rows"))
-    for name, kind in (("rows", int), ("fit_rows", int), ("top", int),
-                       ("show", int), ("window", int), ("seed", int)):
+    for name, kind in (("rows", int), ("fit_rows", int), ("top", int), ("show", int),
+                       ("window", int), ("splice_contexts", int), ("seed", int)):
         e.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name,
                        default=getattr(EvalConfig, name), help=h(name))
     e.add_argument("--ks", type=int, nargs="+", default=list(EvalConfig.ks), help=h("ks"))

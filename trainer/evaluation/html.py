@@ -55,6 +55,19 @@ function metrics() {
     }
     f.appendChild(row(cells));
   }
+  const sp = document.getElementById('spliced');
+  document.getElementById('splicedwhat').textContent = S.meta.spliced || 'skipped';
+  if (S.spliced.length) {
+    const methods = [...new Set(S.spliced.map(r => r.method))];
+    const sks = [...new Set(S.spliced.map(r => r.k))].sort((a, b) => a - b);
+    sp.appendChild(row(['k'].concat(methods), true));
+    for (const k of sks) {
+      sp.appendChild(row([k].concat(methods.map(mt => {
+        const r = S.spliced.find(r => r.method === mt && r.k === k);
+        return r ? r.recovered.toFixed(4) : '-';
+      }))));
+    }
+  }
   const m = S.meta;
   document.getElementById('meta').textContent = `store ${m.store}, hook ${m.hook}, ` +
     `model ${m.model}; ${m.rows} rows of ` + (m.held_out ? 'held-out contexts' :
@@ -144,6 +157,8 @@ def page(summary_json: str, latents_json: str, frontier_png_b64: str) -> str:
 <h2>Frontier: FVU against L0</h2>
 <img alt="FVU against L0" src="data:image/png;base64,{frontier_png_b64}">
 <h3>Baselines at equal L0 (FVU)</h3><table id="frontier"></table>
+<h2>Loss recovered, spliced into the model</h2><p id="splicedwhat"></p>
+<table id="spliced"></table>
 <h2>Latents</h2>
 <p><select id="dict"></select> latent <input id="search" size="8">
 <button id="go">show</button></p>

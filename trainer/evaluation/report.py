@@ -120,6 +120,7 @@ def markdown(ev: Evaluation) -> str:
     if any(ev.baselines.values()):
         lines += ["", "MMCS of the baselines with the ground truth: " + ", ".join(
             f"{b} {s['mmcs']:.3f}" for b, s in ev.baselines.items() if s)]
+    lines += spliced_table(ev)
     if ev.mmcs_between:
         lines += ["", "## MMCS between dictionary sizes", "", "| smaller | larger | MMCS |",
                   "| --- | --- | --- |"]
@@ -130,12 +131,35 @@ def markdown(ev: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def spliced_table(ev: Evaluation) -> list[str]:
+    """report.md's loss-recovered section: a row per k, a column per method."""
+    lines = ["", f"## Loss recovered, the reconstruction spliced into the model "
+             f"({ev.meta.get('spliced', 'skipped')})"]
+    if not ev.spliced:
+        return lines
+    lm = "loss_recovered" in ev.spliced[0]
+    lines += ["", "Fraction of the " + ("cross-entropy" if lm else "final hidden state's "
+              "squared error") + " that zero-ablating the hook loses and the reconstruction "
+              "recovers (1 = the clean model)" + (", and KL(clean ‖ spliced) per token." if lm
+                                                  else "."), ""]
+    methods = list(dict.fromkeys(r["method"] for r in ev.spliced))
+    ks = sorted({r["k"] for r in ev.spliced})
+    cell = {(r["method"], r["k"]): r for r in ev.spliced}
+    lines += ["| k | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for k in ks:
+        row = [f"{cell[m, k]['recovered']:.4f}" + (f" (KL {cell[m, k]['kl']:.4f})" if lm else "")
+               if (m, k) in cell else "-" for m in methods]
+        lines.append(f"| {k} | " + " | ".join(row) + " |")
+    return lines
+
+
 def write_report(ev: Evaluation, store: ActivationStore, cfg: EvalConfig) -> Path:
     """Write the report folder; returns it."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"meta": ev.meta, "frontier": ev.frontier, "dictionaries": ev.dictionaries,
-               "baselines": ev.baselines, "mmcs_between": ev.mmcs_between}
+               "baselines": ev.baselines, "mmcs_between": ev.mmcs_between,
+               "spliced": ev.spliced}
     dump(out / "eval.json", summary)
     latents = latent_pages(ev, store, cfg)
     dump(out / "latents.json", latents)

@@ -14,6 +14,7 @@ the numbers of all methods compare.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from trainer.evaluation import baselines
 from trainer.evaluation.examples import TopActivations, TopCollector
 from trainer.evaluation.ica import fast_ica
 from trainer.evaluation.mmcs import mmcs, recovered
+from trainer.evaluation.spliced import splice_scores
 from trainer.export import load_dictionary
 
 
@@ -63,6 +65,10 @@ class EvalConfig:
     those that fired on the slice)."""
     window: int = 12
     """Tokens shown either side of an activating token."""
+    splice_contexts: int = 16
+    """Held-out contexts run through the store's model with each dictionary's reconstruction,
+    and each baseline's at the dictionaries' L0s, spliced in at the hook: loss recovered
+    (0: skip; a model that cannot be loaded is skipped with a warning)."""
     on_training_rows: bool = False
     """Score a run that held nothing out (no --holdout) on its last shard anyway; the report
     says the rows were trained on."""
@@ -73,9 +79,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if min(self.rows, self.fit_rows, self.ica_rows or 1, self.top, self.window) < 1 or \
-                self.show < 0:
+                min(self.show, self.splice_contexts) < 0:
             raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window must be >= 1 "
-                             "and --show >= 0")
+                             "and --show, --splice-contexts >= 0")
         if not self.ks or min(self.ks) < 1:
             raise ValueError("--ks must be one or more values >= 1")
 
@@ -107,6 +113,9 @@ class Evaluation:
     """The paper's proxy without ground truth: MMCS of each smaller dictionary in larger ones."""
     tops: dict[str, TopActivations]
     """Per dictionary: top activations, firing counts, histograms over the slice."""
+    spliced: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """`{"method", "k", "recovered", ...the splicer's metrics}` for every dictionary and every
+    baseline at each dictionary's k: the model run with the reconstruction spliced in."""
 
 
 def load_run(run: str) -> list[Member]:
@@ -231,11 +240,14 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
             scores[m.name] |= {"mmcs": mmcs(truth, w), "recovered_0.9": recovered(truth, w)}
         for b in bases:
             base_scores[b.name] = {"mmcs": mmcs(truth, b.decoder)}
+    spliced, why = splice_scores(cfg, store, split, members, bases, device=device, ks={
+        m.name: m.sae.cfg.k or max(1, round(scores[m.name]["l0"])) for m in members})
     meta = {"run": str(cfg.run), "store": store.url, "store_key": store.key, "hook": hook,
             "model": store.spec.model, "held_out": held_out, "rows": len(x),
             "held_out_shards": list(split.held_out), "ground_truth": truth is not None,
-            "settings": {k: v for k, v in vars(cfg).items() if k not in ("run", "out")}}
-    return Evaluation(meta, frontier, scores, base_scores, _between(members), tops)
+            "spliced": why, "settings": {k: v for k, v in vars(cfg).items()
+                                         if k not in ("run", "out")}}
+    return Evaluation(meta, frontier, scores, base_scores, _between(members), tops, spliced)
 
 
 def _between(members: list[Member]) -> list[dict[str, Any]]:
