@@ -54,9 +54,11 @@ def run_eval(args: dict[str, Any]) -> int:
         ev = evaluate(cfg)
         if world.is_main:
             out = write_report(ev, ActivationStore.open(ev.meta["store"]), cfg)
+            recovered = {r["method"]: r["recovered"] for r in ev.spliced}
             for name, s in ev.dictionaries.items():
                 print(f"{name}: L0 {s['l0']:.2f}  FVU {s['fvu']:.4f}"
-                      + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else ""))
+                      + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else "")
+                      + (f"  recovered {recovered[name]:.4f}" if name in recovered else ""))
             print(f"report: {out}/index.html ({out}/report.md, {out}/eval.json)")
         distributed.barrier()
     finally:
