@@ -85,7 +85,7 @@ def _pydoc_topics() -> Iterator[str]:
 
 
 def _kind(path: str) -> tuple[str, str | None]:
-    """(`.txt`/`.jsonl`/`.parquet` or another suffix, compression) of a file name."""
+    """(`.txt`/`.jsonl`/`.json`/`.parquet` or another suffix, compression) of a file name."""
     stem, suffix = os.path.splitext(path)
     if suffix.lower() in COMPRESSIONS:
         return os.path.splitext(stem)[1].lower(), COMPRESSIONS[suffix.lower()]
