@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,37 @@ def digest(parts: Iterable[tuple[str, str]]) -> str:
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 (hex) of a local file's bytes, from the cache when the file is unchanged."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    return file_digests([path])[0]
+
+
+def file_digests(paths: Sequence[str | Path]) -> list[str]:
+    """`file_digest` of many files: the cache is read once and written once (a corpus of
+    thousands of files must not rewrite it per file)."""
+    keys = []
+    for path in paths:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        keys.append((real, f"{real}|{st.st_size}|{st.st_mtime_ns}"))
     cache = _cache_path()
-    known = _load(cache).get(key)
-    if isinstance(known, str):
-        return known
+    known = _load(cache)
+    new: dict[str, str] = {}
+    out = []
+    for real, key in keys:
+        value = known.get(key)
+        if not isinstance(value, str):
+            value = new[key] = _sha256(real)
+        out.append(value)
+    if new:
+        _remember(cache, new)
+    return out
+
+
+def _sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(real, "rb") as f:
+    with open(path, "rb") as f:
         while block := f.read(8 << 20):
             h.update(block)
-    value = h.hexdigest()
-    _remember(cache, key, value)
-    return value
+    return h.hexdigest()
 
 
 def model_fingerprint(path: str, revision: str | None = None,
@@ -63,7 +80,8 @@ def model_fingerprint(path: str, revision: str | None = None,
     folder = Path(path)
     if folder.is_dir():
         files = sorted({p for pattern in MODEL_FILES for p in folder.glob(pattern)})
-        return digest((p.name, file_digest(p)) for p in files) if files else None
+        return digest(zip((p.name for p in files), file_digests(files), strict=True)) \
+            if files else None
     from transformers.utils.hub import cached_file, extract_commit_hash
 
     try:
@@ -88,13 +106,13 @@ def _load(cache: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _remember(cache: Path, key: str, value: str) -> None:
-    """Add one entry, atomically (a concurrent writer loses at most its own entries)."""
+def _remember(cache: Path, entries: dict[str, str]) -> None:
+    """Add entries, atomically (a concurrent writer loses at most its own entries)."""
     with _LOCK:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             data = _load(cache)
-            data[key] = value
+            data.update(entries)
             if len(data) > CACHE_ENTRIES:  # the oldest entries go first
                 data = dict(list(data.items())[-CACHE_ENTRIES:])
             fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".digests.")

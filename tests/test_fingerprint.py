@@ -68,3 +68,22 @@ def test_a_folder_without_weights_has_no_fingerprint_only_when_empty(tmp_path: P
     assert model_fingerprint(str(tmp_path)) is None
     (tmp_path / name).write_text("x")
     assert model_fingerprint(str(tmp_path)) is not None
+
+
+def test_a_corpus_of_many_files_reads_and_writes_the_cache_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actstore import fingerprint
+    from actstore.corpus import fingerprint as corpus_fingerprint
+
+    for i in range(300):
+        (tmp_path / f"part-{i:04d}.jsonl").write_text(f'{{"text": "document {i}"}}\n')
+    writes, reads = [], []
+    real_remember, real_load = fingerprint._remember, fingerprint._load
+    monkeypatch.setattr(fingerprint, "_remember",
+                        lambda *a: (writes.append(len(a[1])), real_remember(*a))[1])
+    monkeypatch.setattr(fingerprint, "_load", lambda c: (reads.append(1), real_load(c))[1])
+    first = corpus_fingerprint(str(tmp_path / "*.jsonl"))
+    assert writes == [300]  # one write for the 300 new digests
+    assert corpus_fingerprint(str(tmp_path / "*.jsonl")) == first
+    assert writes == [300]  # all from the cache the second time
+    assert len(reads) <= 3  # read per call (and once inside the write), not per file

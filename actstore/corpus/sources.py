@@ -29,7 +29,7 @@ from fsspec.core import OpenFile
 from fsspec.implementations.local import LocalFileSystem
 
 from actstore.errors import StoreError
-from actstore.fingerprint import digest, file_digest
+from actstore.fingerprint import digest, file_digests
 from actstore.location import access_errors
 
 BUILTIN_PYDOC = "builtin:pydoc"
@@ -72,10 +72,10 @@ def fingerprint(source: str) -> str | None:
     if files is None:
         return None
     fs, paths = files
-    local = isinstance(fs, LocalFileSystem)
     with access_errors(source):
-        return digest((os.path.basename(p), file_digest(p) if local else
-                       f"{fs.size(p)}:{fs.checksum(p)}") for p in paths)
+        tags = file_digests(paths) if isinstance(fs, LocalFileSystem) else [
+            f"{fs.size(p)}:{fs.checksum(p)}" for p in paths]
+    return digest(zip((os.path.basename(p) for p in paths), tags, strict=True))
 
 
 def _pydoc_topics() -> Iterator[str]:
