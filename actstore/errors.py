@@ -60,7 +60,9 @@ _TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeo
                     "ConnectionClosedError", "ServerDisconnectedError", "ClientOSError",
                     "ClientPayloadError", "ClientConnectorError", "ServerTimeoutError",
                     "ResponseStreamingError", "IncompleteReadError", "TransportError"}
-_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+"""A full filesystem, or a full quota."""
+_FATAL_ERRNOS = {*NO_SPACE_ERRNOS, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def transient(e: BaseException) -> bool:

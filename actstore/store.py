@@ -7,7 +7,6 @@ and `writer.JobLock` (one generation job per store). See docs/FORMAT.md for the 
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import time
@@ -23,6 +22,7 @@ from numpy.typing import NDArray
 
 from actstore import format as fmt
 from actstore.errors import (
+    NO_SPACE_ERRNOS,
     CorruptChunkError,
     FormatError,
     SpecMismatchError,
@@ -340,7 +340,7 @@ def disk_full(url: str, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in NO_SPACE_ERRNOS:
             raise
         raise StoreFullError(e.errno, f"{url}: no space left writing {what}; committed shards "
                              "are intact and a rerun resumes once space is freed") from e

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from actstore import format as fmt
-from actstore.errors import StoreFullError
+from actstore.errors import NO_SPACE_ERRNOS, StoreFullError
 from actstore.location import Location
 from actstore.writer import JobLock
 from trainer import checkpoint
@@ -74,16 +74,16 @@ def no_space(e: BaseException, out: str | Path) -> str | None:
     if found is not None:
         return found
     try:
-        low = shutil.disk_usage(out).free < LOW_SPACE
+        free = shutil.disk_usage(out).free
     except OSError:
         return None
-    return f"{type(e).__name__} with {shutil.disk_usage(out).free} bytes free" if low else None
+    return f"{type(e).__name__} with {free} bytes free" if free < LOW_SPACE else None
 
 
 def _errno_or_text(e: BaseException, depth: int) -> str | None:
     if depth > 8:
         return None
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
         return str(e.filename or e.strerror)
     if any(t in str(e) for t in _FULL_TEXT):
         return f"{type(e).__name__}: {str(e)[:200]}"
