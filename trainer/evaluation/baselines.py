@@ -31,6 +31,10 @@ class Basis:
     mean: torch.Tensor
     """(d,)."""
 
+    def to(self, device: torch.device) -> Basis:
+        return Basis(self.name, self.encoder.to(device), self.decoder.to(device),
+                     self.mean.to(device))
+
 
 @dataclass(frozen=True)
 class Moments:

@@ -171,14 +171,11 @@ def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, split: hol
         if distributed.rank() == 0:
             rows = cfg.ica_rows or (1 << 20 if device.type == "cuda" else 1 << 16)
             sample = torch.cat(list(holdout.training_sample(store, hook, fit, rows)))
-            basis = _cpu(baselines.ica_basis(fast_ica(sample.to(device), fun=cfg.ica,
-                                                      seed=cfg.seed, cov=m.cov, mean=m.mean)))
+            ica = fast_ica(sample.to(device), fun=cfg.ica, seed=cfg.seed, cov=m.cov,
+                           mean=m.mean)
+            basis = baselines.ica_basis(ica).to(torch.device("cpu"))  # sent as CPU tensors
         out.append(distributed.broadcast_object(basis))
-    return [_cpu(b) for b in out]
-
-
-def _cpu(b: baselines.Basis) -> baselines.Basis:
-    return baselines.Basis(b.name, b.encoder.cpu(), b.decoder.cpu(), b.mean.cpu())
+    return [b.to(torch.device("cpu")) for b in out]
 
 
 def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device,

@@ -71,8 +71,7 @@ def _rows(splicer: Splicer, members: list[Member], bases: list[baselines.Basis],
     methods = [(m.name, ks[m.name]) for m in members]
     fns = [_dictionary(m.sae.to(device), m.norm) for m in members]
     for b in bases:
-        on = baselines.Basis(b.name, b.encoder.to(device), b.decoder.to(device),
-                             b.mean.to(device))
+        on = b.to(device)
         widths = sorted({min(k, b.encoder.shape[1]) for k in ks.values()})
         methods += [(b.name, k) for k in widths]
         fns += [_baseline(on, k) for k in widths]
