@@ -66,9 +66,9 @@ def skeleton(config: Any) -> nn.Module:
             return auto.from_config(config)  # type: ignore[no-any-return]
 
 
-def resolve_hooks(config: Any, hooks: Sequence[str]) -> tuple[str, ...]:
-    """Canonical module paths for `hooks`, or UnknownHookError naming the closest valid ones."""
-    model = skeleton(config)
+def resolve_hooks(model: nn.Module, hooks: Sequence[str]) -> tuple[str, ...]:
+    """Canonical module paths for `hooks` in `model` (its skeleton will do), or
+    UnknownHookError naming the closest valid ones."""
     names = [name for name, _ in model.named_modules() if name]
     valid, prefix = set(names), getattr(model, "base_model_prefix", "")
     resolved = []

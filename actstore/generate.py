@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import torch
+from torch import nn
 
 from actstore import corpus
-from actstore.capture import load_config, load_tokenizer, model_path, resolve_hooks
+from actstore.capture import load_config, load_tokenizer, model_path, resolve_hooks, skeleton
 from actstore.errors import FormatError, StoreError
 from actstore.fingerprint import model_fingerprint
 from actstore.location import Location
@@ -165,8 +166,9 @@ def make_spec(cfg: GenerateConfig) -> StoreSpec:
             f"--model {cfg.model}: cannot load its config ({first}). Pass a local folder "
             "holding config.json or a Hugging Face model name (offline, it must be in the "
             "cache)") from None
-    hooks = resolve_hooks(config, cfg.hooks)
-    hook_widths(cfg.model, cfg.revision, hooks)  # a hook without one row per token fails here
+    model = skeleton(config)  # on the meta device: no weights
+    hooks = resolve_hooks(model, cfg.hooks)
+    hook_widths(model, hooks)  # a hook without one row per token fails here
     tokenizer = load_tokenizer(cfg.model, cfg.revision)
     _, model_dtype = device_and_dtype(cfg)
     return StoreSpec(
@@ -284,7 +286,7 @@ def _create_or_open(cfg: GenerateConfig, spec: StoreSpec, url: str,
     if contexts is None:
         contexts = _build_contexts(cfg)
     num_rows = int(stored_row_counts(contexts).sum())
-    d_model = hook_widths(cfg.model, cfg.revision, spec.hooks)
+    d_model = hook_widths(skeleton(load_config(cfg.model, cfg.revision)), spec.hooks)
     row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[cfg.store_dtype]
     # Several shards per worker keep every worker busy and make retries cheap.
     shard_bytes = min(cfg.shard_mib << 20, max(1, num_rows // (4 * workers)) * row_bytes)
@@ -311,11 +313,11 @@ def _rebuild_contexts(cfg: GenerateConfig, store: ActivationStore,
     store.write_contexts(table)
 
 
-def hook_widths(model: str, revision: str | None, hooks: tuple[str, ...]) -> dict[str, int]:
-    """d_model of each hook, from a probe pass of the model built on the meta device (no
+def hook_widths(model: nn.Module, hooks: tuple[str, ...]) -> dict[str, int]:
+    """d_model of each hook, from a probe pass of the model's skeleton (meta device: no
     weights, no compute), which also refuses a hook that does not give one row per token."""
-    from actstore.capture import Capture, skeleton
+    from actstore.capture import Capture
 
-    with Capture(skeleton(load_config(model, revision)), hooks) as cap:
+    with Capture(model, hooks) as cap:
         out = cap.run(torch.zeros(1, 2, dtype=torch.long, device="meta"))
     return {h: int(v.shape[-1]) for h, v in out.items()}
