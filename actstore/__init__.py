@@ -7,7 +7,8 @@ Public API::
     x = store.read_torch("encoder.layer.3", 0, 4096)
 """
 
-from actstore.errors import (
+from actstore.store.activation_store import CONTEXT_SCHEMA, ActivationStore, RowIndex
+from actstore.store.errors import (
     CorruptChunkError,
     FormatError,
     ShardCommittedError,
@@ -19,11 +20,11 @@ from actstore.errors import (
     StoreFullError,
     StoreNotFoundError,
 )
-from actstore.spec import Codec, Layout, StoreSpec
-from actstore.stats import HookStats
-from actstore.store import CONTEXT_SCHEMA, ActivationStore, RowIndex
-from actstore.verify import VerifyReport, verify
-from actstore.writer import JobLock, ShardWriter, break_lease, write_shard
+from actstore.store.lock import JobLock
+from actstore.store.spec import Codec, Layout, StoreSpec
+from actstore.store.stats import HookStats
+from actstore.store.verify import VerifyReport, verify
+from actstore.store.writer import ShardWriter, break_lease, write_shard
 
 __all__ = [
     "CONTEXT_SCHEMA",

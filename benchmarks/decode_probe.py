@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from actstore.loader import Loader
+from actstore.loader.loader import Loader
 
 
 class DecodeProbe:

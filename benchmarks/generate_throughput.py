@@ -24,8 +24,9 @@ from pathlib import Path
 from actstore import ActivationStore
 from actstore.bench.generation import best_of, random_checkpoint
 from actstore.bench.io import local_ceiling
-from actstore.generate import GenerateConfig, generate
-from actstore.worker import ShardWorker
+from actstore.generate.config import GenerateConfig
+from actstore.generate.pipeline import generate
+from actstore.generate.worker import ShardWorker
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ tail -3 "$RESULTS/tests.log" | tee -a "$RESULTS/gpu.log"
 log "2/4 actstore bench --device cuda"
 # scratch stores (~2 GB) on local disk, not in the results folder that travels back
 SCRATCH=$(mktemp -d /tmp/actstore-bench.XXXXXX)
-timeout 180 "$PY" -m actstore.cli bench --device cuda --out "$SCRATCH" \
+timeout 180 "$PY" -m actstore bench --device cuda --out "$SCRATCH" \
     >>"$RESULTS/gpu.log" 2>&1 || { status=1; log "bench failed"; }
 cp "$SCRATCH/bench.md" "$SCRATCH/bench.json" "$RESULTS/" 2>/dev/null
 rm -rf "$SCRATCH"

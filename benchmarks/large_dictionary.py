@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from actstore.bench.io import reset_peak, rss_bytes
-from trainer.dictionaries import DictionaryConfig
-from trainer.ensemble import Ensemble, adam
-from trainer.plan import available_bytes, dictionary_memory, gib
+from trainer.dictionary.dictionaries import DictionaryConfig
+from trainer.training.ensemble import Ensemble, adam
+from trainer.training.memory import available_bytes, dictionary_memory, gib
 
 Step = typing.Literal["dense", "sparse"]
 

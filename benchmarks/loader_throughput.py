@@ -28,7 +28,7 @@ import torch
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
 from actstore.bench.io import drop_cache
 from actstore.bench.storage import measure_loader
-from actstore.loader import Loader, LoaderConfig
+from actstore.loader.loader import Loader, LoaderConfig
 from benchmarks.decode_probe import probe_decoding
 from benchmarks.minilm_activations import minilm_activations
 

@@ -9,14 +9,15 @@ random-initialised GPT-2 shape (4 layers, d=256, block 2), both over the embedde
 (128,000 rows each). The last 10% of the rows (whole contexts, in corpus order) are held out;
 training batches are drawn from the rest, shuffled, normalised with the training rows'
 statistics as `actstore train` does. Every schedule trains its own dictionary (same seed, same
-batches) with the trainer's own step (`trainer.ensemble.train_step`: decoder constraint, grad
-clipping) and is scored by one function on the held-out rows: FVU, and latents that never
-fire on them. Schedules:
+batches) with the trainer's own step (`trainer.training.ensemble.train_step`: decoder
+constraint, grad clipping) and is scored by one function on the held-out rows: FVU, and
+latents that never fire on them. Schedules:
   old        lr 2e-4, 100 warmup steps, linear decay over the last 20% (the old default)
   saelens    lr 3e-4 constant, no warmup, no decay (SAELens' TopK defaults)
-  default    lr `trainer.config.default_lr(latents)` = 4e-4 * sqrt(16384 / latents), warmup 5%
-             of the steps, decay over the last 20% (the new default). Gao et al. 2024's rate
-             is default/2; the first run of this sweep had it as "default" (see README)
+  default    lr `trainer.training.config.default_lr(latents)` = 4e-4 * sqrt(16384 /
+             latents), warmup 5% of the steps, decay over the last 20% (the new default).
+             Gao et al. 2024's rate is default/2; the first run of this sweep had it as
+             "default" (see README)
   default/2, default*2, default*4   the same with 1/2, 2 and 4 times the learning rate
   no-decay   the new default without the final decay
 """
@@ -35,9 +36,9 @@ import torch
 from numpy.typing import NDArray
 
 from benchmarks.minilm_activations import layer_outputs, minilm_activations
-from trainer.config import default_lr, default_warmup
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.ensemble import train_step, warmup_decay
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.training.config import default_lr, default_warmup
+from trainer.training.ensemble import train_step, warmup_decay
 
 CTX, ROWS, K = 128, 128_000, 32
 

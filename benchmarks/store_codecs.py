@@ -27,8 +27,8 @@ from numpy.typing import NDArray
 
 from actstore import ActivationStore, Codec, Layout, RowIndex, StoreSpec, write_shard
 from actstore.bench.io import drop_cache, local_ceiling, timed
-from actstore.format import to_storage, torch_dtype
-from actstore.spec import StorageDtype
+from actstore.store.format import to_storage, torch_dtype
+from actstore.store.spec import StorageDtype
 from benchmarks.minilm_activations import minilm_activations
 
 HOOK = "encoder.layer.3"
@@ -144,7 +144,7 @@ def bench_s3(acts: NDArray[np.float32], codec: Codec, chunk_bytes: int,
 def codec_speeds(acts: NDArray[np.float32], chunk_bytes: int) -> None:
     """Single-thread encode/decode MB/s of each codec on the same chunks (the per-core bound),
     beside a plain memory copy of the same bytes."""
-    from actstore.shard_codec import compressor
+    from actstore.store.shard_codec import compressor
 
     raw = to_storage(acts, "bfloat16")
     per = max(1, chunk_bytes // raw[0].nbytes)

@@ -1,4 +1,4 @@
-"""Trainer throughput: `trainer.train.train` streaming from a local store vs the same
+"""Trainer throughput: `trainer.training.train.train` streaming from a local store vs the same
 dictionaries stepped on batches already in memory, and vs a plain TopK step, in one run.
 
     python -m benchmarks.train_throughput [--latents 2048 8192] [--windows 4] [--device cuda]
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
-from actstore.loader import Normalizer
+from actstore.loader.loader import Normalizer
 from benchmarks.decode_probe import probe_decoding
 from benchmarks.loader_throughput import TopKStep
-from trainer.config import TrainConfig
-from trainer.ensemble import Ensemble, adam, warmup_decay
-from trainer.metrics import Meter
-from trainer.train import train
+from trainer.training.config import TrainConfig
+from trainer.training.ensemble import Ensemble, adam, warmup_decay
+from trainer.training.metrics import Meter
+from trainer.training.train import train
 
 HOOK, D, K, BATCH = "blocks.6", 768, 32, 4096
 

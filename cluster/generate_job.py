@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from actstore.cli import main
+from actstore.shell.main import main
 
 
 def run(argv: list[str]) -> int:

@@ -6,8 +6,8 @@ as under torchrun, one worker per GPU (or N CPU workers with gloo).
         --latents 24576 --k 32 --tokens 200000000 --batch-size 4096 --out /shared/run1
 
 Ray Train builds the process group (NCCL with --gpu, else gloo) and sets RANK / LOCAL_RANK /
-WORLD_SIZE in each worker; `trainer.train.train` joins that group. `--out` must be a path all
-workers' nodes see (rank 0 writes it; every rank reads the checkpoint on --resume).
+WORLD_SIZE in each worker; `trainer.training.train.train` joins that group. `--out` must be a
+path all workers' nodes see (rank 0 writes it; every rank reads the checkpoint on --resume).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainer.cli import add_arguments, config_from_args, print_plan
-from trainer.config import TrainConfig
+from trainer.training.config import TrainConfig
 
 
 def _worker(config: dict[str, Any]) -> None:
-    from trainer.train import train
+    from trainer.training.train import train
 
     train(TrainConfig.from_dict(config))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from actstore.generate import GenerateConfig
+from actstore.generate.config import GenerateConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

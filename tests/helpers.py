@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from actstore import CONTEXT_SCHEMA, ActivationStore, Layout, RowIndex, StoreSpec, write_shard
-from actstore.spec import StorageDtype
+from actstore.store.spec import StorageDtype
 
 HOOKS = ("encoder.layer.1", "encoder.layer.3")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actstore.cli import main
+from actstore.shell.main import main
 from tests.gen_fixtures import save_tiny
 
 

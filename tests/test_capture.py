@@ -8,7 +8,7 @@ import torch
 import transformers
 from torch import nn
 
-from actstore.capture import Capture, UnknownHookError
+from actstore.model.capture import Capture, UnknownHookError
 from tests.gen_fixtures import save_tiny
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from actstore import ActivationStore, CorruptChunkError
-from actstore import format as fmt
-from actstore.cli import main
+from actstore.shell.main import main
+from actstore.store import format as fmt
 from tests.helpers import HOOKS, fill_store, make_spec, new_store
 
 
@@ -84,7 +84,7 @@ def test_ls_lists_stores_under_a_root(store_url: str, capsys: pytest.CaptureFixt
 def test_console_script_runs_in_a_fresh_process(tmp_path: Path) -> None:
     url = str(tmp_path / "store")
     fill_store(new_store(url))
-    done = subprocess.run([sys.executable, "-m", "actstore.cli", "verify", url],
+    done = subprocess.run([sys.executable, "-m", "actstore", "verify", url],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: 4 shards")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from actstore import ActivationStore, verify
+from actstore import ActivationStore
+from actstore.store.verify import verify
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow

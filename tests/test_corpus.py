@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from actstore.corpus import (
+from actstore.generate.corpus import (
     BUILTIN_PYDOC,
     DatasetError,
     build_contexts,
@@ -116,7 +116,7 @@ def test_one_long_document_is_cut_whole_and_a_bound_stops_an_endless_corpus(
 
 def test_table_chunks_keep_list_offsets_in_int32(tokenizers: dict[str, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from actstore.corpus import contexts
+    from actstore.generate.corpus import contexts
 
     monkeypatch.setattr(contexts, "TABLE_CONTEXTS", 7)
     table = build_contexts(iter(docs()), tokenizers["eos"], context_length=32, policy="pack",
@@ -214,7 +214,7 @@ def test_s3_corpus_and_its_missing_credentials() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {"AWS_ENDPOINT_URL_S3": os.environ["AWS_ENDPOINT_URL_S3"], "AWS_CONFIG_FILE": "/no",
             "AWS_SHARED_CREDENTIALS_FILE": "/no", "AWS_EC2_METADATA_DISABLED": "true"}
-    code = ("from actstore.corpus import iter_documents\n"
+    code = ("from actstore.generate.corpus import iter_documents\n"
             "list(iter_documents('s3://actstore-test/corpus/*.jsonl.zst'))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120, check=False)

@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 
 from tests.helpers import HOOKS, RANK_TIMEOUT_S, fill_store, free_port, new_store
 from tests.test_train import assert_same_weights, config, curves
-from trainer.dictionaries import DictionaryConfig
-from trainer.ensemble import Ensemble, adam, warmup_decay
-from trainer.train import train
+from trainer.dictionary.dictionaries import DictionaryConfig
+from trainer.training.ensemble import Ensemble, adam, warmup_decay
+from trainer.training.train import train
 
 pytestmark = pytest.mark.slow
 D, STEPS = 6, 5

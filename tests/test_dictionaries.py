@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.dictionaries import DictionaryConfig, SparseDictionary, geometric_median
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary, geometric_median
 
 D, N, B = 4, 6, 5
 
@@ -177,7 +177,7 @@ def test_bad_configs_are_refused() -> None:
 
 
 def test_ensemble_members_equal_training_each_alone() -> None:
-    from trainer.ensemble import Ensemble, adam, train_step
+    from trainer.training.ensemble import Ensemble, adam, train_step
 
     configs = [DictionaryConfig(arch="relu", d_model=D, latents=N, l1=c) for c in (0.01, 0.1)]
     configs.append(DictionaryConfig(arch="topk", d_model=D, latents=N, k=2))

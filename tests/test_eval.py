@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from actstore.cli import main
-from actstore.loader import Normalizer
-from actstore.store import ActivationStore
+from actstore.loader.loader import Normalizer
+from actstore.shell.main import main
+from actstore.store.activation_store import ActivationStore
 from tests.helpers import HOOKS, Expected, fill_store, straddling_store
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.export import save_dictionary
+from trainer.dictionary.kernels import from_sorted
 from trainer.evaluation import examples
+from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.report import write_report
-from trainer.evaluation.run import EvalConfig, evaluate
-from trainer.export import save_dictionary
-from trainer.kernels import from_sorted
+from trainer.evaluation.run import evaluate
 
 HOOK = HOOKS[0]  # d_model 12
 
@@ -187,7 +188,7 @@ def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
             "--top", "5"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
-    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "actstore.cli",
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "actstore",
                     *args, "--out", str(tmp_path / "two")], check=True, env=env(),
                    timeout=300)
     one, two = (json.loads((tmp_path / o / "eval.json").read_text()) for o in ("one", "two"))
@@ -203,7 +204,7 @@ def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
 
 
 def test_training_sample_ranks_cover_the_sample_once(tmp_path: Path) -> None:
-    from actstore import holdout
+    from actstore.loader import holdout
 
     store = straddling_store(str(tmp_path / "s"))
     fill_store(store)
@@ -268,13 +269,14 @@ def test_loss_recovered_spliced_for_dictionaries_and_baselines(tmp_path: Path) -
     """A real (tiny) GPT-2 store: each dictionary and each baseline at its k spliced into the
     model. At k = d every baseline is a full basis, so it must give the clean model back; a
     dictionary's numbers equal the training loop's splicer on the same contexts."""
-    from actstore import holdout
-    from actstore.generate import GenerateConfig, generate
+    from actstore.generate.config import GenerateConfig
+    from actstore.generate.pipeline import generate
+    from actstore.loader import holdout
     from tests.gen_fixtures import save_tiny
-    from trainer.config import TrainConfig
     from trainer.evaluation.run import load_run, open_slice
-    from trainer.splice import Splicer
-    from trainer.train import train
+    from trainer.evaluation.splicer import Splicer
+    from trainer.training.config import TrainConfig
+    from trainer.training.train import train
 
     model = save_tiny("gpt2", tmp_path / "model")  # d_model 32
     hook = "transformer.h.1"

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from actstore import ActivationStore, verify
-from actstore.generate import GenerateConfig, generate
-from actstore.ray_cluster import choose_executor, local_cores
+from actstore import ActivationStore
+from actstore.generate.config import GenerateConfig
+from actstore.generate.executors.choose import choose_executor
+from actstore.generate.executors.local import local_cores
+from actstore.generate.pipeline import generate
+from actstore.store.verify import verify
 from tests.gen_fixtures import LAYERS, minilm_cfg, save_tiny
 from tests.test_generate import assert_matches_forward
 
@@ -33,10 +36,12 @@ def test_the_executor_follows_the_rules(kw: dict[str, object], env: str, local: 
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", env)
     monkeypatch.delitem(sys.modules, "ray", raising=False)  # no Ray started in this process
-    plan, why = choose_executor(_cfg(tmp_path, **kw))
-    assert (plan is not None) == local, why
+    executor = choose_executor(_cfg(tmp_path, **kw))
+    why = executor.why
+    assert (executor.name == "local") == local, why
     assert why
-    if plan is not None:
+    if local:
+        plan = executor.start()
         assert (plan.executor, plan.workers, plan.threads) == ("local", 1, local_cores())
         assert "in this process, no Ray" in plan.describe()
 
@@ -47,13 +52,13 @@ def test_several_gpus_get_a_ray_worker_each(tmp_path: Path,
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    plan, why = choose_executor(_cfg(tmp_path, device=None))
-    assert plan is None
-    assert "4 GPUs" in why
+    executor = choose_executor(_cfg(tmp_path, device=None))
+    assert executor.name == "ray"
+    assert "4 GPUs" in executor.why
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    plan, _ = choose_executor(_cfg(tmp_path, device=None))
-    assert plan is not None
-    assert plan.device == "cuda"
+    executor = choose_executor(_cfg(tmp_path, device=None))
+    assert executor.name == "local"
+    assert executor.start().device == "cuda"
 
 
 def test_a_ray_started_in_this_process_is_used(tmp_path: Path) -> None:
@@ -64,9 +69,9 @@ def test_a_ray_started_in_this_process_is_used(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as m:
         m.setitem(sys.modules, "ray", FakeRay)
         m.setenv("RAY_ADDRESS", "")
-        plan, why = choose_executor(_cfg(tmp_path))
-    assert plan is None
-    assert "already initialised" in why
+        executor = choose_executor(_cfg(tmp_path))
+    assert executor.name == "ray"
+    assert "already initialised" in executor.why
 
 
 @pytest.mark.parametrize("kw", [{"executor": "local", "address": "h:1"},
@@ -111,13 +116,13 @@ def test_an_error_stops_an_in_process_run_and_a_rerun_finishes(
     """A real error while writing (not a passing fault) stops the run with that error, the
     other shard in flight stops too, the lock is released, and the same command again
     completes the store."""
-    import actstore.worker
+    import actstore.generate.worker
 
     monkeypatch.setenv("RAY_ADDRESS", "")
     model = save_tiny("gpt2", tmp_path)
     cfg = _cfg(tmp_path / "out", model=model, hooks=(LAYERS["gpt2"].format(1),),
                context_length=32, max_tokens=4000, batch_size=2)
-    real = actstore.worker.write_shard
+    real = actstore.generate.worker.write_shard
     calls: list[int] = []
 
     def failing(store: ActivationStore, shard: int, *args: object, **kw: object) -> None:
@@ -125,7 +130,7 @@ def test_an_error_stops_an_in_process_run_and_a_rerun_finishes(
         if len(calls) == 2:
             raise ValueError("the disk refused this shard")
         real(store, shard, *args, **kw)  # type: ignore[arg-type]
-    monkeypatch.setattr(actstore.worker, "write_shard", failing)
+    monkeypatch.setattr(actstore.generate.worker, "write_shard", failing)
     with pytest.raises(ValueError, match="the disk refused"):
         generate(cfg)
     store = ActivationStore.open(next(p for p in (tmp_path / "out").iterdir()).as_posix())
@@ -133,7 +138,7 @@ def test_an_error_stops_an_in_process_run_and_a_rerun_finishes(
     assert store.num_shards >= 4
     done = store.shards_done()
     assert 1 <= len(done) < store.num_shards
-    monkeypatch.setattr(actstore.worker, "write_shard", real)
+    monkeypatch.setattr(actstore.generate.worker, "write_shard", real)
     result = generate(cfg)  # the lock was released: the rerun takes it and finishes
     assert result.tokens == store.num_rows - sum(
         b - a for a, b in map(store.layout.shard_rows_range, done))

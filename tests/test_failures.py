@@ -19,15 +19,15 @@ from actstore import (
     ShardWriter,
     StoreAccessError,
     StoreFullError,
-    cli,
-    ray_pool,
     verify,
 )
-from actstore import generate as generate_module
-from actstore.generate import generate
-from actstore.location import Location
-from actstore.ray_cluster import RayUnavailableError, WorkerPlan, plan_workers, ray_address
-from actstore.reaper import _alive, descendants
+from actstore.generate import pipeline as generate_module
+from actstore.generate.executors.local import LocalExecutor
+from actstore.generate.executors.ray_cluster import RayUnavailableError, plan_workers, ray_address
+from actstore.generate.pipeline import generate
+from actstore.shell import main as cli
+from actstore.store.location import Location
+from actstore.store.processes import alive, descendants
 from tests.conftest import TmpFs
 from tests.gen_fixtures import minilm_cfg, save_tiny
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
@@ -128,7 +128,7 @@ def test_workers_and_local_ray_die_with_a_killed_driver(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
     with (tmp_path / "err").open("wb") as err:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "actstore.cli", "generate", "--model", model, "--hook",
+            [sys.executable, "-m", "actstore", "generate", "--model", model, "--hook",
              "model.layers.1", "--dataset", "builtin:pydoc", "--context-length", "32",
              "--max-tokens", "60000", "--batch-size", "1", "--shard-mib", "1", "--workers", "2",
              "--out", str(out), "--no-progress"], env=env, stderr=err)
@@ -142,8 +142,8 @@ def test_workers_and_local_ray_die_with_a_killed_driver(tmp_path: Path) -> None:
     driver.kill()
     driver.wait()
     deadline = time.monotonic() + 60
-    while any(_alive(p) for p in tree):
-        assert time.monotonic() < deadline, f"still alive: {[p for p in tree if _alive(p)]}"
+    while any(alive(p) for p in tree):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in tree if alive(p)]}"
         time.sleep(0.2)
     committed = len(list(out.glob("*/commits/shard-*/zarr.json")))
     time.sleep(3)
@@ -248,12 +248,14 @@ def test_a_failing_lock_release_never_masks_the_original_error(
 
     def failing_release(_self: JobLock) -> None:
         raise OSError("the release failed too")
-    monkeypatch.setattr(ray_pool, "run_shards", boom)
+    cfg = minilm_cfg(tmp_path)
+    executor = LocalExecutor(cfg, "test")
+    executor.start()
+    monkeypatch.setattr(executor, "run", boom)
     monkeypatch.setattr(JobLock, "release", failing_release)
-    plan = WorkerPlan("cpu", 1, 1.0, 1, 2.0)
     with pytest.raises(ConnectionError, match="the upload failed") as caught:
-        generate_module._locked_run(minilm_cfg(tmp_path), store.spec, url,
-                                    Location.from_url(url), None, plan=plan)
+        generate_module._locked_run(cfg, store.spec, url, Location.from_url(url), None,
+                                    executor=executor)
     assert any("releasing the job lock failed as well" in n for n in caught.value.__notes__)
 
 
@@ -261,7 +263,7 @@ def test_unreachable_s3_endpoint_is_one_line() -> None:
     env = {**os.environ, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1",
            "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
     for argv in (["ls", "s3://some-bucket/stores"], ["info", "s3://some-bucket/stores/k"]):
-        done = subprocess.run([sys.executable, "-m", "actstore.cli", *argv], env=env,
+        done = subprocess.run([sys.executable, "-m", "actstore", *argv], env=env,
                               capture_output=True, text=True, check=False, timeout=120)
         assert done.returncode == 2, done.stderr[-2000:]
         err = done.stderr.strip()

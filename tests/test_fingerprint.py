@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from actstore.fingerprint import file_digest, model_fingerprint
+from actstore.generate.fingerprint import file_digest, model_fingerprint
 from tests.gen_fixtures import save_tiny
 
 
@@ -72,8 +72,8 @@ def test_a_folder_without_weights_has_no_fingerprint_only_when_empty(tmp_path: P
 
 def test_a_corpus_of_many_files_reads_and_writes_the_cache_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actstore import fingerprint
-    from actstore.corpus import fingerprint as corpus_fingerprint
+    from actstore.generate import fingerprint
+    from actstore.generate.corpus import fingerprint as corpus_fingerprint
 
     for i in range(300):
         (tmp_path / f"part-{i:04d}.jsonl").write_text(f'{{"text": "document {i}"}}\n')

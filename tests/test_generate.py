@@ -17,12 +17,14 @@ import pytest
 import ray
 import torch
 
-from actstore import ActivationStore, SpecMismatchError, StoreFullError, verify
-from actstore.capture import UnknownHookError
-from actstore.corpus import DatasetError
-from actstore.generate import GenerateConfig, generate
-from actstore.location import Location
-from actstore.summary import describe, find_stores
+from actstore import ActivationStore, SpecMismatchError, StoreFullError
+from actstore.generate.config import GenerateConfig
+from actstore.generate.corpus import DatasetError
+from actstore.generate.pipeline import generate
+from actstore.model.capture import UnknownHookError
+from actstore.shell.summary import describe, find_stores
+from actstore.store.location import Location
+from actstore.store.verify import verify
 from tests.conftest import TmpFs
 from tests.faults import FlakyProxy
 from tests.gen_fixtures import LAYERS, minilm_path, reference_hidden, save_tiny
@@ -333,7 +335,7 @@ def test_hugging_face_dataset_from_a_local_folder(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from actstore.corpus import iter_documents
+    from actstore.generate.corpus import iter_documents
 
     folder = tmp_path / "my_dataset" / "data"
     folder.mkdir(parents=True)

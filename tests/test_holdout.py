@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from actstore import holdout
-from actstore.loader import Loader, LoaderConfig
+from actstore.loader import holdout
+from actstore.loader.loader import Loader, LoaderConfig
 from tests.helpers import HOOKS, fill_store, straddling_store
 
 
@@ -74,7 +74,7 @@ def test_training_never_reads_the_held_out_shards(tmp_path: Path) -> None:
     """Two stores equal in their training shards and different in the held-out ones train
     the same dictionaries, bit for bit."""
     from tests.test_train import config, weights
-    from trainer.train import train
+    from trainer.training.train import train
 
     runs = []
     for name, held_seed in (("a", 0), ("b", 1)):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainer.config import TrainConfig
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.ensemble import Ensemble, adam
-from trainer.kernels import selection
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.kernels import selection
+from trainer.training.config import TrainConfig
+from trainer.training.ensemble import Ensemble, adam
 
 D, N, B = 12, 90, 24
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from actstore import ActivationStore, CorruptChunkError, Layout
-from actstore import format as fmt
-from actstore.loader import Loader, LoaderConfig
-from actstore.shuffle_quality import shuffle_quality
+from actstore.loader.loader import Loader, LoaderConfig
+from actstore.loader.shuffle_quality import shuffle_quality
+from actstore.store import format as fmt
 from tests.helpers import HOOKS, fill_store, make_spec, new_store
 
 CFG = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=24, with_rows=True)

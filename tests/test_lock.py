@@ -12,7 +12,7 @@ import time
 import pytest
 
 from actstore import JobLock, StoreBusyError
-from actstore.location import Location
+from actstore.store.location import Location
 
 
 def plant(loc: Location, **attrs: object) -> None:

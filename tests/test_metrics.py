@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.config import TrainConfig, default_dead_window, default_lr, default_warmup
-from trainer.dictionaries import DictionaryConfig
-from trainer.ensemble import Ensemble, adam, warmup_decay
-from trainer.metrics import Meter
+from trainer.dictionary.dictionaries import DictionaryConfig
+from trainer.training.config import TrainConfig, default_dead_window, default_lr, default_warmup
+from trainer.training.ensemble import Ensemble, adam, warmup_decay
+from trainer.training.metrics import Meter
 
 # jumprelu's L0 coefficient is far from 1, so a penalty logged as "l0" would show.
 KNOBS: dict[str, dict[str, Any]] = {"relu": {"l1": 0.3}, "topk": {"k": 5},

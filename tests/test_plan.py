@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import torch
 
-from actstore.cli import main
+from actstore.shell.main import main
 from tests.helpers import HOOKS
-from trainer import plan
-from trainer.config import TrainConfig
-from trainer.train import train
+from trainer.training import memory as plan
+from trainer.training.config import TrainConfig
+from trainer.training.train import train
 
 GIB = 1 << 30
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actstore.loader import Normalizer
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.export import export_saelens, export_sparsify
+from actstore.loader.loader import Normalizer
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.export import export_saelens, export_sparsify
 
 PYTHON = os.environ.get("ACTSTORE_SAELENS_PYTHON")
 pytestmark = [pytest.mark.saelens,

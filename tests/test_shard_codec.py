@@ -10,7 +10,7 @@ import zarr
 from zarr.storage import MemoryStore
 
 from actstore import Codec, Layout
-from actstore import format as fmt
+from actstore.store import format as fmt
 
 CODECS = [Codec("blosc-zstd", 3, "bitshuffle"), Codec("blosc-zstd", 1, "shuffle"),
           Codec("blosc-lz4", 5, "bitshuffle"), Codec("zstd", 3, "noshuffle"),

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from tests.helpers import HOOKS, free_port
 from tests.test_ddp import env
 from tests.test_train import config, die_at_step, read_metrics, weights
-from trainer.config import TrainConfig
-from trainer.train import train
+from trainer.training.config import TrainConfig
+from trainer.training.train import train
 
 pytestmark = pytest.mark.slow
 

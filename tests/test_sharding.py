@@ -13,11 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.helpers import RANK_TIMEOUT_S, free_port
-from trainer.dictionaries import DictionaryConfig
-from trainer.distributed import World
-from trainer.ensemble import Ensemble, adam, warmup_decay
-from trainer.sharding.gather import gathered
-from trainer.sharding.mesh import Mesh, make_mesh
+from trainer.dictionary.dictionaries import DictionaryConfig
+from trainer.dictionary.gather import gathered
+from trainer.parallel.distributed import World
+from trainer.parallel.mesh import Mesh, make_mesh
+from trainer.training.ensemble import Ensemble, adam, warmup_decay
 
 pytestmark = pytest.mark.slow
 D, STEPS, ROWS = 6, 5, 16

@@ -11,16 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from actstore import ActivationStore
-from actstore.capture import load_model
-from actstore.generate import GenerateConfig, generate
-from actstore.loader import Normalizer
+from actstore.generate.config import GenerateConfig
+from actstore.generate.pipeline import generate
+from actstore.loader.loader import Normalizer
+from actstore.model.capture import load_model
 from tests.gen_fixtures import save_tiny, save_tiny_encoder
 from tests.test_train import config
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.export import load_dictionary
-from trainer.logs import read_metrics
-from trainer.splice import Splicer, held_out_contexts
-from trainer.train import train
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.export import load_dictionary
+from trainer.evaluation.splicer import Splicer, held_out_contexts
+from trainer.training.logs import read_metrics
+from trainer.training.train import train
 
 pytestmark = pytest.mark.slow
 HOOK = "transformer.h.1"
@@ -147,7 +148,7 @@ def test_chunked_evaluation_equals_one_chunk(kind: str, hook: str, stores: dict[
         noisy.W_dec.add_(noise * 0.05)
     whole = Splicer(store, hook, norm, contexts=8, device=torch.device("cpu"))
     assert len(whole.chunks) == 1
-    monkeypatch.setattr("trainer.splice.CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr("trainer.evaluation.splicer.CHUNK_ELEMENTS", 1)
     chunked = Splicer(store, hook, norm, contexts=8, device=torch.device("cpu"))
     assert len(chunked.chunks) == 8
     want, got = whole.evaluate([noisy])[0], chunked.evaluate([noisy])[0]

@@ -9,12 +9,13 @@ import pytest
 import torch
 import transformers
 
-from actstore.cli import main
-from actstore.loader import Normalizer
+from actstore.loader.loader import Normalizer
+from actstore.model.hooks import added
+from actstore.shell.main import main
 from tests.gen_fixtures import save_tiny, save_tiny_encoder
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.evaluation.steer import added, direction
-from trainer.export import save_dictionary
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.export import save_dictionary
+from trainer.steering.steer import direction
 
 HOOK = "transformer.h.0"
 

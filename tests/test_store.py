@@ -26,8 +26,8 @@ from actstore import (
     verify,
     write_shard,
 )
-from actstore import format as fmt
-from actstore.spec import StorageDtype
+from actstore.store import format as fmt
+from actstore.store.spec import StorageDtype
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 DTYPES: tuple[StorageDtype, ...] = typing.get_args(StorageDtype)

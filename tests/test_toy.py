@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from actstore import ActivationStore
-from actstore.cli import main
-from actstore.toy import (
+from actstore.generate.toy import (
     BLOCK,
     HOOK,
     ToyConfig,
     coefficients,
     ground_truth,
-    load_ground_truth,
     make_toy_store,
     probabilities,
     sample,
 )
+from actstore.shell.main import main
+from actstore.store.ground_truth import load_ground_truth
 from trainer.evaluation.mmcs import mmcs, recovered
 
 

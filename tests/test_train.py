@@ -13,18 +13,18 @@ import torch
 from safetensors.torch import load_file
 
 from actstore import StoreBusyError, StoreFullError
-from actstore.cli import main
-from actstore.loader import Normalizer
-from actstore.location import Location
-from actstore.writer import JobLock
+from actstore.loader.loader import Normalizer
+from actstore.shell.main import main
+from actstore.store.location import Location
+from actstore.store.lock import JobLock
 from tests.conftest import TmpFs
 from tests.helpers import HOOKS, fill_store, new_store
-from trainer import ensemble
-from trainer.config import TrainConfig
-from trainer.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.export import export_saelens, load_dictionary, save_dictionary
-from trainer.logs import read_metrics
-from trainer.train import train
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.export import export_saelens, load_dictionary, save_dictionary
+from trainer.training import ensemble
+from trainer.training.config import TrainConfig
+from trainer.training.logs import read_metrics
+from trainer.training.train import train
 
 
 def config(store: str, out: Path, **kw: Any) -> TrainConfig:
@@ -200,7 +200,7 @@ def test_a_full_disk_while_the_dictionaries_are_written_resumes_to_write_them(
         raise OSError(errno.ENOSPC, "No space left on device", "cfg.json")
 
     with monkeypatch.context() as m:
-        m.setattr("trainer.train.export_saelens", full)
+        m.setattr("trainer.training.train.export_saelens", full)
         with pytest.raises(StoreFullError, match=r"no space left on the device \(cfg.json\); its"
                                                  r" last checkpoint .* is intact: free space and "
                                                  r"rerun with --resume"):

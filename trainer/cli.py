@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from actstore.cli_support import field_help, run_command
-from trainer.config import TrainConfig
+from actstore.shell.flags import Command, field_help, run_command
+from trainer.training.config import TrainConfig
 
 #: Flags whose values are lists (a sweep): repeat or give several values.
 _LISTS = {"latents": int, "k": int, "l1": float, "l0": float}
@@ -88,12 +88,12 @@ def print_plan(cfg: TrainConfig) -> int:
     """`--plan`: the memory model's prediction for this run on this rank's device."""
     import torch
 
-    from actstore.format import storage_numpy_dtype
-    from actstore.store import ActivationStore
-    from trainer.distributed import World, wants_cuda
-    from trainer.plan import describe
-    from trainer.sharding.mesh import data_parallel
-    from trainer.train import check_against
+    from actstore.store.activation_store import ActivationStore
+    from actstore.store.format import storage_numpy_dtype
+    from trainer.parallel.distributed import World, wants_cuda
+    from trainer.parallel.mesh import data_parallel
+    from trainer.training.memory import describe
+    from trainer.training.train import check_against
 
     store = ActivationStore.open(cfg.store)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
@@ -107,7 +107,7 @@ def print_plan(cfg: TrainConfig) -> int:
 
 
 def run_train(cfg: TrainConfig) -> int:
-    from trainer.train import train
+    from trainer.training.train import train
 
     result = train(cfg)
     if result.dictionaries and _is_main():
@@ -124,14 +124,17 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+RESUME_HINT = ("rerun the same command with --resume to continue from the last checkpoint")
+COMMAND = Command("train", add_train_parser, run_from_args, RESUME_HINT)
+"""`actstore train` (registered as an `actstore.commands` entry point)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `python -m trainer.cli` (what torchrun launches)."""
     parser = argparse.ArgumentParser(prog="actstore train", description=__doc__)
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
-    return run_command("actstore train", lambda: run_from_args(args),
-                       "rerun the same command with --resume to continue from the last "
-                       "checkpoint")
+    return run_command("actstore train", lambda: run_from_args(args), RESUME_HINT)
 
 if __name__ == "__main__":
     sys.exit(main())

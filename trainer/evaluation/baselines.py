@@ -49,7 +49,7 @@ def moments(batches: Iterable[torch.Tensor], d: int | None = None) -> Moments:
     """Exact mean and covariance over every row of `batches` (float64 sums, one pass). Under
     a process group each rank passes its own rows and the sums are all-reduced, so the
     result is that of every rank's rows together (`d` is needed by a rank that has none)."""
-    from trainer import distributed
+    from trainer.parallel import distributed
 
     total, outer, rows = None, None, 0
     for batch in batches:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from actstore.cli_support import field_help
-from trainer.evaluation.run import EvalConfig
+from actstore.shell.flags import Command, field_help
+from trainer.evaluation.config import EvalConfig
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -43,10 +43,10 @@ def run_eval(args: dict[str, Any]) -> int:
     of training rows), the dictionaries' scores and top activations and the baselines'
     frontier (each its share of the held-out rows); sums and top lists are merged, FastICA is
     fitted on rank 0 and sent to the others, and rank 0 writes the report."""
-    from actstore.store import ActivationStore
-    from trainer import distributed
+    from actstore.store.activation_store import ActivationStore
     from trainer.evaluation.report import write_report
     from trainer.evaluation.run import evaluate
+    from trainer.parallel import distributed
 
     cfg = EvalConfig(**{**args, "ks": tuple(args["ks"])})
     world = distributed.setup(cfg.device)
@@ -66,36 +66,5 @@ def run_eval(args: dict[str, Any]) -> int:
     return 0
 
 
-def add_steer_parser(sub: Any) -> None:
-    from trainer.evaluation.steer import SteerConfig
-
-    s = sub.add_parser(
-        "steer", help="generate text with a dictionary latent's direction added",
-        description="Add SCALE times latent I's decoder direction (raw activation units) to "
-        "the hooked module's output while the dictionary's causal LM continues a prompt; "
-        "prints the unsteered and the steered continuations.")
-
-    def h(name: str) -> str:
-        return field_help(SteerConfig, name)
-    s.add_argument("--dictionary", required=True, help=h("dictionary"))
-    s.add_argument("--latent", type=int, required=True, help=h("latent"))
-    s.add_argument("--scale", type=float, required=True, help=h("scale"))
-    s.add_argument("--prompt", required=True, help=h("prompt"))
-    s.add_argument("--max-new-tokens", type=int, default=SteerConfig.max_new_tokens,
-                   help=h("max_new_tokens"))
-    s.add_argument("--model", help=h("model"))
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help=h("device"))
-    s.add_argument("--sample", action="store_true", help=h("sample"))
-    s.add_argument("--seed", type=int, default=0, help=h("seed"))
-
-
-def run_steer(args: dict[str, Any]) -> int:
-    from trainer.evaluation.steer import SteerConfig, steer
-
-    cfg = SteerConfig(**args)
-    plain, steered = steer(cfg)
-    print(f"prompt:    {cfg.prompt}")
-    print(f"unsteered: {plain}")
-    print(f"steered:   {steered}   (+{cfg.scale:g} x latent {cfg.latent})")
-    return 0
+COMMAND = Command("eval", add_eval_parser, run_eval)
+"""`actstore eval` (registered as an `actstore.commands` entry point)."""

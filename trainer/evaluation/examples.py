@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actstore.store import ActivationStore
-from trainer.kernels import Selection
+from actstore.store.activation_store import ActivationStore
+from trainer.dictionary.kernels import Selection
 
 #: Histogram bins of log10(activation): 10^-3 .. 10^3 in 24 steps (clamped at both ends).
 HIST_EDGES = torch.linspace(-3.0, 3.0, 25)

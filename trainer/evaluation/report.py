@@ -23,9 +23,10 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt
 import transformers
 
-from actstore.capture import model_path
-from actstore.store import ActivationStore
-from actstore.toy import TOY_MODEL
+from actstore.model.capture import model_path
+from actstore.store.activation_store import ActivationStore
+from actstore.store.ground_truth import TOY_MODEL
+from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.examples import (
     HIST_EDGES,
     Decode,
@@ -34,7 +35,7 @@ from trainer.evaluation.examples import (
     token_ids_text,
 )
 from trainer.evaluation.html import page
-from trainer.evaluation.run import EvalConfig, Evaluation, dump
+from trainer.evaluation.run import Evaluation, dump
 
 BASELINES = ("pca", "ica", "neurons", "random")
 

@@ -1,8 +1,0 @@
-"""A corpus: where its documents come from (`sources`) and how they are cut into the fixed-length
-contexts the model reads (`contexts`, the store's contexts table)."""
-
-from actstore.corpus.contexts import bos_token_id, build_contexts, tokenizer_hash
-from actstore.corpus.sources import BUILTIN_PYDOC, DatasetError, fingerprint, iter_documents
-
-__all__ = ["BUILTIN_PYDOC", "DatasetError", "bos_token_id", "build_contexts", "fingerprint",
-           "iter_documents", "tokenizer_hash"]

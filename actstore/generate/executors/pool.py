@@ -1,0 +1,144 @@
+"""The driver's loop over a store's missing shards, whatever runs them: Ray actors
+(`ray_pool.RayPool`) or `ShardWorker`s in this process (`LocalPool`, for local jobs too small to
+repay Ray's start-up, and for machines without Ray).
+
+Each worker gets two shards at a time, so one computes while the other compresses and uploads.
+A shard whose write failed on a passing fault (an S3 hiccup) goes again after an exponential
+backoff; when a worker dies, its in-flight shards are queued again and a replacement starts. A
+shard that keeps failing stops the run after `max_retries`; a real error (bad data, full disk)
+stops it at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections import Counter, deque
+from typing import Any
+
+from tqdm import tqdm
+
+from actstore.generate.executors.base import IN_FLIGHT_PER_WORKER
+from actstore.store.activation_store import ActivationStore
+from actstore.store.errors import ShardCommittedError, transient
+from actstore.store.writer import break_lease
+
+
+class WorkerDiedError(Exception):
+    """The worker running a shard is gone (process killed, node lost)."""
+
+
+class ShardPool(ABC):
+    """The bookkeeping every executor shares: queue, in-flight shards, retries, progress."""
+
+    def __init__(self, store: ActivationStore, n_workers: int, max_retries: int) -> None:
+        self.store, self.max_retries = store, max_retries
+        self.workers: dict[int, Any] = {i: self._start() for i in range(n_workers)}
+        self.next_id = n_workers
+        self.in_flight: dict[Any, tuple[int, int]] = {}  # handle -> (worker key, shard)
+        self.retries: Counter[int] = Counter()
+        self.delayed: list[tuple[float, int]] = []  # (when, shard): retries after a backoff
+
+    @abstractmethod
+    def _start(self) -> Any:
+        """A new worker."""
+
+    @abstractmethod
+    def _submit(self, worker: Any, shard: int) -> Any:
+        """Start `shard` on `worker`; a handle for `_wait` and `_result`."""
+
+    @abstractmethod
+    def _wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        """The handles among `handles` that finished within `timeout` seconds (at least one
+        unless the time ran out)."""
+
+    @abstractmethod
+    def _result(self, handle: Any) -> int:
+        """Rows committed, or the shard's error; `WorkerDiedError` when its worker died."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop every worker."""
+
+    def run(self, shards: list[int], *, progress: bool, desc: str) -> None:
+        """Commit every shard in `shards`; returns when all are committed or raises. The
+        workers are stopped either way."""
+        total = sum(b - a for a, b in map(self.store.layout.shard_rows_range, shards))
+        queue = deque(shards)
+        try:
+            with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress,
+                      desc=desc) as bar:
+                while True:
+                    self._release_due(queue)
+                    for k in list(self.workers):  # a requeued shard goes to whoever has room
+                        self._feed(k, queue)
+                    if not (self.in_flight or self.delayed):
+                        return
+                    now = time.monotonic()  # sleep until a result, or the next retry is due
+                    wait = max(0.0, min((t for t, _ in self.delayed), default=now + 60.0)
+                               - now)
+                    if not self.in_flight:
+                        time.sleep(wait)
+                        continue
+                    for handle in self._wait(list(self.in_flight), wait):
+                        self._collect(handle, queue, bar)
+        finally:
+            self.shutdown()
+
+    def _collect(self, handle: Any, queue: deque[int], bar: tqdm[Any]) -> None:
+        key, shard = self.in_flight.pop(handle)
+        try:
+            bar.update(self._result(handle))
+        except WorkerDiedError as e:
+            self._worker_died(key, shard, queue, e)
+        except ShardCommittedError:
+            pass  # done by someone else, with the same rows
+        except Exception as e:
+            if not transient(e):
+                raise  # a real error (bad data, full disk): stop
+            self._retry_later(shard, e)
+
+    def _retry_later(self, shard: int, error: BaseException) -> None:
+        self.retries[shard] += 1
+        if self.retries[shard] > self.max_retries:
+            error.add_note(f"shard {shard} failed {self.retries[shard]} times; rerun the same "
+                           "command to resume")
+            raise error
+        delay = min(30.0, 2.0 ** (self.retries[shard] - 1))
+        print(f"shard {shard}: {type(error).__name__}: {error}; retry "
+              f"{self.retries[shard]}/{self.max_retries} in {delay:g}s", file=sys.stderr)
+        self.delayed.append((time.monotonic() + delay, shard))
+
+    def _release_due(self, queue: deque[int]) -> None:
+        """Queue the delayed shards whose time has come (their writer gave the lease up, but
+        its release may itself have failed in the fault: break it)."""
+        now = time.monotonic()
+        for due in [d for d in self.delayed if d[0] <= now]:
+            try:
+                break_lease(self.store, due[1])
+            except Exception as e:
+                if not transient(e):
+                    raise
+                self._retry_later(due[1], e)
+            else:
+                queue.appendleft(due[1])
+            self.delayed.remove(due)
+
+    def _feed(self, key: int, queue: deque[int]) -> None:
+        busy = sum(1 for k, _ in self.in_flight.values() if k == key)
+        while queue and busy < IN_FLIGHT_PER_WORKER:
+            shard = queue.popleft()
+            self.in_flight[self._submit(self.workers[key], shard)] = (key, shard)
+            busy += 1
+
+    def _worker_died(self, key: int, shard: int, queue: deque[int], error: Exception) -> None:
+        self.retries[shard] += 1
+        if self.retries[shard] > self.max_retries:
+            raise RuntimeError(f"shard {shard} failed {self.retries[shard]} times: its "
+                               f"workers died ({error})") from error
+        break_lease(self.store, shard)  # its writer is dead: the shard may be taken again
+        queue.appendleft(shard)
+        if self.workers.pop(key, None) is not None:  # replace the dead worker once
+            self.workers[self.next_id] = self._start()
+            self.next_id += 1

@@ -1,0 +1,34 @@
+"""Loading: shuffled, resumable, rank-split batches from a store (the trainer's only view of
+it), and the held-out slice.
+
+    store ──▶ loader.EpochPlan: seeded chunk order ──▶ this rank's rows ──▶ windows of
+              `shuffle_buffer` rows, each permuted ──▶ read-ahead threads decode chunk runs
+          ──▶ loader.Loader: Batch(x={hook: (B, d)}, ...) normalised (Normalizer), state_dict()
+    holdout.py: the train / held-out split by whole shards, the held-out rows
+    shuffle_quality.py: how well a window mixes contexts (bench and tests)
+
+Public names (what `actstore.loader` has always exported): `Batch`, `EpochPlan`, `Loader`,
+`LoaderConfig`, `Normalizer`, `STATE_VERSION`, `selected_chunks`, `selected_rows`.
+"""
+
+from actstore.loader.loader import (
+    STATE_VERSION,
+    Batch,
+    EpochPlan,
+    Loader,
+    LoaderConfig,
+    Normalizer,
+    selected_chunks,
+    selected_rows,
+)
+
+__all__ = [
+    "STATE_VERSION",
+    "Batch",
+    "EpochPlan",
+    "Loader",
+    "LoaderConfig",
+    "Normalizer",
+    "selected_chunks",
+    "selected_rows",
+]

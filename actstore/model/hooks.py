@@ -1,0 +1,43 @@
+"""Forward hooks that change a module's output: replace it (loss recovered with a dictionary's
+reconstruction spliced in) or add to it (steering). What reads outputs is `capture.Capture`.
+
+A module's output is its tensor, or the first element of a tuple or list (attention returns
+weights beside it); the other elements pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+Replace = Callable[[torch.Tensor], torch.Tensor]
+"""A function of a module's output activations, same shape."""
+
+
+@contextmanager
+def replaced(module: nn.Module, replace: Replace) -> Iterator[None]:
+    """Within the block, `module`'s output activations are `replace(output)`."""
+    def hook(_m: nn.Module, _args: Any, output: Any) -> Any:
+        if isinstance(output, tuple | list):
+            return type(output)([replace(output[0]), *output[1:]])
+        return replace(output)
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def added(model: nn.Module, hook: str, vector: torch.Tensor) -> Iterator[None]:
+    """Within the block, `vector` is added to module `hook`'s output activations at every
+    position."""
+    modules = dict(model.named_modules())
+    if hook not in modules:
+        raise KeyError(f"hook {hook!r} is not a module of {type(model).__name__}")
+    with replaced(modules[hook], lambda x: x + vector.to(x.dtype)):
+        yield

@@ -1,0 +1,17 @@
+"""The store: the Zarr v3 format, its reader and its writer. Imports nothing above it.
+
+ writer side                                   reader side
+ ───────────                                   ───────────
+ lock.JobLock (lock/zarr.json, heartbeat)      activation_store.ActivationStore.open(url, spec?)
+   └─ ActivationStore.create(url, spec, layout)   ├─ read / read_torch / read_float32 (rows)
+        ├─ write_contexts (Parquet)               ├─ read_index → RowIndex(context, pos, token)
+        └─ writer.ShardWriter per shard           ├─ read_contexts → pyarrow.Table
+             lease → encode → put_many → commit   ├─ stats(hook) → stats.HookStats
+                       │                          └─ shards_done / complete
+                       ▼
+ location.Location (fsspec: file, memory, s3, gs): atomic put, exclusive create, range get
+ shard_codec: ShardEncoder / ShardDecoder — zarr v3 sharding bytes, chunk-parallel
+ format.py: array paths and dtypes; spec.py: StoreSpec (identity → key), Layout
+ verify.py: checksums, integrity, exactly-once; ground_truth.py: a toy store's features
+ errors.py: what the store raises, and which faults pass (`transient`); processes.py: /proc
+"""

@@ -1,0 +1,365 @@
+"""Sparse dictionaries: the seed paper's ReLU + L1 sparse coding, TopK (with AuxK), BatchTopK and
+JumpReLU, on one parameterisation (SAELens' names, so export is a rename):
+
+    pre   = (x - b_dec) @ W_enc + b_enc         the pre-encoder bias b_dec is tied to the decoder's
+    z     = activation(pre)                     relu | top-k | batch top-k | jump relu
+    x_hat = z @ W_dec + b_dec                   rows of W_dec (one per latent) have unit norm
+
+Losses are per token: squared error summed over d_model, averaged over the batch, plus the
+architecture's sparsity term. Decoder rows are kept at unit norm: `remove_parallel_grad()`
+before the optimiser step, `normalize_decoder()` after it (the seed paper's constraint).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from trainer.dictionary import kernels
+from trainer.dictionary.initialisation import geometric_median, initial_decoder
+from trainer.dictionary.kernels.jumprelu import jump_relu, step
+from trainer.parallel import distributed
+
+__all__ = ["DictionaryConfig", "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
+
+Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
+Kernel = Literal["auto", "dense", "sparse"]
+#: Architectures whose codes are chosen by rank, so the sparse step applies (see kernels/).
+SELECTED = ("topk", "batchtopk")
+
+
+def resolve_kernel(arch: Arch, kernel: Kernel) -> Literal["dense", "sparse"]:
+    """The step a dictionary trains with: sparse for topk/batchtopk unless asked otherwise.
+    ReLU and JumpReLU keep the dense step: which of their codes are non-zero is known only
+    after the full (batch, latents) pre-activations exist, so the encoder cannot skip them,
+    and their early-training codes are far from sparse (L0 in the hundreds or thousands)."""
+    if kernel == "sparse" and arch not in SELECTED:
+        raise ValueError(f"--kernel sparse applies to {' and '.join(SELECTED)}; --arch {arch} "
+                         "trains with the dense step")
+    if kernel == "auto":
+        return "sparse" if arch in SELECTED else "dense"
+    return kernel
+
+
+@dataclass(frozen=True)
+class DictionaryConfig:
+    """One dictionary's shape and sparsity settings."""
+
+    arch: Arch
+    """relu (L1 penalty), topk, batchtopk or jumprelu (L0 penalty)."""
+    d_model: int
+    """Width of the activations."""
+    latents: int
+    """Number of dictionary features."""
+    k: int | None = None
+    """Active latents per token (topk; batchtopk: on average)."""
+    l1: float = 0.0
+    """L1 coefficient on the codes (relu)."""
+    l0: float = 0.0
+    """L0 coefficient (jumprelu)."""
+    aux_k: int | None = None
+    """Dead latents used by AuxK (topk, batchtopk); default 2 * k, capped at the dead count."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss."""
+    dead_after_tokens: int = 10_000_000
+    """A latent silent for this many tokens is dead (AuxK, and the dead-latent metric)."""
+    jump_bandwidth: float = 1e-3
+    """Width of the straight-through estimator's kernel (jumprelu)."""
+    jump_init_threshold: float = 1e-3
+    """Initial threshold of every latent (jumprelu)."""
+    threshold_momentum: float = 0.01
+    """Update rate of batchtopk's inference threshold."""
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1 or self.latents < 1:
+            raise ValueError("d_model and latents must be >= 1")
+        if self.arch in ("topk", "batchtopk") and (self.k is None
+                                                   or not 1 <= self.k <= self.latents):
+            raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "
+                                 f"got {self.k}")
+        if self.arch == "relu" and self.l1 < 0:
+            raise ValueError("l1 must be >= 0")
+        if self.arch == "jumprelu" and (self.l0 < 0 or self.jump_bandwidth <= 0):
+            raise ValueError("l0 must be >= 0 and jump_bandwidth > 0")
+
+
+class Output(NamedTuple):
+    """A training forward pass."""
+
+    x_hat: torch.Tensor
+    """Reconstruction, like x."""
+    z: torch.Tensor
+    """Codes, (batch, latents): dense, or a detached sparse COO tensor from the sparse step."""
+    loss: torch.Tensor
+    """Total loss (scalar)."""
+    terms: dict[str, torch.Tensor]
+    """Its parts: mse, and l1_loss / l0_loss / aux_loss as the architecture has them
+    (detached; coefficient included). Names end in `_loss` so they never collide with the
+    metrics of the same quantity (`l0` is the mean number of active latents)."""
+    fired: torch.Tensor
+    """Per latent, the tokens of this batch on which it was active, (latents,) int64."""
+
+
+class SparseDictionary(nn.Module):
+    """A dictionary of `latents` unit-norm directions in a `d_model` space."""
+
+    replica_group: Any = None
+    """Process group of the ranks holding these same latents (None: every rank)."""
+    threshold: torch.Tensor
+    """batchtopk's inference threshold (a running estimate of the smallest kept activation)."""
+    tokens_since_fired: torch.Tensor
+    """Per latent, tokens since it last fired (dead latents, AuxK)."""
+
+    def __init__(self, cfg: DictionaryConfig, generator: torch.Generator | None = None,
+                 kernel: Kernel = "auto", shard: tuple[int, int] | None = None) -> None:
+        """`shard`: the [start, stop) of the latents this module holds (latent sharding);
+        they are initialised exactly as the same rows of the whole dictionary."""
+        super().__init__()
+        self.cfg = cfg
+        self.kernel = resolve_kernel(cfg.arch, kernel)
+        d = cfg.d_model
+        self.start, self.stop = shard or (0, cfg.latents)
+        n = self.stop - self.start
+        seed = (generator.initial_seed() if generator is not None
+                else int(torch.randint(0, 2**62, ()).item()))
+        w = initial_decoder(d, self.start, self.stop, seed)
+        self.W_dec = nn.Parameter(w)
+        # encoder = decoder transpose at init; stored latent-major (the clone keeps w.T's
+        # strides), so a latent's encoder column is contiguous, as the sparse step reads it
+        self.W_enc = nn.Parameter(w.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.arch == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((n,), math.log(cfg.jump_init_threshold)))
+        self.register_buffer("threshold", torch.zeros(()))  # batchtopk at inference
+        self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long))
+
+    @property
+    def local_latents(self) -> int:
+        """Latents this module holds (all of them unless sharded)."""
+        return self.stop - self.start
+
+    # --- the maps ---------------------------------------------------------------------------
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return self.into_shards(x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.over_shards(z @ self.W_dec) + self.b_dec
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes at inference (batchtopk uses its learned threshold, not the batch)."""
+        pre = self.pre_acts(x)
+        arch = self.cfg.arch
+        if arch == "relu":
+            return torch.relu(pre)
+        if arch == "topk":
+            return _topk(pre, self.cfg.k or 1)[0]
+        if arch == "batchtopk":
+            return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        return jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: the reconstruction of x (..., d) and which latents fired, (latents,)
+        bool; under the sparse kernel without a (tokens, latents) tensor."""
+        x_hat, codes = self.infer(x.flatten(0, -2))
+        fired = torch.zeros(self.local_latents, dtype=torch.bool, device=x.device)
+        fired[codes.cols] = True
+        return x_hat.view_as(x), fired
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, kernels.Selection]:
+        """Inference on (tokens, d): the reconstruction and the non-zero codes (values > 0,
+        local latent ids), under the sparse kernel without a (tokens, latents) tensor."""
+        if self.kernel == "dense":
+            z = self.encode(x)
+            rows, cols = z.nonzero(as_tuple=True)
+            return self.decode(z), kernels.from_sorted(rows, cols, z[rows, cols], len(x))
+        n, k = self.local_latents, self.cfg.k or 1
+        top = self.cfg.arch == "topk"  # batchtopk: per token, against its learned threshold
+        acc: kernels.Accumulator = (kernels.RowTopK(len(x), k, x.device) if top
+                                    else kernels.Above(len(x), n, self.threshold))
+        sel, = kernels.select(x - self.b_dec, self.W_enc, self.b_enc, [acc])
+        if top:
+            sel = self.winners(sel, k, by_row=True)
+        codes = torch.relu(sel.values)
+        x_hat = self.over_shards(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
+        live = codes > 0
+        return x_hat, kernels.from_sorted(sel.rows[live], sel.cols[live], codes[live], len(x))
+
+    def forward(self, x: torch.Tensor) -> Output:
+        """Training pass: codes, reconstruction, losses; tracks which latents fire."""
+        if self.kernel == "sparse":
+            return self._forward_sparse(x)
+        pre = self.pre_acts(x)
+        arch = self.cfg.arch
+        fired = None  # per-latent counts: from the B·k selections when there are some
+        if arch == "batchtopk":
+            z, fired = _batch_topk(pre, (self.cfg.k or 1) * x.shape[0])
+            self._update_threshold(smallest_positive(z.flatten()))
+        elif arch == "jumprelu":
+            z = jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
+        elif arch == "topk":
+            z, fired = _topk(pre, self.cfg.k or 1)
+        else:
+            z = torch.relu(pre)
+        if fired is None:
+            fired = (z > 0).sum(0)
+        x_hat = self.decode(z)
+        mse = ((x_hat - x) ** 2).sum(-1).mean()
+        terms = {"mse": mse}
+        if arch == "relu":
+            terms["l1_loss"] = self.cfg.l1 * self.over_shards(z.abs().sum(-1)).mean()
+        elif arch == "jumprelu":
+            l0 = step(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
+            terms["l0_loss"] = self.cfg.l0 * self.over_shards(l0.sum(-1)).mean()
+        else:
+            terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
+        self._track(fired, x.shape[0])
+        loss = torch.stack(list(terms.values())).sum()
+        return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()}, fired)
+
+    # --- AuxK, batchtopk threshold, activity --------------------------------------------------
+
+    def dead_mask(self) -> torch.Tensor:
+        dead: torch.Tensor = self.tokens_since_fired >= self.cfg.dead_after_tokens
+        return dead
+
+    def _aux_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """AuxK (Gao et al. 2024): the dead latents' top-k_aux reconstruct the residual."""
+        dead = self.dead_mask()
+        if not bool(dead.any()):
+            return x.new_zeros(())
+        k_aux = min(self.cfg.aux_k or 2 * (self.cfg.k or 1), int(dead.sum()))
+        z_aux = _topk(pre.masked_fill(~dead, float("-inf")), k_aux)[0]
+        residual = (x - x_hat).detach()
+        return ((z_aux @ self.W_dec - residual) ** 2).sum(-1).mean()
+
+    def _forward_sparse(self, x: torch.Tensor) -> Output:
+        """The same pass without (batch, latents) tensors: latents selected block by block,
+        gradients only through the selected entries (trainer/kernels)."""
+        cfg, batch, n = self.cfg, x.shape[0], self.local_latents
+        xc = self.into_shards(x - self.b_dec)
+        k, top = cfg.k or 1, cfg.arch == "topk"
+        main: kernels.Accumulator = (kernels.RowTopK(batch, k, x.device) if top
+                                     else kernels.BatchTopK(batch, n, k * batch, x.device))
+        dead = self.dead_mask()
+        k_aux = min(cfg.aux_k or 2 * k, int(self.over_shards(dead.sum())))
+        accs = [main] + ([kernels.RowTopK(batch, k_aux, x.device, dead)] if k_aux else [])
+        found = kernels.select(xc.detach(), self.W_enc, self.b_enc, accs)
+        sels = [self.winners(found[0], k if top else k * batch, by_row=top)]
+        if k_aux:
+            sels.append(self.winners(found[1], k_aux, by_row=True))
+        codes = [torch.relu(v) for v in kernels.selected(xc, self.W_enc, self.b_enc, sels)]
+        decoded = kernels.decode(sels, codes, self.W_dec)
+        x_hat = self.over_shards(decoded[0]) + self.b_dec
+        terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
+        if k_aux:  # AuxK: the dead latents' top k_aux reconstruct the residual
+            aux_err = self.over_shards(decoded[1]) - (x - x_hat).detach()
+            terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
+        sel, z = sels[0], codes[0]
+        fired = selection_counts(sel.cols, z.detach() > 0, n)
+        if cfg.arch == "batchtopk":  # the minimum over all ranks is taken by the update
+            self._update_threshold(smallest_positive(z.detach()))
+        self._track(fired, batch)
+        loss = terms["mse"] + terms["aux_loss"]
+        return Output(x_hat, kernels.to_sparse(sel, z, n), loss,
+                      {name: v.detach() for name, v in terms.items()}, fired)
+
+    @torch.no_grad()
+    def _update_threshold(self, smallest: torch.Tensor) -> None:
+        """Running estimate of the smallest kept activation (`smallest`: this batch's, +inf
+        when nothing fired), over the batches of all ranks (every rank keeps the same)."""
+        current = distributed.all_reduce(smallest.to(self.threshold.dtype), "min")
+        m = self.cfg.threshold_momentum  # torch.where, not `if`: no host sync per step
+        updated = torch.where(self.threshold == 0, current,
+                              (1 - m) * self.threshold + m * current)
+        self.threshold.copy_(torch.where(torch.isfinite(current), updated, self.threshold))
+
+    @torch.no_grad()
+    def _track(self, counts: torch.Tensor, tokens: int) -> None:
+        """Tokens since each latent fired, over the batches of every rank holding these
+        latents (the same on all of them; DDP's buffer broadcast is off because it would
+        overwrite this with one rank's view)."""
+        group = self.replica_group
+        fired = distributed.all_reduce((counts > 0).to(torch.int32), "max", group).bool()
+        self.tokens_since_fired.add_(tokens * distributed.group_size(group))
+        self.tokens_since_fired.masked_fill_(fired, 0)
+
+    # --- where latent sharding (trainer/sharding) hooks in; identities for one shard ------
+
+    def into_shards(self, xc: torch.Tensor) -> torch.Tensor:
+        """The centred input as every shard takes it (its gradient: the sum of theirs)."""
+        return xc
+
+    def over_shards(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of a per-shard quantity over the shards (the sum's gradient: every one's)."""
+        return t
+
+    def winners(self, found: kernels.Selection, count: int,  # noqa: ARG002
+                by_row: bool) -> kernels.Selection:  # noqa: ARG002
+        """Of the entries this shard selected (each row's top `count`, or the batch's), those
+        that win among every shard's: all of them here."""
+        return found
+
+    def clip_grad_norm_(self, max_norm: float) -> None:
+        """Scale the gradients so that their global norm is at most `max_norm`."""
+        torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+
+    # --- the decoder constraint ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of each decoder row's gradient along the row (before the step)."""
+        if self.W_dec.grad is not None:
+            # grad -= (grad·W / |W|²) W row by row, in place: no (latents, d) temporaries
+            w, grad = self.W_dec, self.W_dec.grad
+            along = torch.bmm(grad.unsqueeze(1), w.unsqueeze(2)).view(-1)
+            grad.addcmul_((along / torch.linalg.vector_norm(w, dim=1).square()).unsqueeze(1), w,
+                          value=-1)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (after the step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+
+    @torch.no_grad()
+    def init_bias(self, sample: torch.Tensor,
+                  method: Literal["mean", "geometric_median"] = "geometric_median") -> None:
+        """Set b_dec to a centre of the data, so the codes start on centred activations."""
+        self.b_dec.copy_(sample.float().mean(0) if method == "mean"
+                         else geometric_median(sample.float()))
+
+
+def selection_counts(indices: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
+    """Per latent, how many of the selections were active: O(B·k), not a pass over (B, n),
+    and no host sync (a scatter-add, where bincount would size its output on the host)."""
+    out = torch.zeros(n, dtype=torch.long, device=indices.device)
+    return out.scatter_add_(0, indices.flatten(), active.flatten().long())
+
+
+def smallest_positive(values: torch.Tensor) -> torch.Tensor:
+    """The smallest positive value, +inf when there is none (no host sync)."""
+    inf = values.new_full((1,), math.inf)
+    return torch.cat([values.masked_fill(values <= 0, math.inf), inf]).min()
+
+
+def _topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes keeping each row's k largest pre-activations (ReLU'd), and per-latent counts."""
+    top = torch.topk(pre, k, dim=-1)
+    values = torch.relu(top.values)
+    z = torch.zeros_like(pre).scatter_(-1, top.indices, values)
+    return z, selection_counts(top.indices, values > 0, pre.shape[-1])
+
+
+def _batch_topk(pre: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes keeping the batch's k_total largest (ReLU'd) pre-activations, and counts."""
+    flat = torch.relu(pre).flatten()
+    top = torch.topk(flat, min(k_total, flat.numel()))
+    z = torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(pre)
+    return z, selection_counts(top.indices % pre.shape[-1], top.values > 0, pre.shape[-1])

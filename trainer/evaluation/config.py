@@ -1,0 +1,70 @@
+"""`actstore eval`'s settings (`EvalConfig`) and what it scores (`Member`: one dictionary of
+a run), below every module of the evaluation so that none needs another for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from actstore.loader.loader import Normalizer
+from trainer.dictionary.dictionaries import SparseDictionary
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`actstore eval --run DIR --out REPORT`."""
+
+    run: str
+    """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/)."""
+    out: str
+    """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
+    store: str | None = None
+    """Store URL (default: the one the run trained on; it must have the same key)."""
+    rows: int = 1 << 16
+    """Held-out rows scored (FVU, L0, firing, top activations)."""
+    fit_rows: int = 1 << 20
+    """Training rows PCA's covariance is streamed from (all of them when fewer)."""
+    ica: Literal["logcosh", "cube", "none"] = "logcosh"
+    """FastICA's non-linearity (none: no ICA baseline)."""
+    ica_rows: int | None = None
+    """Training rows FastICA is fitted on, whitened by the streamed covariance (by default
+    65,536 on cpu, about a minute for 200 iterations on 2 cores; 1,048,576 on cuda)."""
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+    """L0 values at which each baseline keeps its top-k codes (each dictionary's k is added)."""
+    top: int = 16
+    """Top activations kept per latent."""
+    show: int = 64
+    """Latents per dictionary given a page of examples in index.html (a seeded sample of
+    those that fired on the slice)."""
+    window: int = 12
+    """Tokens shown either side of an activating token."""
+    splice_contexts: int = 16
+    """Held-out contexts run through the store's model with each dictionary's reconstruction,
+    and each baseline's at the dictionaries' L0s, spliced in at the hook: loss recovered
+    (0: skip; a model that cannot be loaded is skipped with a warning)."""
+    on_training_rows: bool = False
+    """Score a run that held nothing out (no --holdout) on its last shard anyway; the report
+    says the rows were trained on."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the dictionaries and baselines run."""
+    seed: int = 0
+    """Seeds the random basis, ICA's start and the sample of latents shown."""
+
+    def __post_init__(self) -> None:
+        if min(self.rows, self.fit_rows, self.ica_rows or 1, self.top, self.window) < 1 or \
+                min(self.show, self.splice_contexts) < 0:
+            raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window must be >= 1 "
+                             "and --show, --splice-contexts >= 0")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("--ks must be one or more values >= 1")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dictionary of the run."""
+
+    name: str
+    sae: SparseDictionary
+    norm: Normalizer
+    source: dict[str, Any]
+    """cfg.json's `source`: store, hook, model, train_config."""

@@ -1,0 +1,155 @@
+"""Loss recovered: the model run with a dictionary's reconstruction spliced in at the hook.
+
+For a causal LM (the store's model class has an LM head):
+
+    recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)
+    kl        = mean over predicted tokens of KL(p_clean || p_spliced)
+
+where zero means the hook's output replaced by zeros. A model without an LM head (MiniLM, a
+sentence encoder) gets the same ratio on its final hidden state: 1 - MSE_spliced / MSE_zero,
+each against the clean final state. Positions the store does not hold (a dropped BOS) keep
+their clean value. The reconstruction acts on raw activations: normalise, encode, decode,
+denormalise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from actstore.loader.loader import Normalizer
+from actstore.model.capture import load_model
+from actstore.model.hooks import Replace, replaced
+from actstore.store.activation_store import ActivationStore
+from trainer.dictionary.dictionaries import SparseDictionary
+
+
+def held_out_contexts(store: ActivationStore, n: int, first: int = 0) -> torch.Tensor:
+    """The last `n` full-length contexts of the store whose id is >= `first` (the held-out
+    slice's first context, see actstore.loader.holdout), (n, context_length) token ids."""
+    table = store.read_contexts(["context_id", "tokens"])
+    ids = table.column("context_id").to_pylist()
+    tokens = table.column("tokens").to_pylist()
+    full = [t for i, t in zip(ids, tokens, strict=True)
+            if i >= first and len(t) == store.spec.context_length][-n:]
+    if not full:
+        raise ValueError(f"store {store.url} has no full-length context to evaluate on"
+                         + (f" from context {first} on (the held-out slice)" if first else ""))
+    return torch.tensor(full, dtype=torch.long)
+
+
+#: Output elements (logits or final states) one evaluation chunk holds: 64 MB in float32, so
+#: a held-out slice of a 50k-vocabulary LM never holds (contexts, length, vocab) at once.
+CHUNK_ELEMENTS = 1 << 24
+
+
+class Splicer:
+    """The store's model on one device, ready to evaluate dictionaries on held-out contexts.
+    The contexts go through in chunks of `CHUNK_ELEMENTS` outputs; the clean outputs are
+    recomputed per chunk rather than kept, so memory stays bounded by a chunk."""
+
+    def __init__(self, store: ActivationStore, hook: str, norm: Normalizer, contexts: int,
+                 device: torch.device, *, first_context: int = 0) -> None:
+        spec = store.spec
+        self.model = load_model(spec.model, spec.model_revision, torch.float32, device)
+        self.module = dict(self.model.named_modules())[hook]
+        self.ids = held_out_contexts(store, contexts, first_context).to(device)
+        self.norm, self.skip_first = norm, spec.bos_policy == "drop"
+        with torch.inference_mode():
+            first = self._run(None, self.ids[:1])
+            self.is_lm = self._is_lm
+            per_context = first.shape[1] * first.shape[2]
+            self.chunks = torch.split(self.ids, max(1, CHUNK_ELEMENTS // per_context))
+            zero: dict[str, float] = {}
+            for ids in self.chunks:  # the zero-ablation baseline, summed over chunks
+                _add(zero, self._compare(self._reference(ids),
+                                         self._run(torch.zeros_like, ids), ids))
+            self.zero = zero
+
+    def _run(self, replace: Replace | None, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (LM) or final hidden states, float32, of the contexts `ids`."""
+        if replace is None:
+            out = self.model(input_ids=ids)
+        else:
+            def keep_skipped(h: torch.Tensor) -> torch.Tensor:
+                new = replace(h).to(h.dtype)
+                if self.skip_first:
+                    new[:, 0] = h[:, 0]
+                return new
+            with replaced(self.module, keep_skipped):
+                out = self.model(input_ids=ids)
+        logits = getattr(out, "logits", None)
+        self._is_lm = logits is not None
+        result: torch.Tensor = logits if logits is not None else out.last_hidden_state
+        return result.float()
+
+    def _reference(self, ids: torch.Tensor) -> torch.Tensor:
+        """The clean run of the contexts `ids`, as `_compare` takes it: the log-probabilities
+        of the predicted positions (LM), or the final states (encoders)."""
+        clean = self._run(None, ids)
+        return F.log_softmax(clean[:, :-1].flatten(0, 1), -1) if self.is_lm else clean
+
+    def _compare(self, reference: torch.Tensor, other: torch.Tensor,
+                 ids: torch.Tensor) -> dict[str, float]:
+        """Sums over this chunk's predicted tokens (LM) or positions (encoders): the clean and
+        the other run's CE and KL(clean || other), or the other's final-state squared error."""
+        if not self.is_lm:
+            return {"se": float((other - reference).pow(2).sum(-1).double().sum()),
+                    "n": float(reference[..., 0].numel())}
+        target = ids[:, 1:].flatten()
+        log_p, log_q = reference, F.log_softmax(other[:, :-1].flatten(0, 1), -1)
+
+        def total(per_token: torch.Tensor) -> float:
+            return float(per_token.double().sum())  # summed in float64 across chunks
+        return {"ce_clean": total(F.nll_loss(log_p, target, reduction="none")),
+                "ce": total(F.nll_loss(log_q, target, reduction="none")),
+                "kl": total((log_p.exp() * (log_p - log_q)).sum(-1)), "n": float(len(target))}
+
+    @torch.inference_mode()
+    def evaluate(self, saes: Sequence[SparseDictionary]) -> list[dict[str, float]]:
+        """Per dictionary: CE clean/zero/spliced, KL and the fraction recovered (LM), or the
+        final-state MSE fraction recovered (encoders)."""
+        fired = [torch.zeros(s.local_latents, dtype=torch.bool, device=self.ids.device)
+                 for s in saes]
+
+        def reconstruct(sae: SparseDictionary, seen: torch.Tensor) -> Replace:
+            def fn(h: torch.Tensor) -> torch.Tensor:
+                x_hat, fired = sae.reconstruct(self.norm.apply(h.float()))
+                seen.logical_or_(fired)  # in place: the caller keeps `seen`
+                return self.norm.invert(x_hat)
+            return fn
+        results = self.evaluate_replacements(
+            [reconstruct(sae, seen) for sae, seen in zip(saes, fired, strict=True)])
+        for sae, metrics, seen in zip(saes, results, fired, strict=True):
+            # latents that fire on none of the held-out tokens: dead where it counts
+            metrics["silent_held_out"] = float(sae.over_shards((~seen).sum()))
+        return results
+
+    @torch.inference_mode()
+    def evaluate_replacements(self, replacements: Sequence[Replace]) -> list[dict[str, float]]:
+        """The metrics of `evaluate` for any reconstructions of the hooked output (raw
+        activations in, raw out): a dictionary's, or a baseline's top-k."""
+        sums: list[dict[str, float]] = [{} for _ in replacements]
+        for ids in self.chunks:
+            reference = self._reference(ids)  # once per chunk, for every replacement
+            for fn, total in zip(replacements, sums, strict=True):
+                _add(total, self._compare(reference, self._run(fn, ids), ids))
+        return [self._lm_metrics(t) if self.is_lm else self._state_metrics(t) for t in sums]
+
+    def _lm_metrics(self, spliced: dict[str, float]) -> dict[str, float]:
+        n = spliced["n"]
+        clean, zero, ours = spliced["ce_clean"] / n, self.zero["ce"] / n, spliced["ce"] / n
+        return {"ce_clean": clean, "ce_zero": zero, "ce_spliced": ours, "kl": spliced["kl"] / n,
+                "loss_recovered": (zero - ours) / (zero - clean) if zero != clean else 1.0}
+
+    def _state_metrics(self, spliced: dict[str, float]) -> dict[str, float]:
+        ours, zero = spliced["se"] / spliced["n"], self.zero["se"] / self.zero["n"]
+        return {"final_mse_spliced": ours, "final_mse_zero": zero,
+                "final_state_recovered": 1 - ours / zero if zero else 1.0}
+
+
+def _add(total: dict[str, float], part: dict[str, float]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0.0) + v

@@ -1,0 +1,249 @@
+"""Checkpoints: everything a resumed run needs to replay an uninterrupted one step for step.
+
+`out/checkpoint/` is a torch.distributed.checkpoint (DCP) directory written by every rank:
+
+    m{i}.<parameter or buffer>        member i's tensors (W_enc as its latent-major transpose)
+    m{i}.adam.<parameter>.<moment>    Adam's exp_avg, exp_avg_sq and step
+    m{i}.fired                        the run-long firing counts (latent densities)
+    meta                              step, settings, dictionaries, schedulers, learning rates,
+                                      every dp rank's loader position, RNG states (one blob)
+
+Under latent sharding (tp > 1) the per-latent tensors are DTensors sharded along the latents
+over the mesh's tp dimension and replicated over dp, so each rank writes its own slice and DCP
+reshards on load: a checkpoint written at one tp resumes at any other (the dp size, which fixes
+the loader's order, must stay). It is written to a temporary directory and swapped in, so a run
+killed mid-write keeps the previous checkpoint. Checkpoints fall on logging steps, so no
+interval sums are lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import math
+import os
+import random
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.gather import SHARDED_DIM
+from trainer.parallel import distributed
+from trainer.parallel.mesh import Mesh
+from trainer.training.config import KNOB, TrainConfig
+from trainer.training.ensemble import Ensemble
+from trainer.training.metrics import Meter
+
+VERSION = 2
+#: Settings a resumed run may change: they do not alter the numbers.
+FREE_SETTINGS = {"resume", "overwrite", "progress", "plots", "read_threads", "eval_every",
+                 "eval_contexts", "kernel", "tp", "out"}  # out: a moved run folder resumes
+
+
+def path(out: str | Path) -> Path:
+    return Path(out) / "checkpoint"
+
+
+def _previous(out: str | Path) -> Path:
+    """Where the last checkpoint sits while a new one is swapped in."""
+    return Path(out) / ".checkpoint.previous"
+
+
+def found(out: str | Path) -> Path | None:
+    """The checkpoint directory of `out`, if any (also mid-swap)."""
+    return next((p for p in (path(out), _previous(out)) if p.is_dir()), None)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _blob(value: dict[str, Any]) -> io.BytesIO:
+    """The non-tensor state as one pickled blob (DCP stores bytes as they are)."""
+    out = io.BytesIO()
+    torch.save(value, out)
+    out.seek(0)
+    return out
+
+
+def _unblob(loaded: Any) -> dict[str, Any]:
+    """What DCP put back for a blob: the bytes (torch 2.13), or already the unpickled value."""
+    if isinstance(loaded, io.BytesIO):
+        loaded.seek(0)
+        value: dict[str, Any] = torch.load(loaded, weights_only=False)
+        return value
+    return dict(loaded)
+
+
+@contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns whenever it runs without a process group, which one process does by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _as_saved(key: str, t: torch.Tensor, member: SparseDictionary, mesh: Mesh | None
+              ) -> torch.Tensor:
+    """A tensor as the checkpoint holds it: latent-major (W_enc transposed, a view), and a
+    DTensor over the mesh when its latents are sharded."""
+    view = t.t() if key == "W_enc" else t
+    if mesh is None or mesh.tp == 1 or key not in SHARDED_DIM:
+        return view
+    shape = torch.Size((member.cfg.latents, *view.shape[1:]))
+    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous
+    return DTensor.from_local(view, mesh.device_mesh, [Replicate(), Shard(0)], run_check=False,
+                              shape=shape, stride=stride)
+
+
+def _ensure_adam_state(ensemble: Ensemble) -> None:
+    """Empty Adam state where a step has not made it yet (a load fills it in place)."""
+    for opt in ensemble.optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if not opt.state.get(p):
+                    opt.state[p] = {"step": torch.zeros((), device=p.device),
+                                    "exp_avg": torch.zeros_like(p),
+                                    "exp_avg_sq": torch.zeros_like(p)}
+
+
+def tensors(ensemble: Ensemble, meter: Meter, mesh: Mesh | None) -> dict[str, Any]:
+    """The checkpoint's tensors, sharing storage with the run's (so a load fills the run)."""
+    out: dict[str, Any] = {}
+    for i, (m, opt) in enumerate(zip(ensemble.members, ensemble.optimizers, strict=True)):
+        for key, t in m.state_dict().items():
+            out[f"m{i}.{key}"] = _as_saved(key, t, m, mesh)
+        for name, p in m.named_parameters():
+            state = opt.state[p]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                out[f"m{i}.adam.{name}.{moment}"] = _as_saved(name, state[moment], m, mesh)
+            out[f"m{i}.adam.{name}.step"] = state["step"]
+        out[f"m{i}.fired"] = _as_saved("tokens_since_fired", meter.fired[i], m, mesh)
+    return out
+
+
+def save(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None,
+         meta: dict[str, Any]) -> None:
+    """Every rank: write its share into a new directory, then rank 0 swaps it in."""
+    target = path(out)
+    tmp = Path(distributed.broadcast_object(
+        str(target.with_name(f".checkpoint.{uuid.uuid4().hex}.tmp"))))  # never another run's
+    state = tensors(ensemble, meter, mesh)
+    try:
+        with _single_process_ok():
+            dcp_save({**state, "meta": _blob({"version": VERSION, **meta})},
+                     checkpoint_id=str(tmp), no_dist=distributed.world_size() == 1)
+    except BaseException as e:
+        # torch.save's zip writer reports a full disk without its errno: judge by the space
+        # left, before the half-written checkpoint is removed (the last one stays intact)
+        needed = sum(t.numel() * t.element_size() for t in state.values()
+                     if isinstance(t, torch.Tensor))
+        full = _free(target.parent) < needed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full and not isinstance(e, KeyboardInterrupt | SystemExit):  # dcp's own error is
+            # a BaseException
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from e
+        raise
+    distributed.barrier()
+    if distributed.rank() == 0:
+        previous = _previous(out)
+        if previous.exists():
+            shutil.rmtree(previous)
+        if target.exists():
+            os.replace(target, previous)
+        os.replace(tmp, target)
+        shutil.rmtree(previous, ignore_errors=True)
+    distributed.barrier()
+
+
+def _free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
+def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig],
+              finished: bool = True) -> dict[str, Any]:
+    """The checkpoint's step, settings and positions, after checking it belongs to this run.
+    A final checkpoint is refused when the run `finished` (wrote its dictionaries)."""
+    where = found(out)
+    if where is None:
+        legacy = Path(out) / "checkpoint.pt"
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}" + (
+            f" ({legacy} was written by an older actstore and cannot be resumed)"
+            if legacy.exists() else ""))
+    holder: dict[str, Any] = {"meta": io.BytesIO()}
+    with _single_process_ok():
+        dcp_load(holder, checkpoint_id=str(where), no_dist=distributed.world_size() == 1)
+    state = _unblob(holder["meta"])
+    if state.get("version") != VERSION:
+        raise ValueError(f"{where}: checkpoint version {state.get('version')} is not {VERSION}")
+    _check_dictionaries(state["dictionaries"], [dataclasses.asdict(m) for m in members])
+    saved = state["config"]
+    changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
+               if k not in FREE_SETTINGS and saved.get(k) != v}
+    if changed:
+        raise ValueError(f"--resume: settings differ from the checkpoint's (saved, now): "
+                         f"{changed}; resume with the same settings")
+    steps = cfg.steps
+    if int(state["step"]) >= steps and finished:
+        raise ValueError(f"--resume: the run in {out} is finished ({state['step']} of {steps} "
+                         f"steps); its dictionaries are in {Path(out) / 'dictionaries'}. To "
+                         "train further, start a new run from them or with more --tokens in "
+                         "another --out")
+    return state
+
+
+def load_tensors(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None) -> None:
+    """Fill the run's parameters, buffers, Adam state and firing counts from the checkpoint,
+    resharded to this run's tp."""
+    where = found(out)
+    assert where is not None  # load_meta checked
+    _ensure_adam_state(ensemble)
+    with _single_process_ok():
+        dcp_load(tensors(ensemble, meter, mesh), checkpoint_id=str(where),
+                 no_dist=distributed.world_size() == 1)
+
+
+def _check_dictionaries(saved: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:
+    """Refuse a resume whose sweep is not the checkpoint's, naming what differs."""
+    if saved == now:
+        return
+    if len(saved) != len(now):
+        raise ValueError(f"--resume: the checkpoint holds {len(saved)} dictionaries "
+                         f"({_names(saved)}), this run asks for {len(now)} ({_names(now)}); "
+                         "resume with the same sweep")
+    diffs = [f"#{i} {k}: saved {a[k]!r}, now {b.get(k)!r}" for i, (a, b) in
+             enumerate(zip(saved, now, strict=True)) for k in a if a[k] != b.get(k)]
+    raise ValueError(f"--resume: the checkpoint's dictionaries differ ({'; '.join(diffs)}); "
+                     "this run cannot continue that one")
+
+
+def _names(members: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{m['arch']} n={m['latents']} {KNOB[m['arch']]}={m[KNOB[m['arch']]]}"
+                     for m in members)

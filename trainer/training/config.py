@@ -1,0 +1,238 @@
+"""`actstore train`'s one config: flags or a JSON/TOML file, checked before any work.
+
+A sweep is several values of `--latents`, `--k`, `--l1` or `--l0`: every combination becomes
+one member of an ensemble trained on the same stream of batches (the seed paper's sweeps).
+Checks that need the store (hook present, d_model, enough rows) are in `check_against`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, resolve_kernel
+
+Normalize = Literal["none", "scale", "center_scale"]
+#: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
+#: values) and DictionaryConfig (one value).
+KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k"}
+BiasInit = Literal["geometric_median", "mean", "zeros"]
+
+
+def default_lr(latents: int) -> float:
+    """Adam's learning rate for a dictionary of `latents`: 4e-4 at 16,384 latents, scaled by
+    1 / sqrt(latents). The scaling is Gao et al. 2024's ("Scaling and Evaluating Sparse
+    Autoencoders", appendix A: 2e-4 at 16,384); twice their rate won every run of
+    `benchmarks/schedule_sweep.py` (two stores, 1,024 and 4,096 latents, 32 to 512 steps) over
+    theirs, half of it and a fixed 2e-4 or 3e-4. Four times won too, by less as runs grew,
+    with more latents silent on held-out rows; runs longer than 512 steps were not swept, so
+    the rate stays nearer the published one (tables in trainer/README.md)."""
+    return float(4e-4 * (16384 / latents) ** 0.5)
+
+
+def default_warmup(steps: int) -> int:
+    """Warmup steps for a run of `steps`: 5% of it (at most 1000), so a short run reaches its
+    peak learning rate early instead of spending most of itself warming up."""
+    return min(1000, max(1, steps // 20))
+
+
+def default_dead_window(tokens: int, batch_size: int) -> int:
+    """Tokens after which a silent latent counts as dead: a tenth of the run (at least one
+    batch, at most 10M as Gao et al. 2024), so AuxK revives latents within short runs too and
+    `dead` is not 0 by construction."""
+    return min(10_000_000, max(batch_size, tokens // 10))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: a store, a hook, one dictionary or a sweep of them."""
+
+    store: str
+    """URL of a complete store."""
+    hook: str
+    """Hook (module path) whose activations are fitted."""
+    arch: Arch
+    """relu (the seed paper's L1 sparse coding), topk, batchtopk or jumprelu."""
+    latents: tuple[int, ...]
+    """Dictionary sizes (several: a sweep)."""
+    tokens: int
+    """Training tokens (rows) in all, across ranks."""
+    batch_size: int
+    """Global batch in rows, split evenly across ranks."""
+    out: str
+    """Local output directory: dictionaries, metrics, checkpoints, plots."""
+    k: tuple[int, ...] = ()
+    """Active latents per token (topk, batchtopk)."""
+    l1: tuple[float, ...] = ()
+    """L1 coefficients (relu)."""
+    l0: tuple[float, ...] = ()
+    """L0 coefficients (jumprelu)."""
+    resume: bool = False
+    """Continue from the checkpoint in `out`."""
+    overwrite: bool = False
+    """Start afresh in an `out` that holds another run (its files are replaced)."""
+    lr: float | None = None
+    """Adam learning rate after warmup (default: `default_lr`, 4e-4 * sqrt(16384 / latents)
+    per dictionary: Gao et al. 2024's scaling at twice their rate, from a sweep)."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warmup from 0, in steps (default: `default_warmup`, 5% of the
+    run, at most 1000)."""
+    decay_start: float = 0.8
+    """Fraction of the steps after which the learning rate decays linearly to 0."""
+    grad_clip: float | None = 1.0
+    """Clip each dictionary's gradient norm (None: no clipping)."""
+    seed: int = 0
+    """Seeds the parameters and the loader's order."""
+    normalize: Normalize = "scale"
+    """Input normalisation from the store's statistics (folded back on export)."""
+    bias_init: BiasInit = "geometric_median"
+    """Initial pre-encoder bias: geometric median or mean of a sample, or zeros."""
+    init_rows: int = 16384
+    """Rows sampled for the bias init."""
+    aux_coef: float = 1 / 32
+    """AuxK loss weight (topk, batchtopk)."""
+    dead_after_tokens: int | None = None
+    """A latent silent for this many tokens is dead (the `dead` metric, and AuxK's input)
+    (default: `default_dead_window`, a tenth of the run, at most 10M tokens)."""
+    holdout: float = 0.0
+    """Fraction of the store's shards (the last ones: whole contexts) never trained on, for
+    held-out scores (`actstore eval`, loss recovered); 0: train on every row."""
+    tp: int = 1
+    """Ranks each dictionary's latents are split over (latent sharding, for dictionaries
+    larger than one device); the world size must be a multiple, and dp = world size / tp ranks
+    read different batches. Any tp can resume another's checkpoint."""
+    kernel: Kernel = "auto"
+    """The training step: sparse (latents selected block by block, gradients through the
+    selected entries only; no (batch, latents) tensor) or dense (the plain PyTorch step). auto:
+    sparse for topk and batchtopk, dense for relu and jumprelu (whose codes are not chosen by
+    rank). Both give the same parameters within floating-point rounding."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """cuda (one GPU per rank, LOCAL_RANK) when available, else cpu."""
+    autocast: bool = True
+    """bf16 autocast of the forward pass on cuda (parameters and optimiser stay float32)."""
+    log_every: int = 50
+    """Steps between metric lines (metrics.jsonl)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (a multiple of log_every, so resume replays the same log)."""
+    eval_every: int = 0
+    """Steps between loss-recovered evaluations with the model spliced (0: at the end only)."""
+    eval_contexts: int = 16
+    """Contexts of the held-out slice for loss recovered (0: skip; needs the model)."""
+    shuffle_buffer: int = 1 << 18
+    """Loader shuffle window in rows (rounded down to a multiple of the per-rank batch)."""
+    read_threads: int = 4
+    """Loader threads reading and decoding chunks."""
+    progress: bool = True
+    """Progress bar on rank 0."""
+    plots: bool = True
+    """PNG plots of the curves and latent densities at the end."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
+            (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
+            (self.tokens >= 1 and self.batch_size >= 1, "--tokens and --batch-size must be >= 1"),
+            (self.tokens >= self.batch_size, f"--tokens ({self.tokens}) must be at least one "
+                                             f"batch ({self.batch_size})"),
+            ((self.lr is None or self.lr > 0)
+             and (self.warmup_steps is None or self.warmup_steps >= 0),
+             "--lr must be > 0, --warmup-steps >= 0"),
+            (0 <= self.decay_start <= 1, "--decay-start is a fraction in [0, 1]"),
+            (self.grad_clip is None or self.grad_clip > 0, "--grad-clip must be > 0"),
+            (self.tp >= 1, "--tp must be >= 1"),
+            (0 <= self.holdout < 1, "--holdout is a fraction in [0, 1)"),
+            (self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
+            (self.checkpoint_every % self.log_every == 0,
+             f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --log-every "
+             f"({self.log_every}), so a resumed run logs exactly what an uninterrupted one does"),
+            (self.eval_every >= 0 and self.eval_contexts >= 0, "eval settings must be >= 0"),
+            (self.init_rows >= 1 and (self.dead_after_tokens is None
+                                      or self.dead_after_tokens >= 1), "counts must be >= 1"),
+            (self.normalize in get_args(Normalize), f"--normalize: {get_args(Normalize)}"),
+            (self.bias_init in get_args(BiasInit), f"--bias-init: {get_args(BiasInit)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.kernel not in get_args(Kernel):
+            raise ValueError(f"--kernel must be one of {get_args(Kernel)}")
+        resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
+        name = KNOB[self.arch]
+        if not getattr(self, name):
+            raise ValueError(f"--arch {self.arch} needs --{name}")
+        for other in {"l1", "l0", "k"} - {name}:
+            if getattr(self, other):
+                raise ValueError(f"--{other} does not apply to --arch {self.arch}")
+        for n, k in itertools.product(self.latents, self.k):
+            if not 1 <= k <= n:
+                raise ValueError(f"--k {k} must be in [1, latents={n}]")
+
+    def dictionaries(self, d_model: int) -> list[DictionaryConfig]:
+        """One config per member of the sweep, in a fixed order."""
+        key = KNOB[self.arch]
+        sweep: tuple[Any, ...] = getattr(self, key)
+        return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
+                                 dead_after_tokens=self.dead_window, **{key: v})
+                for n, v in itertools.product(self.latents, sweep)]
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps of the run."""
+        return self.tokens // self.batch_size
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in effect (the flag, or `default_warmup`)."""
+        return default_warmup(self.steps) if self.warmup_steps is None else self.warmup_steps
+
+    @property
+    def dead_window(self) -> int:
+        """Tokens of silence after which a latent is dead (the flag, or the default)."""
+        return (default_dead_window(self.tokens, self.batch_size)
+                if self.dead_after_tokens is None else self.dead_after_tokens)
+
+    def lr_of(self, member: DictionaryConfig) -> float:
+        """The learning rate a member trains at (the flag, or `default_lr` of its size)."""
+        return default_lr(member.latents) if self.lr is None else self.lr
+
+    def schedule_warning(self) -> str | None:
+        """Why this schedule never reaches its peak learning rate, or None when it does."""
+        decay_from = int(self.decay_start * self.steps)
+        # the factor reaches 1 at step warmup - 1 (if the run gets there), and stays 1 until
+        # step decay_from
+        if self.warmup - 1 > min(decay_from, self.steps - 1):
+            return (f"warmup ({self.warmup} steps) ends after the decay starts (step "
+                    f"{decay_from} of {self.steps}): the learning rate never reaches its peak; "
+                    "lower --warmup-steps or raise --tokens")
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d
+                         and f.default is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"missing train settings {missing}")
+        tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
+                  for k, v in d.items() if k in ("latents", "k", "l1", "l0")}
+        return cls(**{**d, **tuples})
+
+    @classmethod
+    def from_file(cls, path: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """A JSON or TOML file of the same settings as the flags; `overrides` win."""
+        text = Path(path).read_text()
+        data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a table of settings")
+        return cls.from_dict({**data, **(overrides or {})})

@@ -1,0 +1,66 @@
+"""metrics.jsonl: one JSON object per logging step (and per evaluation), written by rank 0.
+
+    {"step": 50, "tokens": 204800, "lr": 1e-4, "time": 12.3,
+     "dictionaries": {"topk-n3072-k32": {"mse": ..., "fvu": ..., "l0": ..., "dead": ...}}}
+    {"step": 50, "eval": {"topk-n3072-k32": {"ce_clean": ..., "loss_recovered": ...}}}
+
+On resume, lines past the checkpoint's step (written by the interrupted run after its last
+checkpoint) are dropped, so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from actstore.store.location import Location
+
+FILE = "metrics.jsonl"
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    path = Path(out) / FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """Appends metric lines (a no-op on ranks other than 0)."""
+
+    def __init__(self, out: Path, names: Sequence[str], enabled: bool) -> None:
+        self.path, self.names, self.enabled = out / FILE, list(names), enabled
+        self._file: TextIO | None = None
+        self._start = time.perf_counter()
+
+    def open(self, resume_at: int) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_at and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_at]
+        Location.from_url(str(self.path.parent)).put(  # atomic: a crash keeps the old log
+            self.path.name, "".join(line + "\n" for line in kept).encode())
+        self._file = open(self.path, "a")  # noqa: SIM115 -- kept open for the run
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def write(self, step: int, tokens: int, lr: float,
+              metrics: Sequence[dict[str, float]]) -> None:
+        self._emit({"step": step, "tokens": tokens, "lr": lr,
+                    "time": round(time.perf_counter() - self._start, 3),
+                    "dictionaries": dict(zip(self.names, metrics, strict=True))})
+
+    def write_eval(self, step: int, results: Sequence[dict[str, float]]) -> None:
+        self._emit({"step": step, "eval": dict(zip(self.names, results, strict=True))})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

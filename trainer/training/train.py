@@ -1,0 +1,323 @@
+"""The training loop: one function for every launcher (plain process, torchrun, Ray Train).
+
+    store ──Loader(dp rank, dp)──▶ (B / dp, d) float32 batches, normalised, on this rank's device
+          (dp = world / tp: the tp ranks of a dp row read the same batches and hold slices of
+          every dictionary's latents; tp = 1 is plain data parallelism)
+          ──Ensemble.step──▶ every dictionary's forward, DDP-averaged backward, constrained step
+          ──Meter──▶ metrics.jsonl every `log_every` steps (rank 0), checkpoint every
+            `checkpoint_every`, loss recovered with the model spliced (rank 0)
+    end: per dictionary dictionaries/<name>/ (cfg.json + model.safetensors), its SAELens
+         export in dictionaries/<name>/saelens/ (and sparsify's in sparsify/ for TopK),
+         plots/*.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from actstore.loader import holdout
+from actstore.loader.loader import Loader, LoaderConfig
+from actstore.store.activation_store import ActivationStore
+from actstore.store.errors import StoreError
+from actstore.store.format import storage_numpy_dtype
+from actstore.store.ground_truth import TOY_MODEL, load_ground_truth
+from actstore.store.lock import JobLock
+from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from trainer.dictionary.export import export_saelens, export_sparsify, save_dictionary
+from trainer.dictionary.gather import gathered
+from trainer.evaluation.mmcs import mmcs, recovered
+from trainer.evaluation.splicer import Splicer
+from trainer.parallel import distributed
+from trainer.parallel.distributed import World
+from trainer.parallel.mesh import data_parallel, make_mesh
+from trainer.training import checkpoint, run_dir
+from trainer.training import memory as plan
+from trainer.training.config import TrainConfig
+from trainer.training.ensemble import Ensemble, adam, warmup_decay
+from trainer.training.logs import MetricsLog
+from trainer.training.metrics import Meter
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced."""
+
+    out: Path
+    """The output directory."""
+    steps: int
+    """Optimiser steps taken in all (including those before a resume)."""
+    tokens: int
+    """Training rows consumed across ranks, in all (including those before a resume)."""
+    tokens_this_run: int
+    """Rows consumed by this process's run (all of them unless it resumed)."""
+    seconds: float
+    """Wall time of this process's run."""
+    dictionaries: tuple[Path, ...]
+    """One directory per trained dictionary (written by rank 0)."""
+    final: tuple[dict[str, float], ...]
+    """Each dictionary's last logged metrics (and loss recovered when evaluated)."""
+
+
+def member_name(cfg: DictionaryConfig) -> str:
+    knob = {"relu": f"l1-{cfg.l1:g}", "jumprelu": f"l0-{cfg.l0:g}"}.get(cfg.arch, f"k{cfg.k}")
+    return f"{cfg.arch}-n{cfg.latents}-{knob}"
+
+
+def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
+    """Checks that need the store and the world size, before any work."""
+    dp = data_parallel(world.size, cfg.tp)
+    if cfg.hook not in store.layout.d_model:
+        raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
+                         f"{list(store.hooks)}")
+    problem = store.problem()
+    if problem is not None:
+        raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating it "
+                         "first")
+    if cfg.batch_size % dp:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
+                         f"{dp} data-parallel ranks")
+    if store.num_rows // dp < cfg.batch_size // dp:
+        raise ValueError(f"store {store.url} has {store.num_rows} rows: fewer than one batch "
+                         f"of {cfg.batch_size // dp} per data-parallel rank")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train `cfg`'s dictionaries; call it on every rank."""
+    world = distributed.setup(cfg.device)
+    try:
+        with run_dir.out_of_space(cfg.out):
+            return _Run(cfg, world).run()
+    finally:
+        distributed.teardown(world)
+
+
+class _Run:
+    """State of one run on one rank."""
+
+    def __init__(self, cfg: TrainConfig, world: World) -> None:
+        self.cfg, self.world = cfg, world
+        self.store = ActivationStore.open(cfg.store)
+        check_against(cfg, self.store, world)
+        d_model = self.store.layout.d_model[cfg.hook]
+        self.members = cfg.dictionaries(d_model)
+        self.mesh = make_mesh(world, cfg.tp)
+        problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
+                                   .itemsize, self.mesh.dp, world.device)
+        if problem:
+            raise ValueError(f"this run does not fit in memory: {problem}")
+        self.steps = cfg.steps
+        per_rank = cfg.batch_size // self.mesh.dp
+        self.split = holdout.split(self.store, cfg.holdout)
+        self.loader = Loader(LoaderConfig(
+            hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
+            shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
+            read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
+            normalize=cfg.normalize,
+            shards=self.split.train_shards), store=self.store, rank=self.mesh.dp_rank,
+            world_size=self.mesh.dp)
+        self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
+        warning = cfg.schedule_warning()
+        if warning and world.is_main:
+            print(f"actstore train: warning: {warning}", file=sys.stderr)
+        self.ensemble = Ensemble(self.members, adam(cfg.lr_of), seed=cfg.seed,
+                                 grad_clip=cfg.grad_clip,
+                                 schedule=warmup_decay(self.steps, cfg.warmup,
+                                                       cfg.decay_start),
+                                 kernel=cfg.kernel, mesh=self.mesh).to(world.device)
+        self.meter = Meter(self.ensemble.members, world.device, self.mesh)
+        self.names = [member_name(m) for m in self.members]
+        self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
+        self.step = 0
+        # a toy store has no model to splice into (its ground truth gives MMCS instead)
+        has_model = self.store.spec.model != TOY_MODEL
+        self.splicer = self._splicer() if cfg.eval_contexts and has_model else None
+
+    def _splicer(self) -> Splicer | None:
+        """The model for loss recovered, loaded at the start on the ranks of dp row 0 (rank 0,
+        or under latent sharding every tp rank there, since each holds a slice of the
+        dictionaries), so a model that cannot be loaded stops every rank before training
+        rather than at the end."""
+        error, splicer = None, None
+        if self.mesh.dp_rank == 0:
+            try:
+                first = holdout.first_held_out_context(self.store, self.split)
+                splicer = Splicer(self.store, self.cfg.hook, self.norm, self.cfg.eval_contexts,
+                                  self.world.device, first_context=first)
+            except Exception as e:  # reported on every rank below
+                error = f"{type(e).__name__}: {e}"
+        error = next((e for e in distributed.gather_objects(error) if e), None)
+        if error:
+            raise ValueError(f"loss recovered needs the store's model ({self.store.spec.model})"
+                             f", which failed to load: {error}; pass --eval-contexts 0 to "
+                             "train without it")
+        return splicer
+
+    def run(self) -> TrainResult:
+        start = time.perf_counter()
+        lock = self._claim()
+        try:
+            if self.cfg.resume:
+                self._restore()
+            else:
+                self._init_bias()
+            first = self.step
+            self.log.open(resume_at=self.step)
+            try:
+                if self.world.distributed:
+                    self.ensemble.distribute(self.world.device)
+                final = self._finish(self._loop())
+            finally:
+                self.log.close()
+        finally:
+            if lock is not None:
+                lock.release()
+        return TrainResult(Path(self.cfg.out), self.step, self.step * self.cfg.batch_size,
+                           (self.step - first) * self.cfg.batch_size,
+                           time.perf_counter() - start, final[0], final[1])
+
+    def _claim(self) -> JobLock | None:
+        """Rank 0 locks the run folder; a refusal stops every rank."""
+        error, lock = None, None
+        if self.world.is_main:
+            try:
+                lock = run_dir.claim(self.cfg)
+            except (StoreError, ValueError, FileNotFoundError) as e:
+                error = e
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise error
+        return lock
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        while True:  # epochs, from the loader's current position
+            for batch in self.loader:
+                yield batch.x[self.cfg.hook]
+
+    def _loop(self) -> list[dict[str, float]]:
+        cfg = self.cfg
+        last: list[dict[str, float]] = [{} for _ in self.members]
+        autocast = cfg.autocast and self.world.device.type == "cuda"
+        batches = self._batches()
+        bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.world.is_main))
+        with bar:
+            while self.step < self.steps:
+                x = next(batches)
+                self.meter.add(x, self.ensemble.step(x, autocast))
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.steps:
+                    last = self.meter.flush()
+                    self.log.write(self.step, self.step * cfg.batch_size, self._lr(), last)
+                    bar.set_postfix(fvu=f"{last[0]['fvu']:.3f}", l0=f"{last[0]['l0']:.1f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.steps:
+                    self._evaluate()
+                if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
+                    self._save()
+        return last
+
+    def _lr(self) -> float:
+        return float(self.ensemble.optimizers[0].param_groups[0]["lr"])
+
+    def _evaluate(self) -> list[dict[str, float]]:
+        results: list[dict[str, float]] = []
+        if self.splicer is not None:
+            results = self.splicer.evaluate(self.ensemble.members)
+            self.log.write_eval(self.step, results)
+        distributed.barrier()
+        return results
+
+    @torch.no_grad()
+    def _init_bias(self) -> None:
+        """b_dec at a centre of a sample spread over the training shards (the same rows on
+        every rank; the training shards are the store's first rows)."""
+        if self.cfg.bias_init == "zeros":
+            return
+        n, spots = self.store.layout.shard_rows_range(self.split.train[-1])[1], 16
+        each = max(1, min(self.cfg.init_rows, n) // spots)
+        parts = [self.store.read_torch(self.cfg.hook, a, min(a + each, n))
+                 for a in sorted({i * n // spots for i in range(spots)})]
+        sample = self.norm.apply(torch.cat(parts).float()).to(self.world.device)
+        for m in self.ensemble.members:
+            m.init_bias(sample, self.cfg.bias_init)
+
+    def _save(self) -> None:
+        loaders = distributed.gather_objects(self.loader.state_dict())
+        ensemble = self.ensemble
+        checkpoint.save(self.cfg.out, ensemble, self.meter, self.mesh, {
+            "step": self.step, "config": self.cfg.to_dict(),
+            "dictionaries": [dataclasses.asdict(m) for m in self.members],
+            "schedulers": [s.state_dict() for s in ensemble.schedulers],
+            "lrs": [[g["lr"] for g in o.param_groups] for o in ensemble.optimizers],
+            "loaders": loaders[::self.mesh.tp],  # one per dp row (its tp ranks read alike)
+            "meter_tokens": self.meter.tokens_total,
+            "rng": distributed.broadcast_object(checkpoint.rng_state())})
+
+    def _restore(self) -> None:
+        state = checkpoint.load_meta(self.cfg.out, self.cfg, self.members,
+                                     finished=run_dir.finished(self.cfg.out))
+        if len(state["loaders"]) != self.mesh.dp:
+            raise ValueError(f"--resume: the checkpoint was written with {len(state['loaders'])}"
+                             f" data-parallel ranks, this run has {self.mesh.dp}; resume with "
+                             "the same number of ranks / --tp (the batches would differ)")
+        checkpoint.load_tensors(self.cfg.out, self.ensemble, self.meter, self.mesh)
+        self.loader.load_state_dict(state["loaders"][self.mesh.dp_rank])
+        for sched, saved in zip(self.ensemble.schedulers, state["schedulers"], strict=True):
+            sched.load_state_dict(saved)
+        for opt, lrs in zip(self.ensemble.optimizers, state["lrs"], strict=True):
+            for group, lr in zip(opt.param_groups, lrs, strict=True):
+                group["lr"] = lr
+        self.meter.tokens_total = int(state["meter_tokens"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def _finish(self, last: list[dict[str, float]]
+                ) -> tuple[tuple[Path, ...], tuple[dict[str, float], ...]]:
+        from trainer.training.plots import plot_run  # matplotlib: imported only when a run ends
+
+        evals = self._evaluate() if self.cfg.eval_contexts else []  # every rank: it barriers
+        densities = self.meter.densities()
+        whole = [gathered(m) for m in self.ensemble.members]  # sharded: on tp rank 0
+        truth = load_ground_truth(self.store)  # toy stores: recovery of the known features
+        final = tuple({**m, **(evals[i] if evals else {}),
+                       **(_recovery(truth, w) if truth is not None and w is not None else {})}
+                      for i, (m, w) in enumerate(zip(last, whole, strict=True)))
+        dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
+        if self.world.is_main:
+            source = self._source()
+            for d, member, dens in zip(dirs, whole, densities, strict=True):
+                assert member is not None  # rank 0 is tp rank 0 of dp row 0
+                save_dictionary(d, member, self.norm, source)
+                export_saelens(d / "saelens", member, self.norm, source)
+                if member.cfg.arch == "topk":
+                    export_sparsify(d / "sparsify", member, self.norm)
+                torch.save(dens, d / "latent_density.pt")
+            if self.cfg.plots:
+                plot_run(Path(self.cfg.out), self.names, densities)
+            run_dir.mark_finished(self.cfg.out)
+        distributed.barrier()
+        return dirs, final
+
+    def _source(self) -> dict[str, Any]:
+        spec = self.store.spec
+        return {"store": self.store.url, "store_key": self.store.key, "hook": self.cfg.hook,
+                "model": spec.model, "model_revision": spec.model_revision,
+                "dataset": spec.dataset, "context_length": spec.context_length,
+                "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,
+                "train_config": self.cfg.to_dict()}
+
+
+def _recovery(truth: torch.Tensor, sae: SparseDictionary) -> dict[str, float]:
+    """MMCS of a dictionary's decoder against the store's ground truth, and the fraction of
+    features recovered (cosine > 0.9)."""
+    return {"mmcs": mmcs(truth, sae.W_dec.detach()),
+            "recovered_0.9": recovered(truth, sae.W_dec.detach())}
