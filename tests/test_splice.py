@@ -19,7 +19,8 @@ from tests.gen_fixtures import save_tiny, save_tiny_encoder
 from tests.test_train import config
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import load_dictionary
-from trainer.evaluation.splicer import Splicer, held_out_contexts
+from actstore.loader.holdout import held_out_contexts
+from trainer.evaluation.splicer import Splicer
 from trainer.training.logs import read_metrics
 from trainer.training.train import train
 

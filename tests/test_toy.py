@@ -20,8 +20,8 @@ from actstore.generate.toy import (
     probabilities,
     sample,
 )
+from actstore.loader.ground_truth import load_ground_truth
 from actstore.shell.main import main
-from actstore.store.ground_truth import load_ground_truth
 from trainer.evaluation.mmcs import mmcs, recovered
 
 

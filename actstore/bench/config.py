@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from actstore.model.device import resolve_device
 
 STAGES = ("generation", "store", "loader", "trainer")
 
@@ -71,8 +74,7 @@ class Plan:
 
 
 def resolve(cfg: BenchConfig) -> Plan:
-    device: Literal["cpu", "cuda"] = ("cuda" if torch.cuda.is_available() else "cpu") \
-        if cfg.device == "auto" else cfg.device
+    device = typing.cast(Literal["cpu", "cuda"], resolve_device(cfg.device))
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible here")
     gpu = device == "cuda"

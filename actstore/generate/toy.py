@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from actstore.loader.ground_truth import TOY_MODEL, save_ground_truth
 from actstore.store.activation_store import ActivationStore, RowIndex
-from actstore.store.ground_truth import TOY_MODEL, save_ground_truth
 from actstore.store.spec import Layout, StoreSpec
 from actstore.store.writer import write_shard
 

@@ -6,6 +6,7 @@ it), and the held-out slice.
           ──▶ loader.Loader: Batch(x={hook: (B, d)}, ...) normalised (Normalizer), state_dict()
     holdout.py: the train / held-out split by whole shards, the held-out rows
     shuffle_quality.py: how well a window mixes contexts (bench and tests)
+    ground_truth.py: the feature directions a toy store was made from (for MMCS)
 
 Public names (what `actstore.loader` has always exported): `Batch`, `EpochPlan`, `Loader`,
 `LoaderConfig`, `Normalizer`, `STATE_VERSION`, `selected_chunks`, `selected_rows`.

@@ -59,6 +59,20 @@ def first_held_out_context(store: ActivationStore, s: Split) -> int:
     return int(store.read_index(*last).context.max()) + 1
 
 
+def held_out_contexts(store: ActivationStore, n: int, first: int = 0) -> torch.Tensor:
+    """The last `n` full-length contexts of the store whose id is >= `first` (the held-out
+    slice's first context, `first_held_out_context`), (n, context_length) token ids."""
+    table = store.read_contexts(["context_id", "tokens"])
+    ids = table.column("context_id").to_pylist()
+    tokens = table.column("tokens").to_pylist()
+    full = [t for i, t in zip(ids, tokens, strict=True)
+            if i >= first and len(t) == store.spec.context_length][-n:]
+    if not full:
+        raise ValueError(f"store {store.url} has no full-length context to evaluate on"
+                         + (f" from context {first} on (the held-out slice)" if first else ""))
+    return torch.tensor(full, dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class HeldOutRows:
     """Held-out rows read in store order: activations and where each row came from."""

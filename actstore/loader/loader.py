@@ -183,10 +183,7 @@ class Loader:
         if missing:
             raise KeyError(f"hooks {missing} are not in store {store.url}; it has "
                            f"{list(store.hooks)}")
-        problem = store.problem()
-        if problem is not None:
-            raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating "
-                             "it first")
+        store.require_complete()
         self.total_rows = selected_rows(store, config.shards)
         if self.total_rows // world_size == 0:
             raise ValueError(f"{self.total_rows} rows cannot feed {world_size} ranks")

@@ -12,6 +12,6 @@
  location.Location (fsspec: file, memory, s3, gs): atomic put, exclusive create, range get
  shard_codec: ShardEncoder / ShardDecoder — zarr v3 sharding bytes, chunk-parallel
  format.py: array paths and dtypes; spec.py: StoreSpec (identity → key), Layout
- verify.py: checksums, integrity, exactly-once; ground_truth.py: a toy store's features
+ verify.py: checksums, integrity, exactly-once
  errors.py: what the store raises, and which faults pass (`transient`); processes.py: /proc
 """

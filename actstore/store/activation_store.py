@@ -10,7 +10,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,12 +22,11 @@ from numpy.typing import NDArray
 
 from actstore.store import format as fmt
 from actstore.store.errors import (
-    NO_SPACE_ERRNOS,
     CorruptChunkError,
     FormatError,
     SpecMismatchError,
-    StoreFullError,
     StoreNotFoundError,
+    full_disk,
 )
 from actstore.store.location import Location, access_errors
 from actstore.store.shard_codec import ChunkError
@@ -198,6 +197,13 @@ class ActivationStore:
                     "the same flags to rebuild it")
         return None
 
+    def require_complete(self) -> None:
+        """Refuse to read a store that is not complete (what training and loading need)."""
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(f"store {self.url} is incomplete ({problem}): finish generating "
+                             "it first")
+
     def commit_record(self, shard: int) -> dict[str, Any]:
         """The payload of a shard's commit marker (rows, objects with checksums, stats)."""
         meta = self.location.get_json(fmt.marker_key(fmt.COMMITS, shard))
@@ -334,16 +340,11 @@ class ActivationStore:
                                  f"in shard object {key} {e}")
 
 
-@contextlib.contextmanager
-def disk_full(url: str, what: str) -> Iterator[None]:
-    """Turn ENOSPC/EDQUOT into a StoreFullError that says nothing committed was lost."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in NO_SPACE_ERRNOS:
-            raise
-        raise StoreFullError(e.errno, f"{url}: no space left writing {what}; committed shards "
-                             "are intact and a rerun resumes once space is freed") from e
+def disk_full(url: str, what: str) -> contextlib.AbstractContextManager[None]:
+    """A full disk while writing `what` of the store at `url`: one StoreFullError that says
+    nothing committed was lost."""
+    return full_disk(lambda _: f"{url}: no space left writing {what}; committed shards are "
+                     "intact and a rerun resumes once space is freed")
 
 
 def read_root_attrs(loc: Location) -> dict[str, Any] | None:

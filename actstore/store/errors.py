@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 class StoreError(Exception):
@@ -82,3 +86,58 @@ def one_line(error: BaseException) -> str:
     """An error as one line: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "os error 28")
+LOW_SPACE = 1 << 20
+"""Free bytes below which a failed write is taken for a full disk: torch.save's zip writer and
+safetensors report one without its errno ("unexpected pos 704 vs 598")."""
+
+
+def no_space(e: BaseException, out: str | Path | None = None) -> str | None:
+    """What failed for lack of space behind `e` (its errno, found also inside
+    torch.distributed.checkpoint's per-rank `failures` or a chained exception, or its text),
+    or — when none says so — a folder left with under LOW_SPACE free; else None."""
+    found = _errno_or_text(e, 0)
+    if found is not None or out is None:
+        return found
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return None
+    return f"{type(e).__name__} with {free} bytes free" if free < LOW_SPACE else None
+
+
+def _errno_or_text(e: BaseException, depth: int) -> str | None:
+    if depth > 8:
+        return None
+    if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+        return str(e.filename or e.strerror)
+    if any(t in str(e) for t in _FULL_TEXT):
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    failures = getattr(e, "failures", None)
+    inner = list(failures.values()) if isinstance(failures, dict) else []
+    for nested in [*inner, e.__cause__, e.__context__]:
+        if isinstance(nested, BaseException) and (found := _errno_or_text(nested, depth + 1)):
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def full_disk(message: Callable[[str], str], folder: str | Path | None = None
+              ) -> Iterator[None]:
+    """A full disk (or quota) inside the block becomes one `StoreFullError` whose text is
+    `message(what failed)`: what survives and how to go on, instead of a traceback from deep
+    inside a writer. `folder`: also take a failure with under LOW_SPACE free there for one
+    (see `no_space`)."""
+    try:
+        yield
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is one
+        if isinstance(e, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        what = no_space(e, folder)
+        if what is None:
+            raise
+        code = e.errno if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS else \
+            errno.ENOSPC
+        raise StoreFullError(code, message(what)) from e

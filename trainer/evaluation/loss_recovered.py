@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from actstore.loader import holdout
+from actstore.loader.ground_truth import TOY_MODEL
 from actstore.loader.loader import Normalizer
 from actstore.model.hooks import Replace
 from actstore.store.activation_store import ActivationStore
-from actstore.store.ground_truth import TOY_MODEL
 from trainer.dictionary.dictionaries import SparseDictionary
 from trainer.evaluation import baselines
 from trainer.evaluation.splicer import Splicer

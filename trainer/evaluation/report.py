@@ -23,9 +23,9 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt
 import transformers
 
+from actstore.loader.ground_truth import TOY_MODEL
 from actstore.model.capture import model_path
 from actstore.store.activation_store import ActivationStore
-from actstore.store.ground_truth import TOY_MODEL
 from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.examples import (
     HIST_EDGES,

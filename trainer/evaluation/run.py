@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from actstore.loader import holdout
+from actstore.loader.ground_truth import load_ground_truth
+from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
-from actstore.store.ground_truth import load_ground_truth
 from trainer.dictionary.export import load_dictionary
 from trainer.evaluation import baselines
 from trainer.evaluation.config import EvalConfig, Member
@@ -148,7 +149,7 @@ def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: tor
 
 def evaluate(cfg: EvalConfig) -> Evaluation:
     """Score every dictionary of `cfg.run` and every baseline on the held-out slice."""
-    want = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    want = resolve_device(cfg.device)
     device = torch.device(want)
     members = load_run(cfg.run)
     hook = members[0].source["hook"]

@@ -19,26 +19,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from actstore.loader.holdout import held_out_contexts
 from actstore.loader.loader import Normalizer
 from actstore.model.capture import load_model
 from actstore.model.hooks import Replace, replaced
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import SparseDictionary
-
-
-def held_out_contexts(store: ActivationStore, n: int, first: int = 0) -> torch.Tensor:
-    """The last `n` full-length contexts of the store whose id is >= `first` (the held-out
-    slice's first context, see actstore.loader.holdout), (n, context_length) token ids."""
-    table = store.read_contexts(["context_id", "tokens"])
-    ids = table.column("context_id").to_pylist()
-    tokens = table.column("tokens").to_pylist()
-    full = [t for i, t in zip(ids, tokens, strict=True)
-            if i >= first and len(t) == store.spec.context_length][-n:]
-    if not full:
-        raise ValueError(f"store {store.url} has no full-length context to evaluate on"
-                         + (f" from context {first} on (the held-out slice)" if first else ""))
-    return torch.tensor(full, dtype=torch.long)
-
 
 #: Output elements (logits or final states) one evaluation chunk holds: 64 MB in float32, so
 #: a held-out slice of a 50k-vocabulary LM never holds (contexts, length, vocab) at once.

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from actstore.model.device import resolve_device
+
 
 @dataclass(frozen=True)
 class World:
@@ -41,7 +43,7 @@ class World:
 
 def wants_cuda(device: str) -> bool:
     """Whether `--device` (auto, cpu, cuda) means a GPU on this machine."""
-    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return resolve_device(device) == "cuda"
 
 
 def setup(device: str = "auto", timeout_s: float = 600) -> World:

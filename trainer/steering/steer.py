@@ -18,6 +18,7 @@ import transformers
 from torch import nn
 
 from actstore.model.capture import load_model, model_path
+from actstore.model.device import resolve_device
 from actstore.model.hooks import added
 from trainer.dictionary.export import load_dictionary
 
@@ -97,7 +98,7 @@ def steer(cfg: SteerConfig) -> tuple[str, str]:
     """(unsteered, steered) continuations of the prompt."""
     d = direction(cfg.dictionary, cfg.latent)
     name = cfg.model or d.model
-    want = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    want = resolve_device(cfg.device)
     model = load_model(name, d.revision, torch.float32, want)
     if not hasattr(model, "generate") or not model.can_generate():  # type: ignore[operator]
         raise ValueError(f"{name} is not a causal LM ({type(model).__name__}): steering needs "

@@ -10,7 +10,6 @@ A folder that already holds files is refused unless the run resumes its checkpoi
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import uuid
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from actstore.store import format as fmt
-from actstore.store.errors import NO_SPACE_ERRNOS, StoreFullError
+from actstore.store.errors import full_disk
 from actstore.store.location import Location
 from actstore.store.lock import JobLock
 from trainer.training import checkpoint
@@ -44,55 +43,14 @@ def mark_finished(out: str | Path) -> None:
 def out_of_space(out: str | Path) -> Iterator[None]:
     """A full disk (or quota) while the run folder is written: one error that says what
     survives and how to go on, instead of a traceback from deep inside a writer."""
-    try:
-        yield
-    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is one
-        if isinstance(e, KeyboardInterrupt | SystemExit | GeneratorExit):
-            raise
-        what = no_space(e, out)
-        if what is None:
-            raise
+    def then(what: str) -> str:
         kept = checkpoint.found(out)
-        then = (f"its last checkpoint ({kept}) is intact: free space and rerun with --resume"
-                if kept is not None else "nothing was checkpointed yet: free space and rerun with "
-                "--overwrite")
-        raise StoreFullError(errno.ENOSPC, f"--out {out}: no space left on the device ({what}); "
-                             f"{then}") from e
-
-
-_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "os error 28")
-LOW_SPACE = 1 << 20
-"""Free bytes below which a failed write is taken for a full disk: torch.save's zip writer and
-safetensors report one without its errno ("unexpected pos 704 vs 598")."""
-
-
-def no_space(e: BaseException, out: str | Path) -> str | None:
-    """What failed for lack of space behind `e` (its errno, found also inside
-    torch.distributed.checkpoint's per-rank `failures` or a chained exception, or its text),
-    or — when none says so — a folder left with under LOW_SPACE free; else None."""
-    found = _errno_or_text(e, 0)
-    if found is not None:
-        return found
-    try:
-        free = shutil.disk_usage(out).free
-    except OSError:
-        return None
-    return f"{type(e).__name__} with {free} bytes free" if free < LOW_SPACE else None
-
-
-def _errno_or_text(e: BaseException, depth: int) -> str | None:
-    if depth > 8:
-        return None
-    if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
-        return str(e.filename or e.strerror)
-    if any(t in str(e) for t in _FULL_TEXT):
-        return f"{type(e).__name__}: {str(e)[:200]}"
-    failures = getattr(e, "failures", None)
-    inner = list(failures.values()) if isinstance(failures, dict) else []
-    for nested in [*inner, e.__cause__, e.__context__]:
-        if isinstance(nested, BaseException) and (found := _errno_or_text(nested, depth + 1)):
-            return found
-    return None
+        go_on = (f"its last checkpoint ({kept}) is intact: free space and rerun with --resume"
+                 if kept is not None else "nothing was checkpointed yet: free space and rerun "
+                 "with --overwrite")
+        return f"--out {out}: no space left on the device ({what}); {go_on}"
+    with full_disk(then, out):
+        yield
 
 
 def prepare(out: Path) -> None:

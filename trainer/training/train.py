@@ -25,11 +25,11 @@ import torch
 from tqdm import tqdm
 
 from actstore.loader import holdout
+from actstore.loader.ground_truth import TOY_MODEL, load_ground_truth
 from actstore.loader.loader import Loader, LoaderConfig
 from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import StoreError
 from actstore.store.format import storage_numpy_dtype
-from actstore.store.ground_truth import TOY_MODEL, load_ground_truth
 from actstore.store.lock import JobLock
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import export_saelens, export_sparsify, save_dictionary
@@ -78,10 +78,7 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
     if cfg.hook not in store.layout.d_model:
         raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
                          f"{list(store.hooks)}")
-    problem = store.problem()
-    if problem is not None:
-        raise ValueError(f"store {store.url} is incomplete ({problem}): finish generating it "
-                         "first")
+    store.require_complete()
     if cfg.batch_size % dp:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
                          f"{dp} data-parallel ranks")
