@@ -44,7 +44,8 @@ status=0
 log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no nvidia-smi)"
 log "1/4 CUDA tests"
 timeout 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
-    tests/test_kernels.py tests/test_loader.py tests/test_train.py \
+    tests/trainer/dictionary/test_kernels.py tests/loader/test_loader.py \
+    tests/trainer/training/test_train.py \
     >"$RESULTS/tests.log" 2>&1 || { status=1; log "CUDA tests failed (tests.log)"; }
 tail -3 "$RESULTS/tests.log" | tee -a "$RESULTS/gpu.log"
 log "2/4 actstore bench --device cuda"

@@ -1,0 +1,150 @@
+"""The loader (actstore.loader.loader): exactly-once coverage across ranks, determinism,
+exact resume, errors, normalisation, CUDA delivery."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from actstore import ActivationStore, CorruptChunkError
+from actstore.loader.loader import Loader, LoaderConfig
+from actstore.store import format as fmt
+from tests.helpers import HOOKS, fill_store, new_store
+
+CFG = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=24, with_rows=True)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_row_once_per_epoch_across_ranks(store_url: str, world_size: int) -> None:
+    store = new_store(store_url)
+    want = fill_store(store)
+    rows, steps = [], set()
+    for rank in range(world_size):
+        loader = Loader(CFG, store=store, rank=rank, world_size=world_size)
+        batches = list(loader)
+        steps.add(len(batches))
+        assert len(batches) == len(loader)
+        for b in batches:
+            assert b.rows is not None
+            for hook in HOOKS:  # rows are aligned across hooks and equal the stored values
+                assert torch.equal(b.x[hook], want.activations[hook][b.rows].bfloat16())
+            rows.append(b.rows)
+    delivered = torch.cat(rows)
+    assert len(steps) == 1  # every rank runs the same number of steps: DDP cannot hang
+    assert len(set(delivered.tolist())) == len(delivered)  # no row twice
+    assert len(delivered) == store.num_rows - store.num_rows % world_size  # only the cut tail
+
+
+def test_same_seed_same_batches_other_seed_other_order(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"))
+    fill_store(store)
+    a = [b.rows for b in Loader(CFG, store=store)]
+    b = [b.rows for b in Loader(CFG, store=store)]
+    c = [b.rows for b in Loader(LoaderConfig(**{**CFG.__dict__, "seed": 1}), store=store)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    second_epoch = Loader(CFG, store=store)
+    list(second_epoch)
+    assert not torch.equal(next(iter(second_epoch)).rows, a[0])  # epochs reshuffle
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 4, 12, 13, 15])  # mid-window, window edge, epochs
+def test_resume_replays_the_exact_next_batches(store_url: str, stop_after: int) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    cfg = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=24, normalize="scale")
+
+    def stream(loader: Loader) -> itertools.chain[object]:
+        return itertools.chain.from_iterable(iter(loader) for _ in range(3))  # 3 epochs
+
+    reference = list(itertools.islice(stream(Loader(cfg, store=store, rank=1, world_size=2)),
+                                      stop_after + 5))
+    first = Loader(cfg, store=store, rank=1, world_size=2)
+    it = stream(first)
+    for _ in range(stop_after):
+        next(it)
+    state = first.state_dict()
+    resumed = Loader(cfg, store=ActivationStore.open(store_url), rank=1, world_size=2)
+    resumed.load_state_dict(state)
+    after = list(itertools.islice(stream(resumed), 5))
+    assert len(after) == len(reference[stop_after:]) == 5
+    for want, got in zip(reference[stop_after:], after, strict=True):
+        for hook in HOOKS:
+            assert torch.equal(want.x[hook], got.x[hook])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("field", "value", "world"), [
+    ("world_size", None, 4), ("seed", 7, 2), ("batch_size", 4, 2), ("shuffle_buffer", 48, 2)])
+def test_state_that_would_replay_other_batches_is_refused(tmp_path: Path, field: str,
+                                                          value: int | None, world: int) -> None:
+    store = new_store(str(tmp_path / "s"))
+    fill_store(store)
+    state = Loader(CFG, store=store, rank=0, world_size=2).state_dict()
+    other = CFG if value is None else dataclasses.replace(CFG, **{field: value})
+    mine = world if field == "world_size" else value
+    with pytest.raises(ValueError, match=rf"{field}={state[field]}.*{field}={mine}"):
+        Loader(other, store=store, rank=0, world_size=world).load_state_dict(state)
+    Loader(CFG, store=store, rank=0, world_size=2).load_state_dict(state)  # the same: accepted
+
+
+def test_drop_last_gives_full_batches_only(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"))
+    fill_store(store)
+    cfg = LoaderConfig(hooks=HOOKS, batch_size=16, shuffle_buffer=32, drop_last=True,
+                       with_rows=True)
+    batches = list(Loader(cfg, store=store, rank=0, world_size=3))  # 34 rows -> 2 batches
+    assert [len(b.rows) for b in batches] == [16, 16]  # type: ignore[arg-type]
+
+
+def test_corrupt_chunk_reaches_the_consumer_named(store_url: str) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    key = fmt.shard_key(fmt.activation_path(HOOKS[1]), 2)
+    blob = bytearray(store.location.get(key))
+    blob[20] ^= 0xFF
+    store.location.put(key, bytes(blob))
+    with pytest.raises(CorruptChunkError, match=rf"chunk 8 \(rows 64-71\).*{key}"):
+        list(Loader(CFG, store=ActivationStore.open(store_url)))
+
+
+def test_normalisation_from_store_statistics(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"), dtype="float32")
+    fill_store(store)
+    for mode in ("scale", "center_scale"):
+        cfg = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=104, normalize=mode)
+        x = torch.cat([b.x[HOOKS[0]] for b in Loader(cfg, store=store)]).double()
+        centred = x - x.mean(0) if mode == "center_scale" else x
+        assert (centred**2).sum(1).mean().item() == pytest.approx(12, rel=1e-5)
+        if mode == "center_scale":
+            assert x.mean(0).abs().max().item() < 1e-5
+
+
+def test_bad_requests_are_clear(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"))
+    fill_store(store, shards=[0])
+    with pytest.raises(ValueError, match="incomplete"):
+        Loader(CFG, store=store)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=20)
+    fill_store(store, shards=[1, 2, 3])
+    with pytest.raises(KeyError, match="not in store"):
+        Loader(LoaderConfig(hooks=("nope",), batch_size=8, shuffle_buffer=8), store=store)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_delivery_through_pinned_memory_is_exact(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"))
+    want = fill_store(store)
+    cfg = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=24, with_rows=True,
+                       device="cuda", dtype="float32")
+    for b in Loader(cfg, store=store):
+        assert b.rows is not None
+        got = b.x[HOOKS[0]]
+        assert got.device.type == "cuda"
+        assert got.dtype == torch.float32
+        assert torch.equal(got.cpu(), want.activations[HOOKS[0]][b.rows].bfloat16().float())

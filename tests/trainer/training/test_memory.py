@@ -1,0 +1,82 @@
+"""The memory model: `--plan` prints it without training, a run that cannot fit is refused
+up front naming what would fit, and its prediction matches a measured step's peak."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from actstore.shell.main import main
+from tests.helpers import HOOKS
+from trainer.training import memory as plan
+from trainer.training.config import TrainConfig
+from trainer.training.train import train
+
+GIB = 1 << 30
+
+
+def settings(store: str, out: Path, latents: int) -> list[str]:
+    return ["train", "--store", store, "--hook", HOOKS[0], "--arch", "topk", "--latents",
+            str(latents), "--k", "4", "--tokens", "64", "--batch-size", "16", "--out", str(out),
+            "--no-progress", "--eval-contexts", "0"]
+
+
+def test_plan_prints_the_parts_and_trains_nothing(store: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*settings(store, tmp_path / "run", 64), "--plan"]) == 0
+    out = capsys.readouterr().out
+    for part in ("parameters", "gradients", "optimizer", "step", "total", "free on cpu"):
+        assert part in out
+    assert out.strip().endswith("fits")
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_a_run_that_cannot_fit_is_refused_naming_what_would(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(plan, "available_bytes", lambda _device: 1 * GIB)
+    d = 12  # the fixture store's width
+    cfg = TrainConfig(store=store, hook=HOOKS[0], arch="topk", latents=(6_000_000,), k=(4,),
+                      tokens=64, batch_size=16, out=str(tmp_path / "run"))
+    need = [plan.run_memory(cfg, d, tp=t).total for t in (1, 2, 4, 8)]
+    assert need[1] > GIB >= need[2]  # tp=4 is the smallest that fits
+    with pytest.raises(ValueError, match="latents sharded over tp=4 devices"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before any work
+    code = main(settings(store, tmp_path / "run", 6_000_000))
+    assert code == 2
+    assert "does not fit in memory" in capsys.readouterr().err
+
+
+def test_the_largest_batch_that_fits_is_named(store: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = TrainConfig(store=store, hook=HOOKS[0], arch="relu", latents=(200_000,), l1=(0.1,),
+                      tokens=8192, batch_size=4096, out=str(tmp_path / "run"))
+    fits = plan.run_memory(cfg, 12, batch=1024).total
+    monkeypatch.setattr(plan, "available_bytes", lambda _device: fits)
+    assert plan.run_memory(cfg, 12, batch=2048).total > fits
+    problem = plan.fit_problem(cfg, 12, 2, 1, torch.device("cuda"))
+    assert problem is not None
+    assert "--batch-size 1024" in problem
+
+
+@pytest.mark.parametrize(("kernel", "batch"), [("sparse", 1024), ("dense", 512)])
+def test_prediction_within_20_percent_of_a_measured_step(kernel: str, batch: int) -> None:
+    """One training step (AuxK on) in a fresh process: its resident-set peak, less the
+    process's size before the dictionary, against the model."""
+    latents, d = 65536, 256
+    argv = [sys.executable, "-m", "benchmarks.large_dictionary", "--child-latents",
+            str(latents), "--child-kernel", kernel, "--batch", str(batch), "--d", str(d),
+            "--k", "32", "--steps", "1", "--warmup", "1", "--device", "cpu"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).parents[3])
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    predicted = plan.dictionary_memory(d=d, latents=latents, k=32, batch=batch,
+                                       kernel=kernel)  # type: ignore[arg-type]
+    assert 0.8 <= predicted.total / measured["peak_bytes"] <= 1.2, (predicted, measured)
