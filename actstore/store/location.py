@@ -10,6 +10,7 @@ memory filesystem from its own `xb` mode.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -102,8 +103,18 @@ class Location:
         return bytes(self.fs.cat_file(self.path(rel)))
 
     def get_range(self, rel: str, start: int, end: int | None = None) -> bytes:
-        """Bytes [start, end) of an object; a negative start counts from its end."""
-        return bytes(self.fs.cat_file(self.path(rel), start=start, end=end))
+        """Bytes [start, end) of an object; a negative start counts from its end. An empty
+        range is empty on every backend (s3fs would answer `start == end` with the whole
+        object, and a start past the end with EINVAL)."""
+        if end is not None and start >= 0 and end <= start:
+            self.size(rel)  # a missing object is still FileNotFoundError
+            return b""
+        try:
+            return bytes(self.fs.cat_file(self.path(rel), start=start, end=end))
+        except OSError as e:  # asked only after a failure: no extra request per read
+            if e.errno == errno.EINVAL and start >= 0 and start >= self.size(rel):
+                return b""
+            raise
 
     def get_json(self, rel: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.get(rel))
