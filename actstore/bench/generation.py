@@ -105,8 +105,9 @@ def timed_bare(worker: ShardWorker, shards: list[int]) -> float:
 def best_of(worker: ShardWorker, shards: list[int], rounds: int, seconds: float = 0.0
             ) -> tuple[float, float, int]:
     """Seconds of the bare forward passes and of the pipeline over `shards`, alternated, the
-    best of each over at least `rounds` rounds and `seconds` of each (a single pass varies by
-    ±15% on a VM); returns (bare, pipeline, rounds run)."""
+    best of each over at least `rounds` rounds and `seconds` of each (a single pass on a VM
+    varies from run to run: benchmarks/README.md, section `actstore bench`); returns (bare,
+    pipeline, rounds run)."""
     bare, pipeline, spent, done = float("inf"), float("inf"), 0.0, 0
     while done < rounds or spent < 2 * seconds:
         b, p = timed_bare(worker, shards), timed_pipeline(worker, shards)

@@ -14,4 +14,7 @@
  format.py: array paths and dtypes; spec.py: StoreSpec (identity → key), Layout
  verify.py: checksums, integrity, exactly-once
  errors.py: what the store raises, and which faults pass (`transient`); processes.py: /proc
+
+Public names: the top-level `actstore` re-exports them (ActivationStore, StoreSpec, Layout,
+RowIndex, JobLock, ShardWriter, write_shard, verify, HookStats, the errors).
 """

@@ -1,7 +1,7 @@
 """ActivationStore: open or create a store by URL, and read everything downstream needs.
 
 Writing goes through `writer.ShardWriter` (one whole shard at a time, committed with a marker)
-and `writer.JobLock` (one generation job per store). See docs/FORMAT.md for the layout.
+and `lock.JobLock` (one generation job per store). See docs/FORMAT.md for the layout.
 """
 
 from __future__ import annotations

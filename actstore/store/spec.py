@@ -129,7 +129,8 @@ def _check_choice(name: str, value: object, choices: Any) -> None:
 
 @dataclass(frozen=True)
 class Codec:
-    """Lossless compressor applied to each chunk inside a shard (chosen by benchmarks/store)."""
+    """Lossless compressor applied to each chunk inside a shard (chosen by
+    benchmarks/store_codecs.py: benchmarks/README.md, section `store_codecs.py`)."""
 
     name: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
     """Compressor family."""

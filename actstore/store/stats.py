@@ -27,8 +27,8 @@ class HookStats:
         """Statistics of a (n, d_model) array or tensor (bf16 included), accumulated in float64.
 
         Converted a block of rows at a time: a cache-sized float64 copy is as exact as a whole
-        one, and torch's kernels made this 4x faster than numpy's on a shard (measured with
-        benchmarks/store_codecs.py data), so statistics no longer slow the writer down.
+        one, and torch's kernels do it several times faster than numpy's (benchmarks/README.md,
+        section `store_codecs.py`), so statistics do not slow the writer down.
         """
         x = torch.as_tensor(rows)
         if x.ndim != 2:

@@ -242,7 +242,7 @@ class SparseDictionary(nn.Module):
 
     def _forward_sparse(self, x: torch.Tensor) -> Output:
         """The same pass without (batch, latents) tensors: latents selected block by block,
-        gradients only through the selected entries (trainer/kernels)."""
+        gradients only through the selected entries (trainer/dictionary/kernels)."""
         cfg, batch, n = self.cfg, x.shape[0], self.local_latents
         xc = self.into_shards(x - self.b_dec)
         k, top = cfg.k or 1, cfg.arch == "topk"
@@ -291,7 +291,7 @@ class SparseDictionary(nn.Module):
         self.tokens_since_fired.add_(tokens * distributed.group_size(group))
         self.tokens_since_fired.masked_fill_(fired, 0)
 
-    # --- where latent sharding (trainer/sharding) hooks in; identities for one shard ------
+    # --- where latent slicing (dictionary/slices.py) hooks in; identities for one shard ---
 
     def into_shards(self, xc: torch.Tensor) -> torch.Tensor:
         """The centred input as every shard takes it (its gradient: the sum of theirs)."""

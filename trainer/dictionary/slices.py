@@ -15,7 +15,7 @@ its own winners (`winners`); the partial reconstructions and penalties are summe
 (`over_shards`: `sum_over_shards`), and the input's gradient is summed back (`into_shards`:
 `copy_to_shards`), so every parameter gets exactly the unsharded gradient of its slice.
 Gradients are averaged over dp only (DDP over the dp group). Tested against the unsharded
-dictionary (tests/test_sharding.py).
+dictionary (tests/trainer/dictionary/test_slices.py).
 """
 
 from __future__ import annotations

@@ -27,11 +27,10 @@ BiasInit = Literal["geometric_median", "mean", "zeros"]
 def default_lr(latents: int) -> float:
     """Adam's learning rate for a dictionary of `latents`: 4e-4 at 16,384 latents, scaled by
     1 / sqrt(latents). The scaling is Gao et al. 2024's ("Scaling and Evaluating Sparse
-    Autoencoders", appendix A: 2e-4 at 16,384); twice their rate won every run of
-    `benchmarks/schedule_sweep.py` (two stores, 1,024 and 4,096 latents, 32 to 512 steps) over
-    theirs, half of it and a fixed 2e-4 or 3e-4. Four times won too, by less as runs grew,
-    with more latents silent on held-out rows; runs longer than 512 steps were not swept, so
-    the rate stays nearer the published one (tables in trainer/README.md)."""
+    Autoencoders", appendix A: 2e-4 at 16,384); in `benchmarks/schedule_sweep.py` twice their
+    rate beat theirs, half of it and fixed rates, and four times won by less as runs grew and
+    lost latents, so the default stays nearer the published rate for runs longer than the
+    sweep (benchmarks/README.md, section `schedule_sweep.py`)."""
     return float(4e-4 * (16384 / latents) ** 0.5)
 
 

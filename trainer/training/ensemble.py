@@ -29,8 +29,9 @@ def adam(lr: float | Callable[[DictionaryConfig], float] = 1e-4,
     """Adam for each member, at `lr` or at `lr(member config)` (a rate per dictionary size)."""
     def make(sae: SparseDictionary) -> torch.optim.Optimizer:
         rate = lr(sae.cfg) if callable(lr) else lr
-        # fused: one kernel per step and no parameter-sized temporaries (5.7x faster than the
-        # default on CPU for 100M parameters); parameters must be on the device already
+        # fused: one kernel per step and no parameter-sized temporaries (far faster than the
+        # default on CPU: benchmarks/README.md, section `large_dictionary.py`); parameters
+        # must be on the device already
         fused = next(sae.parameters()).device.type in ("cpu", "cuda")
         return torch.optim.Adam(sae.parameters(), lr=rate, betas=betas, fused=fused)
     return make

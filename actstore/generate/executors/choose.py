@@ -5,7 +5,7 @@ explicit `--workers`/`--cpus-per-worker`, or a machine with several GPUs runs on
 one per GPU. Any other job runs one worker in this process (`--executor auto`): on one GPU Ray
 adds only its fixed cost (start, actor processes importing torch and loading the model again,
 shut down), and on CPU one process using every core outran one 1-thread Ray worker per core at
-every size measured (benchmarks/README.md, "Generation").
+every size measured (benchmarks/README.md, section `generate_throughput.py`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One `ShardWorker` in this process: what a job on one device runs by default (Ray would add
-only its fixed cost there; benchmarks/README.md has the measurements)."""
+only its fixed cost there: benchmarks/README.md, section `generate_throughput.py`)."""
 
 from __future__ import annotations
 

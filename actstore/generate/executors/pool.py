@@ -1,6 +1,6 @@
 """The driver's loop over a store's missing shards, whatever runs them: Ray actors
-(`ray_pool.RayPool`) or `ShardWorker`s in this process (`LocalPool`, for local jobs too small to
-repay Ray's start-up, and for machines without Ray).
+(`ray_pool.RayPool`) or `ShardWorker`s in this process (`local.LocalPool`, for local jobs too
+small to repay Ray's start-up, and for machines without Ray).
 
 Each worker gets two shards at a time, so one computes while the other compresses and uploads.
 A shard whose write failed on a passing fault (an S3 hiccup) goes again after an exponential

@@ -63,7 +63,8 @@ def _probe(address: str, source: str, timeout_s: float) -> None:
 
 def plan_workers(cfg: GenerateConfig, cpus: float, gpus: float) -> WorkerPlan:
     """GPU: one worker per GPU. CPU: workers x threads = the cores Ray has, by default
-    `DEFAULT_CPU_THREADS` threads per worker (measured best on CPU, benchmarks/README.md)."""
+    `DEFAULT_CPU_THREADS` threads per worker (the CPU layouts measured: benchmarks/README.md,
+    section `generate_throughput.py`)."""
     device, _ = device_and_dtype(cfg)
     if device == "cuda":
         n = cfg.workers or max(1, int(gpus))

@@ -1,7 +1,7 @@
 """Run shards on a pool of Ray actors: one per GPU (or N CPU actors), elastic and idempotent.
 
-Each actor loads the model once and takes shards from the driver's queue (`shard_pool`). When
-an actor dies (process killed, node lost), its in-flight shards are queued again and a
+Each actor loads the model once and takes shards from the driver's queue (`pool.ShardPool`).
+When an actor dies (process killed, node lost), its in-flight shards are queued again and a
 replacement starts; a shard that keeps killing workers fails the run after `max_retries`.
 """
 

@@ -21,8 +21,8 @@ from typing import NamedTuple, Protocol
 import torch
 
 #: Pre-activations in one (batch, latent block) tile: 32 M elements, 128 MB in float32. Wide
-#: enough that torch.topk runs near its per-element speed (it costs ~2.5x more per element on
-#: 1,024-wide rows than on 16,384-wide ones, measured on this project's CPU).
+#: enough that torch.topk runs near its per-element speed (narrow rows cost it more per element:
+#: benchmarks/README.md, section `large_dictionary.py`).
 BLOCK_ELEMENTS = 1 << 25
 
 
