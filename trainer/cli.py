@@ -13,11 +13,21 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from actstore.shell.flags import Command, field_help, run_command
+from actstore.shell.flags import Command, Flag, add_fields, run_command
 from trainer.training.config import TrainConfig
 
-#: Flags whose values are lists (a sweep): repeat or give several values.
-_LISTS = {"latents": int, "k": int, "l1": float, "l0": float}
+#: The flags in --help's order: what a run needs, its sweep, its numbers, its choices, switches.
+_ORDER = ("store", "hook", "arch", "latents", "k", "l1", "l0", "tokens", "batch_size", "lr",
+          "warmup_steps", "decay_start", "grad_clip", "seed", "init_rows", "aux_coef",
+          "dead_after_tokens", "log_every", "checkpoint_every", "eval_every", "eval_contexts",
+          "shuffle_buffer", "read_threads", "tp", "holdout", "out", "normalize", "bias_init",
+          "kernel", "device", "resume", "overwrite", "autocast", "progress", "plots")
+#: The fields whose several values are a sweep (one dictionary per combination).
+_SWEEPS = ("latents", "k", "l1", "l0")
+_SWEEP = Flag(extra="; several values: a sweep, one dictionary each")
+_SWITCHES = {"autocast": Flag(help="no bf16 autocast on cuda (train in float32)"),
+             "progress": Flag(help="no progress bar"),
+             "plots": Flag(help="no PNG plots at the end")}
 
 
 def add_train_parser(sub: Any) -> None:
@@ -29,39 +39,11 @@ def add_train_parser(sub: Any) -> None:
 def add_arguments(t: argparse.ArgumentParser) -> None:
     """Every flag defaults to None: only flags given on the command line override the file
     (the defaults shown are TrainConfig's)."""
-    def h(name: str, extra: str = "") -> str:
-        return field_help(TrainConfig, name, extra, required="required: a flag or in --config")
     t.add_argument("--config", help="JSON or TOML file of these settings, by field name "
                    "(flags given as well override it)")
-    t.add_argument("--store", help=h("store"))
-    t.add_argument("--hook", help=h("hook"))
-    t.add_argument("--arch", choices=["relu", "topk", "batchtopk", "jumprelu"], help=h("arch"))
-    for name, kind in _LISTS.items():
-        t.add_argument(f"--{name}", type=kind, nargs="+",
-                       help=h(name, "; several values: a sweep, one dictionary each"))
-    for name, kind in (("tokens", int), ("batch_size", int), ("lr", float),
-                       ("warmup_steps", int), ("decay_start", float), ("grad_clip", float),
-                       ("seed", int), ("init_rows", int), ("aux_coef", float),
-                       ("dead_after_tokens", int), ("log_every", int),
-                       ("checkpoint_every", int), ("eval_every", int), ("eval_contexts", int),
-                       ("shuffle_buffer", int), ("read_threads", int), ("tp", int),
-                       ("holdout", float)):
-        t.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help=h(name))
-    t.add_argument("--out", help=h("out"))
-    t.add_argument("--normalize", choices=["none", "scale", "center_scale"],
-                   help=h("normalize"))
-    t.add_argument("--bias-init", choices=["geometric_median", "mean", "zeros"],
-                   help=h("bias_init"))
-    t.add_argument("--kernel", choices=["auto", "dense", "sparse"], help=h("kernel"))
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help=h("device"))
-    t.add_argument("--resume", action="store_true", default=None, help=h("resume"))
-    t.add_argument("--overwrite", action="store_true", default=None, help=h("overwrite"))
-    t.add_argument("--no-autocast", action="store_false", dest="autocast", default=None,
-                   help="no bf16 autocast on cuda (train in float32)")
-    t.add_argument("--no-progress", action="store_false", dest="progress", default=None,
-                   help="no progress bar")
-    t.add_argument("--no-plots", action="store_false", dest="plots", default=None,
-                   help="no PNG plots at the end")
+    add_fields(t, TrainConfig, only=_ORDER, overlay=True,
+               required="required: a flag or in --config",
+               overrides={**dict.fromkeys(_SWEEPS, _SWEEP), **_SWITCHES})
     t.add_argument("--plan", action="store_true", default=None,
                    help="print the memory each device needs (parameters, gradients, Adam, "
                    "the step's buffers), what is free and what would fit; then exit "
@@ -125,7 +107,7 @@ def _is_main() -> bool:
 
 
 RESUME_HINT = ("rerun the same command with --resume to continue from the last checkpoint")
-COMMAND = Command("train", add_train_parser, run_from_args, RESUME_HINT)
+COMMAND = Command("train", add_train_parser, run_from_args, RESUME_HINT, config=TrainConfig)
 """`actstore train` (registered as an `actstore.commands` entry point)."""
 
 

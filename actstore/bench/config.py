@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 from actstore.model.device import resolve_device
 
-STAGES = ("generation", "store", "loader", "trainer")
+Stage = Literal["generation", "store", "loader", "trainer"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
 
 #: A random-initialised model of a known shape: `random:<shape>` in `--model`.
 RANDOM_PREFIX = "random:"
@@ -38,10 +39,11 @@ class BenchConfig:
     latents: tuple[int, ...] | None = None
     """Dictionary sizes of the trainer ladder (default: 2048 8192 on cpu, 2048 with --quick;
     24576 131072 1048576 on cuda)."""
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[Stage, ...] = STAGES
     """Stages to run, in this order."""
     quick: bool = False
-    """Smaller everything: under 2 minutes on a 2-core CPU."""
+    """Smaller everything, for a quick look (how long each mode takes: benchmarks/README.md,
+    section `actstore bench`)."""
     seconds: float = 3.0
     """Each timed measurement repeats until it has run at least this long."""
 

@@ -16,6 +16,7 @@ rows) for MMCS. The store's key covers every knob, so the same settings reuse th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ class ToyConfig:
     """Rows (activations) in the store."""
     seed: int = 0
     """Seeds the features and the rows."""
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage dtype: float32, bfloat16 or float16."""
 
     def __post_init__(self) -> None:
@@ -114,7 +115,7 @@ def spec_of(cfg: ToyConfig) -> StoreSpec:
              f"correlation={cfg.correlation:g},rows={cfg.rows},seed={cfg.seed}")
     return StoreSpec(model=TOY_MODEL, hooks=(HOOK,), dataset=f"toy:{knobs}", context_length=CONTEXT,
                      tokenizer="none", tokenizer_hash="0" * 16, bos_policy="none",
-                     dtype=cfg.dtype)  # type: ignore[arg-type]
+                     dtype=cfg.dtype)
 
 
 def make_toy_store(cfg: ToyConfig) -> ActivationStore:

@@ -10,7 +10,8 @@ from typing import Any
 
 from actstore.generate.config import GenerateConfig, GenerateResult
 from actstore.generate.pipeline import generate
-from actstore.shell.flags import Command, field_help
+from actstore.generate.toy import HOOK, ToyConfig, make_toy_store
+from actstore.shell.flags import Command, Flag, add_fields, from_flags
 from actstore.shell.summary import describe, scan_stores, summary_line
 from actstore.store.activation_store import ActivationStore
 from actstore.store.location import Location
@@ -118,93 +119,57 @@ def _add_generate(sub: Any) -> None:
                        description="Run a model over a corpus and fill a store, resumably, "
                        "with Ray workers (or in this process when Ray would not pay, see "
                        "--executor); the same spec again reuses the store.")
-
-    def h(name: str, extra: str = "") -> str:
-        return field_help(GenerateConfig, name, extra)
-    g.add_argument("--model", required=True, help=h("model"))
-    g.add_argument("--hook", action="append", required=True, dest="hooks",
-                   help=h("hooks", "; repeat the flag for several"))
-    g.add_argument("--dataset", required=True, help=h("dataset"))
-    g.add_argument("--out", required=True, help=h("out"))
-    for name, kind in (("context_length", int), ("max_tokens", int), ("revision", str),
-                       ("dataset_revision", str), ("split", str), ("text_column", str)):
-        g.add_argument(f"--{name.replace('_', '-')}", type=kind, help=h(name),
-                       default=getattr(GenerateConfig, name, None))
-    g.add_argument("--bos", choices=["keep", "drop", "none"], default="keep", help=h("bos"))
-    g.add_argument("--context-policy", choices=["pack", "truncate"], default="pack",
-                   help=h("context_policy"))
-    g.add_argument("--store-dtype", choices=["bfloat16", "float16", "float32"],
-                   default="bfloat16", help=h("store_dtype"))
-    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help=h("dtype"))
-    g.add_argument("--device", choices=["cuda", "cpu"], help=h("device"))
-    g.add_argument("--workers", type=int, help=h("workers"))
-    g.add_argument("--cpus-per-worker", type=float, help=h("cpus_per_worker"))
-    g.add_argument("--batch-size", type=int, default=8, help=h("batch_size"))
-    g.add_argument("--shard-mib", type=int, default=256, help=h("shard_mib"))
-    g.add_argument("--address", help=h("address"))
-    g.add_argument("--executor", choices=["auto", "ray", "local"], default="auto",
-                   help=h("executor"))
-    g.add_argument("--max-retries", type=int, default=3, help=h("max_retries"))
-    g.add_argument("--no-progress", action="store_false", dest="progress",
-                   help="no progress bar")
-    g.add_argument("--verify", action="store_true", help=h("verify"))
+    add_fields(g, GenerateConfig, skip={"storage_options"}, overrides={
+        "hooks": Flag(names=("--hook",), repeat=True, extra="; repeat the flag for several"),
+        "progress": Flag(help="no progress bar")})
 
 
 def _add_toy(sub: Any) -> None:
-    from actstore.generate.toy import ToyConfig
-
     t = sub.add_parser("toy", help="write a store of synthetic activations with known "
                        "ground-truth features (for MMCS)",
                        description="Write a store of sparse non-negative mixtures of random "
                        "unit directions (Sharkey et al. 2022's toy data), with the directions "
                        "saved beside it as ground_truth.safetensors; the same flags again "
                        "reuse the store.")
-    t.add_argument("--out", required=True, help=field_help(ToyConfig, "out"))
-    for name, kind in (("d", int), ("features", int), ("active", float), ("decay", float),
-                       ("correlation", float), ("rows", int), ("seed", int)):
-        t.add_argument(f"--{name}", type=kind, default=getattr(ToyConfig, name),
-                       help=field_help(ToyConfig, name))
-    t.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help=field_help(ToyConfig, "dtype"))
+    add_fields(t, ToyConfig)
 
 
 def run_toy(args: dict[str, Any]) -> int:
-    from actstore.generate.toy import HOOK, ToyConfig, make_toy_store
-
-    cfg = ToyConfig(**args)
+    cfg = from_flags(ToyConfig, args)
     store = make_toy_store(cfg)
     print(f"done: {store.url}: {store.num_rows} rows of d={cfg.d} (hook {HOOK!r}), "
           f"{cfg.features} ground-truth features, {cfg.active:g} active per row on average")
     return 0
 
 
+#: `--json` for the fields that print JSON (`json` itself is a module's name in Python).
+_JSON = Flag(names=("--json",))
+
+
 def _add_info(sub: Any) -> None:
-    info = sub.add_parser("info", help="describe a store")
-    info.add_argument("url", help=field_help(InfoConfig, "url"))
-    info.add_argument("--json", action="store_true", dest="as_json",
-                      help=field_help(InfoConfig, "as_json"))
+    add_fields(sub.add_parser("info", help="describe a store"), InfoConfig,
+               overrides={"url": Flag(names=("url",)), "as_json": _JSON})
 
 
 def _add_verify(sub: Any) -> None:
-    ver = sub.add_parser("verify", help="read every chunk and check exactly-once coverage")
-    ver.add_argument("url", help=field_help(VerifyConfig, "url"))
-    ver.add_argument("--partial", action="store_true", help=field_help(VerifyConfig, "partial"))
+    add_fields(sub.add_parser("verify", help="read every chunk and check exactly-once coverage"),
+               VerifyConfig, overrides={"url": Flag(names=("url",))})
 
 
 def _add_ls(sub: Any) -> None:
-    ls = sub.add_parser("ls", help="list stores under a root")
-    ls.add_argument("root", help=field_help(LsConfig, "root"))
-    ls.add_argument("--json", action="store_true", dest="as_json",
-                    help=field_help(LsConfig, "as_json"))
+    add_fields(sub.add_parser("ls", help="list stores under a root"), LsConfig,
+               overrides={"root": Flag(names=("root",)), "as_json": _JSON})
 
 
 COMMANDS = (
-    Command("info", _add_info, lambda args: run_info(InfoConfig(**args))),
-    Command("verify", _add_verify, lambda args: run_verify(VerifyConfig(**args))),
-    Command("ls", _add_ls, lambda args: run_ls(LsConfig(**args))),
+    Command("info", _add_info, lambda args: run_info(from_flags(InfoConfig, args)),
+            config=InfoConfig),
+    Command("verify", _add_verify, lambda args: run_verify(from_flags(VerifyConfig, args)),
+            config=VerifyConfig),
+    Command("ls", _add_ls, lambda args: run_ls(from_flags(LsConfig, args)), config=LsConfig),
     Command("generate", _add_generate,
-            lambda args: run_generate(GenerateConfig(**{**args, "hooks": tuple(args["hooks"])})),
-            "rerun the same command to resume"),
-    Command("toy", _add_toy, run_toy),
+            lambda args: run_generate(from_flags(GenerateConfig, args)),
+            "rerun the same command to resume", config=GenerateConfig),
+    Command("toy", _add_toy, run_toy, config=ToyConfig),
 )
 """In the order `actstore --help` lists them."""

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from actstore.shell.flags import Command, field_help
+from actstore.shell.flags import Command, Flag, add_fields, field_help, from_flags
 from trainer.evaluation.config import EvalConfig
+
+#: The flags in --help's order: what to score, how many rows, the baselines, where it runs.
+_ORDER = ("run", "out", "store", "ica_rows", "rows", "fit_rows", "top", "show", "window",
+          "splice_contexts", "seed", "ks", "ica", "on_training_rows", "device")
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -17,25 +21,10 @@ def add_eval_parser(sub: Any) -> None:
         "between dictionary sizes; loss recovered with each reconstruction spliced into the "
         "model; the top-activating contexts of a sample of latents. Writes "
         "eval.json, latents.json, report.md, frontier.png and a self-contained index.html.")
-
-    def h(name: str) -> str:
-        return field_help(EvalConfig, name)
-    e.add_argument("--run", "--run-dir", dest="run", required=True,
-                   help=h("run") + "; spell it --run-dir under torchrun, whose own parser "
-                   "takes --run for its --run-path")
-    e.add_argument("--out", required=True, help=h("out"))
-    e.add_argument("--store", help=h("store"))
-    e.add_argument("--ica-rows", type=int, help=h("ica_rows"))
-    for name, kind in (("rows", int), ("fit_rows", int), ("top", int), ("show", int),
-                       ("window", int), ("splice_contexts", int), ("seed", int)):
-        e.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name,
-                       default=getattr(EvalConfig, name), help=h(name))
-    e.add_argument("--ks", type=int, nargs="+", default=list(EvalConfig.ks), help=h("ks"))
-    e.add_argument("--ica", choices=["logcosh", "cube", "none"], default="logcosh",
-                   help=h("ica"))
-    e.add_argument("--on-training-rows", action="store_true", help=h("on_training_rows"))
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help=h("device"))
+    add_fields(e, EvalConfig, only=_ORDER, overrides={"run": Flag(
+        names=("--run", "--run-dir"),
+        help=field_help(EvalConfig, "run") + "; spell it --run-dir under torchrun, whose own "
+        "parser takes --run for its --run-path")})
 
 
 def run_eval(args: dict[str, Any]) -> int:
@@ -48,7 +37,7 @@ def run_eval(args: dict[str, Any]) -> int:
     from trainer.evaluation.run import evaluate
     from trainer.parallel import distributed
 
-    cfg = EvalConfig(**{**args, "ks": tuple(args["ks"])})
+    cfg = from_flags(EvalConfig, args)
     world = distributed.setup(cfg.device)
     try:
         ev = evaluate(cfg)
@@ -66,5 +55,5 @@ def run_eval(args: dict[str, Any]) -> int:
     return 0
 
 
-COMMAND = Command("eval", add_eval_parser, run_eval)
+COMMAND = Command("eval", add_eval_parser, run_eval, config=EvalConfig)
 """`actstore eval` (registered as an `actstore.commands` entry point)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actstore.shell.flags import Command, field_help
+from actstore.shell.flags import Command, add_fields, from_flags
 from trainer.steering.steer import SteerConfig, steer
 
 
@@ -14,24 +14,11 @@ def add_steer_parser(sub: Any) -> None:
         description="Add SCALE times latent I's decoder direction (raw activation units) to "
         "the hooked module's output while the dictionary's causal LM continues a prompt; "
         "prints the unsteered and the steered continuations.")
-
-    def h(name: str) -> str:
-        return field_help(SteerConfig, name)
-    s.add_argument("--dictionary", required=True, help=h("dictionary"))
-    s.add_argument("--latent", type=int, required=True, help=h("latent"))
-    s.add_argument("--scale", type=float, required=True, help=h("scale"))
-    s.add_argument("--prompt", required=True, help=h("prompt"))
-    s.add_argument("--max-new-tokens", type=int, default=SteerConfig.max_new_tokens,
-                   help=h("max_new_tokens"))
-    s.add_argument("--model", help=h("model"))
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help=h("device"))
-    s.add_argument("--sample", action="store_true", help=h("sample"))
-    s.add_argument("--seed", type=int, default=0, help=h("seed"))
+    add_fields(s, SteerConfig)
 
 
 def run_steer(args: dict[str, Any]) -> int:
-    cfg = SteerConfig(**args)
+    cfg = from_flags(SteerConfig, args)
     plain, steered = steer(cfg)
     print(f"prompt:    {cfg.prompt}")
     print(f"unsteered: {plain}")
@@ -39,5 +26,5 @@ def run_steer(args: dict[str, Any]) -> int:
     return 0
 
 
-COMMAND = Command("steer", add_steer_parser, run_steer)
+COMMAND = Command("steer", add_steer_parser, run_steer, config=SteerConfig)
 """`actstore steer` (registered as an `actstore.commands` entry point)."""
