@@ -4,6 +4,8 @@ Hook points are module paths as in `model.named_modules()` of the class the chec
 (`transformer.h.6` for GPT-2, `model.layers.12` for Llama, `encoder.layer.3` for BERT/MiniLM);
 a base-model path (`h.6`) is accepted too. The captured value is the module's output, or its
 first element when the module returns a tuple (transformers 5 blocks return plain tensors).
+`MODULE:input` captures what the module receives instead (its first positional argument): an
+MLP's input, where no module outputs it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from actstore.store.errors import StoreError
 
 class UnknownHookError(StoreError, ValueError):
     """A hook name is not a module of the model."""
+
+
+#: The suffix of a hook that reads a module's input instead of its output.
+INPUT = ":input"
+
+
+def hook_module(hook: str) -> tuple[str, bool]:
+    """The module path a hook names, and whether it reads the module's input."""
+    if hook.endswith(INPUT):
+        return hook[: -len(INPUT)], True
+    return hook, False
 
 
 class _StopForward(Exception):
@@ -73,12 +86,17 @@ def resolve_hooks(model: nn.Module, hooks: Sequence[str]) -> tuple[str, ...]:
     valid, prefix = set(names), getattr(model, "base_model_prefix", "")
     resolved = []
     for hook in hooks:
-        if hook in valid:
-            resolved.append(hook)
-        elif f"{prefix}.{hook}" in valid:
-            resolved.append(f"{prefix}.{hook}")
+        module, reads_input = hook_module(hook)
+        if ":" in module:
+            raise UnknownHookError(f"hook {hook!r}: the only suffix a hook takes is {INPUT} "
+                                   "(the module's input); without it, its output")
+        suffix = INPUT if reads_input else ""
+        if module in valid:
+            resolved.append(module + suffix)
+        elif f"{prefix}.{module}" in valid:
+            resolved.append(f"{prefix}.{module}{suffix}")
         else:
-            near = difflib.get_close_matches(hook, names, n=6, cutoff=0.6)
+            near = difflib.get_close_matches(module, names, n=6, cutoff=0.6)
             raise UnknownHookError(
                 f"hook {hook!r} is not a module of {type(model).__name__}; closest: "
                 f"{near or names[:8]} (all names: model.named_modules())")
@@ -92,8 +110,8 @@ def load_model(model: str, revision: str | None, dtype: torch.dtype,
     cls: Any = type(skeleton(load_config(model, revision)))
     loaded = cls.from_pretrained(model_path(model), revision=revision, dtype=dtype)
     if getattr(loaded.config, "use_cache", None):
-        # one forward per batch, never a second: a KV cache is work thrown away (py-spy: ~3%
-        # of a small GPT-2's generation time went to filling it)
+        # one forward per batch, never a second: a KV cache is work thrown away (profiled:
+        # benchmarks/README.md, section `generate_throughput.py`)
         loaded.config.use_cache = False
     return loaded.to(device).eval()  # type: ignore[no-any-return]
 
@@ -116,7 +134,8 @@ def _activations(name: str, output: Any) -> torch.Tensor:
 
 
 class Capture:
-    """Forward hooks on the given modules; `run` returns their outputs and stops early.
+    """Forward hooks on the given modules; `run` returns their outputs (or, for `:input`
+    hooks, inputs) and stops early.
 
     The execution order of the hooked modules is learned from a 2-token probe on first use,
     so the pass stops after whichever runs last, whatever the architecture.
@@ -128,15 +147,33 @@ class Capture:
         self._outputs: dict[str, torch.Tensor] = {}
         self._order: list[str] = []
         self._last: str | None = None
-        self._handles = [modules[h].register_forward_hook(self._hook(h)) for h in self.hooks]
+        self._handles = []
+        for h in self.hooks:
+            module, reads_input = hook_module(h)
+            self._handles.append(
+                modules[module].register_forward_pre_hook(self._input_hook(h), with_kwargs=True)
+                if reads_input else modules[module].register_forward_hook(self._hook(h)))
+
+    def _seen(self, name: str, value: torch.Tensor) -> None:
+        self._outputs[name] = value.detach()
+        if self._last is None:  # the probe: learn the order once, not on every pass
+            self._order.append(name)
+        elif name == self._last and len(self._outputs) == len(self.hooks):
+            raise _StopForward
 
     def _hook(self, name: str) -> Any:
         def fn(_module: nn.Module, _args: Any, output: Any) -> None:
-            self._outputs[name] = _activations(name, output).detach()
-            if self._last is None:  # the probe: learn the order once, not on every pass
-                self._order.append(name)
-            elif name == self._last and len(self._outputs) == len(self.hooks):
-                raise _StopForward
+            self._seen(name, _activations(name, output))
+        return fn
+
+    def _input_hook(self, name: str) -> Any:
+        def fn(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise UnknownHookError(
+                    f"hook {name!r}: the module gets no tensor as its first positional "
+                    f"argument (keywords: {sorted(kwargs)}); hook the output of the module "
+                    "that feeds it instead")
+            self._seen(name, args[0])
         return fn
 
     def _probe(self, device: torch.device) -> None:
@@ -157,8 +194,9 @@ class Capture:
                 raise UnknownHookError(f"hook {name!r} runs {runs} times per forward pass (a "
                                        "shared module): hook a module that runs once")
             if len(shape) != 3 or shape[:2] != PROBE:
+                what = "receives" if hook_module(name)[1] else "outputs"
                 raise UnknownHookError(
-                    f"hook {name!r} outputs shape {shape} for input {PROBE}, not (batch, "
+                    f"hook {name!r} {what} shape {shape} for input {PROBE}, not (batch, "
                     "tokens, width): hook a module with one activation per token (a block, its "
                     "attention or MLP, a norm)")
         self._last = self._order[-1]

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from actstore.model.capture import hook_module
+
 Replace = Callable[[torch.Tensor], torch.Tensor]
 """A function of a module's output activations, same shape."""
 
@@ -33,11 +35,32 @@ def replaced(module: nn.Module, replace: Replace) -> Iterator[None]:
 
 
 @contextmanager
-def added(model: nn.Module, hook: str, vector: torch.Tensor) -> Iterator[None]:
-    """Within the block, `vector` is added to module `hook`'s output activations at every
-    position."""
+def replaced_input(module: nn.Module, replace: Replace) -> Iterator[None]:
+    """Within the block, `module` receives `replace(its first positional argument)`."""
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (replace(args[0]), *args[1:])
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def replaced_at(model: nn.Module, hook: str, replace: Replace) -> Iterator[None]:
+    """Within the block, the activations hook `hook` names (a module's output, or with
+    `:input` its input) are `replace(them)`."""
+    name, reads_input = hook_module(hook)
     modules = dict(model.named_modules())
-    if hook not in modules:
+    if name not in modules:
         raise KeyError(f"hook {hook!r} is not a module of {type(model).__name__}")
-    with replaced(modules[hook], lambda x: x + vector.to(x.dtype)):
+    with (replaced_input if reads_input else replaced)(modules[name], replace):
+        yield
+
+
+@contextmanager
+def added(model: nn.Module, hook: str, vector: torch.Tensor) -> Iterator[None]:
+    """Within the block, `vector` is added to the activations hook `hook` names at every
+    position."""
+    with replaced_at(model, hook, lambda x: x + vector.to(x.dtype)):
         yield

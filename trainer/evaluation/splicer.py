@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from actstore.loader.holdout import held_out_contexts
 from actstore.loader.loader import Normalizer
 from actstore.model.capture import load_model
-from actstore.model.hooks import Replace, replaced
+from actstore.model.hooks import Replace, replaced_at
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import SparseDictionary
 
@@ -40,7 +40,7 @@ class Splicer:
                  device: torch.device, *, first_context: int = 0) -> None:
         spec = store.spec
         self.model = load_model(spec.model, spec.model_revision, torch.float32, device)
-        self.module = dict(self.model.named_modules())[hook]
+        self.hook = hook
         self.ids = held_out_contexts(store, contexts, first_context).to(device)
         self.norm, self.skip_first = norm, spec.bos_policy == "drop"
         with torch.inference_mode():
@@ -64,7 +64,7 @@ class Splicer:
                 if self.skip_first:
                     new[:, 0] = h[:, 0]
                 return new
-            with replaced(self.module, keep_skipped):
+            with replaced_at(self.model, self.hook, keep_skipped):
                 out = self.model(input_ids=ids)
         logits = getattr(out, "logits", None)
         self._is_lm = logits is not None
