@@ -22,7 +22,7 @@ from actstore.store.activation_store import ActivationStore
 
 
 @dataclass(frozen=True)
-class Split:
+class Partition:
     """Which shards train and which are held out."""
 
     train: tuple[int, ...]
@@ -36,7 +36,7 @@ class Split:
         return self.train if self.held_out else None
 
 
-def split(store: ActivationStore, fraction: float) -> Split:
+def partition(store: ActivationStore, fraction: float) -> Partition:
     """Hold out the last ceil(fraction · shards) shards (none when fraction is 0)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"holdout must be a fraction in [0, 1), got {fraction}")
@@ -47,10 +47,10 @@ def split(store: ActivationStore, fraction: float) -> Split:
             f"store {store.url} has {shards} shard(s): holding out {fraction:.0%} would leave "
             "none to train on; regenerate it with smaller shards (actstore generate "
             "--shard-mib) or train without --holdout")
-    return Split(tuple(range(shards - held)), tuple(range(shards - held, shards)))
+    return Partition(tuple(range(shards - held)), tuple(range(shards - held, shards)))
 
 
-def first_held_out_context(store: ActivationStore, s: Split) -> int:
+def first_held_out_context(store: ActivationStore, s: Partition) -> int:
     """Smallest context id none of whose rows is in a training shard (0 when nothing is held
     out, or nothing trains)."""
     if not s.train or not s.held_out:
@@ -83,7 +83,7 @@ class HeldOutRows:
     """Store row number of each row, int64."""
 
 
-def held_out_batches(store: ActivationStore, hook: str, s: Split, max_rows: int,
+def held_out_batches(store: ActivationStore, hook: str, s: Partition, max_rows: int,
                      batch_rows: int = 1 << 14) -> Iterator[HeldOutRows]:
     """Up to `max_rows` rows of whole held-out contexts, in batches. Rows inside a shard were
     shuffled at write time, so the first rows of a shard are a random sample of its contexts."""
@@ -105,7 +105,7 @@ def held_out_batches(store: ActivationStore, hook: str, s: Split, max_rows: int,
                 left -= len(keep)
 
 
-def training_sample(store: ActivationStore, hook: str, s: Split, max_rows: int,
+def training_sample(store: ActivationStore, hook: str, s: Partition, max_rows: int,
                     block: int = 1 << 14, *, rank: int = 0, world: int = 1
                     ) -> Iterator[torch.Tensor]:
     """Up to `max_rows` rows of the training shards as float32 batches, in blocks spread

@@ -17,8 +17,8 @@ from tests.helpers import HOOKS, fill_store, straddling_store
 def test_loader_reads_only_the_training_shards_once_per_epoch(tmp_path: Path) -> None:
     store = straddling_store(str(tmp_path / "s"))
     want = fill_store(store)
-    s = holdout.split(store, 0.3)
-    assert s == holdout.Split((0, 1), (2, 3))
+    s = holdout.partition(store, 0.3)
+    assert s == holdout.Partition((0, 1), (2, 3))
     for world_size in (1, 2):
         rows = []
         for rank in range(world_size):
@@ -35,7 +35,7 @@ def test_loader_reads_only_the_training_shards_once_per_epoch(tmp_path: Path) ->
 def test_held_out_rows_are_whole_contexts_never_trained_on(tmp_path: Path) -> None:
     store = straddling_store(str(tmp_path / "s"))
     want = fill_store(store)
-    s = holdout.split(store, 0.3)
+    s = holdout.partition(store, 0.3)
     ctx = want.index.context
     trained = set(ctx[:60].tolist())
     batches = list(holdout.held_out_batches(store, HOOKS[0], s, max_rows=1000, batch_rows=7))
@@ -53,12 +53,12 @@ def test_held_out_rows_are_whole_contexts_never_trained_on(tmp_path: Path) -> No
 def test_bad_holdouts_are_refused(tmp_path: Path) -> None:
     store = straddling_store(str(tmp_path / "s"))
     fill_store(store)
-    assert holdout.split(store, 0.0) == holdout.Split((0, 1, 2, 3), ())
-    assert holdout.split(store, 0.0).train_shards is None
+    assert holdout.partition(store, 0.0) == holdout.Partition((0, 1, 2, 3), ())
+    assert holdout.partition(store, 0.0).train_shards is None
     with pytest.raises(ValueError, match="none to train on"):
-        holdout.split(store, 0.8)
+        holdout.partition(store, 0.8)
     with pytest.raises(ValueError, match="nothing is held out"):
-        next(holdout.held_out_batches(store, HOOKS[0], holdout.split(store, 0.0), 10))
+        next(holdout.held_out_batches(store, HOOKS[0], holdout.partition(store, 0.0), 10))
     with pytest.raises(ValueError, match=r"shards \[7\] are not in store"):
         Loader(LoaderConfig(hooks=HOOKS, batch_size=6, shuffle_buffer=12, shards=(0, 7)),
                store=store)
@@ -67,7 +67,7 @@ def test_bad_holdouts_are_refused(tmp_path: Path) -> None:
     b = Loader(LoaderConfig(hooks=HOOKS, batch_size=6, shuffle_buffer=12), store=store)
     with pytest.raises(ValueError, match="shards"):
         b.load_state_dict(a.state_dict())  # another slice: the batches would differ
-    assert np.array_equal(holdout.split(store, 0.01).held_out, (3,))  # at least one shard
+    assert np.array_equal(holdout.partition(store, 0.01).held_out, (3,))  # at least one shard
 
 
 HOOK = HOOKS[0]  # d_model 12
@@ -78,9 +78,9 @@ def test_training_sample_ranks_cover_the_sample_once(tmp_path: Path) -> None:
 
     store = straddling_store(str(tmp_path / "s"))
     fill_store(store)
-    split = holdout.split(store, 0.5)
-    whole = torch.cat(list(holdout.training_sample(store, HOOK, split, 50, block=7)))
-    parts = [torch.cat(list(holdout.training_sample(store, HOOK, split, 50, block=7, rank=r,
+    part = holdout.partition(store, 0.5)
+    whole = torch.cat(list(holdout.training_sample(store, HOOK, part, 50, block=7)))
+    parts = [torch.cat(list(holdout.training_sample(store, HOOK, part, 50, block=7, rank=r,
                                                     world=3))) for r in range(3)]
     assert 30 < len(whole) <= 50  # up to 50: blocks are cut at shard ends
     assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, whole.tolist()))

@@ -9,7 +9,7 @@ tensor-parallel ranks (`slices`, `gather`).
         sparse step (topk, batchtopk): kernels/ selects tile by tile, decodes the selection
       ──▶ Output: reconstruction, codes, loss terms (MSE, sparsity, AuxK)
     initialisation.py: decoder directions in seeded blocks, b_dec at the data's centre
-    slices.ShardedDictionary: the same passes on this tp rank's latents (parallel.ops)
+    slices.SlicedDictionary: the same passes on this tp rank's latents (parallel.ops)
       ──▶ gather.gathered: the whole dictionary on rank 0
       ──▶ export.py: save_dictionary / load_dictionary, export_saelens, export_sparsify
 """

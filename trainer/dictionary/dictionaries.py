@@ -115,14 +115,14 @@ class SparseDictionary(nn.Module):
     """Per latent, tokens since it last fired (dead latents, AuxK)."""
 
     def __init__(self, cfg: DictionaryConfig, generator: torch.Generator | None = None,
-                 kernel: Kernel = "auto", shard: tuple[int, int] | None = None) -> None:
-        """`shard`: the [start, stop) of the latents this module holds (latent sharding);
+                 kernel: Kernel = "auto", latent_slice: tuple[int, int] | None = None) -> None:
+        """`latent_slice`: the [start, stop) of the latents this module holds (latent slicing);
         they are initialised exactly as the same rows of the whole dictionary."""
         super().__init__()
         self.cfg = cfg
         self.kernel = resolve_kernel(cfg.arch, kernel)
         d = cfg.d_model
-        self.start, self.stop = shard or (0, cfg.latents)
+        self.start, self.stop = latent_slice or (0, cfg.latents)
         n = self.stop - self.start
         seed = (generator.initial_seed() if generator is not None
                 else int(torch.randint(0, 2**62, ()).item()))
@@ -140,16 +140,16 @@ class SparseDictionary(nn.Module):
 
     @property
     def local_latents(self) -> int:
-        """Latents this module holds (all of them unless sharded)."""
+        """Latents this module holds (all of them unless sliced)."""
         return self.stop - self.start
 
     # --- the maps ---------------------------------------------------------------------------
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return self.into_shards(x - self.b_dec) @ self.W_enc + self.b_enc
+        return self.into_slices(x - self.b_dec) @ self.W_enc + self.b_enc
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.over_shards(z @ self.W_dec) + self.b_dec
+        return self.over_slices(z @ self.W_dec) + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes at inference (batchtopk uses its learned threshold, not the batch)."""
@@ -188,7 +188,7 @@ class SparseDictionary(nn.Module):
         if top:
             sel = self.winners(sel, k, by_row=True)
         codes = torch.relu(sel.values)
-        x_hat = self.over_shards(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
+        x_hat = self.over_slices(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
         live = codes > 0
         return x_hat, kernels.from_sorted(sel.rows[live], sel.cols[live], codes[live], len(x))
 
@@ -214,10 +214,10 @@ class SparseDictionary(nn.Module):
         mse = ((x_hat - x) ** 2).sum(-1).mean()
         terms = {"mse": mse}
         if arch == "relu":
-            terms["l1_loss"] = self.cfg.l1 * self.over_shards(z.abs().sum(-1)).mean()
+            terms["l1_loss"] = self.cfg.l1 * self.over_slices(z.abs().sum(-1)).mean()
         elif arch == "jumprelu":
             l0 = step(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
-            terms["l0_loss"] = self.cfg.l0 * self.over_shards(l0.sum(-1)).mean()
+            terms["l0_loss"] = self.cfg.l0 * self.over_slices(l0.sum(-1)).mean()
         else:
             terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
         self._track(fired, x.shape[0])
@@ -244,12 +244,12 @@ class SparseDictionary(nn.Module):
         """The same pass without (batch, latents) tensors: latents selected block by block,
         gradients only through the selected entries (trainer/dictionary/kernels)."""
         cfg, batch, n = self.cfg, x.shape[0], self.local_latents
-        xc = self.into_shards(x - self.b_dec)
+        xc = self.into_slices(x - self.b_dec)
         k, top = cfg.k or 1, cfg.arch == "topk"
         main: kernels.Accumulator = (kernels.RowTopK(batch, k, x.device) if top
                                      else kernels.BatchTopK(batch, n, k * batch, x.device))
         dead = self.dead_mask()
-        k_aux = min(cfg.aux_k or 2 * k, int(self.over_shards(dead.sum())))
+        k_aux = min(cfg.aux_k or 2 * k, int(self.over_slices(dead.sum())))
         accs = [main] + ([kernels.RowTopK(batch, k_aux, x.device, dead)] if k_aux else [])
         found = kernels.select(xc.detach(), self.W_enc, self.b_enc, accs)
         sels = [self.winners(found[0], k if top else k * batch, by_row=top)]
@@ -257,10 +257,10 @@ class SparseDictionary(nn.Module):
             sels.append(self.winners(found[1], k_aux, by_row=True))
         codes = [torch.relu(v) for v in kernels.selected(xc, self.W_enc, self.b_enc, sels)]
         decoded = kernels.decode(sels, codes, self.W_dec)
-        x_hat = self.over_shards(decoded[0]) + self.b_dec
+        x_hat = self.over_slices(decoded[0]) + self.b_dec
         terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
         if k_aux:  # AuxK: the dead latents' top k_aux reconstruct the residual
-            aux_err = self.over_shards(decoded[1]) - (x - x_hat).detach()
+            aux_err = self.over_slices(decoded[1]) - (x - x_hat).detach()
             terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
         sel, z = sels[0], codes[0]
         fired = selection_counts(sel.cols, z.detach() > 0, n)
@@ -291,20 +291,20 @@ class SparseDictionary(nn.Module):
         self.tokens_since_fired.add_(tokens * distributed.group_size(group))
         self.tokens_since_fired.masked_fill_(fired, 0)
 
-    # --- where latent slicing (dictionary/slices.py) hooks in; identities for one shard ---
+    # --- where latent slicing (dictionary/slices.py) hooks in; identities for one slice ---
 
-    def into_shards(self, xc: torch.Tensor) -> torch.Tensor:
-        """The centred input as every shard takes it (its gradient: the sum of theirs)."""
+    def into_slices(self, xc: torch.Tensor) -> torch.Tensor:
+        """The centred input as every slice takes it (its gradient: the sum of theirs)."""
         return xc
 
-    def over_shards(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of a per-shard quantity over the shards (the sum's gradient: every one's)."""
+    def over_slices(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of a per-slice quantity over the slices (the sum's gradient: every one's)."""
         return t
 
     def winners(self, found: kernels.Selection, count: int,  # noqa: ARG002
                 by_row: bool) -> kernels.Selection:  # noqa: ARG002
-        """Of the entries this shard selected (each row's top `count`, or the batch's), those
-        that win among every shard's: all of them here."""
+        """Of the entries this slice selected (each row's top `count`, or the batch's), those
+        that win among every slice's: all of them here."""
         return found
 
     def clip_grad_norm_(self, max_norm: float) -> None:

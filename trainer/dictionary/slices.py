@@ -12,9 +12,9 @@ b_dec and BatchTopK's threshold are replicated. The tp ranks of a dp row see the
 
 The passes are SparseDictionary's own; this class fills in its three hooks. Every rank decodes
 its own winners (`winners`); the partial reconstructions and penalties are summed over tp
-(`over_shards`: `sum_over_shards`), and the input's gradient is summed back (`into_shards`:
-`copy_to_shards`), so every parameter gets exactly the unsharded gradient of its slice.
-Gradients are averaged over dp only (DDP over the dp group). Tested against the unsharded
+(`over_slices`: `sum_over_slices`), and the input's gradient is summed back (`into_slices`:
+`copy_to_slices`), so every parameter gets exactly the unsliced gradient of its slice.
+Gradients are averaged over dp only (DDP over the dp group). Tested against the unsliced
 dictionary (tests/trainer/dictionary/test_slices.py).
 """
 
@@ -27,43 +27,43 @@ import torch
 from trainer.dictionary.dictionaries import SELECTED, DictionaryConfig, Kernel, SparseDictionary
 from trainer.dictionary.kernels import Selection, from_sorted
 from trainer.parallel.mesh import Mesh
-from trainer.parallel.ops import copy_to_shards, gather, sum_over_shards
+from trainer.parallel.ops import copy_to_slices, gather, sum_over_slices
 
 
-class ShardedDictionary(SparseDictionary):
-    """The latents `mesh.shard(cfg.latents)` of the dictionary `cfg`."""
+class SlicedDictionary(SparseDictionary):
+    """The latents `mesh.latent_slice(cfg.latents)` of the dictionary `cfg`."""
 
     def __init__(self, cfg: DictionaryConfig, generator: torch.Generator | None,
                  kernel: Kernel, mesh: Mesh) -> None:
         if kernel == "dense" and cfg.arch in SELECTED:
             raise ValueError(f"--arch {cfg.arch} shards its latents with the sparse step only; "
                              "drop --kernel dense or --tp")
-        start, stop = mesh.shard(cfg.latents)
+        start, stop = mesh.latent_slice(cfg.latents)
         if stop <= start:
             raise ValueError(f"--latents {cfg.latents} leaves tp rank {mesh.tp_rank} of "
                              f"{mesh.tp} without latents; use at least "
                              f"{(mesh.tp - 1) * -(-cfg.latents // mesh.tp) + 1} or a smaller "
                              "--tp")
-        super().__init__(cfg, generator, kernel, shard=(start, stop))
+        super().__init__(cfg, generator, kernel, latent_slice=(start, stop))
         self.mesh = mesh
         self.replica_group = mesh.dp_group
 
-    def into_shards(self, xc: torch.Tensor) -> torch.Tensor:
-        return copy_to_shards(xc, self.mesh.tp_group)
+    def into_slices(self, xc: torch.Tensor) -> torch.Tensor:
+        return copy_to_slices(xc, self.mesh.tp_group)
 
-    def over_shards(self, t: torch.Tensor) -> torch.Tensor:
-        return sum_over_shards(t, self.mesh.tp_group)
+    def over_slices(self, t: torch.Tensor) -> torch.Tensor:
+        return sum_over_slices(t, self.mesh.tp_group)
 
     def winners(self, found: Selection, count: int, by_row: bool) -> Selection:
         return (self._row_winners(found, count) if by_row
                 else self._batch_winners(found, count))
 
     def clip_grad_norm_(self, max_norm: float) -> None:
-        """As torch's, with the norm over every shard (b_dec, replicated, counted once)."""
+        """As torch's, with the norm over every slice (b_dec, replicated, counted once)."""
         grads = {name: p.grad for name, p in self.named_parameters() if p.grad is not None}
         local = [torch.linalg.vector_norm(g).square() for name, g in grads.items()
                  if name != "b_dec"]
-        total = self.over_shards(torch.stack(local).sum() if local
+        total = self.over_slices(torch.stack(local).sum() if local
                                  else self.b_dec.new_zeros(()))
         if grads.get("b_dec") is not None:
             total = total + torch.linalg.vector_norm(grads["b_dec"]).square()
@@ -72,7 +72,7 @@ class ShardedDictionary(SparseDictionary):
             g.mul_(coef)
 
     def _row_winners(self, local: Selection, k: int) -> Selection:
-        """Each row's global top k from every shard's candidates; the ones held here."""
+        """Each row's global top k from every slice's candidates; the ones held here."""
         batch = len(local.offsets)
         values = local.values.view(batch, len(local.values) // batch)
         cols = local.cols.view(batch, -1 if len(local.cols) else 0) + self.start
@@ -88,7 +88,7 @@ class ShardedDictionary(SparseDictionary):
         return from_sorted(rows[mine], won[mine] - self.start, top.values[mine], batch)
 
     def _batch_winners(self, local: Selection, m: int) -> Selection:
-        """The batch's global top m (positive) from every shard's; the ones held here."""
+        """The batch's global top m (positive) from every slice's; the ones held here."""
         n, batch = self.cfg.latents, len(local.offsets)
         short = m - len(local.values)
         values = torch.cat([local.values, local.values.new_full((short,), -math.inf)])

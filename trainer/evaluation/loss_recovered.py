@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 
-def splice_scores(cfg: EvalConfig, store: ActivationStore, split: holdout.Split,
+def splice_scores(cfg: EvalConfig, store: ActivationStore, part: holdout.Partition,
                   members: list[Member], bases: list[baselines.Basis], *,
                   device: torch.device, ks: dict[str, int]) -> tuple[list[dict[str, Any]], str]:
     """The rows `{"method", "k", "recovered", ...}` (computed on rank 0, sent to the others)
@@ -39,7 +39,7 @@ def splice_scores(cfg: EvalConfig, store: ActivationStore, split: holdout.Split,
     rows: list[dict[str, Any]] = []
     why = ""
     if distributed.rank() == 0:
-        first = holdout.first_held_out_context(store, split) if split.held_out else 0
+        first = holdout.first_held_out_context(store, part) if part.held_out else 0
         try:
             splicer = Splicer(store, members[0].source["hook"], Normalizer(None, 1.0),
                               cfg.splice_contexts, device, first_context=first)

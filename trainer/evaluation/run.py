@@ -75,8 +75,8 @@ def load_run(run: str) -> list[Member]:
     return members
 
 
-def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout.Split, bool]:
-    """The store, its train/held-out split as the run made it, and whether the scored rows
+def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout.Partition, bool]:
+    """The store, its train/held-out partition as the run made it, and whether the scored rows
     are truly held out."""
     url = cfg.store or first.source["store"]
     store = ActivationStore.open(url)
@@ -84,22 +84,22 @@ def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout
         raise ValueError(f"store {url} (key {store.key}) is not the store the run trained on "
                          f"(key {first.source['store_key']}, {first.source['store']})")
     fraction = float(first.source.get("train_config", {}).get("holdout", 0.0))
-    split = holdout.split(store, fraction)
-    if split.held_out:
-        return store, split, True
+    part = holdout.partition(store, fraction)
+    if part.held_out:
+        return store, part, True
     if not cfg.on_training_rows:
         raise ValueError(f"{cfg.run} trained on every row of its store, so nothing is held "
                          "out to score: train with --holdout (e.g. 0.1), or pass "
                          "--on-training-rows to score its last shard anyway")
     last = store.num_shards - 1  # scored "as if" held out; the report says otherwise
-    return store, holdout.Split(tuple(range(last)), (last,)), False
+    return store, holdout.Partition(tuple(range(last)), (last,)), False
 
 
-def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, split: holdout.Split,
+def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, part: holdout.Partition,
                   device: torch.device) -> list[baselines.Basis]:
     """PCA from the streamed covariance, FastICA on a sample, neurons, a random basis."""
-    train = split.train or split.held_out
-    fit = holdout.Split(train, ())
+    train = part.train or part.held_out
+    fit = holdout.Partition(train, ())
     d = store.layout.d_model[hook]
     m = baselines.moments((b.to(device) for b in holdout.training_sample(
         store, hook, fit, cfg.fit_rows, rank=distributed.rank(),
@@ -153,13 +153,13 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
     device = torch.device(want)
     members = load_run(cfg.run)
     hook = members[0].source["hook"]
-    store, split, held_out = open_slice(cfg, members[0])
-    held = list(holdout.held_out_batches(store, hook, split, cfg.rows, 4096))
+    store, part, held_out = open_slice(cfg, members[0])
+    held = list(holdout.held_out_batches(store, hook, part, cfg.rows, 4096))
     if not held:
         raise ValueError(f"the held-out slice of {store.url} has no row of a whole context")
     x = torch.cat([h.x for h in held])
     variance = baselines.total_variance(x)
-    bases = fit_baselines(cfg, store, hook, split, device)
+    bases = fit_baselines(cfg, store, hook, part, device)
     scores, tops, ks = {}, {}, set(cfg.ks)
     for m in members:
         scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance)
@@ -177,11 +177,11 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
             scores[m.name] |= {"mmcs": mmcs(truth, w), "recovered_0.9": recovered(truth, w)}
         for b in bases:
             base_scores[b.name] = {"mmcs": mmcs(truth, b.decoder)}
-    spliced, why = splice_scores(cfg, store, split, members, bases, device=device, ks={
+    spliced, why = splice_scores(cfg, store, part, members, bases, device=device, ks={
         m.name: m.sae.cfg.k or max(1, round(scores[m.name]["l0"])) for m in members})
     meta = {"run": str(cfg.run), "store": store.url, "store_key": store.key, "hook": hook,
             "model": store.spec.model, "held_out": held_out, "rows": len(x),
-            "held_out_shards": list(split.held_out), "ground_truth": truth is not None,
+            "held_out_shards": list(part.held_out), "ground_truth": truth is not None,
             "spliced": why, "settings": {k: v for k, v in vars(cfg).items()
                                          if k not in ("run", "out")}}
     return Evaluation(meta, frontier, scores, base_scores, _between(members), tops, spliced)

@@ -110,7 +110,7 @@ class Splicer:
             [reconstruct(sae, seen) for sae, seen in zip(saes, fired, strict=True)])
         for sae, metrics, seen in zip(saes, results, fired, strict=True):
             # latents that fire on none of the held-out tokens: dead where it counts
-            metrics["silent_held_out"] = float(sae.over_shards((~seen).sum()))
+            metrics["silent_held_out"] = float(sae.over_slices((~seen).sum()))
         return results
 
     @torch.inference_mode()

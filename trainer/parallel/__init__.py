@@ -5,7 +5,7 @@ latent slicing uses (`ops`).
     torchrun (env) | Ray Train (group exists) | one process
       ──▶ distributed.setup ──▶ World(rank, size, device; NCCL on GPUs, gloo on CPU)
       ──▶ mesh.make_mesh(world, tp) ──▶ Mesh: dp × tp, a tp group = tp consecutive ranks
-      ──▶ ops.copy_to_shards / sum_over_shards (Megatron's pair, for dictionary.slices),
+      ──▶ ops.copy_to_slices / sum_over_slices (Megatron's pair, for dictionary.slices),
           gather / gather_uneven (for dictionary.gather)
     distributed.all_reduce, broadcast_object, gather_objects, barrier: what the loop and
     evaluation share across ranks (no-ops in one process)

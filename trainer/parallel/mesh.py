@@ -38,7 +38,7 @@ class Mesh:
     """The torch DeviceMesh ("dp", "tp") the groups come from (None when tp = 1); sharded
     checkpoints place their DTensors on it."""
 
-    def shard(self, latents: int) -> tuple[int, int]:
+    def latent_slice(self, latents: int) -> tuple[int, int]:
         """[start, stop) of the latents this rank holds: contiguous slices of ceil(latents /
         tp), the last one shorter (torch.chunk's split, which DTensor's Shard placement and so
         the sharded checkpoints use)."""

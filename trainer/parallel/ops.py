@@ -1,8 +1,8 @@
-"""Collectives of the latent-sharded step, as autograd functions where gradients cross them
-(Megatron's pair): the input enters every shard (`copy_to_shards`: identity forward, sum of
-the shards' gradients backward) and the shards' partial reconstructions are summed
-(`sum_over_shards`: all-reduce forward, identity backward: every tp rank computes the same
-loss from the same sum, so each shard's share of the gradient is the gradient itself).
+"""Collectives of the latent-sliced step, as autograd functions where gradients cross them
+(Megatron's pair): the input enters every slice (`copy_to_slices`: identity forward, sum of
+the slices' gradients backward) and the slices' partial reconstructions are summed
+(`sum_over_slices`: all-reduce forward, identity backward: every tp rank computes the same
+loss from the same sum, so each slice's share of the gradient is the gradient itself).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 
-class _CopyToShards(torch.autograd.Function):
+class _CopyToSlices(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
         ctx.group = group
@@ -26,7 +26,7 @@ class _CopyToShards(torch.autograd.Function):
         return g, None
 
 
-class _SumOverShards(torch.autograd.Function):
+class _SumOverSlices(torch.autograd.Function):
     @staticmethod
     def forward(_ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
         out = x.contiguous().clone()
@@ -38,21 +38,21 @@ class _SumOverShards(torch.autograd.Function):
         return grads[0], None
 
 
-def copy_to_shards(x: torch.Tensor, group: Any) -> torch.Tensor:
-    """x on every shard; its gradient is the sum of the shards' gradients."""
-    out: torch.Tensor = _CopyToShards.apply(x, group)  # type: ignore[no-untyped-call]
+def copy_to_slices(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """x on every slice; its gradient is the sum of the slices' gradients."""
+    out: torch.Tensor = _CopyToSlices.apply(x, group)  # type: ignore[no-untyped-call]
     return out
 
 
-def sum_over_shards(x: torch.Tensor, group: Any) -> torch.Tensor:
-    """The sum of every shard's x; each shard's gradient is the sum's gradient."""
-    out: torch.Tensor = _SumOverShards.apply(x, group)  # type: ignore[no-untyped-call]
+def sum_over_slices(x: torch.Tensor, group: Any) -> torch.Tensor:
+    """The sum of every slice's x; each slice's gradient is the sum's gradient."""
+    out: torch.Tensor = _SumOverSlices.apply(x, group)  # type: ignore[no-untyped-call]
     return out
 
 
 @torch.no_grad()
 def gather(t: torch.Tensor, group: Any) -> torch.Tensor:
-    """(tp, *t.shape): every shard's t, in tp-rank order (no gradient)."""
+    """(tp, *t.shape): every slice's t, in tp-rank order (no gradient)."""
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, t.contiguous(), group=group)
     return torch.stack(parts)
@@ -60,7 +60,7 @@ def gather(t: torch.Tensor, group: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def gather_uneven(t: torch.Tensor, group: Any) -> list[torch.Tensor]:
-    """Every shard's 1-D t, of possibly different lengths, in tp-rank order."""
+    """Every slice's 1-D t, of possibly different lengths, in tp-rank order."""
     size = torch.tensor([len(t)], device=t.device)
     sizes = gather(size, group).flatten().tolist()
     padded = torch.cat([t, t.new_zeros(max(sizes) - len(t))])

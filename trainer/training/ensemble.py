@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.dictionary.dictionaries import DictionaryConfig, Kernel, Output, SparseDictionary
-from trainer.dictionary.slices import ShardedDictionary
+from trainer.dictionary.slices import SlicedDictionary
 from trainer.parallel.mesh import Mesh
 
 OptimizerFactory = Callable[[SparseDictionary], torch.optim.Optimizer]
@@ -64,7 +64,7 @@ class Ensemble:
             raise ValueError(f"members must share d_model, got {sorted(widths)}")
         self.mesh = mesh
         self.members = [
-            ShardedDictionary(c, torch.Generator().manual_seed(seed + i), kernel, mesh)
+            SlicedDictionary(c, torch.Generator().manual_seed(seed + i), kernel, mesh)
             if mesh is not None and mesh.tp > 1
             else SparseDictionary(c, torch.Generator().manual_seed(seed + i), kernel)
             for i, c in enumerate(configs)]

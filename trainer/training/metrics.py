@@ -24,7 +24,7 @@ _SUMS = ("sse", "ssdev", "l0", "loss", "tokens")
 
 class Meter:
     """Interval sums for each member of an ensemble, plus per-latent firing counts over the
-    whole run (for the latent-density histogram). Under latent sharding the per-token sums are
+    whole run (for the latent-density histogram). Under latent slicing the per-token sums are
     the same on the tp ranks of a dp row and are reduced over dp only; per-latent counts are
     reduced over dp and then summed (or, for densities, gathered) over tp."""
 
@@ -75,8 +75,8 @@ class Meter:
                                             self.dp_group) == 0
             line = {"mse": s["sse"] / tokens, "fvu": s["sse"] / max(s["ssdev"], 1e-30),
                     "l0": s["l0"] / tokens, "loss": s["loss"] / tokens,
-                    "dead": int(member.over_shards(member.dead_mask().sum())),
-                    "silent": int(member.over_shards(silent.sum()))}
+                    "dead": int(member.over_slices(member.dead_mask().sum())),
+                    "silent": int(member.over_slices(silent.sum()))}
             for name, total in sorted(self.terms[i].items()):
                 if name in line:  # a loss term must never overwrite the metric it is named like
                     raise RuntimeError(f"loss term {name!r} collides with a metric")
@@ -93,7 +93,7 @@ class Meter:
 
     def densities(self) -> list[torch.Tensor]:
         """Per member, the fraction of training tokens on which each latent fired (all ranks;
-        under latent sharding the whole dictionary's, on every rank)."""
+        under latent slicing the whole dictionary's, on every rank)."""
         tokens = distributed.all_reduce(torch.tensor(float(self.tokens_total)), "sum",
                                         self.dp_group)
         out = []

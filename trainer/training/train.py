@@ -113,13 +113,13 @@ class _Run:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
         per_rank = cfg.batch_size // self.mesh.dp
-        self.split = holdout.split(self.store, cfg.holdout)
+        self.part = holdout.partition(self.store, cfg.holdout)
         self.loader = Loader(LoaderConfig(
             hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
             shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
             read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
             normalize=cfg.normalize,
-            shards=self.split.train_shards), store=self.store, rank=self.mesh.dp_rank,
+            shards=self.part.train_shards), store=self.store, rank=self.mesh.dp_rank,
             world_size=self.mesh.dp)
         self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
         warning = cfg.schedule_warning()
@@ -146,7 +146,7 @@ class _Run:
         error, splicer = None, None
         if self.mesh.dp_rank == 0:
             try:
-                first = holdout.first_held_out_context(self.store, self.split)
+                first = holdout.first_held_out_context(self.store, self.part)
                 splicer = Splicer(self.store, self.cfg.hook, self.norm, self.cfg.eval_contexts,
                                   self.world.device, first_context=first)
             except Exception as e:  # reported on every rank below
@@ -239,7 +239,7 @@ class _Run:
         every rank; the training shards are the store's first rows)."""
         if self.cfg.bias_init == "zeros":
             return
-        n, spots = self.store.layout.shard_rows_range(self.split.train[-1])[1], 16
+        n, spots = self.store.layout.shard_rows_range(self.part.train[-1])[1], 16
         each = max(1, min(self.cfg.init_rows, n) // spots)
         parts = [self.store.read_torch(self.cfg.hook, a, min(a + each, n))
                  for a in sorted({i * n // spots for i in range(spots)})]

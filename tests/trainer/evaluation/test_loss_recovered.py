@@ -48,10 +48,10 @@ def test_loss_recovered_spliced_for_dictionaries_and_baselines(tmp_path: Path) -
         assert rows[b, 32]["kl"] == pytest.approx(0.0, abs=1e-5)
         assert rows[b, 4]["kl"] > 1e-4  # four codes of 32 lose something the model sees
     members = load_run(cfg.run)
-    store, split, _ = open_slice(cfg, members[0])
+    store, part, _ = open_slice(cfg, members[0])
     for m in members:
         direct = Splicer(store, hook, m.norm, 8, torch.device("cpu"),
-                         first_context=holdout.first_held_out_context(store, split))
+                         first_context=holdout.first_held_out_context(store, part))
         want = direct.evaluate([m.sae])[0]
         got = rows[m.name, m.sae.cfg.k]
         for key in ("ce_clean", "ce_zero", "ce_spliced", "kl", "loss_recovered"):

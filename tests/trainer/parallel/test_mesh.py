@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_mesh_shards_cover_the_latents_once() -> None:
     for n, tp in ((9, 2), (41, 4), (8, 8), (3, 2)):
-        spans = [Mesh(dp=1, tp=tp, dp_rank=0, tp_rank=r).shard(n) for r in range(tp)]
+        spans = [Mesh(dp=1, tp=tp, dp_rank=0, tp_rank=r).latent_slice(n) for r in range(tp)]
         assert spans[0][0] == 0
         assert spans[-1][1] == n
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
