@@ -6,7 +6,7 @@ ceiling that bounds it, measured in the same run.
     loader       shuffled epochs (cold, warm)              vs  sequential reads, decode alone
     trainer      dense and sparse steps, n = a ladder      vs  the same steps fed from memory
 
-    config.BenchConfig ──▶ run.bench: config.resolve (the Plan for this machine)
+    config.BenchConfig ──▶ run.bench: config.resolve (the BenchSetup for this machine)
       ──▶ generation.py ──▶ storage.py (store, loader) ──▶ the trainer stage, which the trainer
           registers as an `actstore.bench_stages` entry point (trainer/training/bench.py)
       ──▶ report.py: bench.json, bench.md, opening with machine.py's description

@@ -1,4 +1,4 @@
-"""`actstore bench` settings (BenchConfig) and what they resolve to on this machine (Plan)."""
+"""`actstore bench` settings (BenchConfig) and what they resolve to on this machine (BenchSetup)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BenchSetup:
     """BenchConfig with every default resolved for the device (derived, never written back)."""
 
     device: Literal["cpu", "cuda"]
@@ -75,7 +75,7 @@ class Plan:
     k: int = 32
 
 
-def resolve(cfg: BenchConfig) -> Plan:
+def resolve(cfg: BenchConfig) -> BenchSetup:
     device = typing.cast(Literal["cpu", "cuda"], resolve_device(cfg.device))
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible here")
@@ -84,7 +84,7 @@ def resolve(cfg: BenchConfig) -> Plan:
     default_hook = "encoder.layer.3" if "minilm" in model else "transformer.h.6"
     ladder = (24_576, 131_072, 1_048_576) if gpu else (2048,) if cfg.quick else (2048, 8192)
     rows = (1 << 20 if gpu else 1 << 19) // (4 if cfg.quick else 1)
-    return Plan(device=device, model=model, hook=cfg.hook or default_hook,
+    return BenchSetup(device=device, model=model, hook=cfg.hook or default_hook,
                 context_length=cfg.context_length or (1024 if gpu else 128),
                 batch_size=cfg.batch_size or (64 if gpu else 16),
                 latents=cfg.latents or ladder, store_rows=rows,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actstore.bench.config import RANDOM_PREFIX, Plan
+from actstore.bench.config import RANDOM_PREFIX, BenchSetup
 from actstore.generate.config import GenerateConfig
 from actstore.generate.pipeline import generate
 from actstore.generate.worker import ShardWorker
@@ -70,7 +70,7 @@ def tokenizer(vocab_size: int) -> Any:
                 eos_token="<|endoftext|>")
 
 
-def model_path_for(plan: Plan, work: Path) -> str:
+def model_path_for(plan: BenchSetup, work: Path) -> str:
     if plan.model.startswith(RANDOM_PREFIX):
         return random_checkpoint(plan.model.removeprefix(RANDOM_PREFIX), work)
     return plan.model
@@ -92,9 +92,9 @@ def timed_bare(worker: ShardWorker, shards: list[int]) -> float:
     t0 = time.perf_counter()
     for s in shards:
         a, b = worker.store.layout.shard_rows_range(s)
-        ctx = list(worker.plan.contexts_of(a, b))
+        ctx = list(worker.rows.contexts_of(a, b))
         for i in range(0, len(ctx), worker.batch_size):
-            batch = [worker.plan.tokens[c] for c in ctx[i:i + worker.batch_size]]
+            batch = [worker.rows.tokens[c] for c in ctx[i:i + worker.batch_size]]
             ids = torch.from_numpy(np.stack(batch)).long().to(worker.device)
             worker.capture.run(ids)
         if worker.device.type == "cuda":
@@ -115,7 +115,7 @@ def best_of(worker: ShardWorker, shards: list[int], rounds: int, seconds: float 
     return bare, pipeline, done
 
 
-def measure(plan: Plan, work: Path, tokens: int | None, seconds: float, rounds: int = 3
+def measure(plan: BenchSetup, work: Path, tokens: int | None, seconds: float, rounds: int = 3
             ) -> tuple[dict[str, Any], ActivationStore]:
     """The stage's numbers, and the store it generated (the next stages' data)."""
     cfg = GenerateConfig(model=model_path_for(plan, work), hooks=(plan.hook,),

@@ -30,7 +30,7 @@ from actstore.store.writer import write_shard
 
 
 @dataclass(frozen=True)
-class Plan:
+class ContextRows:
     """Where each context's stored rows sit in context order (before the in-shard shuffle)."""
 
     tokens: list[NDArray[np.int32]]
@@ -43,7 +43,7 @@ class Plan:
     """Row offset of each context's first stored row; offsets[-1] = total rows."""
 
     @classmethod
-    def of(cls, store: ActivationStore) -> Plan:
+    def of(cls, store: ActivationStore) -> ContextRows:
         table = store.read_contexts(["context_id", "start", "tokens"])
         tokens = [np.asarray(t, dtype=np.int32) for t in table.column("tokens").to_pylist()]
         starts = table.column("start").to_numpy().astype(np.int64)
@@ -82,7 +82,7 @@ class ShardWorker:
         if threads is not None and torch.device(device).type == "cpu":
             torch.set_num_threads(threads)  # the CPUs this worker reserved in Ray
         self.store = ActivationStore.open(store_url, storage_options=storage_options)
-        self.plan = Plan.of(self.store)
+        self.rows = ContextRows.of(self.store)
         self.device = torch.device(device)
         self.model = load_model(model, revision, getattr(torch, model_dtype), self.device)
         self.capture = Capture(self.model, self.store.hooks)
@@ -115,7 +115,7 @@ class ShardWorker:
     def compute(self, shard: int) -> tuple[dict[str, torch.Tensor], RowIndex]:
         """Rows of `shard`, shuffled: {hook: (rows, d) in storage dtype on CPU}, row index."""
         a, b = self.store.layout.shard_rows_range(shard)
-        ctx = self.plan.contexts_of(a, b)
+        ctx = self.rows.contexts_of(a, b)
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.store.hooks}
         for i in range(0, len(ctx), self.batch_size):
             if self._cancelled.is_set():
@@ -124,7 +124,7 @@ class ShardWorker:
                 parts[hook].append(rows)
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the copies have landed
-        lo = a - int(self.plan.offsets[ctx[0]])
+        lo = a - int(self.rows.offsets[ctx[0]])
         perm = torch.from_numpy(shard_permutation(self.store.key, shard, b - a))
         acts = {h: torch.cat(p)[lo:lo + b - a][perm] for h, p in parts.items()}
         index = self._index(ctx, lo, b - a)
@@ -132,7 +132,7 @@ class ShardWorker:
 
     def _run_batch(self, batch: list[int]) -> dict[str, torch.Tensor]:
         """Stored rows of these contexts, in context order, cast to the storage dtype on CPU."""
-        seqs = [self.plan.tokens[c] for c in batch]
+        seqs = [self.rows.tokens[c] for c in batch]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -145,7 +145,7 @@ class ShardWorker:
         out = self.capture.run(ids.to(self.device), mask.to(self.device) if padded else None)
         keep = torch.zeros(len(seqs), width, dtype=torch.bool)
         for j, c in enumerate(batch):
-            keep[j, int(self.plan.starts[c]):len(seqs[j])] = True
+            keep[j, int(self.rows.starts[c]):len(seqs[j])] = True
         keep = keep.to(self.device)
         dtype = fmt.torch_dtype(self.store.spec.dtype)
         rows = {h: v[keep].to(dtype) for h, v in out.items()}  # cast on the device: fewer bytes
@@ -161,9 +161,9 @@ class ShardWorker:
     def _index(self, ctx: range, lo: int, n: int) -> RowIndex:
         cids, pos, tok = [], [], []
         for c in ctx:
-            positions = np.arange(self.plan.starts[c], len(self.plan.tokens[c]))
-            cids.append(np.full(len(positions), self.plan.context_ids[c], dtype=np.int64))
+            positions = np.arange(self.rows.starts[c], len(self.rows.tokens[c]))
+            cids.append(np.full(len(positions), self.rows.context_ids[c], dtype=np.int64))
             pos.append(positions.astype(np.int32))
-            tok.append(self.plan.tokens[c][positions])
+            tok.append(self.rows.tokens[c][positions])
         return RowIndex(np.concatenate(cids)[lo:lo + n], np.concatenate(pos)[lo:lo + n],
                         np.concatenate(tok)[lo:lo + n])

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from actstore.bench.config import Plan
+from actstore.bench.config import BenchSetup
 from actstore.bench.storage import rows_of, window_rows
 from actstore.loader.loader import Loader, LoaderConfig, Normalizer
 from actstore.store.activation_store import ActivationStore
@@ -42,7 +42,7 @@ def _batches(store: ActivationStore, batch: int, device: torch.device
             yield b.x[hook]
 
 
-def one(store: ActivationStore, latents: int, kernel: Kernel, plan: Plan) -> dict[str, Any]:
+def one(store: ActivationStore, latents: int, kernel: Kernel, plan: BenchSetup) -> dict[str, Any]:
     """Tokens/s of the plan's steps from memory and from the loader, and the peak memory."""
     batch, steps, k, device = (plan.train_batch, plan.train_steps, plan.k,
                                torch.device(plan.device))
@@ -86,7 +86,7 @@ def one(store: ActivationStore, latents: int, kernel: Kernel, plan: Plan) -> dic
             "predicted_bytes": model.total}
 
 
-def measure(store: ActivationStore, plan: Plan, progress: Any = None) -> list[dict[str, Any]]:
+def measure(store: ActivationStore, plan: BenchSetup, progress: Any = None) -> list[dict[str, Any]]:
     """Every (size, kernel) of the plan's ladder; a configuration the memory model says
     cannot fit is skipped with that reason instead of run out of memory."""
     batch, k, device = plan.train_batch, plan.k, torch.device(plan.device)
