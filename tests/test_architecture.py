@@ -81,3 +81,29 @@ def test_no_folder_holds_more_than_twelve_modules() -> None:
         for folder in [ROOT / package, *(p for p in (ROOT / package).rglob("*") if p.is_dir())]:
             modules = sorted(p.name for p in folder.glob("*.py"))
             assert len(modules) <= MAX_MODULES, f"{folder}: {modules}"
+
+
+def test_the_public_packages_export_what_they_always_have() -> None:
+    """`actstore`, `actstore.loader` and `actstore.generate` keep their names across the
+    reorganisation into layers (each name resolves to a real object, not just a listing)."""
+    import actstore
+    import actstore.generate
+    import actstore.loader
+
+    expected = {
+        actstore: ["CONTEXT_SCHEMA", "ActivationStore", "Codec", "CorruptChunkError",
+                   "FormatError", "HookStats", "JobLock", "Layout", "RowIndex",
+                   "ShardCommittedError", "ShardLeaseError", "ShardWriter", "SpecMismatchError",
+                   "StoreAccessError", "StoreBusyError", "StoreError", "StoreFullError",
+                   "StoreNotFoundError", "StoreSpec", "VerifyReport", "break_lease", "verify",
+                   "write_shard"],
+        actstore.loader: ["STATE_VERSION", "Batch", "EpochPlan", "Loader", "LoaderConfig",
+                          "Normalizer", "selected_chunks", "selected_rows"],
+        actstore.generate: ["GenerateConfig", "GenerateResult", "ModelNotFoundError",
+                            "dataset_identity", "device_and_dtype", "generate", "hook_widths",
+                            "make_spec", "store_url"],
+    }
+    for package, names in expected.items():
+        assert sorted(package.__all__) == sorted(names), package.__name__
+        for name in names:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
