@@ -21,7 +21,7 @@ def main(root: Path) -> None:
         x = load_file(case / "inputs.safetensors")["x"]
         with torch.no_grad():
             z = sae.encode(x)
-            x_hat = sae.decode(z)
+            x_hat = sae(x)  # the whole forward: a skip transcoder's skip included
         save_file({"z": z.contiguous(), "x_hat": x_hat.contiguous()},
                   case / "saelens_outputs.safetensors")
         sae.save_model(case / "resaved")  # what SAELens itself writes for this SAE

@@ -20,7 +20,7 @@ def main(root: Path) -> None:
         x = load_file(case / "inputs.safetensors")["x"]
         with torch.no_grad():
             enc = sae.encode(x)
-            x_hat = sae.decode(enc.top_acts, enc.top_indices)
+            x_hat = sae(x).sae_out  # the whole forward: a skip transcoder's skip included
         z = torch.zeros(len(x), sae.num_latents).scatter_(1, enc.top_indices, enc.top_acts)
         save_file({"z": z.contiguous(), "x_hat": x_hat.contiguous()},
                   case / "sparsify_outputs.safetensors")

@@ -17,11 +17,12 @@ from actstore.shell.flags import Command, Flag, add_fields, run_command
 from trainer.training.config import TrainConfig
 
 #: The flags in --help's order: what a run needs, its sweep, its numbers, its choices, switches.
-_ORDER = ("store", "hook", "arch", "latents", "k", "l1", "l0", "tokens", "batch_size", "lr",
-          "warmup_steps", "decay_start", "grad_clip", "seed", "init_rows", "aux_coef",
-          "dead_after_tokens", "log_every", "checkpoint_every", "eval_every", "eval_contexts",
-          "shuffle_buffer", "read_threads", "tp", "holdout", "out", "normalize", "bias_init",
-          "kernel", "device", "resume", "overwrite", "autocast", "progress", "plots")
+_ORDER = ("store", "hook", "kind", "target_hook", "arch", "latents", "k", "l1", "l0", "tokens",
+          "batch_size", "lr", "warmup_steps", "decay_start", "grad_clip", "seed", "init_rows",
+          "aux_coef", "dead_after_tokens", "log_every", "checkpoint_every", "eval_every",
+          "eval_contexts", "shuffle_buffer", "read_threads", "tp", "holdout", "out", "normalize",
+          "bias_init", "kernel", "device", "skip", "resume", "overwrite", "autocast", "progress",
+          "plots")
 #: The fields whose several values are a sweep (one dictionary per combination).
 _SWEEPS = ("latents", "k", "l1", "l0")
 _SWEEP = Flag(extra="; several values: a sweep, one dictionary each")
@@ -82,9 +83,10 @@ def print_plan(cfg: TrainConfig) -> int:
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
+    d_out = store.layout.d_model[cfg.target_hook] if cfg.target_hook else None
     print(describe(cfg, store.layout.d_model[cfg.hook],
                    storage_numpy_dtype(store.spec.dtype).itemsize,
-                   data_parallel(world.size, cfg.tp), device))
+                   data_parallel(world.size, cfg.tp), device, d_out=d_out))
     return 0
 
 

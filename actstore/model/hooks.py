@@ -59,6 +59,22 @@ def replaced_at(model: nn.Module, hook: str, replace: Replace) -> Iterator[None]
 
 
 @contextmanager
+def recording(model: nn.Module, hook: str) -> Iterator[list[torch.Tensor]]:
+    """Within the block, the list yielded holds the activations hook `hook` names, appended
+    on every forward pass (the source of a transcoder's replacement, read later in the same
+    pass)."""
+    name, reads_input = hook_module(hook)
+    seen: list[torch.Tensor] = []
+
+    def keep(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return x
+    module = dict(model.named_modules())[name]
+    with (replaced_input if reads_input else replaced)(module, keep):
+        yield seen
+
+
+@contextmanager
 def added(model: nn.Module, hook: str, vector: torch.Tensor) -> Iterator[None]:
     """Within the block, `vector` is added to the activations hook `hook` names at every
     position."""

@@ -48,11 +48,12 @@ def die_at_step(m: pytest.MonkeyPatch, n: int) -> None:
     real_step = ensemble.Ensemble.step
     calls = {"n": 0}
 
-    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False) -> Any:
+    def dying_step(self: ensemble.Ensemble, x: torch.Tensor, autocast: bool = False,
+                   y: torch.Tensor | None = None) -> Any:
         calls["n"] += 1
         if calls["n"] == n:
             raise KeyboardInterrupt
-        return real_step(self, x, autocast)
+        return real_step(self, x, autocast, y)
     m.setattr(ensemble.Ensemble, "step", dying_step)
 
 

@@ -5,6 +5,13 @@ JumpReLU, on one parameterisation (SAELens' names, so export is a rename):
     z     = activation(pre)                     relu | top-k | batch top-k | jump relu
     x_hat = z @ W_dec + b_dec                   rows of W_dec (one per latent) have unit norm
 
+A transcoder (`kind="transcoder"`) reads one hook and predicts another (an MLP's input and
+output), widths d_model and d_out; its encoder takes the input as it is (b_dec lives in the
+target's space), and a skip transcoder adds a learned linear map of the input:
+
+    pre   = x @ W_enc + b_enc
+    y_hat = z @ W_dec + b_dec [+ x @ W_skip]    W_skip (d_model, d_out), zero at the start
+
 Losses are per token: squared error summed over d_model, averaged over the batch, plus the
 architecture's sparsity term. Decoder rows are kept at unit norm: `remove_parallel_grad()`
 before the optimiser step, `normalize_decoder()` after it (the seed paper's constraint).
@@ -21,15 +28,25 @@ from torch import nn
 
 from trainer.dictionary import kernels
 from trainer.dictionary.initialisation import geometric_median, initial_decoder
+from trainer.dictionary.kernels.dense import (
+    batch_topk_codes,
+    selection_counts,
+    smallest_positive,
+    topk_codes,
+)
 from trainer.dictionary.kernels.jumprelu import jump_relu, step
 from trainer.parallel import distributed
 
 __all__ = ["DictionaryConfig", "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
 
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
+Kind = Literal["sae", "transcoder"]
 Kernel = Literal["auto", "dense", "sparse"]
 #: Architectures whose codes are chosen by rank, so the sparse step applies (see kernels/).
 SELECTED = ("topk", "batchtopk")
+#: Mixed into a transcoder's seed for its encoder's initial directions (its decoder's are the
+#: seed's own, as an SAE's).
+ENCODER_SEED = 0x5DEECE66D
 
 
 def resolve_kernel(arch: Arch, kernel: Kernel) -> Literal["dense", "sparse"]:
@@ -73,10 +90,18 @@ class DictionaryConfig:
     """Initial threshold of every latent (jumprelu)."""
     threshold_momentum: float = 0.01
     """Update rate of batchtopk's inference threshold."""
+    kind: Kind = "sae"
+    """sae: reconstruct the input; transcoder: predict another hook's activations from it."""
+    d_out: int | None = None
+    """Width of a transcoder's target (default: d_model)."""
+    skip: bool = False
+    """A transcoder's learned linear skip from input to target (a skip transcoder)."""
 
     def __post_init__(self) -> None:
-        if self.d_model < 1 or self.latents < 1:
-            raise ValueError("d_model and latents must be >= 1")
+        if self.d_model < 1 or self.latents < 1 or (self.d_out is not None and self.d_out < 1):
+            raise ValueError("d_model, d_out and latents must be >= 1")
+        if self.kind == "sae" and (self.d_out is not None or self.skip):
+            raise ValueError("d_out and skip are a transcoder's (kind='transcoder')")
         if self.arch in ("topk", "batchtopk") and (self.k is None
                                                    or not 1 <= self.k <= self.latents):
             raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "
@@ -87,11 +112,17 @@ class DictionaryConfig:
             raise ValueError("l0 must be >= 0 and jump_bandwidth > 0")
 
 
+    @property
+    def out_width(self) -> int:
+        """Width of what the dictionary reconstructs (the target's)."""
+        return self.d_out or self.d_model
+
+
 class Output(NamedTuple):
     """A training forward pass."""
 
     x_hat: torch.Tensor
-    """Reconstruction, like x."""
+    """Reconstruction of the target (x itself for an SAE), like it."""
     z: torch.Tensor
     """Codes, (batch, latents): dense, or a detached sparse COO tensor from the sparse step."""
     loss: torch.Tensor
@@ -126,13 +157,18 @@ class SparseDictionary(nn.Module):
         n = self.stop - self.start
         seed = (generator.initial_seed() if generator is not None
                 else int(torch.randint(0, 2**62, ()).item()))
-        w = initial_decoder(d, self.start, self.stop, seed)
+        w = initial_decoder(cfg.out_width, self.start, self.stop, seed)
         self.W_dec = nn.Parameter(w)
-        # encoder = decoder transpose at init; stored latent-major (the clone keeps w.T's
-        # strides), so a latent's encoder column is contiguous, as the sparse step reads it
-        self.W_enc = nn.Parameter(w.T.clone())
+        # encoder = decoder transpose at init (a transcoder's: its own directions in the
+        # input's space); stored latent-major (the clone keeps w.T's strides), so a latent's
+        # encoder column is contiguous, as the sparse step reads it
+        enc = w if cfg.kind == "sae" else initial_decoder(d, self.start, self.stop,
+                                                          seed ^ ENCODER_SEED)
+        self.W_enc = nn.Parameter(enc.T.clone())
         self.b_enc = nn.Parameter(torch.zeros(n))
-        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.out_width))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(d, cfg.out_width))
         if cfg.arch == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((n,), math.log(cfg.jump_init_threshold)))
         self.register_buffer("threshold", torch.zeros(()))  # batchtopk at inference
@@ -145,11 +181,25 @@ class SparseDictionary(nn.Module):
 
     # --- the maps ---------------------------------------------------------------------------
 
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return self.into_slices(x - self.b_dec) @ self.W_enc + self.b_enc
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder multiplies: an SAE's input centred by b_dec, a transcoder's as it
+        is (its b_dec is in the target's space)."""
+        return x - self.b_dec if self.cfg.kind == "sae" else x
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.over_slices(z @ self.W_dec) + self.b_dec
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return self.into_slices(self.encoder_input(x)) @ self.W_enc + self.b_enc
+
+    def skip_term(self, x: torch.Tensor | None) -> torch.Tensor | float:
+        """A skip transcoder's x @ W_skip (replicated over tp slices), else 0."""
+        if not self.cfg.skip:
+            return 0.0
+        if x is None:
+            raise ValueError("a skip transcoder decodes with its input: decode(z, x)")
+        return x @ self.W_skip
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction from codes `z`; a skip transcoder needs its input `x` too."""
+        return self.over_slices(z @ self.W_dec) + self.b_dec + self.skip_term(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes at inference (batchtopk uses its learned threshold, not the batch)."""
@@ -158,19 +208,20 @@ class SparseDictionary(nn.Module):
         if arch == "relu":
             return torch.relu(pre)
         if arch == "topk":
-            return _topk(pre, self.cfg.k or 1)[0]
+            return topk_codes(pre, self.cfg.k or 1)[0]
         if arch == "batchtopk":
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         return jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: the reconstruction of x (..., d) and which latents fired, (latents,)
-        bool; under the sparse kernel without a (tokens, latents) tensor."""
+        """Inference: the reconstruction of x (..., d) (a transcoder's prediction of its
+        target, (..., d_out)) and which latents fired, (latents,) bool; under the sparse
+        kernel without a (tokens, latents) tensor."""
         x_hat, codes = self.infer(x.flatten(0, -2))
         fired = torch.zeros(self.local_latents, dtype=torch.bool, device=x.device)
         fired[codes.cols] = True
-        return x_hat.view_as(x), fired
+        return x_hat.view(*x.shape[:-1], self.cfg.out_width), fired
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, kernels.Selection]:
@@ -179,39 +230,42 @@ class SparseDictionary(nn.Module):
         if self.kernel == "dense":
             z = self.encode(x)
             rows, cols = z.nonzero(as_tuple=True)
-            return self.decode(z), kernels.from_sorted(rows, cols, z[rows, cols], len(x))
+            return self.decode(z, x), kernels.from_sorted(rows, cols, z[rows, cols], len(x))
         n, k = self.local_latents, self.cfg.k or 1
         top = self.cfg.arch == "topk"  # batchtopk: per token, against its learned threshold
         acc: kernels.Accumulator = (kernels.RowTopK(len(x), k, x.device) if top
                                     else kernels.Above(len(x), n, self.threshold))
-        sel, = kernels.select(x - self.b_dec, self.W_enc, self.b_enc, [acc])
+        sel, = kernels.select(self.encoder_input(x), self.W_enc, self.b_enc, [acc])
         if top:
             sel = self.winners(sel, k, by_row=True)
         codes = torch.relu(sel.values)
-        x_hat = self.over_slices(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
+        x_hat = (self.over_slices(kernels.decode([sel], [codes], self.W_dec)[0]) + self.b_dec
+                 + self.skip_term(x))
         live = codes > 0
         return x_hat, kernels.from_sorted(sel.rows[live], sel.cols[live], codes[live], len(x))
 
-    def forward(self, x: torch.Tensor) -> Output:
-        """Training pass: codes, reconstruction, losses; tracks which latents fire."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Output:
+        """Training pass: codes, reconstruction of the target (`y` for a transcoder, x itself
+        for an SAE), losses; tracks which latents fire."""
+        target = self._target(x, y)
         if self.kernel == "sparse":
-            return self._forward_sparse(x)
+            return self._forward_sparse(x, target)
         pre = self.pre_acts(x)
         arch = self.cfg.arch
         fired = None  # per-latent counts: from the B·k selections when there are some
         if arch == "batchtopk":
-            z, fired = _batch_topk(pre, (self.cfg.k or 1) * x.shape[0])
+            z, fired = batch_topk_codes(pre, (self.cfg.k or 1) * x.shape[0])
             self._update_threshold(smallest_positive(z.flatten()))
         elif arch == "jumprelu":
             z = jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
         elif arch == "topk":
-            z, fired = _topk(pre, self.cfg.k or 1)
+            z, fired = topk_codes(pre, self.cfg.k or 1)
         else:
             z = torch.relu(pre)
         if fired is None:
             fired = (z > 0).sum(0)
-        x_hat = self.decode(z)
-        mse = ((x_hat - x) ** 2).sum(-1).mean()
+        x_hat = self.decode(z, x)
+        mse = ((x_hat - target) ** 2).sum(-1).mean()
         terms = {"mse": mse}
         if arch == "relu":
             terms["l1_loss"] = self.cfg.l1 * self.over_slices(z.abs().sum(-1)).mean()
@@ -219,32 +273,42 @@ class SparseDictionary(nn.Module):
             l0 = step(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
             terms["l0_loss"] = self.cfg.l0 * self.over_slices(l0.sum(-1)).mean()
         else:
-            terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(x, x_hat, pre)
+            terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(target, x_hat, pre)
         self._track(fired, x.shape[0])
         loss = torch.stack(list(terms.values())).sum()
         return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()}, fired)
 
     # --- AuxK, batchtopk threshold, activity --------------------------------------------------
 
+    def _target(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.kind == "sae":
+            if y is not None:
+                raise ValueError("an SAE reconstructs its input: forward(x) takes no target")
+            return x
+        if y is None:
+            raise ValueError("a transcoder predicts a target: forward(x, y)")
+        return y
+
     def dead_mask(self) -> torch.Tensor:
         dead: torch.Tensor = self.tokens_since_fired >= self.cfg.dead_after_tokens
         return dead
 
-    def _aux_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    def _aux_loss(self, target: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor
+                  ) -> torch.Tensor:
         """AuxK (Gao et al. 2024): the dead latents' top-k_aux reconstruct the residual."""
         dead = self.dead_mask()
         if not bool(dead.any()):
-            return x.new_zeros(())
+            return target.new_zeros(())
         k_aux = min(self.cfg.aux_k or 2 * (self.cfg.k or 1), int(dead.sum()))
-        z_aux = _topk(pre.masked_fill(~dead, float("-inf")), k_aux)[0]
-        residual = (x - x_hat).detach()
+        z_aux = topk_codes(pre.masked_fill(~dead, float("-inf")), k_aux)[0]
+        residual = (target - x_hat).detach()
         return ((z_aux @ self.W_dec - residual) ** 2).sum(-1).mean()
 
-    def _forward_sparse(self, x: torch.Tensor) -> Output:
+    def _forward_sparse(self, x: torch.Tensor, target: torch.Tensor) -> Output:
         """The same pass without (batch, latents) tensors: latents selected block by block,
         gradients only through the selected entries (trainer/dictionary/kernels)."""
         cfg, batch, n = self.cfg, x.shape[0], self.local_latents
-        xc = self.into_slices(x - self.b_dec)
+        xc = self.into_slices(self.encoder_input(x))
         k, top = cfg.k or 1, cfg.arch == "topk"
         main: kernels.Accumulator = (kernels.RowTopK(batch, k, x.device) if top
                                      else kernels.BatchTopK(batch, n, k * batch, x.device))
@@ -257,10 +321,10 @@ class SparseDictionary(nn.Module):
             sels.append(self.winners(found[1], k_aux, by_row=True))
         codes = [torch.relu(v) for v in kernels.selected(xc, self.W_enc, self.b_enc, sels)]
         decoded = kernels.decode(sels, codes, self.W_dec)
-        x_hat = self.over_slices(decoded[0]) + self.b_dec
-        terms = {"mse": ((x_hat - x) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
+        x_hat = self.over_slices(decoded[0]) + self.b_dec + self.skip_term(x)
+        terms = {"mse": ((x_hat - target) ** 2).sum(-1).mean(), "aux_loss": x.new_zeros(())}
         if k_aux:  # AuxK: the dead latents' top k_aux reconstruct the residual
-            aux_err = self.over_slices(decoded[1]) - (x - x_hat).detach()
+            aux_err = self.over_slices(decoded[1]) - (target - x_hat).detach()
             terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
         sel, z = sels[0], codes[0]
         fired = selection_counts(sel.cols, z.detach() > 0, n)
@@ -331,35 +395,7 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def init_bias(self, sample: torch.Tensor,
                   method: Literal["mean", "geometric_median"] = "geometric_median") -> None:
-        """Set b_dec to a centre of the data, so the codes start on centred activations."""
+        """Set b_dec to a centre of the data (a sample of the target's rows), so the codes start
+        on centred activations (a transcoder's prediction starts at its target's centre)."""
         self.b_dec.copy_(sample.float().mean(0) if method == "mean"
                          else geometric_median(sample.float()))
-
-
-def selection_counts(indices: torch.Tensor, active: torch.Tensor, n: int) -> torch.Tensor:
-    """Per latent, how many of the selections were active: O(B·k), not a pass over (B, n),
-    and no host sync (a scatter-add, where bincount would size its output on the host)."""
-    out = torch.zeros(n, dtype=torch.long, device=indices.device)
-    return out.scatter_add_(0, indices.flatten(), active.flatten().long())
-
-
-def smallest_positive(values: torch.Tensor) -> torch.Tensor:
-    """The smallest positive value, +inf when there is none (no host sync)."""
-    inf = values.new_full((1,), math.inf)
-    return torch.cat([values.masked_fill(values <= 0, math.inf), inf]).min()
-
-
-def _topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes keeping each row's k largest pre-activations (ReLU'd), and per-latent counts."""
-    top = torch.topk(pre, k, dim=-1)
-    values = torch.relu(top.values)
-    z = torch.zeros_like(pre).scatter_(-1, top.indices, values)
-    return z, selection_counts(top.indices, values > 0, pre.shape[-1])
-
-
-def _batch_topk(pre: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes keeping the batch's k_total largest (ReLU'd) pre-activations, and counts."""
-    flat = torch.relu(pre).flatten()
-    top = torch.topk(flat, min(k_total, flat.numel()))
-    z = torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(pre)
-    return z, selection_counts(top.indices % pre.shape[-1], top.values > 0, pre.shape[-1])

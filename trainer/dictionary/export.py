@@ -19,6 +19,16 @@ saves its own BatchTopK SAEs).
 EleutherAI sparsify's format (`sparsify/`: cfg.json + sae.safetensors, loaded by
 `sparsify.SparseCoder.load_from_disk`), for TopK only (sparsify has no other activation that
 ours map to): the same folded weights as encoder.weight = W_enc'ᵀ, encoder.bias, W_dec', b_dec'.
+
+A transcoder normalises its input x' = (x - m) s and its target y' = (y - m_t) s_t with each
+hook's own statistics (the target's in cfg.json's `normalize_target`, its mean as
+`target_norm_mean`); folded onto raw activations (no pre-encoder bias: b_dec is the target's):
+    W_enc' = s W_enc     b_enc' = b_enc - s m W_enc     W_dec' = W_dec / s_t
+    W_skip' = (s / s_t) W_skip      b_dec' = b_dec / s_t + m_t - m W_skip'
+SAELens 6 loads relu transcoders as `transcoder` / `skip_transcoder` and jumprelu (and
+batchtopk, at its learned threshold) as `jumprelu_transcoder` / `jumprelu_skip_transcoder`,
+W_skip stored (d_out, d_in) as it keeps it; it has no TopK transcoder. sparsify loads TopK
+transcoders whose input and target have the same width (`transcode`, `skip_connection`).
 """
 
 from __future__ import annotations
@@ -51,42 +61,70 @@ def _contiguous(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_dictionary(path: str | Path, sae: SparseDictionary, norm: Normalizer,
-                    source: dict[str, Any]) -> Path:
-    """Write `path/cfg.json` and `path/model.safetensors`; returns the directory."""
+                    source: dict[str, Any], target_norm: Normalizer | None = None) -> Path:
+    """Write `path/cfg.json` and `path/model.safetensors`; returns the directory.
+    `target_norm`: a transcoder's target normaliser (its input's is `norm`)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v for k, v in sae.state_dict().items() if k != "tokens_since_fired"}
     if norm.mean is not None:
         tensors["norm_mean"] = norm.mean
-    save_file(_contiguous(tensors), out / "model.safetensors")
-    _write_json(out / "cfg.json", {
+    meta: dict[str, Any] = {
         "format": FORMAT, "version": 1, "dictionary": dataclasses.asdict(sae.cfg),
-        "normalize": {"scale": norm.scale, "center": norm.mean is not None},
-        "source": source})
+        "normalize": {"scale": norm.scale, "center": norm.mean is not None}, "source": source}
+    if sae.cfg.kind == "transcoder":
+        if target_norm is None:
+            raise ValueError("a transcoder is saved with its target's normaliser")
+        meta["normalize_target"] = {"scale": target_norm.scale,
+                                    "center": target_norm.mean is not None}
+        if target_norm.mean is not None:
+            tensors["target_norm_mean"] = target_norm.mean
+    save_file(_contiguous(tensors), out / "model.safetensors")
+    _write_json(out / "cfg.json", meta)
     return out
 
 
 def load_dictionary(path: str | Path) -> tuple[SparseDictionary, Normalizer, dict[str, Any]]:
-    """A saved dictionary, its input normaliser and its cfg.json."""
+    """A saved dictionary, its input normaliser and its cfg.json (a transcoder's target
+    normaliser: `target_normalizer`)."""
+    sae, norm, _, cfg = _load(path)
+    return sae, norm, cfg
+
+
+def target_normalizer(path: str | Path) -> Normalizer:
+    """How a saved dictionary's target was normalised (an SAE's target is its input)."""
+    _, norm, target, _ = _load(path)
+    return target or norm
+
+
+def _load(path: str | Path
+          ) -> tuple[SparseDictionary, Normalizer, Normalizer | None, dict[str, Any]]:
     path = Path(path)
     cfg = json.loads((path / "cfg.json").read_text())
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{path} is not an actstore dictionary (format {cfg.get('format')!r})")
     tensors = load_file(path / "model.safetensors")
     mean = tensors.pop("norm_mean", None)
+    target_mean = tensors.pop("target_norm_mean", None)
     sae = SparseDictionary(DictionaryConfig(**cfg["dictionary"]))
     state = sae.state_dict()
     state.update(tensors)
     sae.load_state_dict(state)
-    return sae, Normalizer(mean, float(cfg["normalize"]["scale"])), cfg
+    target = cfg.get("normalize_target")
+    return (sae, Normalizer(mean, float(cfg["normalize"]["scale"])),
+            Normalizer(target_mean, float(target["scale"])) if target else None, cfg)
 
 
 def export_saelens(path: str | Path, sae: SparseDictionary, norm: Normalizer,
-                   source: dict[str, Any]) -> Path:
+                   source: dict[str, Any], target_norm: Normalizer | None = None) -> Path:
     """SAELens' `cfg.json` + `sae_weights.safetensors`, acting on raw activations."""
+    if sae.cfg.kind == "transcoder" and sae.cfg.arch == "topk":
+        raise ValueError("SAELens has no TopK transcoder: export it to sparsify or ours")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    weights = folded(sae, norm)
+    weights = folded(sae, norm, target_norm)
+    if "W_skip" in weights:
+        weights["W_skip"] = weights["W_skip"].T  # SAELens keeps it (d_out, d_in)
     arch = sae.cfg.arch
     if arch == "jumprelu":
         weights["threshold"] = sae.log_threshold.exp()
@@ -97,30 +135,53 @@ def export_saelens(path: str | Path, sae: SparseDictionary, norm: Normalizer,
     return out
 
 
-def folded(sae: SparseDictionary, norm: Normalizer) -> dict[str, torch.Tensor]:
-    """W_enc, W_dec, b_enc, b_dec acting on raw activations (the module docstring's fold)."""
+def folded(sae: SparseDictionary, norm: Normalizer,
+           target_norm: Normalizer | None = None) -> dict[str, torch.Tensor]:
+    """W_enc, W_dec, b_enc, b_dec (and W_skip) acting on raw activations (the module
+    docstring's folds)."""
     s = norm.scale
-    mean = norm.mean if norm.mean is not None else torch.zeros(sae.cfg.d_model)
-    return {"W_enc": sae.W_enc * s, "W_dec": sae.W_dec / s,
-            "b_enc": sae.b_enc, "b_dec": sae.b_dec / s + mean.to(sae.b_dec.device)}
+    mean = (norm.mean if norm.mean is not None
+            else torch.zeros(sae.cfg.d_model)).to(sae.b_dec.device)
+    if sae.cfg.kind == "sae":
+        return {"W_enc": sae.W_enc * s, "W_dec": sae.W_dec / s,
+                "b_enc": sae.b_enc, "b_dec": sae.b_dec / s + mean}
+    if target_norm is None:
+        raise ValueError("a transcoder folds with its target's normaliser too")
+    t = target_norm.scale
+    t_mean = (target_norm.mean if target_norm.mean is not None
+              else torch.zeros(sae.cfg.out_width)).to(sae.b_dec.device)
+    out = {"W_enc": sae.W_enc * s, "b_enc": sae.b_enc - s * (mean @ sae.W_enc),
+           "W_dec": sae.W_dec / t, "b_dec": sae.b_dec / t + t_mean}
+    if sae.cfg.skip:
+        out["W_skip"] = sae.W_skip * (s / t)
+        out["b_dec"] = out["b_dec"] - mean @ out["W_skip"]
+    return out
 
 
-def export_sparsify(path: str | Path, sae: SparseDictionary, norm: Normalizer) -> Path:
-    """sparsify's `cfg.json` + `sae.safetensors` for a TopK dictionary, on raw activations."""
+def export_sparsify(path: str | Path, sae: SparseDictionary, norm: Normalizer,
+                    target_norm: Normalizer | None = None) -> Path:
+    """sparsify's `cfg.json` + `sae.safetensors` for a TopK dictionary or transcoder, on raw
+    activations."""
     if sae.cfg.arch != "topk":
         raise ValueError(f"sparsify has no {sae.cfg.arch} coder: only topk exports to it")
+    if sae.cfg.out_width != sae.cfg.d_model:
+        raise ValueError("sparsify's transcoders predict a target as wide as their input: "
+                         f"{sae.cfg.d_model} -> {sae.cfg.out_width} does not export to it")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    w = folded(sae, norm)
-    save_file(_contiguous({"encoder.weight": w["W_enc"].T, "encoder.bias": w["b_enc"],
-                           "W_dec": w["W_dec"], "b_dec": w["b_dec"]}), out / "sae.safetensors")
+    w = folded(sae, norm, target_norm)
+    tensors = {"encoder.weight": w["W_enc"].T, "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],
+               "b_dec": w["b_dec"]}
+    if "W_skip" in w:
+        tensors["W_skip"] = w["W_skip"].T  # sparsify adds x @ W_skip.mT
+    save_file(_contiguous(tensors), out / "sae.safetensors")
     _write_json(out / "cfg.json", {
         "activation": "topk", "expansion_factor": max(1, sae.cfg.latents // sae.cfg.d_model),
         "num_latents": sae.cfg.latents, "k": sae.cfg.k, "d_in": sae.cfg.d_model,
         # rows are not unit norm once the input scale is folded in; the flag only steers
         # sparsify's training, never a load
-        "normalize_decoder": False, "multi_topk": False, "skip_connection": False,
-        "transcode": False})
+        "normalize_decoder": False, "multi_topk": False, "skip_connection": sae.cfg.skip,
+        "transcode": sae.cfg.kind == "transcoder"})
     return out
 
 
@@ -134,6 +195,9 @@ def saelens_config(cfg: DictionaryConfig, source: dict[str, Any]) -> dict[str, A
     dataclass's fields, `architecture`, and `metadata` (where SAELens 6 reads the model, hook
     and version from)."""
     arch = SAELENS_ARCH[cfg.arch]
+    if cfg.kind == "transcoder":
+        arch = ("jumprelu_" if arch == "jumprelu" else "") + (
+            "skip_transcoder" if cfg.skip else "transcoder")
     metadata: dict[str, Any] = {
         "sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
         "model_name": source.get("model"), "hook_name": source.get("hook"),
@@ -145,6 +209,9 @@ def saelens_config(cfg: DictionaryConfig, source: dict[str, Any]) -> dict[str, A
         "architecture": arch, "d_in": cfg.d_model, "d_sae": cfg.latents, "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
         "reshape_activations": "none", "metadata": metadata}
+    if cfg.kind == "transcoder":  # SAELens reads no pre-encoder bias for them
+        out.update(apply_b_dec_to_input=False, d_out=cfg.out_width)
+        metadata["hook_name_out"] = source.get("target_hook")
     if arch == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = False  # decoder rows are not unit norm after folding

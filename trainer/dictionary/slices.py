@@ -29,6 +29,9 @@ from trainer.dictionary.kernels import Selection, from_sorted
 from trainer.parallel.mesh import Mesh
 from trainer.parallel.ops import copy_to_slices, gather, sum_over_slices
 
+#: Parameters every tp rank holds whole (the others are sliced by latent).
+REPLICATED = ("b_dec", "W_skip")
+
 
 class SlicedDictionary(SparseDictionary):
     """The latents `mesh.latent_slice(cfg.latents)` of the dictionary `cfg`."""
@@ -59,14 +62,16 @@ class SlicedDictionary(SparseDictionary):
                 else self._batch_winners(found, count))
 
     def clip_grad_norm_(self, max_norm: float) -> None:
-        """As torch's, with the norm over every slice (b_dec, replicated, counted once)."""
+        """As torch's, with the norm over every slice (b_dec and W_skip, replicated, counted
+        once)."""
         grads = {name: p.grad for name, p in self.named_parameters() if p.grad is not None}
         local = [torch.linalg.vector_norm(g).square() for name, g in grads.items()
-                 if name != "b_dec"]
+                 if name not in REPLICATED]
         total = self.over_slices(torch.stack(local).sum() if local
                                  else self.b_dec.new_zeros(()))
-        if grads.get("b_dec") is not None:
-            total = total + torch.linalg.vector_norm(grads["b_dec"]).square()
+        for name in REPLICATED:
+            if grads.get(name) is not None:
+                total = total + torch.linalg.vector_norm(grads[name]).square()
         coef = (max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
         for g in grads.values():
             g.mul_(coef)

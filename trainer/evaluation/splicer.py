@@ -14,6 +14,7 @@ denormalise.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from actstore.loader.holdout import held_out_contexts
 from actstore.loader.loader import Normalizer
 from actstore.model.capture import load_model
-from actstore.model.hooks import Replace, replaced_at
+from actstore.model.hooks import Replace, recording, replaced_at
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import SparseDictionary
 
@@ -37,10 +38,14 @@ class Splicer:
     recomputed per chunk rather than kept, so memory stays bounded by a chunk."""
 
     def __init__(self, store: ActivationStore, hook: str, norm: Normalizer, contexts: int,
-                 device: torch.device, *, first_context: int = 0) -> None:
+                 device: torch.device, *, first_context: int = 0,
+                 source: tuple[str, Normalizer] | None = None) -> None:
+        """`hook`'s activations are replaced, `norm` is how the dictionaries' reconstructions
+        were normalised; `source`: a transcoder's input hook and its normaliser, from which
+        the replacement of `hook` is computed in the same pass."""
         spec = store.spec
         self.model = load_model(spec.model, spec.model_revision, torch.float32, device)
-        self.hook = hook
+        self.hook, self.source = hook, source
         self.ids = held_out_contexts(store, contexts, first_context).to(device)
         self.norm, self.skip_first = norm, spec.bos_policy == "drop"
         with torch.inference_mode():
@@ -51,20 +56,27 @@ class Splicer:
             zero: dict[str, float] = {}
             for ids in self.chunks:  # the zero-ablation baseline, summed over chunks
                 _add(zero, self._compare(self._reference(ids),
-                                         self._run(torch.zeros_like, ids), ids))
+                                         self._run(torch.zeros_like, ids, own=True), ids))
             self.zero = zero
 
-    def _run(self, replace: Replace | None, ids: torch.Tensor) -> torch.Tensor:
-        """Logits (LM) or final hidden states, float32, of the contexts `ids`."""
+    def _run(self, replace: Replace | None, ids: torch.Tensor, own: bool = False
+             ) -> torch.Tensor:
+        """Logits (LM) or final hidden states, float32, of the contexts `ids`, with the
+        hook's activations replaced by `replace` of themselves, or of the source hook's
+        (a transcoder's input) unless `own`."""
         if replace is None:
             out = self.model(input_ids=ids)
         else:
-            def keep_skipped(h: torch.Tensor) -> torch.Tensor:
-                new = replace(h).to(h.dtype)
-                if self.skip_first:
-                    new[:, 0] = h[:, 0]
-                return new
-            with replaced_at(self.model, self.hook, keep_skipped):
+            with contextlib.ExitStack() as stack:
+                seen = (stack.enter_context(recording(self.model, self.source[0]))
+                        if self.source is not None and not own else None)
+
+                def keep_skipped(h: torch.Tensor) -> torch.Tensor:
+                    new = replace(h if seen is None else seen[-1]).to(h.dtype)
+                    if self.skip_first:
+                        new[:, 0] = h[:, 0]
+                    return new
+                stack.enter_context(replaced_at(self.model, self.hook, keep_skipped))
                 out = self.model(input_ids=ids)
         logits = getattr(out, "logits", None)
         self._is_lm = logits is not None
@@ -101,8 +113,10 @@ class Splicer:
                  for s in saes]
 
         def reconstruct(sae: SparseDictionary, seen: torch.Tensor) -> Replace:
-            def fn(h: torch.Tensor) -> torch.Tensor:
-                x_hat, fired = sae.reconstruct(self.norm.apply(h.float()))
+            into = self.norm if self.source is None else self.source[1]
+
+            def fn(h: torch.Tensor) -> torch.Tensor:  # h: the source's, for a transcoder
+                x_hat, fired = sae.reconstruct(into.apply(h.float()))
                 seen.logical_or_(fired)  # in place: the caller keeps `seen`
                 return self.norm.invert(x_hat)
             return fn

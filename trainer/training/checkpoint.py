@@ -203,8 +203,12 @@ def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]
     state = _unblob(holder["meta"])
     if state.get("version") != VERSION:
         raise ValueError(f"{where}: checkpoint version {state.get('version')} is not {VERSION}")
-    _check_dictionaries(state["dictionaries"], [dataclasses.asdict(m) for m in members])
-    saved = state["config"]
+    # settings added since a checkpoint was written read as their defaults
+    defaults = {f.name: f.default for f in dataclasses.fields(DictionaryConfig)}
+    _check_dictionaries([{**defaults, **d} for d in state["dictionaries"]],
+                        [dataclasses.asdict(m) for m in members])
+    saved = {**{f.name: f.default for f in dataclasses.fields(type(cfg))
+                if f.default is not dataclasses.MISSING}, **state["config"]}
     changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
                if k not in FREE_SETTINGS and saved.get(k) != v}
     if changed:

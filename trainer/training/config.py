@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, resolve_kernel
+from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
@@ -130,6 +130,13 @@ class TrainConfig:
     """Progress bar on rank 0."""
     plots: bool = True
     """PNG plots of the curves and latent densities at the end."""
+    kind: Kind = "sae"
+    """sae: reconstruct --hook; transcoder: predict --target-hook from --hook (e.g. an MLP's
+    input and output)."""
+    target_hook: str | None = None
+    """The hook a transcoder predicts (the store must hold it beside --hook)."""
+    skip: bool = False
+    """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -160,6 +167,13 @@ class TrainConfig:
                 raise ValueError(message)
         if self.kernel not in get_args(Kernel):
             raise ValueError(f"--kernel must be one of {get_args(Kernel)}")
+        if self.kind not in get_args(Kind):
+            raise ValueError(f"--kind must be one of {get_args(Kind)}")
+        if self.kind == "transcoder" and not self.target_hook:
+            raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
+        if self.kind == "sae" and (self.target_hook or self.skip):
+            raise ValueError("--target-hook and --skip are a transcoder's: add --kind "
+                             "transcoder")
         resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
         name = KNOB[self.arch]
         if not getattr(self, name):
@@ -171,13 +185,21 @@ class TrainConfig:
             if not 1 <= k <= n:
                 raise ValueError(f"--k {k} must be in [1, latents={n}]")
 
-    def dictionaries(self, d_model: int) -> list[DictionaryConfig]:
-        """One config per member of the sweep, in a fixed order."""
+    def dictionaries(self, d_model: int, d_out: int | None = None) -> list[DictionaryConfig]:
+        """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's
+        target width)."""
         key = KNOB[self.arch]
         sweep: tuple[Any, ...] = getattr(self, key)
+        shape: dict[str, Any] = ({"kind": "transcoder", "d_out": d_out, "skip": self.skip}
+                                 if self.kind == "transcoder" else {})
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
-                                 dead_after_tokens=self.dead_window, **{key: v})
+                                 dead_after_tokens=self.dead_window, **shape, **{key: v})
                 for n, v in itertools.product(self.latents, sweep)]
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks a run reads: --hook, and a transcoder's --target-hook."""
+        return (self.hook,) if self.target_hook is None else (self.hook, self.target_hook)
 
     @property
     def steps(self) -> int:

@@ -70,7 +70,7 @@ class Ensemble:
             for i, c in enumerate(configs)]
         self.make_optimizer, self.schedule = make_optimizer, schedule
         self.grad_clip = grad_clip
-        self._forwards: list[Callable[[torch.Tensor], Output]] = list(self.members)
+        self._forwards: list[Callable[..., Output]] = list(self.members)
         self._reset_optimizers()
 
     def _reset_optimizers(self) -> None:
@@ -101,22 +101,24 @@ class Ensemble:
         self._forwards = [DistributedDataParallel(m, device_ids=ids, process_group=group,
                                                   **no_sync) for m in self.members]
 
-    def step(self, x: torch.Tensor, autocast: bool = False) -> list[Output]:
-        """One training step of every member on the same batch."""
-        outs = [train_step(m, f, opt, x, self.grad_clip, autocast=autocast)
+    def step(self, x: torch.Tensor, autocast: bool = False,
+             y: torch.Tensor | None = None) -> list[Output]:
+        """One training step of every member on the same batch (`y`: a transcoder's
+        target)."""
+        outs = [train_step(m, f, opt, x, self.grad_clip, autocast=autocast, y=y)
                 for m, f, opt in zip(self.members, self._forwards, self.optimizers, strict=True)]
         for s in self.schedulers:
             s.step()
         return outs
 
 
-def train_step(sae: SparseDictionary, forward: Callable[[torch.Tensor], Output],
+def train_step(sae: SparseDictionary, forward: Callable[..., Output],
                opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float | None, *,
-               autocast: bool = False) -> Output:
+               autocast: bool = False, y: torch.Tensor | None = None) -> Output:
     """Forward (through DDP when distributed), backward, decoder-constrained step."""
     opt.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        out: Output = forward(x)
+        out: Output = forward(x) if y is None else forward(x, y)
     out.loss.backward()  # type: ignore[no-untyped-call]
     sae.remove_parallel_grad()
     if grad_clip is not None:

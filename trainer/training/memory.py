@@ -83,12 +83,15 @@ def gib(n: float) -> str:
 
 def dictionary_memory(*, d: int, latents: int, k: int, batch: int,
                       arch: str = "topk", kernel: Literal["dense", "sparse"] = "sparse",
-                      dp: int = 1, tp: int = 1, auxk: bool = True) -> MemoryPlan:
+                      dp: int = 1, tp: int = 1, auxk: bool = True, d_out: int | None = None,
+                      skip: bool = False) -> MemoryPlan:
     """Bytes on each device for one dictionary: `batch` is the global batch (split over dp),
-    `latents` the whole dictionary (split over tp)."""
+    `latents` the whole dictionary (split over tp); a transcoder's target is `d_out` wide
+    (default d) and a skip transcoder holds a (d, d_out) skip on every rank."""
     local_n = -(-latents // tp)
     rows = batch // dp
-    params = F32 * (local_n * (2 * d + 1 + (arch == "jumprelu")) + d)
+    out = d_out or d
+    params = F32 * (local_n * (d + out + 1 + (arch == "jumprelu")) + out + skip * d * out)
     auxk = auxk and arch in ("topk", "batchtopk")
     if kernel == "dense":
         step = int(DENSE_TENSORS[auxk] * rows * local_n * F32)
@@ -96,30 +99,32 @@ def dictionary_memory(*, d: int, latents: int, k: int, batch: int,
         width = max(1, selection.BLOCK_ELEMENTS // max(1, rows))
         tile = rows * min(local_n, width) * F32
         picked = rows * k * (3 if auxk else 1) * PER_SELECTED  # AuxK: 2k more per row
-        step = int(TILE_COPIES * tile) + picked + local_n * d * F32
-    step += 4 * rows * d * F32  # the batch, its centred copy, reconstruction, gradient
+        step = int(TILE_COPIES * tile) + picked + local_n * out * F32
+    # the batch and its centred copy; the target, its reconstruction and their gradient
+    step += 2 * rows * d * F32 + (2 if d_out is None else 3) * rows * out * F32
     return MemoryPlan(parameters=params, gradients=params, optimizer=2 * params,
                       ddp=params if dp > 1 else 0, counters=3 * local_n * I64, step=step)
 
 
 def run_memory(cfg: TrainConfig, d_model: int, dp: int = 1, tp: int | None = None,
-               batch: int | None = None) -> MemoryPlan:
+               batch: int | None = None, *, d_out: int | None = None) -> MemoryPlan:
     """Bytes on each device for every dictionary of `cfg` (an ensemble's members add up), at
-    its --tp unless `tp` is given."""
+    its --tp unless `tp` is given (`d_out`: a transcoder's target width)."""
     plans = [dictionary_memory(d=d_model, latents=m.latents, k=m.k or 0,
                                batch=batch or cfg.batch_size, arch=m.arch,
                                kernel=resolve_kernel(m.arch, cfg.kernel), dp=dp,
-                               tp=tp or cfg.tp)
-             for m in cfg.dictionaries(d_model)]
+                               tp=tp or cfg.tp, d_out=m.d_out, skip=m.skip)
+             for m in cfg.dictionaries(d_model, d_out)]
     return functools.reduce(operator.add, plans)
 
 
-def loader_bytes(cfg: TrainConfig, d_model: int, itemsize: int, dp: int = 1) -> int:
+def loader_bytes(cfg: TrainConfig, d_model: int, itemsize: int, dp: int = 1,
+                 d_out: int | None = None) -> int:
     """Host memory of one rank's loader: the window being served and the next one, decoded
-    into the store's dtype."""
+    into the store's dtype (a transcoder's: both hooks)."""
     per_rank = cfg.batch_size // dp
     window = max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank)
-    return 2 * window * d_model * itemsize
+    return 2 * window * (d_model + (d_out or 0)) * itemsize
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -135,17 +140,17 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def describe(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
-             device: torch.device) -> str:
+             device: torch.device, *, d_out: int | None = None) -> str:
     """What `actstore train --plan` prints: the prediction, what is free, and what fits."""
-    need = run_memory(cfg, d_model, dp)
-    host = loader_bytes(cfg, d_model, itemsize, dp)
+    need = run_memory(cfg, d_model, dp, d_out=d_out)
+    host = loader_bytes(cfg, d_model, itemsize, dp, d_out)
     lines = [f"memory per device ({device.type}, dp={dp}, tp={cfg.tp}, batch {cfg.batch_size}, "
-             f"{len(cfg.dictionaries(d_model))} dictionaries):", need.table(),
+             f"{len(cfg.dictionaries(d_model, d_out))} dictionaries):", need.table(),
              f"  host: the loader's two shuffle windows, {gib(host)}"]
     free = available_bytes(device)
     lines.append(f"free on {device.type}: " + (gib(free) if free is not None
                                                  else "unknown on this machine"))
-    problem = fit_problem(cfg, d_model, itemsize, dp, device)
+    problem = fit_problem(cfg, d_model, itemsize, dp, device, d_out=d_out)
     if problem or free is not None:
         lines.append(problem or "fits")
     return "\n".join(lines)
@@ -158,21 +163,23 @@ def sharing(device: torch.device) -> int:
 
 
 def fit_problem(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
-                device: torch.device) -> str | None:
+                device: torch.device, *, d_out: int | None = None) -> str | None:
     """Why the run cannot fit on `device`, naming the smallest latent sharding (tp) and the
     largest batch that would; None when it fits."""
     free = available_bytes(device)
     if free is None:
         return None  # cannot tell here: the run finds out
     free //= sharing(device)
-    host = loader_bytes(cfg, d_model, itemsize, dp) if device.type == "cpu" else 0
-    need = run_memory(cfg, d_model, dp).total + host
+    host = loader_bytes(cfg, d_model, itemsize, dp, d_out) if device.type == "cpu" else 0
+    def total(tp: int | None = None, batch: int | None = None) -> int:
+        return run_memory(cfg, d_model, dp, tp, batch, d_out=d_out).total + host
+    need = total()
     if need <= free:
         return None
     tp = next((t for t in (2, 4, 8, 16, 32, 64, 128, 256)
-               if t > cfg.tp and run_memory(cfg, d_model, dp, t).total + host <= free), None)
+               if t > cfg.tp and total(t) <= free), None)
     batch = cfg.batch_size // 2
-    while batch >= dp and run_memory(cfg, d_model, dp, batch=batch).total + host > free:
+    while batch >= dp and total(batch=batch) > free:
         batch //= 2
     ways = ([f"latents sharded over tp={tp} devices (--tp {tp})"] if tp else []) + (
         [f"--batch-size {batch}"] if batch >= dp else [])

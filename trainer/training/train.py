@@ -75,9 +75,10 @@ def member_name(cfg: DictionaryConfig) -> str:
 def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
     """Checks that need the store and the world size, before any work."""
     dp = data_parallel(world.size, cfg.tp)
-    if cfg.hook not in store.layout.d_model:
-        raise ValueError(f"--hook {cfg.hook!r} is not in store {store.url}; it has "
-                         f"{list(store.hooks)}")
+    for flag, hook in (("--hook", cfg.hook), ("--target-hook", cfg.target_hook)):
+        if hook is not None and hook not in store.layout.d_model:
+            raise ValueError(f"{flag} {hook!r} is not in store {store.url}; it has "
+                             f"{list(store.hooks)}")
     store.require_complete()
     if cfg.batch_size % dp:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
@@ -105,23 +106,27 @@ class _Run:
         self.store = ActivationStore.open(cfg.store)
         check_against(cfg, self.store, world)
         d_model = self.store.layout.d_model[cfg.hook]
-        self.members = cfg.dictionaries(d_model)
+        d_out = self.store.layout.d_model[cfg.target_hook] if cfg.target_hook else None
+        self.members = cfg.dictionaries(d_model, d_out)
         self.mesh = make_mesh(world, cfg.tp)
         problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
-                                   .itemsize, self.mesh.dp, world.device)
+                                   .itemsize, self.mesh.dp, world.device, d_out=d_out)
         if problem:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
         per_rank = cfg.batch_size // self.mesh.dp
         self.part = holdout.partition(self.store, cfg.holdout)
         self.loader = Loader(LoaderConfig(
-            hooks=(cfg.hook,), batch_size=per_rank, seed=cfg.seed, drop_last=True,
+            hooks=cfg.hooks, batch_size=per_rank, seed=cfg.seed, drop_last=True,
             shuffle_buffer=max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank),
             read_threads=cfg.read_threads, device=str(world.device), dtype="float32",
             normalize=cfg.normalize,
             shards=self.part.train_shards), store=self.store, rank=self.mesh.dp_rank,
             world_size=self.mesh.dp)
         self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
+        # what the dictionaries reconstruct: a transcoder's target, an SAE's own input
+        self.target = cfg.target_hook or cfg.hook
+        self.target_norm = self.loader.normalizer(self.target)
         warning = cfg.schedule_warning()
         if warning and world.is_main:
             print(f"actstore train: warning: {warning}", file=sys.stderr)
@@ -147,8 +152,10 @@ class _Run:
         if self.mesh.dp_rank == 0:
             try:
                 first = holdout.first_held_out_context(self.store, self.part)
-                splicer = Splicer(self.store, self.cfg.hook, self.norm, self.cfg.eval_contexts,
-                                  self.world.device, first_context=first)
+                source = (self.cfg.hook, self.norm) if self.cfg.target_hook else None
+                splicer = Splicer(self.store, self.target, self.target_norm,
+                                  self.cfg.eval_contexts, self.world.device,
+                                  first_context=first, source=source)
             except Exception as e:  # reported on every rank below
                 error = f"{type(e).__name__}: {e}"
         error = next((e for e in distributed.gather_objects(error) if e), None)
@@ -194,10 +201,12 @@ class _Run:
             raise error
         return lock
 
-    def _batches(self) -> Iterator[torch.Tensor]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(input, a transcoder's target or None) batches, epoch after epoch."""
         while True:  # epochs, from the loader's current position
             for batch in self.loader:
-                yield batch.x[self.cfg.hook]
+                target = self.cfg.target_hook
+                yield batch.x[self.cfg.hook], batch.x[target] if target else None
 
     def _loop(self) -> list[dict[str, float]]:
         cfg = self.cfg
@@ -208,8 +217,8 @@ class _Run:
                    disable=not (cfg.progress and self.world.is_main))
         with bar:
             while self.step < self.steps:
-                x = next(batches)
-                self.meter.add(x, self.ensemble.step(x, autocast))
+                x, y = next(batches)
+                self.meter.add(x if y is None else y, self.ensemble.step(x, autocast, y))
                 self.step += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.steps:
@@ -235,15 +244,16 @@ class _Run:
 
     @torch.no_grad()
     def _init_bias(self) -> None:
-        """b_dec at a centre of a sample spread over the training shards (the same rows on
-        every rank; the training shards are the store's first rows)."""
+        """b_dec at a centre of a sample of the target (an SAE's input) spread over the
+        training shards (the same rows on every rank; the training shards are the store's
+        first rows)."""
         if self.cfg.bias_init == "zeros":
             return
         n, spots = self.store.layout.shard_rows_range(self.part.train[-1])[1], 16
         each = max(1, min(self.cfg.init_rows, n) // spots)
-        parts = [self.store.read_torch(self.cfg.hook, a, min(a + each, n))
+        parts = [self.store.read_torch(self.target, a, min(a + each, n))
                  for a in sorted({i * n // spots for i in range(spots)})]
-        sample = self.norm.apply(torch.cat(parts).float()).to(self.world.device)
+        sample = self.target_norm.apply(torch.cat(parts).float()).to(self.world.device)
         for m in self.ensemble.members:
             m.init_bias(sample, self.cfg.bias_init)
 
@@ -293,10 +303,7 @@ class _Run:
             source = self._source()
             for d, member, dens in zip(dirs, whole, densities, strict=True):
                 assert member is not None  # rank 0 is tp rank 0 of dp row 0
-                save_dictionary(d, member, self.norm, source)
-                export_saelens(d / "saelens", member, self.norm, source)
-                if member.cfg.arch == "topk":
-                    export_sparsify(d / "sparsify", member, self.norm)
+                self._save_dictionary(d, member, source)
                 torch.save(dens, d / "latent_density.pt")
             if self.cfg.plots:
                 plot_run(Path(self.cfg.out), self.names, densities)
@@ -304,9 +311,21 @@ class _Run:
         distributed.barrier()
         return dirs, final
 
+    def _save_dictionary(self, d: Path, member: SparseDictionary, source: dict[str, Any]
+                         ) -> None:
+        """Ours, and each peer's format that can hold this dictionary."""
+        target = self.target_norm if member.cfg.kind == "transcoder" else None
+        save_dictionary(d, member, self.norm, source, target)
+        if not (member.cfg.kind == "transcoder" and member.cfg.arch == "topk"):
+            export_saelens(d / "saelens", member, self.norm, source, target)
+        if member.cfg.arch == "topk" and member.cfg.out_width == member.cfg.d_model:
+            export_sparsify(d / "sparsify", member, self.norm, target)
+
     def _source(self) -> dict[str, Any]:
         spec = self.store.spec
+        target = {"target_hook": self.cfg.target_hook} if self.cfg.target_hook else {}
         return {"store": self.store.url, "store_key": self.store.key, "hook": self.cfg.hook,
+                **target,
                 "model": spec.model, "model_revision": spec.model_revision,
                 "dataset": spec.dataset, "context_length": spec.context_length,
                 "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,

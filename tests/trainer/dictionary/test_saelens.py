@@ -103,3 +103,86 @@ def test_sparsify_loads_the_topk_export_and_agrees(tmp_path: Path) -> None:
     torch.testing.assert_close(theirs["x_hat"], x_hat, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="sparsify has no relu coder"):
         export_sparsify(tmp_path / "relu", trained_like("relu"), norm)
+
+
+TRANSCODERS = {("relu", False): "Transcoder", ("relu", True): "SkipTranscoder",
+               ("jumprelu", False): "JumpReLUTranscoder",
+               ("jumprelu", True): "JumpReLUSkipTranscoder",
+               ("batchtopk", True): "JumpReLUSkipTranscoder"}
+
+
+def trained_transcoder(arch: str, skip: bool, d_in: int = 12, d_out: int = 7,
+                       n: int = 40) -> SparseDictionary:
+    """A transcoder with every parameter away from its initial value, as after training."""
+    cfg = DictionaryConfig(arch=arch, d_model=d_in, latents=n, k=5, l1=0.1, l0=0.1,  # type: ignore[arg-type]
+                           kind="transcoder", d_out=d_out, skip=skip)
+    tc = SparseDictionary(cfg, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        tc.W_enc.add_(torch.randn(tc.W_enc.shape, generator=g) * 0.2)
+        tc.b_enc.copy_(torch.randn(n, generator=g) * 0.2)
+        tc.b_dec.copy_(torch.randn(d_out, generator=g))
+        tc.threshold.fill_(0.15)
+        if skip:
+            tc.W_skip.copy_(torch.randn(d_in, d_out, generator=g) * 0.3)
+        if arch == "jumprelu":
+            tc.log_threshold.copy_(torch.log(torch.rand(n, generator=g) * 0.3 + 0.01))
+    return tc
+
+
+def _ours(tc: SparseDictionary, norm: Normalizer, target: Normalizer, x: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and raw prediction: normalise, encode, predict (skip included), unnormalise."""
+    with torch.no_grad():
+        xn = norm.apply(x)
+        z = tc.encode(xn)
+        return z, target.invert(tc.decode(z, xn))
+
+
+def test_saelens_loads_every_transcoder_and_agrees(tmp_path: Path) -> None:
+    """relu and jumprelu transcoders (and batchtopk, at its threshold), with and without the
+    skip, input 12 wide and target 7: SAELens' own classes, codes and predictions."""
+    assert PYTHON is not None
+    norm, target = Normalizer(torch.randn(12), 0.37), Normalizer(torch.randn(7), 2.1)
+    source = {"model": "m", "hook": "blocks.1.ln2", "target_hook": "blocks.1.mlp",
+              "context_length": 8, "dataset": "ds", "bos_policy": "keep"}
+    ours = {}
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)) * 4 + 1
+    for (arch, skip) in TRANSCODERS:
+        name = f"{arch}-{'skip' if skip else 'plain'}"
+        tc = trained_transcoder(arch, skip)
+        export_saelens(tmp_path / name / "saelens", tc, norm, source, target)
+        save_file({"x": x}, tmp_path / name / "inputs.safetensors")
+        ours[name] = _ours(tc, norm, target, x)
+        assert int((ours[name][0] > 0).sum()) > 64  # not a comparison of empty codes
+    done = subprocess.run([PYTHON, str(Path(__file__).parents[2] / "saelens_load.py"),
+                           str(tmp_path)], capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    for (arch, skip), cls in TRANSCODERS.items():
+        name = f"{arch}-{'skip' if skip else 'plain'}"
+        assert loaded[name]["class"] == cls
+        theirs = load_file(tmp_path / name / "saelens_outputs.safetensors")
+        torch.testing.assert_close(theirs["z"], ours[name][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(theirs["x_hat"], ours[name][1], rtol=1e-4, atol=1e-4)
+
+
+def test_sparsify_loads_a_topk_skip_transcoder_and_agrees(tmp_path: Path) -> None:
+    """sparsify's transcoders predict a target as wide as the input: 12 to 12, with skip."""
+    assert PYTHON is not None
+    norm, target = Normalizer(torch.randn(12), 0.37), Normalizer(torch.randn(12), 2.1)
+    tc = trained_transcoder("topk", True, d_out=12)
+    export_sparsify(tmp_path / "tc" / "sparsify", tc, norm, target)
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)) * 4 + 1
+    save_file({"x": x}, tmp_path / "tc" / "inputs.safetensors")
+    z, y_hat = _ours(tc, norm, target, x)
+    done = subprocess.run([PYTHON, str(Path(__file__).parents[2] / "sparsify_load.py"),
+                           str(tmp_path)], capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = load_file(tmp_path / "tc" / "sparsify_outputs.safetensors")
+    torch.testing.assert_close(theirs["z"], z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(theirs["x_hat"], y_hat, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="as wide as their input"):
+        export_sparsify(tmp_path / "narrow", trained_transcoder("topk", False), norm, target)

@@ -82,3 +82,16 @@ def test_tp_that_does_not_divide_the_ranks_is_refused(store: str, tmp_path: Path
     with pytest.raises(ValueError, match=r"--tp 2 must divide the number of ranks \(1\)"):
         train(settings(store, tmp_path / "x", tp=2))
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_a_tp2_skip_transcoder_equals_the_plain_run(store: str, tmp_path: Path,
+                                                    arch: str) -> None:
+    """Latents sliced over two gloo ranks, W_skip and b_dec replicated: the same parameters
+    as one process (topk: the sparse step; jumprelu: the dense one)."""
+    knobs: dict[str, Any] = {"k": (3,)} if arch == "topk" else {"k": (), "l0": (0.01,)}
+    common: dict[str, Any] = {"arch": arch, "kind": "transcoder", "target_hook": "encoder.layer.3",
+                              "skip": True, **knobs}
+    train(settings(store, tmp_path / "plain", **common))
+    run_ranks(2, settings(store, tmp_path / "tp2", tp=2, **common))
+    assert_close_weights(tmp_path / "plain", tmp_path / "tp2")

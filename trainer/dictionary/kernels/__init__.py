@@ -9,6 +9,7 @@ gradients through the selected entries only (`sampled`).
       ──▶ sampled.decode: each row's Σ code · W_dec[latent] (embedding_bag); to_sparse: the
           codes as a sparse (B, n) tensor
     jumprelu.py: JumpReLU's straight-through estimators (its dense step)
+    dense.py: the dense step's top-k codes (per row, per batch) and firing counts
 
 Public names: `Above`, `Accumulator`, `BatchTopK`, `RowTopK`, `Selection`, `decode`,
 `from_sorted`, `select`, `selected`, `to_sparse`.
