@@ -34,13 +34,13 @@ def run_eval(args: dict[str, Any]) -> int:
     fitted on rank 0 and sent to the others, and rank 0 writes the report."""
     from actstore.store.activation_store import ActivationStore
     from trainer.evaluation.report import write_report
-    from trainer.evaluation.run import evaluate
+    from trainer.evaluation.transcoders import evaluate_run
     from trainer.parallel import distributed
 
     cfg = from_flags(EvalConfig, args)
     world = distributed.setup(cfg.device)
     try:
-        ev = evaluate(cfg)
+        ev = evaluate_run(cfg)
         if world.is_main:
             out = write_report(ev, ActivationStore.open(ev.meta["store"]), cfg)
             recovered = {r["method"]: r["recovered"] for r in ev.spliced}

@@ -67,4 +67,11 @@ class Member:
     sae: SparseDictionary
     norm: Normalizer
     source: dict[str, Any]
-    """cfg.json's `source`: store, hook, model, train_config."""
+    """cfg.json's `source`: store, hook, model, train_config (a transcoder's target_hook)."""
+    target_norm: Normalizer | None = None
+    """How a transcoder's target was normalised (None: an SAE, whose target is its input)."""
+
+    @property
+    def out_norm(self) -> Normalizer:
+        """The normaliser of what the dictionary reconstructs."""
+        return self.target_norm or self.norm

@@ -27,7 +27,7 @@ from actstore.loader import holdout
 from actstore.loader.ground_truth import load_ground_truth
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
-from trainer.dictionary.export import load_dictionary
+from trainer.dictionary.export import load_dictionary, target_normalizer
 from trainer.evaluation import baselines
 from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.examples import TopActivations, TopCollector
@@ -68,8 +68,10 @@ def load_run(run: str) -> list[Member]:
     members = []
     for path in found:
         sae, norm, cfg = load_dictionary(path)
-        members.append(Member(path.name, sae, norm, cfg["source"]))
-    hooks = {(m.source["store_key"], m.source["hook"]) for m in members}
+        target = target_normalizer(path) if sae.cfg.kind == "transcoder" else None
+        members.append(Member(path.name, sae, norm, cfg["source"], target))
+    hooks = {(m.source["store_key"], m.source["hook"], m.source.get("target_hook"))
+             for m in members}
     if len(hooks) > 1:
         raise ValueError(f"{run}: its dictionaries come from different stores or hooks {hooks}")
     return members
@@ -154,6 +156,9 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
     members = load_run(cfg.run)
     hook = members[0].source["hook"]
     store, part, held_out = open_slice(cfg, members[0])
+    if members[0].sae.cfg.kind == "transcoder":
+        raise ValueError(f"{cfg.run} holds transcoders: trainer.evaluation.transcoders "
+                         "scores them (actstore eval does so by itself)")
     held = list(holdout.held_out_batches(store, hook, part, cfg.rows, 4096))
     if not held:
         raise ValueError(f"the held-out slice of {store.url} has no row of a whole context")
@@ -184,10 +189,10 @@ def evaluate(cfg: EvalConfig) -> Evaluation:
             "held_out_shards": list(part.held_out), "ground_truth": truth is not None,
             "spliced": why, "settings": {k: v for k, v in vars(cfg).items()
                                          if k not in ("run", "out")}}
-    return Evaluation(meta, frontier, scores, base_scores, _between(members), tops, spliced)
+    return Evaluation(meta, frontier, scores, base_scores, mmcs_between(members), tops, spliced)
 
 
-def _between(members: list[Member]) -> list[dict[str, Any]]:
+def mmcs_between(members: list[Member]) -> list[dict[str, Any]]:
     """MMCS of each smaller dictionary's directions in each larger one."""
     out = []
     for a, b in itertools.combinations(sorted(members, key=lambda m: m.sae.cfg.latents), 2):

@@ -1,4 +1,4 @@
-"""The report's index.html (trainer.evaluation.html), rendered in a real headless
+"""The report's index.html (trainer.evaluation.report.html), rendered in a real headless
 Chromium."""
 
 from __future__ import annotations

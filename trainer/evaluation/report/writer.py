@@ -34,7 +34,7 @@ from trainer.evaluation.examples import (
     sample_latents,
     token_ids_text,
 )
-from trainer.evaluation.html import page
+from trainer.evaluation.report.html import page
 from trainer.evaluation.run import Evaluation, dump
 
 BASELINES = ("pca", "ica", "neurons", "random")
