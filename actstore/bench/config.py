@@ -42,8 +42,7 @@ class BenchConfig:
     stages: tuple[Stage, ...] = STAGES
     """Stages to run, in this order."""
     quick: bool = False
-    """Smaller everything, for a quick look (how long each mode takes: benchmarks/README.md,
-    section `actstore bench`)."""
+    """Smaller everything: under 2 minutes on a 2-core CPU."""
     seconds: float = 3.0
     """Each timed measurement repeats until it has run at least this long."""
 

@@ -70,10 +70,10 @@ def tokenizer(vocab_size: int) -> Any:
                 eos_token="<|endoftext|>")
 
 
-def model_path_for(plan: BenchSetup, work: Path) -> str:
-    if plan.model.startswith(RANDOM_PREFIX):
-        return random_checkpoint(plan.model.removeprefix(RANDOM_PREFIX), work)
-    return plan.model
+def model_path_for(setup: BenchSetup, work: Path) -> str:
+    if setup.model.startswith(RANDOM_PREFIX):
+        return random_checkpoint(setup.model.removeprefix(RANDOM_PREFIX), work)
+    return setup.model
 
 
 def timed_pipeline(worker: ShardWorker, shards: list[int]) -> float:
@@ -115,26 +115,26 @@ def best_of(worker: ShardWorker, shards: list[int], rounds: int, seconds: float 
     return bare, pipeline, done
 
 
-def measure(plan: BenchSetup, work: Path, tokens: int | None, seconds: float, rounds: int = 3
+def measure(setup: BenchSetup, work: Path, tokens: int | None, seconds: float, rounds: int = 3
             ) -> tuple[dict[str, Any], ActivationStore]:
     """The stage's numbers, and the store it generated (the next stages' data)."""
-    cfg = GenerateConfig(model=model_path_for(plan, work), hooks=(plan.hook,),
+    cfg = GenerateConfig(model=model_path_for(setup, work), hooks=(setup.hook,),
                          dataset="builtin:pydoc", out=str(work / "stores"),
-                         context_length=plan.context_length, max_tokens=tokens,
-                         batch_size=plan.batch_size,
-                         device=plan.device, executor="local",
+                         context_length=setup.context_length, max_tokens=tokens,
+                         batch_size=setup.batch_size,
+                         device=setup.device, executor="local",
                          progress=False)
     first = generate(cfg)
     store = ActivationStore.open(first.url)
     worker = ShardWorker(first.url, model=cfg.model, revision=None,
-                         model_dtype="bfloat16" if plan.device == "cuda" else "float32",
-                         device=plan.device, batch_size=plan.batch_size, job_id="bench")
+                         model_dtype="bfloat16" if setup.device == "cuda" else "float32",
+                         device=setup.device, batch_size=setup.batch_size, job_id="bench")
     shards = list(range(store.num_shards))
     timed_bare(worker, shards[:1])  # warm-up (kernels, allocator)
     bare, pipeline, done = best_of(worker, shards, rounds, seconds)
     n = store.num_rows
-    return {"model": plan.model, "hook": plan.hook, "context_length": plan.context_length,
-            "batch_size": plan.batch_size, "tokens": n, "rounds": done,
+    return {"model": setup.model, "hook": setup.hook, "context_length": setup.context_length,
+            "batch_size": setup.batch_size, "tokens": n, "rounds": done,
             "end_to_end_tokens_per_s": first.tokens / first.seconds,
             "end_to_end_seconds": first.seconds,
             "bare_tokens_per_s": n / bare, "pipeline_tokens_per_s": n / pipeline,

@@ -19,7 +19,7 @@ from actstore.bench.machine import describe
 from actstore.bench.report import markdown
 
 #: Entry points that measure the trainer stage (the trainer registers its own, so that actstore
-#: does not import it): `measure(store, plan, progress) -> dict`.
+#: does not import it): `measure(store, setup, progress) -> dict`.
 STAGE_GROUP = "actstore.bench_stages"
 
 
@@ -45,33 +45,35 @@ class Progress:
 
 def bench(cfg: BenchConfig) -> dict[str, Any]:
     """Every stage asked for; returns what bench.json holds."""
-    plan = resolve(cfg)
+    setup = resolve(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out, prefix="scratch-"))
     progress = Progress()
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": describe(str(out)),
-        "config": dataclasses.asdict(cfg), "plan": dataclasses.asdict(plan), "stages": {}}
+        "config": dataclasses.asdict(cfg), "plan": dataclasses.asdict(setup), "stages": {}}
     stages = result["stages"]
-    tokens = None if plan.device == "cuda" else (1 << 14 if cfg.quick else 1 << 16)
+    measure_trainer = trainer_stage() if "trainer" in cfg.stages else None  # before any work
+    tokens = None if setup.device == "cuda" else (1 << 14 if cfg.quick else 1 << 16)
     try:
-        progress(f"generation: {plan.model} to {plan.hook} on {plan.device} (in this process)")
-        gen, store = generation.measure(plan, work, tokens, cfg.seconds / (3 if cfg.quick else 1),
+        progress(f"generation: {setup.model} to {setup.hook} on {setup.device} (in this process)")
+        gen, store = generation.measure(setup, work, tokens, cfg.seconds / (3 if cfg.quick else 1),
                                         rounds=2 if cfg.quick else 3)
         if "generation" in cfg.stages:
             stages["generation"] = gen
-        progress(f"store: {plan.store_rows:,} rows written and read")
-        st, tiled = storage.measure_store(store, work, plan.store_rows)
+        progress(f"store: {setup.store_rows:,} rows written and read")
+        st, tiled = storage.measure_store(store, work, setup.store_rows)
         if "store" in cfg.stages:
             stages["store"] = st
         if "loader" in cfg.stages:
             progress("loader: shuffled epochs, cold and warm")
-            stages["loader"] = storage.measure_loader(tiled, plan.train_batch)
+            stages["loader"] = storage.measure_loader(tiled, setup.train_batch)
         if "trainer" in cfg.stages:
-            progress(f"trainer: TopK k={plan.k}, batch {plan.train_batch}, "
-                     f"latents {list(plan.latents)}")
-            stages["trainer"] = trainer_stage()(tiled, plan, progress)
+            progress(f"trainer: TopK k={setup.k}, batch {setup.train_batch}, "
+                     f"latents {list(setup.latents)}")
+            assert measure_trainer is not None
+            stages["trainer"] = measure_trainer(tiled, setup, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = time.perf_counter() - progress.start

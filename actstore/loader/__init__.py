@@ -4,7 +4,7 @@ it), and the held-out slice.
     store ──▶ loader.EpochPlan: seeded chunk order ──▶ this rank's rows ──▶ windows of
               `shuffle_buffer` rows, each permuted ──▶ read-ahead threads decode chunk runs
           ──▶ loader.Loader: Batch(x={hook: (B, d)}, ...) normalised (Normalizer), state_dict()
-    holdout.py: the train / held-out split by whole shards, the held-out rows
+    holdout.py: the train / held-out partition by whole shards, the held-out rows
     shuffle_quality.py: how well a window mixes contexts (bench and tests)
     ground_truth.py: the feature directions a toy store was made from (for MMCS)
 

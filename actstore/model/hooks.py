@@ -1,5 +1,7 @@
-"""Forward hooks that change a module's output: replace it (loss recovered with a dictionary's
-reconstruction spliced in) or add to it (steering). What reads outputs is `capture.Capture`.
+"""Forward hooks that change what a hook names (a module's output, or with `:input` its
+input): replace it (loss recovered with a dictionary's reconstruction spliced in, a
+transcoder's prediction from another hook recorded in the same pass) or add to it (steering).
+What reads activations for a store is `capture.Capture`.
 
 A module's output is its tensor, or the first element of a tuple or list (attention returns
 weights beside it); the other elements pass through untouched.

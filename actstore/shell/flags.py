@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import itertools
 import sys
@@ -22,6 +23,7 @@ from actstore.store.errors import StoreError, one_line, transient
 INTERRUPTED = 130
 
 
+@functools.cache  # a class's source is parsed once, not once per flag
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass (the project's way to document config)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))

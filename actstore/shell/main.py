@@ -35,11 +35,19 @@ def commands() -> list[Command]:
     return sorted(found, key=lambda c: (rank.get(c.name, len(rank)), c.name))
 
 
+#: Said when no package registers a command: an install made before the entry points existed.
+MISSING_PLUGINS = ("train, eval and steer are missing: no package registers `actstore.commands` "
+                   "entry points here; reinstall actstore (pip install -e . or pip install .)")
+
+
 def build_parser(cmds: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    cmds = list(cmds) if cmds is not None else commands()
+    own = {c.name for c in (*store_commands.COMMANDS, bench.COMMAND)}
     p = argparse.ArgumentParser(prog="actstore", description="The `actstore` command line. "
-                                "Each subcommand parses into one frozen config, then runs.")
+                                "Each subcommand parses into one frozen config, then runs.",
+                                epilog=None if {c.name for c in cmds} - own else MISSING_PLUGINS)
     sub = p.add_subparsers(dest="command", required=True)
-    for command in cmds if cmds is not None else commands():
+    for command in cmds:
         command.add_parser(sub)
     return p
 

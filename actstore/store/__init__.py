@@ -17,4 +17,11 @@
 
 Public names: the top-level `actstore` re-exports them (ActivationStore, StoreSpec, Layout,
 RowIndex, JobLock, ShardWriter, write_shard, verify, HookStats, the errors).
+
+Public names (what the module `actstore.store` exported before it was a package):
+`ActivationStore`, `CONTEXT_SCHEMA`, `RowIndex`.
 """
+
+from actstore.store.activation_store import CONTEXT_SCHEMA, ActivationStore, RowIndex
+
+__all__ = ["CONTEXT_SCHEMA", "ActivationStore", "RowIndex"]

@@ -128,16 +128,25 @@ def full_disk(message: Callable[[str], str], folder: str | Path | None = None
               ) -> Iterator[None]:
     """A full disk (or quota) inside the block becomes one `StoreFullError` whose text is
     `message(what failed)`: what survives and how to go on, instead of a traceback from deep
-    inside a writer. `folder`: also take a failure with under LOW_SPACE free there for one
-    (see `no_space`)."""
+    inside a writer.
+
+    Without `folder` (the store's own writes) only an OSError with a no-space errno counts,
+    and keeps its errno. With `folder` (the trainer's run folder, written by torch.save,
+    safetensors and torch.distributed.checkpoint, which hide the errno) the cause is looked
+    for deeper (`no_space`: chained errors, per-rank failures, the text, the folder's free
+    space), and the error says ENOSPC."""
     try:
         yield
     except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is one
         if isinstance(e, KeyboardInterrupt | SystemExit | GeneratorExit):
             raise
-        what = no_space(e, folder)
-        if what is None:
-            raise
-        code = e.errno if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS else \
-            errno.ENOSPC
+        if folder is None:
+            if not (isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS):
+                raise
+            code, what = e.errno, str(e.filename or e.strerror)
+        else:
+            code, found = errno.ENOSPC, no_space(e, folder)
+            if found is None:
+                raise
+            what = found
         raise StoreFullError(code, message(what)) from e

@@ -106,7 +106,7 @@ class Location:
         """Bytes [start, end) of an object; a negative start counts from its end. An empty
         range is empty on every backend (s3fs would answer `start == end` with the whole
         object, and a start past the end with EINVAL)."""
-        if end is not None and start >= 0 and end <= start:
+        if end is not None and 0 <= end <= start:
             self.size(rel)  # a missing object is still FileNotFoundError
             return b""
         try:

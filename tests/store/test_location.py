@@ -31,10 +31,11 @@ BLOB = bytes(range(256)) * 5
 
 RANGES = [(0, 1), (0, len(BLOB)), (17, 300), (len(BLOB) - 1, len(BLOB)), (100, None),
           (1200, 5000), (-1, None), (-300, None), (-len(BLOB), None), (5, 5), (9, 3),
-          (len(BLOB), len(BLOB) + 10), (5000, 6000)]
+          (len(BLOB), len(BLOB) + 10), (5000, 6000), (2, -3), (-10, -2)]
 """[start, end) of `Location.get_range`: whole, inner, last byte, open end, an end past the
 object (cut there, as a slice is), negative starts (counted from the end) and empty ranges
-(s3fs alone would answer `start == end` with the whole object)."""
+(s3fs alone would answer `start == end` with the whole object) and negative ends (counted
+from the end too, as fsspec does)."""
 
 
 class LocationTests:

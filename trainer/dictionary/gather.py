@@ -1,5 +1,5 @@
-"""A sharded dictionary gathered into an ordinary one (for the final files and the SAELens
-export, which are identical in layout to an unsharded run's)."""
+"""A sliced dictionary gathered into an ordinary one (for the final files and the SAELens
+export, which are identical in layout to an unsliced run's)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch.distributed as dist
 
 from trainer.dictionary.dictionaries import SparseDictionary
 
-#: The dimension along which each sharded tensor is split; the others are replicated.
+#: The dimension along which each sliced tensor is split; the others are replicated.
 SHARDED_DIM = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "log_threshold": 0,
                "tokens_since_fired": 0}
 
 
 def gathered(member: SparseDictionary) -> SparseDictionary | None:
     """On tp rank 0 of each dp row: the whole dictionary, on the CPU; None on the other
-    ranks. An unsharded member is returned as it is (every rank)."""
+    ranks. An unsliced member is returned as it is (every rank)."""
     mesh = getattr(member, "mesh", None)
     if mesh is None or mesh.tp == 1:
         return member

@@ -1,4 +1,4 @@
-"""Initial values: the decoder's directions (reproducible shard by shard) and the centre of
+"""Initial values: the decoder's directions (reproducible slice by slice) and the centre of
 the data that the pre-encoder bias starts at."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 #: Latents per block of the initial decoder. Each block is drawn from its own seeded generator,
-#: so a shard of the latents is drawn alone and equals the same rows of the whole dictionary.
+#: so a slice of the latents is drawn alone and equals the same rows of the whole dictionary.
 INIT_BLOCK = 4096
 
 

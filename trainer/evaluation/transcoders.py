@@ -4,6 +4,9 @@
       ├─ each transcoder: FVU of y (raw units), L0, firing, top activations per latent
       ├─ the dense linear map (least squares from x to y on the training rows, with a
       │  bias: the skip a transcoder could learn alone) — its FVU at L0 = d_in
+      ├─ the MLP's own neurons: held-out contexts run through the model, the input of the
+      │  MLP's output projection (its hidden activations) kept at each row's k largest in
+      │  magnitude and projected — FVU of the target at L0 = k, on those contexts' rows
       └─ loss recovered: the target hook's activations replaced in the model by each
          transcoder's prediction, and by the linear map's, computed from the input hook in
          the same pass (one layer: a replacement model)
@@ -11,11 +14,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from actstore.loader import holdout
+from actstore.loader.holdout import held_out_contexts
+from actstore.model.capture import Capture, hook_module, load_model
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.evaluation import baselines
@@ -86,6 +94,52 @@ def fit_linear(store: ActivationStore, hooks: tuple[str, str], part: holdout.Par
     return solution[:-1].float(), solution[-1].float()
 
 
+def projection_of(model: nn.Module, target_hook: str) -> str:
+    """The MLP's output projection, whose input are its neurons: the module the target hook
+    names when it is a linear map, else its last linear submodule (GPT-2's c_proj, Llama's
+    down_proj, NeoX's dense_4h_to_h)."""
+    name, reads_input = hook_module(target_hook)
+    module = dict(model.named_modules())[name]
+    linear = (nn.Linear, Conv1D)
+    if isinstance(module, linear) and not reads_input:
+        return name
+    inner = [n for n, m in module.named_modules() if n and isinstance(m, linear)]
+    if reads_input or not inner:
+        raise ValueError(f"--target-hook {target_hook} is not an MLP's output (a linear map or "
+                         "a module ending in one): no neurons to compare with")
+    return f"{name}.{inner[-1]}"
+
+
+def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition, *,
+                    ks: list[int], contexts: int, device: torch.device
+                    ) -> list[dict[str, float | str]]:
+    """FVU of the target rebuilt from the MLP's k largest-magnitude neurons through its own
+    output projection, at each k, on `contexts` held-out contexts run through the model."""
+    spec = store.spec
+    model = load_model(spec.model, spec.model_revision, torch.float32, device)
+    proj = projection_of(model, target)
+    project = dict(model.named_modules())[proj]
+    first = holdout.first_held_out_context(store, part) if part.held_out else 0
+    ids = held_out_contexts(store, contexts, first).to(device)
+    hidden, y = [], []
+    with Capture(model, (f"{proj}:input", target)) as cap:
+        for chunk in torch.split(ids, 8):
+            got = cap.run(chunk)
+            hidden.append(got[f"{proj}:input"].flatten(0, 1))
+            y.append(got[target].flatten(0, 1))
+    h, t = torch.cat(hidden), torch.cat(y)
+    variance = baselines.total_variance(t)
+    rows: list[dict[str, float | str]] = []
+    with torch.inference_mode():
+        for k in ks:
+            keep = torch.topk(h.abs(), min(k, h.shape[1]), dim=1).indices
+            sparse = torch.zeros_like(h).scatter_(1, keep, h.gather(1, keep))
+            err = float((t - project(sparse)).double().pow(2).sum())
+            rows.append({"method": "neurons", "k": k, "l0": float(min(k, h.shape[1])),
+                         "fvu": err / max(variance, 1e-30)})
+    return rows
+
+
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
     `evaluate_transcoders` does."""
@@ -117,6 +171,9 @@ def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:
         {"method": "linear", "k": d_in, "l0": float(d_in), "fvu": err / max(variance, 1e-30)}]
     frontier += [{"method": m.name, "k": m.sae.cfg.k or round(scores[m.name]["l0"]),
                   "l0": scores[m.name]["l0"], "fvu": scores[m.name]["fvu"]} for m in members]
+    neurons, neurons_why = _neurons(cfg, store, hooks[1], part, members=members, scores=scores,
+                                    device=device)
+    frontier += neurons
     wd, bd = w.to(device), b.to(device)
     spliced, why = splice_scores(
         cfg, store, part, members, [], device=device,
@@ -125,6 +182,28 @@ def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:
     meta = {"run": str(cfg.run), "store": store.url, "store_key": store.key,
             "hook": hooks[0], "target_hook": hooks[1], "model": store.spec.model,
             "held_out": held_out, "rows": len(y), "held_out_shards": list(part.held_out),
-            "ground_truth": False, "spliced": why, "kind": "transcoder",
+            "ground_truth": False, "spliced": why, "kind": "transcoder", "neurons": neurons_why,
             "settings": {k: v for k, v in vars(cfg).items() if k not in ("run", "out")}}
     return Evaluation(meta, frontier, scores, {"linear": {}}, mmcs_between(members), tops, spliced)
+
+
+def _neurons(cfg: EvalConfig, store: ActivationStore, target: str, part: holdout.Partition,
+             *, members: list[Member], scores: dict[str, dict[str, float]],
+             device: torch.device) -> tuple[list[dict[str, float | str]], str]:
+    """The neuron baseline at the transcoders' L0s and --ks (rank 0 computes, every rank
+    gets it), and what was done or why not."""
+    if not cfg.splice_contexts:
+        return [], "skipped (--splice-contexts 0)"
+    rows: list[dict[str, float | str]] = []
+    why = f"{cfg.splice_contexts} held-out contexts run through the model"
+    if distributed.rank() == 0:
+        ks = sorted(set(cfg.ks) | {m.sae.cfg.k or max(1, round(scores[m.name]["l0"]))
+                                   for m in members})
+        try:
+            rows = neuron_frontier(store, target, part, ks=ks, contexts=cfg.splice_contexts,
+                                   device=device)
+        except (OSError, ValueError) as e:
+            why = f"skipped: {e}"
+            print(f"actstore eval: warning: the neuron baseline {why}", file=sys.stderr)
+    out: tuple[list[dict[str, float | str]], str] = distributed.broadcast_object((rows, why))
+    return out

@@ -42,10 +42,10 @@ def _batches(store: ActivationStore, batch: int, device: torch.device
             yield b.x[hook]
 
 
-def one(store: ActivationStore, latents: int, kernel: Kernel, plan: BenchSetup) -> dict[str, Any]:
+def one(store: ActivationStore, latents: int, kernel: Kernel, setup: BenchSetup) -> dict[str, Any]:
     """Tokens/s of the plan's steps from memory and from the loader, and the peak memory."""
-    batch, steps, k, device = (plan.train_batch, plan.train_steps, plan.k,
-                               torch.device(plan.device))
+    batch, steps, k, device = (setup.train_batch, setup.train_steps, setup.k,
+                               torch.device(setup.device))
     d = store.layout.d_model[store.hooks[0]]
     cfg = DictionaryConfig(arch="topk", d_model=d, latents=latents, k=k,
                            dead_after_tokens=batch * 4)
@@ -86,15 +86,16 @@ def one(store: ActivationStore, latents: int, kernel: Kernel, plan: BenchSetup) 
             "predicted_bytes": model.total}
 
 
-def measure(store: ActivationStore, plan: BenchSetup, progress: Any = None) -> list[dict[str, Any]]:
+def measure(store: ActivationStore, setup: BenchSetup,
+            progress: Any = None) -> list[dict[str, Any]]:
     """Every (size, kernel) of the plan's ladder; a configuration the memory model says
     cannot fit is skipped with that reason instead of run out of memory."""
-    batch, k, device = plan.train_batch, plan.k, torch.device(plan.device)
+    batch, k, device = setup.train_batch, setup.k, torch.device(setup.device)
     free = available_bytes(device)
     budget = int(free * 0.8) if free is not None else None
     d = store.layout.d_model[store.hooks[0]]
     out: list[dict[str, Any]] = []
-    for n in plan.latents:
+    for n in setup.latents:
         for kernel in typing.get_args(Kernel):
             need = dictionary_memory(d=d, latents=n, k=k, batch=batch, kernel=kernel).total
             if budget is not None and need > budget:
@@ -102,7 +103,7 @@ def measure(store: ActivationStore, plan: BenchSetup, progress: Any = None) -> l
                             "skipped": f"needs {need / 2**30:.1f} GiB by the memory model, "
                                        f"{budget / 2**30:.1f} GiB usable"})
             else:
-                out.append(one(store, n, kernel, plan))
+                out.append(one(store, n, kernel, setup))
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()

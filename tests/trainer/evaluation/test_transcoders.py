@@ -17,7 +17,7 @@ from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.report import write_report
 from trainer.evaluation.run import load_run, open_slice
 from trainer.evaluation.splicer import Splicer
-from trainer.evaluation.transcoders import evaluate_run
+from trainer.evaluation.transcoders import evaluate_run, projection_of
 
 MLP = "transformer.h.1.mlp"
 
@@ -47,7 +47,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 def test_transcoders_and_the_linear_map_are_scored_on_held_out_rows(
         run: tuple[Path, str, str]) -> None:
     root, _, _ = run
-    cfg = EvalConfig(run=str(root / "run"), out=str(root / "report"), splice_contexts=8)
+    cfg = EvalConfig(run=str(root / "run"), out=str(root / "report"), splice_contexts=8,
+                     ks=(1, 4, 128))
     ev = evaluate_run(cfg)
     members = load_run(cfg.run)
     store, part, held_out = open_slice(cfg, members[0])
@@ -78,9 +79,26 @@ def test_transcoders_and_the_linear_map_are_scored_on_held_out_rows(
     assert ev.dictionaries["topk-n128-k16"]["fvu"] < ev.dictionaries["topk-n128-k4"]["fvu"]
     spliced = {(r["method"], r["k"]) for r in ev.spliced}
     assert spliced == {("topk-n128-k4", 4), ("topk-n128-k16", 16), ("linear", 32)}
+    # the MLP's own neurons through its own projection: every neuron kept gives the MLP's
+    # output back; fewer lose more
+    neurons = {r["k"]: r["fvu"] for r in ev.frontier if r["method"] == "neurons"}
+    assert set(neurons) == {1, 4, 16, 128}
+    assert neurons[128] == pytest.approx(0.0, abs=1e-9)
+    assert neurons[1] > neurons[4] > neurons[16] > neurons[128]
+    assert ev.meta["neurons"] == "8 held-out contexts run through the model"
     out = write_report(ev, store, cfg)
     saved = json.loads((out / "eval.json").read_text())
     assert saved["meta"]["target_hook"] == MLP
+
+
+def test_the_neurons_are_the_input_of_the_mlps_output_projection(
+        run: tuple[Path, str, str]) -> None:
+    _, _, model_path = run
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_path)
+    assert projection_of(model, MLP) == f"{MLP}.c_proj"
+    assert projection_of(model, f"{MLP}.c_proj") == f"{MLP}.c_proj"
+    with pytest.raises(ValueError, match="not an MLP's output"):
+        projection_of(model, "transformer.h.1.ln_2")
 
 
 def test_replacing_the_mlp_output_by_the_mlp_of_its_input_recovers_everything(
