@@ -59,6 +59,10 @@ log "3/4 large dictionaries"
 timeout 120 "$PY" -m benchmarks.large_dictionary --device cuda --latents 131072 1048576 \
     --steps 5 --largest --out "$RESULTS/large_dictionary.json" \
     >>"$RESULTS/gpu.log" 2>&1 || { status=1; log "large_dictionary failed"; }
+log "3b/4 transcoders (GPT-2-small MLP shape, skip)"
+timeout 90 "$PY" -m benchmarks.large_dictionary --device cuda --latents 24576 131072 \
+    --kernels sparse --transcoder --skip --steps 5 --out "$RESULTS/transcoder.json" \
+    >>"$RESULTS/gpu.log" 2>&1 || { status=1; log "transcoder step failed"; }
 log "4/4 FastICA"
 timeout 60 "$PY" -m benchmarks.fastica --device cuda --out "$RESULTS/fastica.json" \
     >>"$RESULTS/gpu.log" 2>&1 || { status=1; log "fastica failed"; }

@@ -49,11 +49,14 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     """One (latents, kernel, batch): seconds per step and the peak memory of the steps."""
     device = torch.device(a.device)
     base = rss_bytes("VmRSS") if device.type == "cpu" else 0
+    shape: dict[str, Any] = ({"kind": "transcoder", "d_out": a.d_out or a.d, "skip": a.skip}
+                             if a.transcoder else {})
     cfg = DictionaryConfig(arch="topk", d_model=a.d, latents=a.child_latents, k=a.k,
-                           dead_after_tokens=a.batch)
+                           dead_after_tokens=a.batch, **shape)
     ens = Ensemble([cfg], adam(1e-4), kernel=a.child_kernel).to(device)
     sae = ens.members[0]
     x = torch.randn(a.batch, a.d, device=device)
+    y = torch.randn(a.batch, a.d_out or a.d, device=device) if a.transcoder else None
     every = max(1, round(1 / a.dead_fraction)) if a.dead_fraction else 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -65,7 +68,7 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
         if every:
             sae.tokens_since_fired[::every] = a.batch  # dead: AuxK takes them
         start = time.perf_counter()
-        ens.step(x, autocast=device.type == "cuda")
+        ens.step(x, autocast=device.type == "cuda", y=y)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -80,7 +83,9 @@ def run_child(a: argparse.Namespace, latents: int, kernel: str, batch: int) -> d
     argv = [sys.executable, "-m", "benchmarks.large_dictionary", "--child-latents",
             str(latents), "--child-kernel", kernel, "--batch", str(batch), "--d", str(a.d),
             "--k", str(a.k), "--steps", str(a.steps), "--warmup", str(a.warmup),
-            "--dead-fraction", str(a.dead_fraction), "--device", a.device]
+            "--dead-fraction", str(a.dead_fraction), "--device", a.device,
+            *(["--transcoder", "--d-out", str(a.d_out or a.d)] if a.transcoder else []),
+            *(["--skip"] if a.skip else [])]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         return {"latents": latents, "kernel": kernel, "batch": batch,
@@ -89,11 +94,16 @@ def run_child(a: argparse.Namespace, latents: int, kernel: str, batch: int) -> d
     return out
 
 
+def shape(a: argparse.Namespace) -> dict[str, Any]:
+    """The memory model's keywords for a transcoder's step (none for an SAE's)."""
+    return {"d_out": a.d_out or a.d, "skip": a.skip} if a.transcoder else {}
+
+
 def fitting_batch(a: argparse.Namespace, latents: int, kernel: Step, budget: int) -> int:
     """The global batch, halved until the memory model says the step fits in `budget`."""
     batch: int = a.batch
     while batch > 256 and dictionary_memory(d=a.d, latents=latents, k=a.k, batch=batch,
-                                            kernel=kernel).total > budget:
+                                            kernel=kernel, **shape(a)).total > budget:
         batch //= 2
     return batch
 
@@ -106,7 +116,7 @@ def measure(a: argparse.Namespace) -> list[dict[str, Any]]:
             batch = fitting_batch(a, latents, kernel, budget)
             r = run_child(a, latents, kernel, batch)
             plan = dictionary_memory(d=a.d, latents=latents, k=a.k, batch=batch,
-                                     kernel=kernel)
+                                     kernel=kernel, **shape(a))
             r["predicted_bytes"] = plan.total
             r["state_bytes"] = plan.parameters + plan.gradients + plan.optimizer
             results.append(r)
@@ -167,6 +177,10 @@ def main() -> None:
                    choices=["dense", "sparse"])
     p.add_argument("--d", type=int, default=768, help="d_model")
     p.add_argument("--k", type=int, default=32)
+    p.add_argument("--transcoder", action="store_true",
+                   help="a transcoder's step (a target of --d-out beside the input)")
+    p.add_argument("--d-out", type=int, help="a transcoder's target width (default: --d)")
+    p.add_argument("--skip", action="store_true", help="a skip transcoder (with --transcoder)")
     p.add_argument("--batch", type=int, default=4096, help="global batch (rows)")
     p.add_argument("--steps", type=int, default=2, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
