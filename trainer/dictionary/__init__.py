@@ -11,5 +11,6 @@ tensor-parallel ranks (`slices`, `gather`).
     initialisation.py: decoder directions in seeded blocks, b_dec at the data's centre
     slices.SlicedDictionary: the same passes on this tp rank's latents (parallel.ops)
       ──▶ gather.gathered: the whole dictionary on rank 0
-      ──▶ export.py: save_dictionary / load_dictionary, export_saelens, export_sparsify
+      ──▶ export.py: save_dictionary / load_dictionary, export_saelens, export_sparsify,
+                 export_circuit_tracer
 """

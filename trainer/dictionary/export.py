@@ -29,6 +29,23 @@ SAELens 6 loads relu transcoders as `transcoder` / `skip_transcoder` and jumprel
 batchtopk, at its learned threshold) as `jumprelu_transcoder` / `jumprelu_skip_transcoder`,
 W_skip stored (d_out, d_in) as it keeps it; it has no TopK transcoder. sparsify loads TopK
 transcoders whose input and target have the same width (`transcode`, `skip_connection`).
+
+circuit-tracer's per-layer transcoder set (`export_circuit_tracer`: one directory, loaded by
+`circuit_tracer.utils.caching.load_transcoders_from_cache(dir.name, cache_dir=dir.parent)`, or
+`load_transcoder_set({i: dir/layer_i.safetensors}, ...)` given the hooks) is the layout
+circuit-tracer writes itself (`TranscoderSet.to_safetensors` + its cache's config.yaml):
+    config.yaml             model_kind: transcoder_set, feature_input_hook, feature_output_hook
+                            (TransformerLens names inside a block, read at blocks.{i}.<hook>,
+                            e.g. ln2.hook_normalized -> hook_mlp_out), scan, model_name
+                            (written as JSON, which YAML reads)
+    layer_{i}.safetensors   W_enc (n, d) -- circuit-tracer's F.linear layout, our W_enc'ᵀ --,
+                            b_enc (n,), W_dec (n, d), b_dec (d,), [W_skip (d, d): it adds
+                            x @ W_skipᵀ, our W_skip'ᵀ], [activation_function.threshold (n,)]
+the folded raw-activation weights above, one file per layer 0..L-1 (circuit-tracer needs every
+layer from 0 and one latent count across them). Its loader builds relu (no threshold) or JumpReLU
+x * (x > threshold) transcoders whose input and output have the same width: relu, jumprelu
+(exp(log_threshold)) and batchtopk (its learned threshold) export; TopK does not (circuit-tracer
+has the activation but no loader for it).
 """
 
 from __future__ import annotations
@@ -215,4 +232,54 @@ def saelens_config(cfg: DictionaryConfig, source: dict[str, Any]) -> dict[str, A
     if arch == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = False  # decoder rows are not unit norm after folding
+    return out
+
+
+#: What circuit-tracer's loader (`load_relu_transcoder`) builds: F.relu, or JumpReLU given a
+#: threshold; batchtopk is a JumpReLU at its learned threshold.
+CIRCUIT_TRACER_ARCHS = ("relu", "jumprelu", "batchtopk")
+
+
+def export_circuit_tracer(path: str | Path,
+                          layers: dict[int, tuple[SparseDictionary, Normalizer, Normalizer]],
+                          *, feature_input_hook: str, feature_output_hook: str,
+                          model_name: str | None = None, scan: str | None = None) -> Path:
+    """circuit-tracer's transcoder set: `config.yaml` + `layer_{i}.safetensors` for layers
+    0..L-1, each (transcoder, input normaliser, target normaliser), on raw activations. The
+    hooks are circuit-tracer's (TransformerLens names within a block, as `hook_mlp_out`)."""
+    if sorted(layers) != list(range(len(layers))) or not layers:
+        raise ValueError("circuit-tracer needs a transcoder for every layer from 0, got "
+                         f"layers {sorted(layers)}")
+    first = layers[0][0].cfg
+    for i, (tc, _, _) in sorted(layers.items()):
+        cfg = tc.cfg
+        if cfg.kind != "transcoder":
+            raise ValueError(f"layer {i} is an SAE: circuit-tracer loads transcoders")
+        if cfg.arch not in CIRCUIT_TRACER_ARCHS:
+            raise ValueError(f"circuit-tracer loads relu, jumprelu and batchtopk transcoders, "
+                             f"not {cfg.arch} (layer {i})")
+        if cfg.out_width != cfg.d_model:
+            raise ValueError(f"circuit-tracer's transcoders predict a target as wide as their "
+                             f"input: layer {i} is {cfg.d_model} -> {cfg.out_width}")
+        if (cfg.latents, cfg.skip) != (first.latents, first.skip):
+            raise ValueError("circuit-tracer's layers share one latent count and skip: layer "
+                             f"{i} has {cfg.latents} latents, skip {cfg.skip}; layer 0 "
+                             f"{first.latents}, skip {first.skip}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (tc, norm, target_norm) in sorted(layers.items()):
+        w = folded(tc, norm, target_norm)
+        tensors = {"W_enc": w["W_enc"].T, "b_enc": w["b_enc"], "W_dec": w["W_dec"],
+                   "b_dec": w["b_dec"]}
+        if "W_skip" in w:
+            tensors["W_skip"] = w["W_skip"].T  # circuit-tracer adds x @ W_skip.T
+        if tc.cfg.arch == "jumprelu":
+            tensors["activation_function.threshold"] = tc.log_threshold.exp()
+        elif tc.cfg.arch == "batchtopk":
+            tensors["activation_function.threshold"] = tc.threshold.expand(tc.cfg.latents)
+        save_file(_contiguous(tensors), out / f"layer_{i}.safetensors")
+    config = {"model_kind": "transcoder_set", "feature_input_hook": feature_input_hook,
+              "feature_output_hook": feature_output_hook, "scan": scan or out.name,
+              "model_name": model_name}
+    _write_json(out / "config.yaml", config)  # JSON is YAML: circuit-tracer's yaml.safe_load
     return out

@@ -134,7 +134,8 @@ class TrainConfig:
     """sae: reconstruct --hook; transcoder: predict --target-hook from --hook (e.g. an MLP's
     input and output)."""
     target_hook: str | None = None
-    """The hook a transcoder predicts (the store must hold it beside --hook)."""
+    """The hook a transcoder predicts, which the store must hold beside --hook (default: none,
+    as an SAE predicts its own input)."""
     skip: bool = False
     """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
 
