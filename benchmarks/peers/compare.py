@@ -4,6 +4,7 @@ scored by the same code (`scoring.score_rows`) on held-out rows no tool trained 
 
     bash benchmarks/peers/setup.sh                  # once: the peers in .peers-venv
     python -m benchmarks.peers.compare [--tokens 524288] [--rounds 3]
+    python -m benchmarks.peers.compare --transcoder [--tokens 262144]   # compare_transcoders.py
 
 Work: a random-initialised GPT-2 shape (4 blocks, d=256, 4 heads, context 128, MiniLM's
 tokenizer), the output of block 2 (`transformer.h.2` = TransformerLens'
@@ -98,10 +99,12 @@ def corpus(root: Path, chars: int) -> tuple[str, str]:
     return str(train), str(held)
 
 
-def generate(model: str, hook: str, dataset: str, out: Path, tokens: int
+def generate(model: str, hook: str | tuple[str, ...], dataset: str, out: Path, tokens: int
              ) -> tuple[dict[str, Any], str]:
+    """`actstore generate` of one hook or several into one store, timed as a whole command."""
+    hooks = (hook,) if isinstance(hook, str) else hook
     run = measured([sys.executable, "-m", "actstore", "generate", "--model", model,
-                    "--hook", hook, "--dataset", dataset,
+                    *(f for h in hooks for f in ("--hook", h)), "--dataset", dataset,
                     "--context-length", str(CTX), "--max-tokens", str(tokens),
                     "--out", str(out), "--no-progress"])
     found = re.search(r"^done: (\S+): ", run["out"], re.M)
@@ -316,12 +319,25 @@ def main() -> None:
     p.add_argument("--peer-python", default=os.environ.get(
         "ACTSTORE_PEERS_PYTHON", str(REPO / ".peers-venv" / "bin" / "python")),
         help="python of the peers' environment (benchmarks/peers/setup.sh)")
-    p.add_argument("--out", default="bench-out/peers.json", help="results JSON")
+    p.add_argument("--out", help="results JSON (default: bench-out/peers.json, "
+                   "bench-out/peers-transcoders.json with --transcoder)")
     p.add_argument("--caching-only", action="store_true",
                    help="only the caching comparison (more rounds of it in less time)")
+    p.add_argument("--transcoder", action="store_true",
+                   help="transcoders of block 2's MLP beside sparsify's instead "
+                        "(compare_transcoders.py)")
     a = p.parse_args()
+    a.out = a.out or f"bench-out/peers{'-transcoders' if a.transcoder else ''}.json"
     os.environ.update(HF_HUB_OFFLINE="1", RAY_ADDRESS="", WANDB_MODE="disabled")
+    Path("bench-out").mkdir(exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="actstore-peers-", dir="bench-out"))
+    if a.transcoder:
+        from benchmarks.peers import compare_transcoders
+        try:
+            compare_transcoders.run(a, base)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     try:
         model = random_gpt2(base)
         data = corpus(base, chars=int((max(a.tokens, a.minilm_tokens) + 10 * a.held_out) * 6))
