@@ -104,18 +104,20 @@ def save_dictionary(path: str | Path, sae: SparseDictionary, norm: Normalizer,
 def load_dictionary(path: str | Path) -> tuple[SparseDictionary, Normalizer, dict[str, Any]]:
     """A saved dictionary, its input normaliser and its cfg.json (a transcoder's target
     normaliser: `target_normalizer`)."""
-    sae, norm, _, cfg = _load(path)
+    sae, norm, _, cfg = load_with_target(path)
     return sae, norm, cfg
 
 
 def target_normalizer(path: str | Path) -> Normalizer:
     """How a saved dictionary's target was normalised (an SAE's target is its input)."""
-    _, norm, target, _ = _load(path)
+    _, norm, target, _ = load_with_target(path)
     return target or norm
 
 
-def _load(path: str | Path
-          ) -> tuple[SparseDictionary, Normalizer, Normalizer | None, dict[str, Any]]:
+def load_with_target(path: str | Path
+                     ) -> tuple[SparseDictionary, Normalizer, Normalizer | None, dict[str, Any]]:
+    """A saved dictionary, its input normaliser, a transcoder's target normaliser (None for an
+    SAE) and its cfg.json, from one read of its files."""
     path = Path(path)
     cfg = json.loads((path / "cfg.json").read_text())
     if cfg.get("format") != FORMAT:

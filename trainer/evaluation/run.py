@@ -27,7 +27,7 @@ from actstore.loader import holdout
 from actstore.loader.ground_truth import load_ground_truth
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
-from trainer.dictionary.export import load_dictionary, target_normalizer
+from trainer.dictionary.export import load_with_target
 from trainer.evaluation import baselines
 from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.examples import TopActivations, TopCollector
@@ -67,8 +67,7 @@ def load_run(run: str) -> list[Member]:
                                 " pass the --out folder of a finished actstore train run")
     members = []
     for path in found:
-        sae, norm, cfg = load_dictionary(path)
-        target = target_normalizer(path) if sae.cfg.kind == "transcoder" else None
+        sae, norm, target, cfg = load_with_target(path)
         members.append(Member(path.name, sae, norm, cfg["source"], target))
     hooks = {(m.source["store_key"], m.source["hook"], m.source.get("target_hook"))
              for m in members}
@@ -121,20 +120,23 @@ def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, part: hold
 
 
 def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device,
-          variance: float) -> tuple[dict[str, float], TopActivations]:
+          variance: float, *, targets: list[torch.Tensor] | None = None
+          ) -> tuple[dict[str, float], TopActivations]:
     """FVU (raw units), L0 and firing of one dictionary on the slice, and its top rows;
-    `variance` is the slice's Σ‖x − mean‖², FVU's denominator for every method. Under
-    torchrun each rank scores its share of `held` (every world-th batch) and the sums and top
-    lists are merged, so every rank returns what one process would."""
+    `variance` is the slice's Σ‖y − mean‖², FVU's denominator for every method, where y is
+    what the dictionary reconstructs: the rows themselves, or a transcoder's `targets` (one
+    per batch of `held`). Under torchrun each rank scores its share of `held` (every
+    world-th batch) and the sums and top lists are merged, so every rank returns what one
+    process would."""
     sae = member.sae.to(device)
     collector = TopCollector(sae.cfg.latents, top)
     err, count = 0.0, 0
-    for h in held[distributed.rank()::distributed.world_size()]:
-        x = h.x.to(device)
-        x_hat_n, codes = sae.infer(member.norm.apply(x))
-        x_hat = member.norm.invert(x_hat_n)
-        err += float((x - x_hat).double().pow(2).sum())
-        count += len(x)
+    pairs = list(zip(held, targets or [h.x for h in held], strict=True))
+    for h, y in pairs[distributed.rank()::distributed.world_size()]:
+        y_hat_n, codes = sae.infer(member.norm.apply(h.x.to(device)))
+        y_hat = member.out_norm.invert(y_hat_n)
+        err += float((y.to(device) - y_hat).double().pow(2).sum())
+        count += len(y)
         collector.add(codes, h.rows)
     tops = collector.result()
     if distributed.world_size() > 1:
@@ -149,11 +151,12 @@ def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: tor
             "fired_fraction": fired}, tops
 
 
-def evaluate(cfg: EvalConfig) -> Evaluation:
-    """Score every dictionary of `cfg.run` and every baseline on the held-out slice."""
+def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation:
+    """Score every dictionary of `cfg.run` (`members`, when already loaded) and every
+    baseline on the held-out slice."""
     want = resolve_device(cfg.device)
     device = torch.device(want)
-    members = load_run(cfg.run)
+    members = members or load_run(cfg.run)
     hook = members[0].source["hook"]
     store, part, held_out = open_slice(cfg, members[0])
     if members[0].sae.cfg.kind == "transcoder":

@@ -28,9 +28,15 @@ from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.evaluation import baselines
 from trainer.evaluation.config import EvalConfig, Member
-from trainer.evaluation.examples import TopActivations, TopCollector
 from trainer.evaluation.loss_recovered import splice_scores
-from trainer.evaluation.run import Evaluation, evaluate, load_run, mmcs_between, open_slice
+from trainer.evaluation.run import (
+    Evaluation,
+    evaluate,
+    load_run,
+    mmcs_between,
+    open_slice,
+    score,
+)
 from trainer.parallel import distributed
 
 #: Ridge term of the least-squares fit, relative to the mean diagonal of XᵀX: numerical
@@ -45,31 +51,6 @@ def paired(store: ActivationStore, hooks: tuple[str, str], part: holdout.Partiti
         lo, hi = int(h.rows.min()), int(h.rows.max()) + 1
         y = torch.from_numpy(store.read_float32(hooks[1], lo, hi))[h.rows - lo]
         yield h, y
-
-
-def score(member: Member, held: list[tuple[holdout.HeldOutRows, torch.Tensor]], top: int,
-          device: torch.device, variance: float) -> tuple[dict[str, float], TopActivations]:
-    """FVU of the target (raw units), L0 and firing of one transcoder on the slice, and its
-    top rows; under torchrun each rank scores its share and the sums are merged."""
-    tc = member.sae.to(device)
-    collector = TopCollector(tc.cfg.latents, top)
-    err, count = 0.0, 0
-    for h, y in held[distributed.rank()::distributed.world_size()]:
-        y_hat_n, codes = tc.infer(member.norm.apply(h.x.to(device)))
-        y_hat = member.out_norm.invert(y_hat_n)
-        err += float((y.to(device) - y_hat).double().pow(2).sum())
-        count += len(y)
-        collector.add(codes, h.rows)
-    tops = collector.result()
-    if distributed.world_size() > 1:
-        err, total = distributed.sum_over_ranks([err, count])
-        count = int(total)
-        merged = TopCollector(tc.cfg.latents, top)
-        for part in distributed.gather_objects(tops):
-            merged.absorb(part)
-        tops = merged.result()
-    return {"fvu": err / max(variance, 1e-30), "l0": float(tops.fired.sum()) / count,
-            "fired_fraction": float((tops.fired > 0).double().mean())}, tops
 
 
 def fit_linear(store: ActivationStore, hooks: tuple[str, str], part: holdout.Partition,
@@ -145,7 +126,7 @@ def evaluate_run(cfg: EvalConfig) -> Evaluation:
     `evaluate_transcoders` does."""
     members = load_run(cfg.run)
     if members[0].sae.cfg.kind != "transcoder":
-        return evaluate(cfg)
+        return evaluate(cfg, members)
     return evaluate_transcoders(cfg, members)
 
 
@@ -154,16 +135,17 @@ def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:
     device = torch.device(resolve_device(cfg.device))
     store, part, held_out = open_slice(cfg, members[0])
     hooks = (members[0].source["hook"], members[0].source["target_hook"])
-    held = list(paired(store, hooks, part, cfg.rows))
-    if not held:
+    pairs = list(paired(store, hooks, part, cfg.rows))
+    if not pairs:
         raise ValueError(f"the held-out slice of {store.url} has no row of a whole context")
-    y = torch.cat([t for _, t in held])
+    held, targets = [h for h, _ in pairs], [t for _, t in pairs]
+    y = torch.cat(targets)
     variance = baselines.total_variance(y)
     scores, tops = {}, {}
     for m in members:
-        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance)
+        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance, targets=targets)
     w, b = fit_linear(store, hooks, part, cfg.fit_rows)
-    share = held[distributed.rank()::distributed.world_size()]
+    share = pairs[distributed.rank()::distributed.world_size()]
     err = sum(float((t - (h.x @ w + b)).double().pow(2).sum()) for h, t in share)
     (err,) = distributed.sum_over_ranks([err])
     d_in = store.layout.d_model[hooks[0]]
