@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actstore.loader.loader import Normalizer
-from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from tests.trainer.dictionary.helpers import trained_like
+from trainer.dictionary.dictionaries import SparseDictionary
 from trainer.dictionary.export import export_circuit_tracer
 
 PYTHON = os.environ.get("ACTSTORE_CIRCUIT_TRACER_PYTHON")
@@ -28,24 +29,11 @@ CASES = {"relu": (("relu", "relu"), False),
          "jumprelu-skip": (("jumprelu", "batchtopk"), True)}
 
 
-def trained_transcoder(arch: str, skip: bool, seed: int, *, d: int = D, d_out: int = D,
-                       n: int = N) -> SparseDictionary:
-    """A transcoder with every parameter away from its initial value, as after training."""
-    cfg = DictionaryConfig(arch=arch, d_model=d, latents=n, k=5, l1=0.1, l0=0.1,  # type: ignore[arg-type]
-                           kind="transcoder", d_out=d_out, skip=skip)
-    tc = SparseDictionary(cfg, torch.Generator().manual_seed(seed))
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        tc.W_enc.add_(torch.randn(tc.W_enc.shape, generator=g) * 0.2)
-        tc.W_dec.add_(torch.randn(tc.W_dec.shape, generator=g) * 0.1)
-        tc.b_enc.copy_(torch.randn(n, generator=g) * 0.2)
-        tc.b_dec.copy_(torch.randn(d_out, generator=g))
-        tc.threshold.fill_(0.15)
-        if skip:
-            tc.W_skip.copy_(torch.randn(d, d_out, generator=g) * 0.3)
-        if arch == "jumprelu":
-            tc.log_threshold.copy_(torch.log(torch.rand(n, generator=g) * 0.3 + 0.01))
-    return tc
+def trained_transcoder(arch: str, skip: bool, seed: int, *, d_out: int = D
+                       ) -> SparseDictionary:
+    """A transcoder, decoder included, as after training."""
+    return trained_like(arch, d=D, n=N, seed=seed, noise_seed=seed + 100, d_out=d_out,
+                        skip=skip, decoder_noise=0.1)
 
 
 def _layer(arch: str, skip: bool, seed: int) -> tuple[SparseDictionary, Normalizer, Normalizer]:

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actstore.loader.loader import Normalizer
-from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
+from tests.trainer.dictionary.helpers import trained_like
+from trainer.dictionary.dictionaries import SparseDictionary
 from trainer.dictionary.export import export_saelens, export_sparsify
 
 PYTHON = os.environ.get("ACTSTORE_SAELENS_PYTHON")
@@ -27,21 +28,6 @@ pytestmark = [pytest.mark.saelens,
                                  "(scripts/install_saelens.sh makes that environment)")]
 ARCHS = {"relu": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE",
          "jumprelu": "JumpReLUSAE"}
-
-
-def trained_like(arch: str, d: int = 12, n: int = 40) -> SparseDictionary:
-    """A dictionary with every parameter away from its initial value, as after training."""
-    cfg = DictionaryConfig(arch=arch, d_model=d, latents=n, k=5, l1=0.1, l0=0.1)  # type: ignore[arg-type]
-    sae = SparseDictionary(cfg, torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        sae.W_enc.add_(torch.randn(sae.W_enc.shape, generator=g) * 0.2)
-        sae.b_enc.copy_(torch.randn(n, generator=g) * 0.2)
-        sae.b_dec.copy_(torch.randn(d, generator=g))
-        sae.threshold.fill_(0.15)
-        if arch == "jumprelu":
-            sae.log_threshold.copy_(torch.log(torch.rand(n, generator=g) * 0.3 + 0.01))
-    return sae
 
 
 def test_saelens_loads_every_architecture_and_agrees(tmp_path: Path) -> None:
@@ -111,23 +97,9 @@ TRANSCODERS = {("relu", False): "Transcoder", ("relu", True): "SkipTranscoder",
                ("batchtopk", True): "JumpReLUSkipTranscoder"}
 
 
-def trained_transcoder(arch: str, skip: bool, d_in: int = 12, d_out: int = 7,
-                       n: int = 40) -> SparseDictionary:
-    """A transcoder with every parameter away from its initial value, as after training."""
-    cfg = DictionaryConfig(arch=arch, d_model=d_in, latents=n, k=5, l1=0.1, l0=0.1,  # type: ignore[arg-type]
-                           kind="transcoder", d_out=d_out, skip=skip)
-    tc = SparseDictionary(cfg, torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        tc.W_enc.add_(torch.randn(tc.W_enc.shape, generator=g) * 0.2)
-        tc.b_enc.copy_(torch.randn(n, generator=g) * 0.2)
-        tc.b_dec.copy_(torch.randn(d_out, generator=g))
-        tc.threshold.fill_(0.15)
-        if skip:
-            tc.W_skip.copy_(torch.randn(d_in, d_out, generator=g) * 0.3)
-        if arch == "jumprelu":
-            tc.log_threshold.copy_(torch.log(torch.rand(n, generator=g) * 0.3 + 0.01))
-    return tc
+def trained_transcoder(arch: str, skip: bool, d_out: int = 7) -> SparseDictionary:
+    """A transcoder, 12 wide to `d_out`, as after training."""
+    return trained_like(arch, d_out=d_out, skip=skip)
 
 
 def _ours(tc: SparseDictionary, norm: Normalizer, target: Normalizer, x: torch.Tensor
