@@ -125,3 +125,16 @@ def test_the_fold_onto_raw_activations_equals_normalise_predict_unnormalise(
     assert cfg["source"]["target_hook"] == "b"
     torch.testing.assert_close(target.invert(again.reconstruct(norm_again.apply(raw))[0]), want)
     assert target_normalizer(tmp_path / "tc").scale == pytest.approx(1.9)
+
+
+def test_exports_a_peer_cannot_load_are_refused_before_writing(tmp_path: Path) -> None:
+    """SAELens has no TopK transcoder; sparsify's predict a target as wide as their input."""
+    from trainer.dictionary.export import export_saelens, export_sparsify
+
+    tc, _, _ = make("topk", False)
+    norm, target = Normalizer(None, 1.0), Normalizer(None, 1.0)
+    with pytest.raises(ValueError, match="no TopK transcoder"):
+        export_saelens(tmp_path / "saelens", tc.float(), norm, {}, target)
+    with pytest.raises(ValueError, match="as wide as their input"):
+        export_sparsify(tmp_path / "sparsify", tc.float(), norm, target)
+    assert not any(tmp_path.iterdir())
