@@ -76,16 +76,15 @@ def print_plan(cfg: TrainConfig) -> int:
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
-    from trainer.training.train import check_against
+    from trainer.training.train import check_against, widths
 
     store = ActivationStore.open(cfg.store)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
-    d_out = store.layout.d_model[cfg.target_hook] if cfg.target_hook else None
-    print(describe(cfg, store.layout.d_model[cfg.hook],
-                   storage_numpy_dtype(store.spec.dtype).itemsize,
+    d_model, d_out = widths(cfg, store)
+    print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
                    data_parallel(world.size, cfg.tp), device, d_out=d_out))
     return 0
 

@@ -40,7 +40,7 @@ from trainer.parallel import distributed
 __all__ = ["DictionaryConfig", "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
 
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
-Kind = Literal["sae", "transcoder"]
+Kind = Literal["sae", "transcoder", "clt"]
 Kernel = Literal["auto", "dense", "sparse"]
 #: Architectures whose codes are chosen by rank, so the sparse step applies (see kernels/).
 SELECTED = ("topk", "batchtopk")
@@ -91,17 +91,25 @@ class DictionaryConfig:
     threshold_momentum: float = 0.01
     """Update rate of batchtopk's inference threshold."""
     kind: Kind = "sae"
-    """sae: reconstruct the input; transcoder: predict another hook's activations from it."""
+    """sae: reconstruct the input; transcoder: predict another hook's activations from it;
+    clt: a cross-layer transcoder over `layers` layers (clt.CrossLayerTranscoder)."""
     d_out: int | None = None
     """Width of a transcoder's target (default: d_model)."""
     skip: bool = False
     """A transcoder's learned linear skip from input to target (a skip transcoder)."""
+    layers: int = 1
+    """A cross-layer transcoder's layers (its input and target hooks); 1 for the others."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.latents < 1 or (self.d_out is not None and self.d_out < 1):
             raise ValueError("d_model, d_out and latents must be >= 1")
         if self.kind == "sae" and (self.d_out is not None or self.skip):
             raise ValueError("d_out and skip are a transcoder's (kind='transcoder')")
+        if (self.layers < 2) if self.kind == "clt" else (self.layers != 1):
+            raise ValueError(f"a cross-layer transcoder has layers >= 2, any other dictionary "
+                             f"1; got {self.layers} for kind {self.kind!r}")
+        if self.kind == "clt" and self.skip:
+            raise ValueError("skip applies to a transcoder (kind='transcoder'), not a CLT")
         if self.arch in ("topk", "batchtopk") and (self.k is None
                                                    or not 1 <= self.k <= self.latents):
             raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "

@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.dictionary.gather import SHARDED_DIM
+from trainer.dictionary.gather import sharded_dim
 from trainer.parallel import distributed
 from trainer.parallel.mesh import Mesh
 from trainer.training.config import KNOB, TrainConfig
@@ -111,8 +111,8 @@ def _as_saved(key: str, t: torch.Tensor, member: SparseDictionary, mesh: Mesh | 
               ) -> torch.Tensor:
     """A tensor as the checkpoint holds it: latent-major (W_enc transposed, a view), and a
     DTensor over the mesh when its latents are sharded."""
-    view = t.t() if key == "W_enc" else t
-    if mesh is None or mesh.tp == 1 or key not in SHARDED_DIM:
+    view = t.t() if key.split(".", maxsplit=1)[0] in ("W_enc", "W_encs") else t
+    if mesh is None or mesh.tp == 1 or sharded_dim(key) is None:
         return view
     shape = torch.Size((member.cfg.latents, *view.shape[1:]))
     stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous

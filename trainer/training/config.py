@@ -53,8 +53,9 @@ class TrainConfig:
 
     store: str
     """URL of a complete store."""
-    hook: str
-    """Hook (module path) whose activations are fitted."""
+    hook: tuple[str, ...]
+    """Hook (module path) whose activations are fitted; a CLT's input hooks, one per layer in
+    layer order."""
     arch: Arch
     """relu (the seed paper's L1 sparse coding), topk, batchtopk or jumprelu."""
     latents: tuple[int, ...]
@@ -132,14 +133,19 @@ class TrainConfig:
     """PNG plots of the curves and latent densities at the end."""
     kind: Kind = "sae"
     """sae: reconstruct --hook; transcoder: predict --target-hook from --hook (e.g. an MLP's
-    input and output)."""
-    target_hook: str | None = None
-    """The hook a transcoder predicts, which the store must hold beside --hook (default: none,
-    as an SAE predicts its own input)."""
+    input and output); clt: a cross-layer transcoder, layer l's latents reading the l-th
+    --hook and writing into the l-th --target-hook and every later one."""
+    target_hook: tuple[str, ...] = ()
+    """The hook a transcoder predicts (a CLT's: one per --hook, same order), which the store
+    must hold beside --hook (default: none, as an SAE predicts its own input)."""
     skip: bool = False
     """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
 
     def __post_init__(self) -> None:
+        for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str)
+                               else tuple(value or ()))
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
@@ -170,11 +176,7 @@ class TrainConfig:
             raise ValueError(f"--kernel must be one of {get_args(Kernel)}")
         if self.kind not in get_args(Kind):
             raise ValueError(f"--kind must be one of {get_args(Kind)}")
-        if self.kind == "transcoder" and not self.target_hook:
-            raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
-        if self.kind == "sae" and (self.target_hook or self.skip):
-            raise ValueError("--target-hook and --skip are a transcoder's: add --kind "
-                             "transcoder")
+        self._check_hooks()
         resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
         name = KNOB[self.arch]
         if not getattr(self, name):
@@ -186,21 +188,52 @@ class TrainConfig:
             if not 1 <= k <= n:
                 raise ValueError(f"--k {k} must be in [1, latents={n}]")
 
+    def _check_hooks(self) -> None:
+        if not self.hook or not all(self.hook) or not all(self.target_hook):
+            raise ValueError("--hook needs a hook name")
+        if self.kind == "sae" and (self.target_hook or self.skip):
+            raise ValueError("--target-hook and --skip are a transcoder's: add --kind "
+                             "transcoder")
+        if self.kind == "sae" and len(self.hook) > 1:
+            raise ValueError(f"an SAE reads one --hook, got {len(self.hook)}; train one run "
+                             "per hook, or --kind clt for a cross-layer transcoder")
+        if self.kind == "transcoder" and (len(self.hook), len(self.target_hook)) != (1, 1):
+            raise ValueError("--kind transcoder reads one --hook and predicts one "
+                             f"--target-hook, got {len(self.hook)} and {len(self.target_hook)}")
+        if self.kind == "clt":
+            if len(self.hook) < 2 or len(self.hook) != len(self.target_hook):
+                raise ValueError("--kind clt needs a --hook per layer (at least 2) and as many "
+                                 f"--target-hook, in layer order; got {len(self.hook)} and "
+                                 f"{len(self.target_hook)}")
+            if self.skip:
+                raise ValueError("--skip applies to --kind transcoder, not to a CLT")
+        if len(set(self.hooks)) != len(self.hook) + len(self.target_hook):
+            raise ValueError(f"each hook may appear once in --hook and --target-hook, got "
+                             f"{list(self.hook) + list(self.target_hook)}")
+
     def dictionaries(self, d_model: int, d_out: int | None = None) -> list[DictionaryConfig]:
-        """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's
-        target width)."""
+        """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's or a
+        CLT's target width)."""
         key = KNOB[self.arch]
         sweep: tuple[Any, ...] = getattr(self, key)
-        shape: dict[str, Any] = ({"kind": "transcoder", "d_out": d_out, "skip": self.skip}
-                                 if self.kind == "transcoder" else {})
+        shape: dict[str, Any] = (
+            {"kind": "transcoder", "d_out": d_out, "skip": self.skip}
+            if self.kind == "transcoder" else
+            {"kind": "clt", "d_out": d_out, "layers": len(self.hook)} if self.kind == "clt"
+            else {})
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
                                  dead_after_tokens=self.dead_window, **shape, **{key: v})
                 for n, v in itertools.product(self.latents, sweep)]
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        """The hooks a run reads: --hook, and a transcoder's --target-hook."""
-        return (self.hook,) if self.target_hook is None else (self.hook, self.target_hook)
+        """The hooks a run reads: --hook, and a transcoder's or CLT's --target-hook."""
+        return self.hook + self.target_hook
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The hooks the dictionaries reconstruct: --target-hook, an SAE's own --hook."""
+        return self.target_hook or self.hook
 
     @property
     def steps(self) -> int:
@@ -247,7 +280,9 @@ class TrainConfig:
         if missing:
             raise ValueError(f"missing train settings {missing}")
         tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
-                  for k, v in d.items() if k in ("latents", "k", "l1", "l0")}
+                  for k, v in d.items() if k in ("latents", "k", "l1", "l0", "hook")}
+        if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
+            tuples["target_hook"] = ()
         return cls(**{**d, **tuples})
 
     @classmethod
