@@ -67,7 +67,10 @@ def held_out_fvu(store_url: str, path: Path) -> list[float]:
 def test_a_clt_learns_every_layer_and_is_saved_whole(clt_store: str, tmp_path: Path,
                                                      arch: str) -> None:
     knobs: dict[str, Any] = {"k": (3,)} if arch == "topk" else {"k": (), "l1": (0.003,)}
-    result = train(clt(clt_store, tmp_path, arch=arch, **knobs))
+    result = train(clt(clt_store, tmp_path, arch=arch, eval_contexts=4, **knobs))
+    # the replacement model (every MLP output replaced at once) is scored at the end
+    # (a random model: the replacement may even be a little better than the model itself)
+    assert 0.5 < result.final[0]["loss_recovered"] < 1.1
     lines = [r for r in read_metrics(tmp_path) if "dictionaries" in r]
     (name,) = lines[0]["dictionaries"]
     first, last = lines[0]["dictionaries"][name], lines[-1]["dictionaries"][name]
@@ -128,3 +131,88 @@ def test_clt_settings_are_refused_before_any_work(clt_store: str, tmp_path: Path
     with pytest.raises(ValueError, match=message):
         clt(clt_store, tmp_path, **change)
     assert not tmp_path.joinpath("checkpoint").exists()
+
+
+def replacement_ce(store: ActivationStore, run_dir: Path, contexts: int, first: int) -> float:
+    """CE of the model with every MLP output replaced by the saved CLT's prediction, from the
+    files alone with plain hooks (not through Splicer): each layer's input recorded as the
+    replaced model computes it, each output from the inputs of its layer and those before."""
+    import torch.nn.functional as F
+
+    from actstore.loader.holdout import held_out_contexts
+    from actstore.model.capture import load_model
+
+    model_, norms, targets, _ = load_clt(run_dir)
+    model = load_model(store.spec.model, None, torch.float32, torch.device("cpu"))
+    ids = held_out_contexts(store, contexts, first)
+    modules = dict(model.named_modules())
+    seen: list[torch.Tensor] = []
+    keep_first = store.spec.bos_policy == "drop"
+
+    def record(_m: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(norms[len(seen)].apply(args[0]))
+
+    def replace(j: int) -> Any:
+        def hook(_m: torch.nn.Module, _a: object, out: torch.Tensor) -> torch.Tensor:
+            x = torch.stack([s.flatten(0, 1) for s in seen[:j + 1]]
+                            + [torch.zeros_like(seen[0].flatten(0, 1))] * (LAYERS - j - 1), 1)
+            y = targets[j].invert(model_.reconstruct(x)[0][:, j]).view_as(out)
+            if keep_first:
+                y[:, 0] = out[:, 0]
+            return y
+        return hook
+    handles = [modules[OUTPUTS[j]].register_forward_pre_hook(record) for j in range(LAYERS)]
+    handles += [modules[OUTPUTS[j]].register_forward_hook(replace(j)) for j in range(LAYERS)]
+    try:
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()))
+
+
+def test_eval_scores_every_target_and_the_replacement_model(clt_store: str,
+                                                            tmp_path: Path) -> None:
+    from actstore.loader import holdout
+    from trainer.evaluation.config import EvalConfig
+    from trainer.evaluation.report import write_report
+    from trainer.evaluation.transcoders import evaluate_run
+
+    train(clt(clt_store, tmp_path / "run", k=(2, 4), tokens=1920))
+    cfg = EvalConfig(run=str(tmp_path / "run"), out=str(tmp_path / "report"),
+                     splice_contexts=6)
+    ev = evaluate_run(cfg)
+    assert ev.meta["kind"] == "clt"
+    assert ev.meta["held_out"]
+    store = ActivationStore.open(clt_store)
+    part = holdout.partition(store, 0.25)
+    rows = torch.cat([h.rows for h in holdout.held_out_batches(store, INPUTS[0], part,
+                                                               cfg.rows)])
+    x = torch.stack([torch.from_numpy(store.read_float32(h, 0, store.num_rows))[rows]
+                     for h in INPUTS], 1)
+    y = torch.stack([torch.from_numpy(store.read_float32(h, 0, store.num_rows))[rows]
+                     for h in OUTPUTS], 1)
+    for name in ("topk-n48-k2", "topk-n48-k4"):
+        model, norms, targets, _ = load_clt(tmp_path / "run" / "dictionaries" / name)
+        xn = torch.stack([n.apply(x[:, i]) for i, n in enumerate(norms)], 1)
+        y_hat = model.reconstruct(xn)[0]
+        for j, t in enumerate(targets):
+            err = ((y[:, j] - t.invert(y_hat[:, j])) ** 2).sum()
+            want = float(err / ((y[:, j] - y[:, j].mean(0)) ** 2).sum())
+            assert ev.dictionaries[name][f"fvu_layer_{j}"] == pytest.approx(want, rel=1e-4)
+        k = model.cfg.k or 0
+        # k per layer, fewer where a kept pre-activation is not positive
+        assert k * LAYERS - 0.5 < ev.dictionaries[name]["l0"] <= k * LAYERS
+        assert sum(ev.dictionaries[name][f"l0_layer_{i}"] for i in range(LAYERS)) == (
+            pytest.approx(ev.dictionaries[name]["l0"]))
+    spliced = {r["method"]: r for r in ev.spliced}
+    assert sorted(spliced) == ["linear", "topk-n48-k2", "topk-n48-k4"]
+    first = holdout.first_held_out_context(store, part)
+    for name in ("topk-n48-k2", "topk-n48-k4"):
+        assert spliced[name]["ce_spliced"] == pytest.approx(
+            replacement_ce(store, tmp_path / "run" / "dictionaries" / name, 6, first), rel=1e-5)
+    # the larger k predicts better, and its replacement model is nearer the model
+    assert ev.dictionaries["topk-n48-k4"]["fvu"] < ev.dictionaries["topk-n48-k2"]["fvu"]
+    out = write_report(ev, store, cfg)
+    assert (out / "index.html").is_file()
