@@ -216,3 +216,25 @@ def test_eval_scores_every_target_and_the_replacement_model(clt_store: str,
     assert ev.dictionaries["topk-n48-k4"]["fvu"] < ev.dictionaries["topk-n48-k2"]["fvu"]
     out = write_report(ev, store, cfg)
     assert (out / "index.html").is_file()
+
+
+def test_plan_says_the_decoders_grow_as_the_square_and_a_clt_too_large_is_refused(
+        clt_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from actstore.shell.main import main
+    from trainer.training import memory
+
+    argv = ["train", "--store", clt_store, "--kind", "clt", "--hook", *INPUTS,
+            "--target-hook", *OUTPUTS, "--arch", "topk", "--latents", "4096", "--k", "4",
+            "--tokens", "256", "--batch-size", "64", "--out", str(tmp_path / "run"),
+            "--eval-contexts", "0", "--no-progress"]
+    assert main([*argv, "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "a CLT over 4 layers: 4 encoders and 10 decoders" in out
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(memory, "available_bytes", lambda _device: 8 << 20)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not fit in memory" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before any work
