@@ -238,3 +238,16 @@ def test_plan_says_the_decoders_grow_as_the_square_and_a_clt_too_large_is_refuse
     assert "does not fit in memory" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_a_tp2_clt_checkpoint_resumes_at_tp1(clt_store: str, tmp_path: Path) -> None:
+    """Every layer's sliced tensors (encoders, decoders, biases, Adam moments, firing counts)
+    reshard on load: a run cut at tp=2 continues in one process as if never cut."""
+    settings: dict[str, Any] = {"tokens": 1280, "latents": (41,), "arch": "batchtopk"}
+    train(clt(clt_store, tmp_path / "plain", **settings))
+    run_ranks(2, clt(clt_store, tmp_path / "cut", tp=2, **settings), die_at=13)
+    assert not (tmp_path / "cut" / "dictionaries").exists()
+    train(clt(clt_store, tmp_path / "cut", resume=True, **settings))
+    assert_close_weights(tmp_path / "plain", tmp_path / "cut")
+    assert [r["step"] for r in read_metrics(tmp_path / "cut")] == list(range(5, 21, 5))
