@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
+from trainer.dictionary.matryoshka import check_widths
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
 #: values) and DictionaryConfig (one value).
-KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k"}
+KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k",
+                        "matryoshka": "k"}
 BiasInit = Literal["geometric_median", "mean", "zeros"]
 
 
@@ -57,7 +59,8 @@ class TrainConfig:
     """Hook (module path) whose activations are fitted; a CLT's input hooks, one per layer in
     layer order."""
     arch: Arch
-    """relu (the seed paper's L1 sparse coding), topk, batchtopk or jumprelu."""
+    """relu (the seed paper's L1 sparse coding), topk, batchtopk, jumprelu or matryoshka
+    (Matryoshka BatchTopK: nested prefixes of the latents each reconstruct)."""
     latents: tuple[int, ...]
     """Dictionary sizes (several: a sweep)."""
     tokens: int
@@ -140,6 +143,9 @@ class TrainConfig:
     must hold beside --hook (default: none, as an SAE predicts its own input)."""
     skip: bool = False
     """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
+    widths: tuple[int, ...] = ()
+    """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
+    last (default: doubling, latents/16, /8, /4, /2 and all)."""
 
     def __post_init__(self) -> None:
         for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
@@ -187,6 +193,10 @@ class TrainConfig:
         for n, k in itertools.product(self.latents, self.k):
             if not 1 <= k <= n:
                 raise ValueError(f"--k {k} must be in [1, latents={n}]")
+        if self.widths and self.arch != "matryoshka":
+            raise ValueError("--widths are Matryoshka's: add --arch matryoshka")
+        for n in self.latents if self.widths else ():
+            check_widths(self.widths, n)
 
     def _check_hooks(self) -> None:
         if not self.hook or not all(self.hook) or not all(self.target_hook):
@@ -221,6 +231,8 @@ class TrainConfig:
             if self.kind == "transcoder" else
             {"kind": "clt", "d_out": d_out, "layers": len(self.hook)} if self.kind == "clt"
             else {})
+        if self.widths:
+            shape["widths"] = self.widths
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
                                  dead_after_tokens=self.dead_window, **shape, **{key: v})
                 for n, v in itertools.product(self.latents, sweep)]
@@ -280,7 +292,7 @@ class TrainConfig:
         if missing:
             raise ValueError(f"missing train settings {missing}")
         tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
-                  for k, v in d.items() if k in ("latents", "k", "l1", "l0", "hook")}
+                  for k, v in d.items() if k in ("latents", "k", "l1", "l0", "hook", "widths")}
         if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
             tuples["target_hook"] = ()
         return cls(**{**d, **tuples})

@@ -98,7 +98,7 @@ def dictionary_memory(*, d: int, latents: int, k: int, batch: int,
     decoders = decoder_count(layers)
     params = F32 * (layers * local_n * (d + 1 + (arch == "jumprelu")) + decoders * local_n * out
                     + layers * out + skip * d * out)
-    auxk = auxk and arch in ("topk", "batchtopk")
+    auxk = auxk and arch in ("topk", "batchtopk", "matryoshka")
     if kernel == "dense":
         step = int(DENSE_TENSORS[auxk] * rows * local_n * F32) * layers
     else:
