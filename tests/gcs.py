@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
+import sys
 import threading
 from functools import partial
 from http.server import HTTPServer
@@ -87,11 +89,18 @@ class _Handler(RequestHandler):  # type: ignore[misc]
 class _Server(HTTPServer):
     request_queue_size = 256  # gcsfs opens many connections at once; one thread serves them
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up before its answer (a cancelled read) is no fault of the
+        # server's; anything else is printed as usual.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class GcsServer:
     """The server, started on 127.0.0.1 at a free port with `bucket` created."""
 
     def __init__(self, bucket: str) -> None:
+        logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # a 404 is no error
         self.storage = Storage(use_memory_fs=True)
         # The emulator rewrites a JSON of every object's metadata on each write (to persist
         # them); in memory that only makes writes slower as the session's objects pile up.
