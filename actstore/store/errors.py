@@ -34,6 +34,11 @@ class StoreAccessError(StoreError):
     """The backend refused access: missing or wrong credentials, or no permission."""
 
 
+class BackendMissingError(StoreAccessError):
+    """The package that reaches a URL's backend (s3fs, gcsfs) is not installed; the message
+    names the actstore extra that installs it."""
+
+
 class StoreFullError(StoreError, OSError):
     """The filesystem is full (or over quota); what was committed before is intact."""
 
