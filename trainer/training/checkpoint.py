@@ -49,7 +49,8 @@ from trainer.training.metrics import Meter
 VERSION = 2
 #: Settings a resumed run may change: they do not alter the numbers.
 FREE_SETTINGS = {"resume", "overwrite", "progress", "plots", "read_threads", "eval_every",
-                 "eval_contexts", "kernel", "tp", "out"}  # out: a moved run folder resumes
+                 "eval_contexts", "kernel", "tp", "out", "log", "wandb_project", "wandb_entity",
+                 "wandb_name"}  # out: a moved run folder resumes
 
 
 def path(out: str | Path) -> Path:

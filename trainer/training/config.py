@@ -146,12 +146,25 @@ class TrainConfig:
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
     last (default: doubling, latents/16, /8, /4, /2 and all)."""
+    log: tuple[str, ...] = ()
+    """Experiment trackers beside metrics.jsonl: tensorboard, wandb (several, or a comma
+    list; default: none)."""
+    wandb_project: str | None = None
+    """W&B project (default: $WANDB_PROJECT, else actstore)."""
+    wandb_entity: str | None = None
+    """W&B entity (default: $WANDB_ENTITY, else your default entity)."""
+    wandb_name: str | None = None
+    """W&B run name (default: the --out folder's name)."""
 
     def __post_init__(self) -> None:
         for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str)
                                else tuple(value or ()))
+        # --log wandb,tensorboard or --log wandb tensorboard
+        logs = (self.log,) if isinstance(self.log, str) else self.log
+        object.__setattr__(self, "log", tuple(n.strip() for v in logs for n in v.split(",")
+                                              if n.strip()))
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
@@ -292,7 +305,8 @@ class TrainConfig:
         if missing:
             raise ValueError(f"missing train settings {missing}")
         tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
-                  for k, v in d.items() if k in ("latents", "k", "l1", "l0", "hook", "widths")}
+                  for k, v in d.items()
+                  if k in ("latents", "k", "l1", "l0", "hook", "widths", "log")}
         if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
             tuples["target_hook"] = ()
         return cls(**{**d, **tuples})

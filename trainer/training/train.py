@@ -46,7 +46,7 @@ from trainer.evaluation.splicer import Splicer
 from trainer.parallel import distributed
 from trainer.parallel.distributed import World
 from trainer.parallel.mesh import data_parallel, make_mesh
-from trainer.training import checkpoint, run_dir
+from trainer.training import checkpoint, run_dir, trackers
 from trainer.training import memory as plan
 from trainer.training.config import TrainConfig
 from trainer.training.ensemble import Ensemble, adam, warmup_decay
@@ -148,6 +148,7 @@ class _Run:
         warning = cfg.schedule_warning()
         if warning and world.is_main:
             print(f"actstore train: warning: {warning}", file=sys.stderr)
+        trackers.require(cfg.log)  # a missing library stops every rank before any work
         self.ensemble = Ensemble(self.members, adam(cfg.lr_of), seed=cfg.seed,
                                  grad_clip=cfg.grad_clip,
                                  schedule=warmup_decay(self.steps, cfg.warmup,
@@ -197,6 +198,11 @@ class _Run:
                 self._init_bias()
             first = self.step
             self.log.open(resume_at=self.step)
+            if self.world.is_main and self.cfg.log:
+                self.log.trackers = trackers.open_trackers(
+                    self.cfg.log, Path(self.cfg.out), self._tracker_config(), self.step,
+                    wandb_project=self.cfg.wandb_project, wandb_entity=self.cfg.wandb_entity,
+                    wandb_name=self.cfg.wandb_name)
             try:
                 if self.world.distributed:
                     self.ensemble.distribute(self.world.device)
@@ -337,7 +343,7 @@ class _Run:
                 self._save_dictionary(d, member, source)
                 torch.save(dens, d / "latent_density.pt")
             if self.cfg.plots:
-                plot_run(Path(self.cfg.out), self.names, densities)
+                self.log.images(self.step, plot_run(Path(self.cfg.out), self.names, densities))
             run_dir.mark_finished(self.cfg.out)
         distributed.barrier()
         return dirs, final
@@ -358,6 +364,12 @@ class _Run:
             export_saelens(d / "saelens", member, self.norm, source, target)
         if member.cfg.arch == "topk" and member.cfg.out_width == member.cfg.d_model:
             export_sparsify(d / "sparsify", member, self.norm, target)
+
+    def _tracker_config(self) -> dict[str, Any]:
+        """The run's settings and the store it reads, as a tracker's run config."""
+        return {"train": self.cfg.to_dict(), "store": {
+            "url": self.store.url, "key": self.store.key,
+            **dataclasses.asdict(self.store.spec)}}
 
     def _source(self) -> dict[str, Any]:
         spec, cfg = self.store.spec, self.cfg
