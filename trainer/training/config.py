@@ -220,6 +220,8 @@ class TrainConfig:
         if self.kind == "sae" and len(self.hook) > 1:
             raise ValueError(f"an SAE reads one --hook, got {len(self.hook)}; train one run "
                              "per hook, or --kind clt for a cross-layer transcoder")
+        if self.kind == "transcoder" and not self.target_hook:
+            raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
         if self.kind == "transcoder" and (len(self.hook), len(self.target_hook)) != (1, 1):
             raise ValueError("--kind transcoder reads one --hook and predicts one "
                              f"--target-hook, got {len(self.hook)} and {len(self.target_hook)}")
