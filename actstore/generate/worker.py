@@ -94,6 +94,10 @@ class ShardWorker:
             threading.Thread(target=_exit_with, args=(driver,), daemon=True,
                              name="actstore-driver-watch").start()
 
+    def ready(self) -> bool:
+        """True: the model is loaded (a Ray actor answers once its constructor returned)."""
+        return True
+
     def process(self, shard: int) -> int:
         """Compute and commit `shard`; returns its number of rows."""
         with self._compute_lock:

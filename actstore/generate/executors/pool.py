@@ -2,11 +2,13 @@
 (`ray_pool.RayPool`) or `ShardWorker`s in this process (`local.LocalPool`, for local jobs too
 small to repay Ray's start-up, and for machines without Ray).
 
-Each worker gets two shards at a time, so one computes while the other compresses and uploads.
-A shard whose write failed on a passing fault (an S3 hiccup) goes again after an exponential
-backoff; when a worker dies, its in-flight shards are queued again and a replacement starts. A
-shard that keeps failing stops the run after `max_retries`; a real error (bad data, full disk)
-stops it at once.
+Each worker gets two shards at a time, so one computes while the other compresses and uploads,
+and only once it is ready (its model loaded): a worker that cannot be placed holds no shard. A
+shard whose write failed on a passing fault (an S3 hiccup) goes again after an exponential
+backoff; when a worker dies, its in-flight shards are queued again for the others, and a
+replacement starts if the cluster has room for one. A shard that keeps failing stops the run
+after `max_retries`; a real error (bad data, full disk) stops it at once; so does having no
+worker left and no room for one (a lost node), in one line, once the cluster says so.
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ from tqdm import tqdm
 
 from actstore.generate.executors.base import IN_FLIGHT_PER_WORKER
 from actstore.store.activation_store import ActivationStore
-from actstore.store.errors import ShardCommittedError, transient
+from actstore.store.errors import ShardCommittedError, StoreError, transient
 from actstore.store.writer import break_lease
+
+#: Seconds between looks at the cluster while no worker is ready (a node's death takes Ray's
+#: health checks a while to notice; this only bounds how late the run notices after that).
+POLL_S = 5.0
 
 
 class WorkerDiedError(Exception):
     """The worker running a shard is gone (process killed, node lost)."""
+
+
+class NoWorkerError(StoreError):
+    """Every worker is gone and the cluster has no room for another (nodes lost)."""
 
 
 class ShardPool(ABC):
@@ -34,15 +44,27 @@ class ShardPool(ABC):
 
     def __init__(self, store: ActivationStore, n_workers: int, max_retries: int) -> None:
         self.store, self.max_retries = store, max_retries
-        self.workers: dict[int, Any] = {i: self._start() for i in range(n_workers)}
-        self.next_id = n_workers
+        self.workers: dict[int, Any] = {}
+        self.ready: set[int] = set()  # keys of the workers that can take shards
+        self.starting: dict[Any, int] = {}  # readiness handle -> worker key
+        self.next_id, self.lost, self.died_starting = 0, 0, 0
         self.in_flight: dict[Any, tuple[int, int]] = {}  # handle -> (worker key, shard)
         self.retries: Counter[int] = Counter()
         self.delayed: list[tuple[float, int]] = []  # (when, shard): retries after a backoff
+        for _ in range(n_workers):
+            self._add_worker()
 
     @abstractmethod
     def _start(self) -> Any:
         """A new worker."""
+
+    def _ready(self, worker: Any) -> Any | None:  # noqa: ARG002 (Ray's needs it)
+        """A handle that finishes when `worker` can take shards (None: it can now)."""
+        return None
+
+    def _room(self) -> tuple[int | None, str]:
+        """How many workers the cluster can hold now (None: no limit known), and in words."""
+        return None, ""
 
     @abstractmethod
     def _submit(self, worker: Any, shard: int) -> Any:
@@ -71,20 +93,31 @@ class ShardPool(ABC):
                       desc=desc) as bar:
                 while True:
                     self._release_due(queue)
-                    for k in list(self.workers):  # a requeued shard goes to whoever has room
+                    for k in sorted(self.ready):  # a requeued shard goes to whoever has room
                         self._feed(k, queue)
-                    if not (self.in_flight or self.delayed):
+                    if not (self.in_flight or self.delayed or queue):
                         return
-                    now = time.monotonic()  # sleep until a result, or the next retry is due
-                    wait = max(0.0, min((t for t, _ in self.delayed), default=now + 60.0)
-                               - now)
-                    if not self.in_flight:
-                        time.sleep(wait)
-                        continue
-                    for handle in self._wait(list(self.in_flight), wait):
-                        self._collect(handle, queue, bar)
+                    if not (self.ready or self.in_flight):
+                        self._check_room(len(queue) + len(self.delayed))
+                    self._wait_once(queue, bar)
         finally:
             self.shutdown()
+
+    def _wait_once(self, queue: deque[int], bar: tqdm[Any]) -> None:
+        """Sleep until a result, a worker's readiness or the next due retry, then take it."""
+        now = time.monotonic()
+        wait = max(0.0, min((t for t, _ in self.delayed), default=now + 60.0) - now)
+        if not self.ready:
+            wait = min(wait, POLL_S)  # look at the cluster again soon
+        handles = [*self.in_flight, *self.starting]
+        if not handles:
+            time.sleep(wait)
+            return
+        for handle in self._wait(handles, wait):
+            if handle in self.starting:
+                self._started(handle)
+            else:
+                self._collect(handle, queue, bar)
 
     def _collect(self, handle: Any, queue: deque[int], bar: tqdm[Any]) -> None:
         key, shard = self.in_flight.pop(handle)
@@ -139,6 +172,52 @@ class ShardPool(ABC):
                                f"workers died ({error})") from error
         break_lease(self.store, shard)  # its writer is dead: the shard may be taken again
         queue.appendleft(shard)
-        if self.workers.pop(key, None) is not None:  # replace the dead worker once
-            self.workers[self.next_id] = self._start()
-            self.next_id += 1
+        self._lose(key, error)
+
+    def _add_worker(self) -> None:
+        key, self.next_id = self.next_id, self.next_id + 1
+        self.workers[key] = worker = self._start()
+        handle = self._ready(worker)
+        if handle is None:
+            self.ready.add(key)
+        else:
+            self.starting[handle] = key
+
+    def _started(self, handle: Any) -> None:
+        key = self.starting.pop(handle)
+        try:
+            self._result(handle)
+        except WorkerDiedError as e:  # its node went, or it could not load the model
+            self.died_starting += 1
+            if self.died_starting > self.max_retries:
+                raise RuntimeError(f"{self.died_starting} workers died while starting: "
+                                   f"{e}") from e
+            self._lose(key, e)
+        else:
+            self.ready.add(key)
+
+    def _lose(self, key: int, error: Exception) -> None:
+        """Forget a dead worker (once: its two shards report it twice); replace it if the
+        cluster has room, else the others go on without it."""
+        if self.workers.pop(key, None) is None:
+            return
+        self.ready.discard(key)
+        self.lost += 1
+        room, words = self._room()
+        if room is None or len(self.workers) < room:
+            self._add_worker()
+        else:
+            print(f"a worker was lost ({type(error).__name__}); no room for a replacement "
+                  f"({words}): {len(self.workers)} go on", file=sys.stderr)
+
+    def _check_room(self, remaining: int) -> None:
+        """No worker is ready and none is busy: wait for those starting while the cluster
+        can hold one; with no room left at all, stop in one line (a rerun resumes)."""
+        room, words = self._room()
+        if room is None or room > 0:
+            if not self.workers:
+                self._add_worker()  # room came back
+            return
+        raise NoWorkerError(f"no worker left for the {remaining} remaining shards: "
+                            f"{self.lost} lost, and {words}; add nodes (or wait for them) "
+                            "and rerun the same command to resume")

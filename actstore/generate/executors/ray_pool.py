@@ -2,7 +2,8 @@
 
 Each actor loads the model once and takes shards from the driver's queue (`pool.ShardPool`).
 When an actor dies (process killed, node lost), its in-flight shards are queued again and a
-replacement starts; a shard that keeps killing workers fails the run after `max_retries`.
+replacement starts if the cluster (its live nodes' resources, as Ray counts them) has room for
+one; a shard that keeps killing workers fails the run after `max_retries`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from actstore.generate.executors.base import (
     WorkerPlan,
     worker_args,
 )
+from actstore.generate.executors.head_watch import HeadWatch
 from actstore.generate.executors.pool import ShardPool, WorkerDiedError
 from actstore.generate.executors.ray_cluster import connect, worker_runtime_env
 from actstore.generate.executors.reaper import Reaper
@@ -36,9 +38,13 @@ class RayExecutor(Executor):
         super().__init__(cfg, why)
         self._started_here = False
         self._reaper: Reaper | None = None
+        self._watch: HeadWatch | None = None
 
     def start(self) -> WorkerPlan:
+        import ray
+
         cluster = connect(self.cfg)
+        self._watch = HeadWatch(ray.get_runtime_context().gcs_address)
         self._started_here = cluster.started_here
         self._reaper = Reaper() if cluster.started_here else None
         self._plan = cluster.plan._replace(why=self.why)
@@ -59,10 +65,14 @@ class RayExecutor(Executor):
         def start() -> Any:
             return actor_cls.remote(store.url, driver=this_process(), **args)
 
-        RayPool(store, start, min(plan.workers, len(shards)), self.cfg.max_retries).run(
-            shards, progress=self.cfg.progress, desc=f"generate {store.key}")
+        need = ("GPU", 1.0) if args["device"] == "cuda" else ("CPU", plan.cpus)
+        RayPool(store, start, min(plan.workers, len(shards)), self.cfg.max_retries,
+                need).run(shards, progress=self.cfg.progress, desc=f"generate {store.key}")
 
     def finish(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._started_here:
             import ray
 
@@ -77,12 +87,22 @@ class RayPool(ShardPool):
     """Shards on Ray actors; a dead actor is replaced and its shards queued again."""
 
     def __init__(self, store: ActivationStore, start: Any, n_workers: int,
-                 max_retries: int) -> None:
-        self.start = start
+                 max_retries: int, need: tuple[str, float] = ("CPU", 1.0)) -> None:
+        self.start, self.need = start, need
         super().__init__(store, n_workers, max_retries)
 
     def _start(self) -> Any:
         return self.start()
+
+    def _ready(self, worker: Any) -> Any:
+        return worker.ready.remote()
+
+    def _room(self) -> tuple[int | None, str]:
+        import ray
+
+        kind, amount = self.need  # the live nodes' totals: a lost node's are gone from them
+        have = float(ray.cluster_resources().get(kind, 0.0))  # type: ignore[no-untyped-call]
+        return int(have // amount), f"the cluster has {have:g} {kind}, a worker needs {amount:g}"
 
     def _submit(self, worker: Any, shard: int) -> Any:
         return worker.process.remote(shard)
