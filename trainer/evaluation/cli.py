@@ -8,14 +8,17 @@ from actstore.shell.flags import Command, Flag, add_fields, field_help, from_fla
 from trainer.evaluation.config import EvalConfig
 
 #: The flags in --help's order: what to score, how many rows, the baselines, where it runs.
-_ORDER = ("run", "out", "store", "ica_rows", "rows", "fit_rows", "top", "show", "window",
-          "splice_contexts", "seed", "ks", "ica", "on_training_rows", "device")
+_ORDER = ("run", "dictionary", "out", "store", "hook", "holdout", "any_hook", "ica_rows", "rows",
+          "fit_rows", "top", "show", "window", "splice_contexts", "seed", "ks", "ica",
+          "on_training_rows", "device")
 
 
 def add_eval_parser(sub: Any) -> None:
     e = sub.add_parser(
-        "eval", help="score a run's dictionaries against PCA, ICA, neurons on held-out rows",
-        description="Score every dictionary of a training run and the seed paper's baselines "
+        "eval", help="score dictionaries (a run's, SAELens', sparsify's) against PCA, ICA, "
+        "neurons on held-out rows",
+        description="Score every dictionary of a training run, and dictionaries saved by "
+        "SAELens or sparsify (--dictionary), and the seed paper's baselines "
         "(PCA from the streamed covariance, FastICA, the neuron basis, a random basis) on the "
         "held-out slice of its store at equal L0; MMCS against a toy store's ground truth and "
         "between dictionary sizes; loss recovered with each reconstruction spliced into the "
@@ -24,7 +27,8 @@ def add_eval_parser(sub: Any) -> None:
     add_fields(e, EvalConfig, only=_ORDER, overrides={"run": Flag(
         names=("--run", "--run-dir"),
         help=field_help(EvalConfig, "run") + "; spell it --run-dir under torchrun, whose own "
-        "parser takes --run for its --run-path")})
+        "parser takes --run for its --run-path"),
+        "dictionary": Flag(repeat=True)})
 
 
 def run_eval(args: dict[str, Any]) -> int:

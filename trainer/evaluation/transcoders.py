@@ -30,6 +30,7 @@ from trainer.evaluation import baselines
 from trainer.evaluation.baselines import fit_linear
 from trainer.evaluation.clt import evaluate_clts, is_clt_run
 from trainer.evaluation.config import EvalConfig, Member
+from trainer.evaluation.imported.members import imported
 from trainer.evaluation.loss_recovered import splice_scores
 from trainer.evaluation.run import (
     Evaluation,
@@ -100,11 +101,16 @@ def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
     `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`."""
+    if cfg.run is None:
+        return evaluate(cfg, imported(cfg, []))
+    if cfg.dictionary and (is_clt_run(cfg.run) or
+                           load_run(cfg.run)[0].sae.cfg.kind == "transcoder"):
+        raise ValueError(f"--dictionary scores SAEs: {cfg.run} holds transcoders")
     if is_clt_run(cfg.run):
         return evaluate_clts(cfg)
     members = load_run(cfg.run)
     if members[0].sae.cfg.kind != "transcoder":
-        return evaluate(cfg, members)
+        return evaluate(cfg, members + imported(cfg, members))
     return evaluate_transcoders(cfg, members)
 
 
