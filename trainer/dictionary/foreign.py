@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 
 from actstore.loader.loader import Normalizer
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, SparseDictionary
-from trainer.dictionary.export import load_with_target
+from trainer.dictionary.export import folded, load_with_target
 
 Format = Literal["actstore", "saelens", "sparsify"]
 #: SAELens architectures and ours (the module docstring's table).
@@ -211,5 +211,36 @@ def fold_decoder_norms(sae: SparseDictionary) -> None:
         sae.b_enc.mul_(norms)
         if sae.cfg.arch == "jumprelu":
             sae.log_threshold.add_(norms.log())
-    if not math.isfinite(float(sae.W_enc.abs().sum())):
-        raise ValueError("the dictionary has a zero decoder row or non-finite weights")
+        if not math.isfinite(float(sae.W_enc.abs().sum())):
+            raise ValueError("the dictionary has a zero decoder row or non-finite weights")
+
+
+def start_from(path: str | Path, members: list[SparseDictionary], norm: Normalizer) -> None:
+    """`actstore train --init-from PATH`: the dictionary in `path` (any format `load_any`
+    reads) copied into each fresh member (or its latent slice), moved from the space it acts
+    on into the run's normalised one (the inverse of export's folds: W_enc / s, W_dec · s,
+    b_dec' = (b_dec − mean) · s) and its decoder rows rescaled to unit norm, as training keeps
+    them. A different architecture, width or latent count is refused in one line."""
+    got = load_any(path)
+    raw = folded(got.sae, got.norm)
+    for m in members:
+        have, want = got.sae.cfg, m.cfg
+        if (have.d_model, have.latents) != (want.d_model, want.latents):
+            raise ValueError(f"--init-from {path} is {have.d_model} wide with {have.latents} "
+                             f"latents; this run trains {want.d_model} wide with "
+                             f"{want.latents} latents")
+        if have.arch != want.arch:
+            raise ValueError(f"--init-from {path} is a {have.arch} dictionary; this run "
+                             f"trains --arch {want.arch}")
+        s = norm.scale
+        mean = norm.mean if norm.mean is not None else torch.zeros(want.d_model)
+        whole = {"W_enc": raw["W_enc"] / s, "W_dec": raw["W_dec"] * s, "b_enc": raw["b_enc"],
+                 "log_threshold": getattr(got.sae, "log_threshold", None)}
+        with torch.no_grad():
+            for name, t in whole.items():
+                if t is not None:  # this member's latents: a slice under --tp
+                    part = t[..., m.start:m.stop] if name == "W_enc" else t[m.start:m.stop]
+                    getattr(m, name).copy_(part.to(getattr(m, name).device))
+            m.b_dec.copy_(((raw["b_dec"] - mean.to(raw["b_dec"])) * s).to(m.b_dec.device))
+            m.threshold.copy_(got.sae.threshold)
+        fold_decoder_norms(m)

@@ -146,6 +146,11 @@ class TrainConfig:
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
     last (default: doubling, latents/16, /8, /4, /2 and all)."""
+    init_from: str | None = None
+    """A dictionary's folder to start from instead of a random one (fine-tuning): ours, or
+    saved by SAELens or sparsify, as `actstore eval --dictionary` reads them. An SAE of this
+    --arch, as wide as --hook with --latents latents (one dictionary, not a sweep); its b_dec
+    replaces --bias-init (default: none)."""
     log: tuple[str, ...] = ()
     """Experiment trackers beside metrics.jsonl: tensorboard, wandb (several, or a comma
     list; default: none)."""
@@ -187,6 +192,10 @@ class TrainConfig:
                                       or self.dead_after_tokens >= 1), "counts must be >= 1"),
             (self.normalize in get_args(Normalize), f"--normalize: {get_args(Normalize)}"),
             (self.bias_init in get_args(BiasInit), f"--bias-init: {get_args(BiasInit)}"),
+            (not self.init_from or (self.kind == "sae" and len(self.latents) == 1 and len(
+                getattr(self, KNOB.get(self.arch, "k"))) == 1),
+             "--init-from starts one SAE (--kind sae, one --latents, one sparsity value), not "
+             "a sweep, a transcoder or a CLT"),
         ]
         for ok, message in checks:
             if not ok:

@@ -65,7 +65,8 @@ def test_peer_saved_dictionaries_load_with_the_peers_codes_and_score_alike(
     # no run: the last shard (10% of 4, rounded up) is scored, less the straddling context
     held = [r for r in range(90, 104)
             if int(want.index.context[r]) > int(want.index.context[:90].max())]
-    assert ev.meta["rows"] == len(held) and ev.meta["run"] is None
+    assert ev.meta["rows"] == len(held)
+    assert ev.meta["run"] is None
     xs = x[held]
     variance = float((xs - xs.mean(0)).double().pow(2).sum())
     for case in CASES:
@@ -118,12 +119,15 @@ def test_a_run_and_its_own_saelens_export_score_alike_and_mismatches_are_refused
     export_saelens(tmp_path / "narrow", narrow, Normalizer(None, 1.0), {"hook": HOOK})
     assert main([*args, "--dictionary", str(tmp_path / "narrow")]) == 2
     err = capsys.readouterr().err
-    assert "width 5" in err and f"{HOOK} of store" in err and "width 12" in err
+    assert "width 5" in err
+    assert f"{HOOK} of store" in err
+    assert "width 12" in err
     assert err.count("\n") == 1
     export_saelens(tmp_path / "other", sae, norm, {"hook": "blocks.3.hook_resid_post"})
     assert main([*args, "--dictionary", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
-    assert "blocks.3.hook_resid_post" in err and HOOK in err
+    assert "blocks.3.hook_resid_post" in err
+    assert HOOK in err
     assert main([*args, "--dictionary", str(tmp_path / "other"), "--any-hook"]) == 0
     # without a run, --store is needed; a folder that is no dictionary is named
     assert main(["eval", "--dictionary", str(tmp_path / "other"), "--out", str(out)]) == 2
