@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from actstore.shell.flags import Command, Flag, add_fields, field_help, from_flags
@@ -10,7 +11,7 @@ from trainer.evaluation.config import EvalConfig
 #: The flags in --help's order: what to score, how many rows, the baselines, where it runs.
 _ORDER = ("run", "dictionary", "out", "store", "hook", "holdout", "any_hook", "ica_rows", "rows",
           "fit_rows", "top", "show", "window", "splice_contexts", "seed", "ks", "ica",
-          "on_training_rows", "device")
+          "on_training_rows", "device", "log", "wandb_project", "wandb_entity", "wandb_name")
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -38,10 +39,13 @@ def run_eval(args: dict[str, Any]) -> int:
     fitted on rank 0 and sent to the others, and rank 0 writes the report."""
     from actstore.store.activation_store import ActivationStore
     from trainer.evaluation.report import write_report
+    from trainer.evaluation.report.tracked import log_evaluation
     from trainer.evaluation.transcoders import evaluate_run
     from trainer.parallel import distributed
+    from trainer.tracking import trackers
 
     cfg = from_flags(EvalConfig, args)
+    trackers.require(cfg.log)  # a missing library is named before any work
     world = distributed.setup(cfg.device)
     try:
         ev = evaluate_run(cfg)
@@ -53,6 +57,9 @@ def run_eval(args: dict[str, Any]) -> int:
                       + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else "")
                       + (f"  recovered {recovered[name]:.4f}" if name in recovered else ""))
             print(f"report: {out}/index.html ({out}/report.md, {out}/eval.json)")
+            if cfg.log:
+                folder = log_evaluation(cfg, ev, Path(out))
+                print(f"logged to {', '.join(cfg.log)} in {folder}")
         distributed.barrier()
     finally:
         distributed.teardown(world)

@@ -8,11 +8,13 @@ from typing import Any, Literal
 
 from actstore.loader.loader import Normalizer
 from trainer.dictionary.dictionaries import SparseDictionary
+from trainer.tracking.config import TrackingConfig
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """`actstore eval --run DIR --out REPORT`, or `--dictionary PATH … --store URL --hook H`."""
+class EvalConfig(TrackingConfig):
+    """`actstore eval --run DIR --out REPORT`, or `--dictionary PATH … --store URL --hook H`;
+    with `--log`, the scores go to the run's trackers too (`TrackingConfig`'s fields)."""
 
     out: str
     """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
@@ -65,6 +67,7 @@ class EvalConfig:
     """Seeds the random basis, ICA's start and the sample of latents shown."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # --log's comma lists
         if min(self.rows, self.fit_rows, self.ica_rows or 1, self.top, self.window) < 1 or \
                 min(self.show, self.splice_contexts) < 0:
             raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window must be >= 1 "

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
 from trainer.dictionary.matryoshka import check_widths
+from trainer.tracking.config import TrackingConfig
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
@@ -50,8 +51,9 @@ def default_dead_window(tokens: int, batch_size: int) -> int:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One training run: a store, a hook, one dictionary or a sweep of them."""
+class TrainConfig(TrackingConfig):
+    """One training run: a store, a hook, one dictionary or a sweep of them (and the trackers
+    it logs to: `TrackingConfig`'s fields)."""
 
     store: str
     """URL of a complete store."""
@@ -151,25 +153,13 @@ class TrainConfig:
     saved by SAELens or sparsify, as `actstore eval --dictionary` reads them. An SAE of this
     --arch, as wide as --hook with --latents latents (one dictionary, not a sweep); its b_dec
     replaces --bias-init (default: none)."""
-    log: tuple[str, ...] = ()
-    """Experiment trackers beside metrics.jsonl: tensorboard, wandb (several, or a comma
-    list; default: none)."""
-    wandb_project: str | None = None
-    """W&B project (default: $WANDB_PROJECT, else actstore)."""
-    wandb_entity: str | None = None
-    """W&B entity (default: $WANDB_ENTITY, else your default entity)."""
-    wandb_name: str | None = None
-    """W&B run name (default: the --out folder's name)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # --log's comma lists
         for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str)
                                else tuple(value or ()))
-        # --log wandb,tensorboard or --log wandb tensorboard
-        logs = (self.log,) if isinstance(self.log, str) else self.log
-        object.__setattr__(self, "log", tuple(n.strip() for v in logs for n in v.split(",")
-                                              if n.strip()))
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),

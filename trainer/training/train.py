@@ -47,7 +47,8 @@ from trainer.evaluation.splicer import Splicer
 from trainer.parallel import distributed
 from trainer.parallel.distributed import World
 from trainer.parallel.mesh import data_parallel, make_mesh
-from trainer.training import checkpoint, run_dir, trackers
+from trainer.tracking import trackers
+from trainer.training import checkpoint, run_dir
 from trainer.training import memory as plan
 from trainer.training.config import TrainConfig
 from trainer.training.ensemble import Ensemble, adam, warmup_decay
