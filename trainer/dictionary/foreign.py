@@ -108,9 +108,9 @@ def _saelens_fields(cfg: dict[str, Any], path: Path) -> tuple[str, int | None, s
         raise ValueError(f"{path} normalises each input row ({norm}), which a fixed normaliser "
                          "cannot express: fold it or save the SAE without it")
     if norm == "expected_average_only_in":  # SAELens' load_from_disk scales nothing either
-        print(f"warning: {path} expects inputs scaled to an average norm of sqrt(d_in) and its "
-              "files hold no factor: scored on raw activations, as SAELens' load_from_disk "
-              "does", file=sys.stderr)
+        print(f"actstore: warning: {path} expects inputs scaled to an average norm of "
+              "sqrt(d_in) and its files hold no factor: it acts on raw activations, as "
+              "SAELens' load_from_disk has it", file=sys.stderr)
     if (cfg.get("reshape_activations") or "none") != "none":
         raise ValueError(f"{path} reshapes its input ({cfg['reshape_activations']}): store "
                          "rows are flat, so it does not apply")
@@ -125,7 +125,9 @@ def load_saelens(path: str | Path) -> Loaded:
     p = Path(path)
     cfg = json.loads((p / "cfg.json").read_text())
     arch, k, hook = _saelens_fields(cfg, p)
-    t = {name: v.float() for name, v in load_file(p / "sae_weights.safetensors").items()}
+    t = _tensors(p / "sae_weights.safetensors", ["W_enc", "W_dec", "b_enc", "b_dec"] + (
+        ["threshold"] if SAELENS_ARCHS[arch] == "jumprelu" else
+        ["topk_threshold"] if arch == "batchtopk" else []))
     scale = t.pop("scaling_factor", None)
     if scale is not None and not bool((scale == 1).all()):
         raise ValueError(f"{p} has a fine-tuning scaling factor: fold it into W_dec first")
@@ -162,14 +164,22 @@ def load_sparsify(path: str | Path) -> Loaded:
     if cfg.get("activation", "topk") != "topk":
         raise ValueError(f"{p}: sparsify's {cfg['activation']} activation has no counterpart "
                          "here (topk loads)")
-    t = {name: v.float() for name, v in load_file(p / "sae.safetensors").items()}
+    t = _tensors(p / "sae.safetensors", ["encoder.weight", "encoder.bias", "W_dec", "b_dec"])
     w_enc = t["encoder.weight"].T
     d, n = w_enc.shape
-    sae = SparseDictionary(DictionaryConfig("topk", d, n, k=int(cfg["k"])))
+    sae = SparseDictionary(DictionaryConfig("topk", d, n, k=int(cfg.get("k", 32))))
     _assign(sae, {"W_enc": w_enc, "W_dec": t["W_dec"], "b_enc": t["encoder.bias"],
                   "b_dec": t["b_dec"]}, p)
     # sparsify's trainer saves one folder per hookpoint, named after it
     return Loaded(sae, Normalizer(None, 1.0), "sparsify", p.name, None)
+
+
+def _tensors(path: Path, needed: list[str]) -> dict[str, torch.Tensor]:
+    """The file's tensors in float32; one missing is named with the file."""
+    t = {name: v.float() for name, v in load_file(path).items()}
+    if missing := [n for n in needed if n not in t]:
+        raise ValueError(f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(t))})")
+    return t
 
 
 def _assign(sae: SparseDictionary, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -26,7 +26,8 @@ class EvalConfig(TrackingConfig):
     sparsify (cfg.json + sae.safetensors, topk): scored beside the run's dictionaries, on the
     same rows against the same baselines; repeat the flag for several."""
     store: str | None = None
-    """Store URL (default: the one the run trained on; it must have the same key)."""
+    """Store URL (default: the one the run trained on; it must have the same key); required
+    for --dictionary without --run."""
     hook: str | None = None
     """The store's hook the --dictionary dictionaries read (default: the run's hook, else the
     store's only hook)."""

@@ -101,17 +101,16 @@ def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
     `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`."""
-    if cfg.run is None:
+    if cfg.run is None:  # dictionaries from elsewhere only
         return evaluate(cfg, imported(cfg, []))
-    if cfg.dictionary and (is_clt_run(cfg.run) or
-                           load_run(cfg.run)[0].sae.cfg.kind == "transcoder"):
-        raise ValueError(f"--dictionary scores SAEs: {cfg.run} holds transcoders")
-    if is_clt_run(cfg.run):
-        return evaluate_clts(cfg)
-    members = load_run(cfg.run)
-    if members[0].sae.cfg.kind != "transcoder":
+    clts = is_clt_run(cfg.run)
+    members = [] if clts else load_run(cfg.run)
+    if not clts and members[0].sae.cfg.kind != "transcoder":
         return evaluate(cfg, members + imported(cfg, members))
-    return evaluate_transcoders(cfg, members)
+    if cfg.dictionary:
+        raise ValueError(f"--dictionary scores SAEs beside a run of SAEs; {cfg.run} holds "
+                         f"{'cross-layer transcoders' if clts else 'transcoders'}")
+    return evaluate_clts(cfg) if clts else evaluate_transcoders(cfg, members)
 
 
 def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:

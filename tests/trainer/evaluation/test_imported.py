@@ -134,3 +134,29 @@ def test_a_run_and_its_own_saelens_export_score_alike_and_mismatches_are_refused
     assert "--store" in capsys.readouterr().err
     assert main([*args, "--dictionary", str(tmp_path)]) == 2
     assert "no cfg.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ({"architecture": "gated"}, "'gated' has no counterpart"),
+    ({"architecture": "skip_transcoder"}, "not transcoders"),
+    ({"normalize_activations": "layer_norm"}, "normalises each input row"),
+    ({"reshape_activations": "hook_z"}, "reshapes its input"),
+])
+def test_what_has_no_counterpart_is_refused_by_name(tmp_path: Path, edit: dict[str, str],
+                                                    said: str) -> None:
+    sae = SparseDictionary(DictionaryConfig("relu", 12, 8))
+    folder = export_saelens(tmp_path / "sae", sae, Normalizer(None, 1.0), {"hook": HOOK})
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps(cfg | edit))
+    with pytest.raises(ValueError, match=said):
+        load_any(folder)
+
+
+def test_a_file_lacking_a_tensor_is_named(tmp_path: Path) -> None:
+    sae = SparseDictionary(DictionaryConfig("jumprelu", 12, 8))
+    folder = export_saelens(tmp_path / "sae", sae, Normalizer(None, 1.0), {"hook": HOOK})
+    tensors = load_file(folder / "sae_weights.safetensors")
+    del tensors["threshold"]
+    save_file(tensors, folder / "sae_weights.safetensors")
+    with pytest.raises(ValueError, match="lacks threshold"):
+        load_any(folder)
