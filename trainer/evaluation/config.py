@@ -19,7 +19,8 @@ class EvalConfig(TrackingConfig):
     out: str
     """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
     run: str | None = None
-    """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/)."""
+    """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/;
+    default: none, the --dictionary dictionaries alone)."""
     dictionary: tuple[str, ...] = ()
     """A dictionary's folder, ours or saved by SAELens (cfg.json + sae_weights.safetensors:
     standard, topk, jumprelu, batchtopk; Gemma Scope and Llama Scope as SAELens saves them) or

@@ -11,8 +11,8 @@ class TrackingConfig:
     """Where a command's numbers go beside its own files."""
 
     log: tuple[str, ...] = ()
-    """Experiment trackers beside metrics.jsonl: tensorboard, wandb (several, or a comma
-    list; default: none)."""
+    """Experiment trackers beside the command's own files (train's metrics.jsonl, eval's
+    report): tensorboard, wandb (several, or a comma list; default: none)."""
     wandb_project: str | None = None
     """W&B project (default: $WANDB_PROJECT, else actstore)."""
     wandb_entity: str | None = None
