@@ -5,7 +5,9 @@ own event reader and from W&B's offline run files, in the run that trained the d
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,17 @@ from tests.trainer.helpers import config
 from tests.trainer.training.test_trackers import tensorboard_values
 from tests.wandb_files import history
 from trainer.training.train import train
+
+
+def eval_rows(run: Path, n: int) -> list[dict[str, Any]]:
+    """The W&B history rows holding eval scores, once there are `n`: W&B's service process
+    writes the run file, and its last records can land just after `finish` returns."""
+    for _ in range(40):
+        rows = [r for r in history(run / "wandb") if any(k.endswith("/eval/fvu") for k in r)]
+        if len(rows) >= n:
+            return rows
+        time.sleep(0.25)
+    return rows
 
 
 def test_eval_logs_its_scores_to_the_run_that_trained(store: str, tmp_path: Path,
@@ -38,8 +51,7 @@ def test_eval_logs_its_scores_to_the_run_that_trained(store: str, tmp_path: Path
     run_id = (run / "wandb" / "run_id").read_text().strip()
     files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert {f.stem for f in files} == {f"run-{run_id}"}  # one W&B run: the training's
-    rows = history(run / "wandb")
-    (row,) = [r for r in rows if any(k.endswith("/eval/fvu") for k in r)]
+    (row,) = eval_rows(run, 1)
     assert row["_step"] == last + 1  # after every step the run logged
     assert {k: row[k] for k in want} == pytest.approx(want, rel=1e-12)
     table = next((run / "wandb").glob("offline-run-*/files/media/table/eval/frontier_*.json"))
@@ -47,6 +59,10 @@ def test_eval_logs_its_scores_to_the_run_that_trained(store: str, tmp_path: Path
     assert logged["columns"] == ["method", "k", "l0", "fvu"]
     assert logged["data"] == [[r["method"], r["k"], pytest.approx(r["l0"]),
                                pytest.approx(r["fvu"])] for r in ev["frontier"]]
+    # evaluated again: logged again, one W&B step later (never dropped as an old step)
+    assert main(["eval", "--run", str(run), "--out", str(tmp_path / "again"), "--ica", "none",
+                 "--ks", "1", "--splice-contexts", "0", "--log", "wandb"]) == 0
+    assert [r["_step"] for r in eval_rows(run, 2)] == [last + 1, last + 2]
 
 
 def test_a_missing_tracker_is_refused_before_any_work(store: str, tmp_path: Path,
