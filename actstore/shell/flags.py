@@ -25,10 +25,14 @@ INTERRUPTED = 130
 
 @functools.cache  # a class's source is parsed once, not once per flag
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (the project's way to document config)."""
+    """The docstring under each field of a dataclass (the project's way to document config),
+    inherited fields included (a shared base declares its flags once)."""
+    docs: dict[str, str] = {}
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            docs |= field_docs(base)
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    docs: dict[str, str] = {}
     for node, after in itertools.pairwise(body):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)

@@ -1,8 +1,10 @@
 """Evaluating dictionaries as the seed paper did and as researchers do now (`actstore eval`).
 
-    config.EvalConfig ──▶ run.evaluate: a run's dictionaries (config.Member) and the baselines
+    config.EvalConfig ──▶ run.evaluate: a run's dictionaries (config.Member), those from
+      elsewhere (imported/: SAELens', sparsify's, `--dictionary`) and the baselines
       (baselines.py: PCA, neurons, random; ica.py: FastICA) on the store's held-out slice
       ──▶ FVU vs L0 frontier, firing, MMCS (mmcs.py), top activations (examples.py)
       ──▶ loss_recovered.py: the model run with each reconstruction spliced in (splicer.py)
       ──▶ report.py + html.py: eval.json, latents.json, report.md, frontier.png, index.html
+      ──▶ report/tracked.py (`--log`): the same to the run's TensorBoard / W&B run
 """

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from actstore.shell.flags import Command, Flag, add_fields, field_help, from_flags
 from trainer.evaluation.config import EvalConfig
 
 #: The flags in --help's order: what to score, how many rows, the baselines, where it runs.
-_ORDER = ("run", "out", "store", "ica_rows", "rows", "fit_rows", "top", "show", "window",
-          "splice_contexts", "seed", "ks", "ica", "on_training_rows", "device")
+_ORDER = ("run", "dictionary", "out", "store", "hook", "holdout", "any_hook", "ica_rows", "rows",
+          "fit_rows", "top", "show", "window", "splice_contexts", "seed", "ks", "ica",
+          "on_training_rows", "device", "log", "wandb_project", "wandb_entity", "wandb_name")
 
 
 def add_eval_parser(sub: Any) -> None:
     e = sub.add_parser(
-        "eval", help="score a run's dictionaries against PCA, ICA, neurons on held-out rows",
-        description="Score every dictionary of a training run and the seed paper's baselines "
+        "eval", help="score dictionaries (a run's, SAELens', sparsify's) against PCA, ICA, "
+        "neurons on held-out rows",
+        description="Score every dictionary of a training run, and dictionaries saved by "
+        "SAELens or sparsify (--dictionary), and the seed paper's baselines "
         "(PCA from the streamed covariance, FastICA, the neuron basis, a random basis) on the "
         "held-out slice of its store at equal L0; MMCS against a toy store's ground truth and "
         "between dictionary sizes; loss recovered with each reconstruction spliced into the "
@@ -24,7 +28,8 @@ def add_eval_parser(sub: Any) -> None:
     add_fields(e, EvalConfig, only=_ORDER, overrides={"run": Flag(
         names=("--run", "--run-dir"),
         help=field_help(EvalConfig, "run") + "; spell it --run-dir under torchrun, whose own "
-        "parser takes --run for its --run-path")})
+        "parser takes --run for its --run-path"),
+        "dictionary": Flag(repeat=True)})
 
 
 def run_eval(args: dict[str, Any]) -> int:
@@ -34,10 +39,13 @@ def run_eval(args: dict[str, Any]) -> int:
     fitted on rank 0 and sent to the others, and rank 0 writes the report."""
     from actstore.store.activation_store import ActivationStore
     from trainer.evaluation.report import write_report
+    from trainer.evaluation.report.tracked import log_evaluation
     from trainer.evaluation.transcoders import evaluate_run
     from trainer.parallel import distributed
+    from trainer.tracking import trackers
 
     cfg = from_flags(EvalConfig, args)
+    trackers.require(cfg.log)  # a missing library is named before any work
     world = distributed.setup(cfg.device)
     try:
         ev = evaluate_run(cfg)
@@ -49,6 +57,9 @@ def run_eval(args: dict[str, Any]) -> int:
                       + (f"  MMCS {s['mmcs']:.3f}" if "mmcs" in s else "")
                       + (f"  recovered {recovered[name]:.4f}" if name in recovered else ""))
             print(f"report: {out}/index.html ({out}/report.md, {out}/eval.json)")
+            if cfg.log:
+                folder = log_evaluation(cfg, ev, Path(out))
+                print(f"logged to {', '.join(cfg.log)} in {folder}")
         distributed.barrier()
     finally:
         distributed.teardown(world)

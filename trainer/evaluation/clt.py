@@ -107,11 +107,12 @@ def score_clt(c: _Clt, rows: Rows, top: int, device: torch.device, variances: to
 def evaluate_clts(cfg: EvalConfig) -> Evaluation:
     """Every CLT of `cfg.run` and the per-layer linear maps on the held-out slice."""
     device = torch.device(resolve_device(cfg.device))
-    clts = [_Clt(p.parent) for p in sorted((Path(cfg.run) / "dictionaries").glob("*/cfg.json"))]
+    folder = Path(cfg.run_dir) / "dictionaries"
+    clts = [_Clt(p.parent) for p in sorted(folder.glob("*/cfg.json"))]
     first = clts[0]
     inputs, targets = list(first.source["hook"]), list(first.source["target_hook"])
     if any((c.source["hook"], c.source["target_hook"]) != (inputs, targets) for c in clts):
-        raise ValueError(f"{cfg.run}: its CLTs read different hooks")
+        raise ValueError(f"{cfg.run_dir}: its CLTs read different hooks")
     store, part, held_out = open_slice(cfg, first.member())
     rows = aligned(store, inputs, targets, part, cfg.rows)
     if not rows:

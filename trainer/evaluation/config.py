@@ -8,18 +8,36 @@ from typing import Any, Literal
 
 from actstore.loader.loader import Normalizer
 from trainer.dictionary.dictionaries import SparseDictionary
+from trainer.tracking.config import TrackingConfig
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """`actstore eval --run DIR --out REPORT`."""
+class EvalConfig(TrackingConfig):
+    """`actstore eval --run DIR --out REPORT`, or `--dictionary PATH … --store URL --hook H`;
+    with `--log`, the scores go to the run's trackers too (`TrackingConfig`'s fields)."""
 
-    run: str
-    """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/)."""
     out: str
     """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
+    run: str | None = None
+    """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/;
+    default: none, the --dictionary dictionaries alone)."""
+    dictionary: tuple[str, ...] = ()
+    """A dictionary's folder, ours or saved by SAELens (cfg.json + sae_weights.safetensors:
+    standard, topk, jumprelu, batchtopk; Gemma Scope and Llama Scope as SAELens saves them) or
+    sparsify (cfg.json + sae.safetensors, topk): scored beside the run's dictionaries, on the
+    same rows against the same baselines; repeat the flag for several."""
     store: str | None = None
-    """Store URL (default: the one the run trained on; it must have the same key)."""
+    """Store URL (default: the one the run trained on; it must have the same key); required
+    for --dictionary without --run."""
+    hook: str | None = None
+    """The store's hook the --dictionary dictionaries read (default: the run's hook, else the
+    store's only hook)."""
+    holdout: float = 0.1
+    """Without --run: the last fraction of the store's shards is scored and the others fit the
+    baselines (dictionaries from elsewhere never saw the store: every row is new to them)."""
+    any_hook: bool = False
+    """Score a --dictionary whose files name another hook than --hook anyway (the report
+    names both)."""
     rows: int = 1 << 16
     """Held-out rows scored (FVU, L0, firing, top activations)."""
     fit_rows: int = 1 << 20
@@ -51,12 +69,27 @@ class EvalConfig:
     """Seeds the random basis, ICA's start and the sample of latents shown."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # --log's comma lists
         if min(self.rows, self.fit_rows, self.ica_rows or 1, self.top, self.window) < 1 or \
                 min(self.show, self.splice_contexts) < 0:
             raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window must be >= 1 "
                              "and --show, --splice-contexts >= 0")
         if not self.ks or min(self.ks) < 1:
             raise ValueError("--ks must be one or more values >= 1")
+        if self.run is None and not self.dictionary:
+            raise ValueError("give --run (a training run's folder) or --dictionary PATH")
+        if self.run is None and self.store is None:
+            raise ValueError("--dictionary without --run needs --store URL (and --hook when "
+                             "the store has several)")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"--holdout must be a fraction in (0, 1), got {self.holdout}")
+
+    @property
+    def run_dir(self) -> str:
+        """The run folder (for what only a run of our own has)."""
+        if self.run is None:
+            raise ValueError("this needs a training run: pass --run")
+        return self.run
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,11 @@ def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout
     are truly held out."""
     url = cfg.store or first.source["store"]
     store = ActivationStore.open(url)
+    if cfg.run is None:  # dictionaries from elsewhere only: none of them saw this store
+        if store.num_shards < 2:
+            raise ValueError(f"store {url} is one shard: the baselines need shards apart from "
+                             "the scored ones to fit on (actstore generate --shard-mib)")
+        return store, holdout.partition(store, cfg.holdout), True
     if store.key != first.source["store_key"]:
         raise ValueError(f"store {url} (key {store.key}) is not the store the run trained on "
                          f"(key {first.source['store_key']}, {first.source['store']})")
@@ -156,7 +161,7 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
     baseline on the held-out slice."""
     want = resolve_device(cfg.device)
     device = torch.device(want)
-    members = members or load_run(cfg.run)
+    members = members or load_run(cfg.run_dir)
     hook = members[0].source["hook"]
     store, part, held_out = open_slice(cfg, members[0])
     if members[0].sae.cfg.kind == "transcoder":
@@ -191,12 +196,18 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
             scores[m.name] |= _absorption(m, held, full, device)
     spliced, why = splice_scores(cfg, store, part, members, bases, device=device, ks={
         m.name: m.sae.cfg.k or max(1, round(scores[m.name]["l0"])) for m in members})
-    meta = {"run": str(cfg.run), "store": store.url, "store_key": store.key, "hook": hook,
+    meta = {"run": cfg.run, "store": store.url, "store_key": store.key, "hook": hook,
             "model": store.spec.model, "held_out": held_out, "rows": len(x),
             "held_out_shards": list(part.held_out), "ground_truth": truth is not None,
-            "spliced": why, "settings": {k: v for k, v in vars(cfg).items()
-                                         if k not in ("run", "out")}}
+            "spliced": why, "imported": imported_meta(members),
+            "settings": {k: v for k, v in vars(cfg).items() if k not in ("run", "out")}}
     return Evaluation(meta, frontier, scores, base_scores, mmcs_between(members), tops, spliced)
+
+
+def imported_meta(members: list[Member]) -> dict[str, dict[str, Any]]:
+    """Per dictionary from elsewhere (`--dictionary`): its format, folder and recorded hook."""
+    return {m.name: {k: m.source.get(k) for k in ("format", "path", "trained_on")}
+            for m in members if "format" in m.source}
 
 
 def _absorption(member: Member, held: list[holdout.HeldOutRows], truth: Truth,

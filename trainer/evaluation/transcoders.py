@@ -30,6 +30,7 @@ from trainer.evaluation import baselines
 from trainer.evaluation.baselines import fit_linear
 from trainer.evaluation.clt import evaluate_clts, is_clt_run
 from trainer.evaluation.config import EvalConfig, Member
+from trainer.evaluation.imported.members import imported
 from trainer.evaluation.loss_recovered import splice_scores
 from trainer.evaluation.run import (
     Evaluation,
@@ -100,12 +101,16 @@ def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
     `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`."""
-    if is_clt_run(cfg.run):
-        return evaluate_clts(cfg)
-    members = load_run(cfg.run)
-    if members[0].sae.cfg.kind != "transcoder":
-        return evaluate(cfg, members)
-    return evaluate_transcoders(cfg, members)
+    if cfg.run is None:  # dictionaries from elsewhere only
+        return evaluate(cfg, imported(cfg, []))
+    clts = is_clt_run(cfg.run)
+    members = [] if clts else load_run(cfg.run)
+    if not clts and members[0].sae.cfg.kind != "transcoder":
+        return evaluate(cfg, members + imported(cfg, members))
+    if cfg.dictionary:
+        raise ValueError(f"--dictionary scores SAEs beside a run of SAEs; {cfg.run} holds "
+                         f"{'cross-layer transcoders' if clts else 'transcoders'}")
+    return evaluate_clts(cfg) if clts else evaluate_transcoders(cfg, members)
 
 
 def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
 from trainer.dictionary.matryoshka import check_widths
+from trainer.tracking.config import TrackingConfig
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
@@ -50,8 +51,9 @@ def default_dead_window(tokens: int, batch_size: int) -> int:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One training run: a store, a hook, one dictionary or a sweep of them."""
+class TrainConfig(TrackingConfig):
+    """One training run: a store, a hook, one dictionary or a sweep of them (and the trackers
+    it logs to: `TrackingConfig`'s fields)."""
 
     store: str
     """URL of a complete store."""
@@ -146,25 +148,18 @@ class TrainConfig:
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
     last (default: doubling, latents/16, /8, /4, /2 and all)."""
-    log: tuple[str, ...] = ()
-    """Experiment trackers beside metrics.jsonl: tensorboard, wandb (several, or a comma
-    list; default: none)."""
-    wandb_project: str | None = None
-    """W&B project (default: $WANDB_PROJECT, else actstore)."""
-    wandb_entity: str | None = None
-    """W&B entity (default: $WANDB_ENTITY, else your default entity)."""
-    wandb_name: str | None = None
-    """W&B run name (default: the --out folder's name)."""
+    init_from: str | None = None
+    """A dictionary's folder to start from instead of a random one (fine-tuning): ours, or
+    saved by SAELens or sparsify, as `actstore eval --dictionary` reads them. An SAE of this
+    --arch, as wide as --hook with --latents latents (one dictionary, not a sweep); its b_dec
+    replaces --bias-init (default: none)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # --log's comma lists
         for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str)
                                else tuple(value or ()))
-        # --log wandb,tensorboard or --log wandb tensorboard
-        logs = (self.log,) if isinstance(self.log, str) else self.log
-        object.__setattr__(self, "log", tuple(n.strip() for v in logs for n in v.split(",")
-                                              if n.strip()))
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
@@ -187,6 +182,10 @@ class TrainConfig:
                                       or self.dead_after_tokens >= 1), "counts must be >= 1"),
             (self.normalize in get_args(Normalize), f"--normalize: {get_args(Normalize)}"),
             (self.bias_init in get_args(BiasInit), f"--bias-init: {get_args(BiasInit)}"),
+            (not self.init_from or (self.kind == "sae" and len(self.latents) == 1 and len(
+                getattr(self, KNOB.get(self.arch, "k"))) == 1),
+             "--init-from starts one SAE (--kind sae, one --latents, one sparsity value), not "
+             "a sweep, a transcoder or a CLT"),
         ]
         for ok, message in checks:
             if not ok:

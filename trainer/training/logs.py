@@ -6,7 +6,7 @@
 
 On resume, lines past the checkpoint's step (written by the interrupted run after its last
 checkpoint) are dropped, so the file reads as one uninterrupted run. Every line also goes to the
-run's experiment trackers (`trackers.py`: TensorBoard, W&B), when it has any.
+run's experiment trackers (`trainer/tracking/trackers.py`: TensorBoard, W&B), when it has any.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actstore.store.location import Location
-from trainer.training.trackers import Tracker, flatten
+from trainer.tracking.trackers import Tracker, flatten
 
 FILE = "metrics.jsonl"
 

@@ -40,13 +40,15 @@ from trainer.dictionary.export import (
     export_sparsify,
     save_dictionary,
 )
+from trainer.dictionary.foreign import start_from
 from trainer.dictionary.gather import gathered
 from trainer.evaluation.mmcs import mmcs, recovered
 from trainer.evaluation.splicer import Splicer
 from trainer.parallel import distributed
 from trainer.parallel.distributed import World
 from trainer.parallel.mesh import data_parallel, make_mesh
-from trainer.training import checkpoint, run_dir, trackers
+from trainer.tracking import trackers
+from trainer.training import checkpoint, run_dir
 from trainer.training import memory as plan
 from trainer.training.config import TrainConfig
 from trainer.training.ensemble import Ensemble, adam, warmup_decay
@@ -154,6 +156,8 @@ class _Run:
                                  schedule=warmup_decay(self.steps, cfg.warmup,
                                                        cfg.decay_start),
                                  kernel=cfg.kernel, mesh=self.mesh).to(world.device)
+        if cfg.init_from and not cfg.resume:  # a shape that does not fit stops before any work
+            start_from(cfg.init_from, self.ensemble.members, self.norm)
         self.meter = Meter(self.ensemble.members, world.device, self.mesh)
         self.names = [member_name(m) for m in self.members]
         self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
@@ -280,7 +284,7 @@ class _Run:
         """b_dec at a centre of a sample of the target (an SAE's input) spread over the
         training shards (the same rows on every rank; the training shards are the store's
         first rows)."""
-        if self.cfg.bias_init == "zeros":
+        if self.cfg.bias_init == "zeros" or self.cfg.init_from:  # --init-from brings b_dec
             return
         n, spots = self.store.layout.shard_rows_range(self.part.train[-1])[1], 16
         each = max(1, min(self.cfg.init_rows, n) // spots)

@@ -22,6 +22,7 @@ def test_loss_recovered_spliced_for_dictionaries_and_baselines(tmp_path: Path) -
     from actstore.generate.pipeline import generate
     from actstore.loader import holdout
     from tests.gen_fixtures import save_tiny
+    from trainer.evaluation.imported.members import imported
     from trainer.evaluation.run import load_run, open_slice
     from trainer.evaluation.splicer import Splicer
     from trainer.training.config import TrainConfig
@@ -35,19 +36,23 @@ def test_loss_recovered_spliced_for_dictionaries_and_baselines(tmp_path: Path) -
     train(TrainConfig(store=url, hook=hook, arch="topk", latents=(64,), k=(4, 32),
                       tokens=4096, batch_size=256, out=str(tmp_path / "run"), holdout=0.25,
                       eval_contexts=0, progress=False, plots=False))
+    # the k=4 dictionary's SAELens export, read back as a dictionary from elsewhere
+    exported = str(tmp_path / "run" / "dictionaries" / "topk-n64-k4" / "saelens")
     cfg = EvalConfig(run=str(tmp_path / "run"), out=str(tmp_path / "report"), ica_rows=512,
-                     splice_contexts=8)
-    ev = evaluate(cfg)
+                     splice_contexts=8, dictionary=(exported,))
+    ev = evaluate(cfg, load_run(cfg.run_dir) + imported(cfg, load_run(cfg.run_dir)))
     rows = {(r["method"], r["k"]): r for r in ev.spliced}
     bases = ("pca", "neurons", "random", "ica")
-    assert set(rows) == {("topk-n64-k4", 4), ("topk-n64-k32", 32)} | {
+    assert set(rows) == {("topk-n64-k4", 4), ("topk-n64-k32", 32), ("saelens", 4)} | {
         (b, k) for b in bases for k in (4, 32)}
+    for key in ("ce_spliced", "kl", "loss_recovered"):  # spliced alike, on raw activations
+        assert rows["saelens", 4][key] == pytest.approx(rows["topk-n64-k4", 4][key], rel=1e-5)
     assert ev.meta["spliced"] == "8 held-out contexts"
     for b in bases:
         assert rows[b, 32]["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
         assert rows[b, 32]["kl"] == pytest.approx(0.0, abs=1e-5)
         assert rows[b, 4]["kl"] > 1e-4  # four codes of 32 lose something the model sees
-    members = load_run(cfg.run)
+    members = load_run(cfg.run_dir)
     store, part, _ = open_slice(cfg, members[0])
     for m in members:
         direct = Splicer(store, hook, m.norm, 8, torch.device("cpu"),

@@ -105,9 +105,9 @@ def markdown(ev: Evaluation) -> str:
     m = ev.meta
     slice_ = ("held-out contexts (never trained on)" if m["held_out"]
               else "**rows the dictionaries trained on** (the run held nothing out)")
-    lines = [f"# Evaluation of {m['run']}", "",
+    lines = [f"# Evaluation of {m['run'] or 'dictionaries from elsewhere'}", "",
              f"Store `{m['store']}` (hook `{m['hook']}`, model `{m['model']}`); scored on "
-             f"{m['rows']} rows of {slice_}.", "",
+             f"{m['rows']} rows of {slice_}.", "", *imported_lines(m),
              "## Dictionaries", "", "| dictionary | L0 | FVU | fired on slice | MMCS |",
              "| --- | --- | --- | --- | --- |"]
     for name, s in ev.dictionaries.items():
@@ -133,6 +133,25 @@ def markdown(ev: Evaluation) -> str:
     lines += ["", "![FVU against L0](frontier.png)", "",
               "Open `index.html` for the examples of each latent.", ""]
     return "\n".join(lines)
+
+
+def imported_lines(m: dict[str, Any]) -> list[str]:
+    """What report.md says of dictionaries from elsewhere (`--dictionary`), and of the slice
+    when no run of ours gave one."""
+    found = m.get("imported") or {}
+    if not found:
+        return []
+    lines = ["Dictionaries from elsewhere, loaded from their own files: " + "; ".join(
+        f"{name} ({i['format']}, `{i['path']}`, trained on hook `{i['trained_on'] or '?'}`)"
+        for name, i in found.items()) + ".", ""]
+    if m["run"] is None:
+        lines += ["No held-out slice: these dictionaries never saw this store, so every row "
+                  "is new to them. The baselines were fitted on the store's first shards; "
+                  f"everything was scored on the last {len(m['held_out_shards'])}.", ""]
+    else:
+        lines += ["They are scored on the run's held-out rows, as its own dictionaries are; "
+                  "they never saw this store.", ""]
+    return lines
 
 
 def spliced_table(ev: Evaluation) -> list[str]:

@@ -14,6 +14,10 @@ from rank 0, with the run's settings and the store's spec and key as the run's c
                   steps after the last one the interrupted run logged (the replay is exact, so
                   those values are the ones it would log again)
 
+`actstore eval --log` sends its scores, tables and report to the same trackers of the run it
+scores (`Tracker.evaluation`: TensorBoard at the run's last step, W&B after it, as W&B's
+steps only increase).
+
 Both libraries are optional extras; `require` names the missing one before any work.
 """
 
@@ -43,12 +47,21 @@ def require(names: Sequence[str]) -> None:
                              f"installed: pip install 'actstore[{extra}]'")
 
 
+#: A table to log: its column names and rows.
+Table = tuple[list[str], list[list[Any]]]
+
+
 class Tracker(Protocol):
-    """What the training loop sends to a tracker."""
+    """What the training loop and `actstore eval` send to a tracker."""
 
     def scalars(self, step: int, values: dict[str, float]) -> None: ...
 
     def images(self, step: int, paths: Sequence[Path]) -> None: ...
+
+    def evaluation(self, step: int, values: dict[str, float], tables: dict[str, Table],
+                   report: Path) -> None:
+        """`actstore eval`'s scores, tables and report folder (report.md, frontier.png,
+        index.html), logged at `step` or, for W&B, after the last step the run logged."""
 
     def close(self) -> None: ...
 
@@ -60,11 +73,12 @@ def flatten(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 class TensorBoard:
     """Event files under <out>/tensorboard."""
 
-    def __init__(self, out: Path, config: dict[str, Any], resume_at: int) -> None:
+    def __init__(self, out: Path, config: dict[str, Any], resume_at: int,
+                 purge: bool = True) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tensorboard"),
-                                    purge_step=resume_at + 1 if resume_at else None)
+                                    purge_step=resume_at + 1 if resume_at and purge else None)
         if not resume_at:
             self.writer.add_text("config", f"```\n{_text(config)}\n```", 0)
 
@@ -80,6 +94,18 @@ class TensorBoard:
             self.writer.add_image(f"plots/{p.stem}", mpimg.imread(p)[..., :3], step,
                                   dataformats="HWC")
         self.writer.flush()
+
+    def evaluation(self, step: int, values: dict[str, float], tables: dict[str, Table],
+                   report: Path) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        for name, (columns, rows) in tables.items():  # TensorBoard's text renders markdown
+            lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+            lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+            self.writer.add_text(name, "\n".join(lines), step)
+        self.writer.add_text("eval/report", (report / "report.md").read_text(), step)
+        self.writer.flush()
+        self.images(step, [report / "frontier.png"])
 
     def close(self) -> None:
         self.writer.close()
@@ -117,6 +143,20 @@ class WandB:
         self.run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths},
                      step=max(step, self.after + 1))
 
+    def evaluation(self, step: int, values: dict[str, float], tables: dict[str, Table],
+                   report: Path) -> None:
+        import wandb
+
+        at = max(step, self.after + 1)  # W&B's steps only increase
+        data: dict[str, Any] = dict(values)
+        data |= {name: wandb.Table(columns=list[str | int](c), data=r)
+                 for name, (c, r) in tables.items()}
+        data["eval/report"] = wandb.Html((report / "index.html").read_text())
+        data["plots/frontier"] = wandb.Image(str(report / "frontier.png"))
+        self.run.log(data, step=at)
+        self.after = at
+        _note_step(self.run.dir, at)
+
     def close(self) -> None:
         self.run.finish()
 
@@ -143,13 +183,14 @@ def _text(config: dict[str, Any]) -> str:
 
 def open_trackers(names: Sequence[str], out: Path, config: dict[str, Any], resume_at: int, *,
                   wandb_project: str | None = None, wandb_entity: str | None = None,
-                  wandb_name: str | None = None) -> list[Tracker]:
-    """The trackers of `--log` for this run folder (call on rank 0 only)."""
+                  wandb_name: str | None = None, purge: bool = True) -> list[Tracker]:
+    """The trackers of `--log` for this run folder (call on rank 0 only); `purge`: TensorBoard
+    drops what was logged after `resume_at` (a resumed run; not an evaluation added to it)."""
     require(names)
     trackers: list[Tracker] = []
     for name in names:
         if name == "tensorboard":
-            trackers.append(TensorBoard(out, config, resume_at))
+            trackers.append(TensorBoard(out, config, resume_at, purge))
         else:
             trackers.append(WandB(out, config, resume_at, project=wandb_project,
                                   entity=wandb_entity, name=wandb_name))
