@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from actstore.loader import holdout
@@ -154,6 +157,30 @@ def sample_method(name: str, kind: str, total: int,
     return Method(name, kind, chosen.tolist(), total, len(eligible), acts)
 
 
+def fitted_baselines(fit: EvalConfig, store: ActivationStore, hook: str,
+                     part: holdout.Partition, device: torch.device, *, cache: Path
+                     ) -> list[Basis]:
+    """eval's baselines, refitted as eval fitted them (same rows, same seed) the first time
+    and kept in `cache` (FastICA takes a minute on a CPU), keyed by the store and settings."""
+    what = {"store": store.key, "hook": hook, "train": list(part.train),
+            "settings": {k: v for k, v in vars(fit).items() if k not in ("run", "out")}}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"baselines-{key}.safetensors"
+    if path.exists():
+        tensors = safetensors.torch.load_file(str(path))
+        names = sorted({k.split(".")[0] for k in tensors})
+        return [Basis(n, tensors[f"{n}.encoder"], tensors[f"{n}.decoder"], tensors[f"{n}.mean"])
+                for n in names]
+    bases = fit_baselines(fit, store, hook, part, device)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    safetensors.torch.save_file({f"{b.name}.{part_}": getattr(b, part_).contiguous().clone()
+                                 for b in bases for part_ in ("encoder", "decoder", "mean")},
+                                str(tmp))
+    os.replace(tmp, path)
+    return bases
+
+
 def load_corpus(cfg: InterpretConfig) -> Corpus:
     """The held-out windows and every method's sampled latents (see the module's docstring)."""
     summary, ecfg = eval_settings(cfg)
@@ -191,7 +218,8 @@ def load_corpus(cfg: InterpretConfig) -> Corpus:
     wanted = cfg.chosen_baselines
     if wanted:
         fit = dataclasses.replace(ecfg, ica=ecfg.ica if "ica" in wanted else "none")
-        bases = {b.name: b for b in fit_baselines(fit, store, hook, part, device)}
+        bases = {b.name: b for b in fitted_baselines(fit, store, hook, part, device,
+                                                     cache=Path(cfg.out) / "cache")}
         for name in wanted:
             if name not in bases:
                 meta["skipped"][name] = "eval ran with --ica none, so no ICA was fitted"

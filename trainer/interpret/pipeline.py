@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from trainer.interpret import prompts
 from trainer.interpret.client import Client
 from trainer.interpret.config import InterpretConfig
 from trainer.interpret.corpus import Corpus, Method, Windows, load_corpus, page_stats
-from trainer.interpret.llm import Backend, HttpBackend, Reply, Request
+from trainer.interpret.llm import Backend, EndpointError, HttpBackend, Reply, Request
 from trainer.interpret.plans import LatentPlan, plan_method
 from trainer.interpret.scores import balanced_accuracy, pearson, summarize
 
@@ -212,7 +213,12 @@ def browser_pages(corpus: Corpus, jobs: list[Job], window: int
 def _logprobs(client: Client) -> bool:
     """Whether the backend returns log-probs (asked once; the answer is cached like any)."""
     probe = Request("Reply with one digit.", "5", 2, logprobs=True)
-    reply, = client.ask_all([probe], "log-probs probe")
+    try:
+        reply, = client.ask_all([probe], "log-probs probe")
+    except EndpointError as e:  # some servers refuse the logprobs fields outright
+        print(f"no simulation: the backend refused a request for log-probs ({e})",
+              file=sys.stderr)
+        return False
     return reply is not None and reply.logprobs is not None
 
 

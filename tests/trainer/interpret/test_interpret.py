@@ -94,6 +94,7 @@ def test_scores_of_a_perfect_scorer_and_malformed_answers(
     svg = (report / "scores.svg").read_text()
     assert svg.startswith("<svg")
     assert svg.count("<circle") > 20
+    assert len(list((report / "cache").glob("baselines-*.safetensors"))) == 1
     sent = len(s.bodies)
     assert result["meta"]["requests"]["sent"] == sent
     # the cache: a second run asks nothing and writes the same results
@@ -212,3 +213,21 @@ def test_a_local_transformers_model_answers_in_process(scored: tuple[Path, Path]
                 r["malformed"][t] for t in ("detection", "fuzzing", "simulation")) == asked
     assert math.isfinite(client.sent)
     assert prompts.EXPLAIN
+
+
+def test_a_server_refusing_log_probs_gets_no_simulation_and_the_rest(
+        scored: tuple[Path, Path], script: tuple[Script, str], tmp_path: Path) -> None:
+    (run, report), (s, url) = scored, script
+
+    def no_logprobs(body: dict[str, Any]) -> dict[str, Any] | tuple[int, dict[str, str]]:
+        return (400, {}) if body.get("logprobs") else oracle(body)
+
+    s.answer = no_logprobs
+    assert interpret(run, tmp_path / "out", url, "--baselines", "none", report=report) == 0
+    result = json.loads((tmp_path / "out" / "interpret.json").read_text())
+    assert result["meta"]["simulation"] is False
+    for r in result["latents"]["neurons-relu"].values():
+        assert r["simulation"] is None
+        assert r["asked"]["simulation"] == 0
+        assert r["fuzzing"] == 1.0
+    assert "no simulation" in (tmp_path / "out" / "interpret.md").read_text().lower()
