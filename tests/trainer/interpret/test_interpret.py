@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,3 +235,41 @@ def test_a_server_refusing_log_probs_gets_no_simulation_and_the_rest(
         assert r["asked"]["simulation"] == 0
         assert r["fuzzing"] == 1.0
     assert "no simulation" in (tmp_path / "out" / "interpret.md").read_text().lower()
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_resumes_without_repeating_a_request(
+        scored: tuple[Path, Path], script: tuple[Script, str], tmp_path: Path) -> None:
+    """SIGKILL of a real `actstore interpret` process while its 26th request is in flight;
+    the rerun asks only what was never answered."""
+    (run, report), (s, url) = scored, script
+    out = tmp_path / "out"
+    argv = ["interpret", "--run", str(run), "--out", str(out), "--report", str(report),
+            "--llm", "scripted", "--endpoint", url, *SMALL, "--concurrency", "1"]
+    code = ("import sys; from actstore.shell.main import build_parser; "
+            "from trainer.interpret.cli import COMMAND; "
+            "a = vars(build_parser([COMMAND]).parse_args(sys.argv[1:])); del a['command']; "
+            "sys.exit(COMMAND.run(a))")
+    proc: subprocess.Popen[bytes] | None = None
+
+    def killing(body: dict[str, Any]) -> dict[str, Any] | tuple[int, dict[str, str]]:
+        if len(s.bodies) == 25 and proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return (503, {})
+        return oracle(body)
+
+    s.answer = killing
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=240) == -signal.SIGKILL
+    assert len(s.bodies) == 25
+    assert not (out / "interpret.json").exists()
+    s.answer = oracle
+    assert interpret(run, out, url, report=report) == 0
+    keys = [json.dumps(b, sort_keys=True) for b in s.bodies]
+    assert len(keys) == len(set(keys))  # nothing answered before the kill was asked again
+    before = len(s.bodies)
+    assert interpret(run, tmp_path / "fresh", url, report=report) == 0
+    assert len(s.bodies) - before == len(keys)  # as many as an uninterrupted run
