@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from trainer.interpret.config import InterpretConfig
 from trainer.interpret.corpus import load_corpus
 from trainer.interpret.plans import LatentPlan, plan_method
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SMALL = ["--latents", "4", "--window", "8", "--explain-examples", "4", "--quantiles", "3",
          "--score-examples", "6", "--batch", "3", "--simulate-examples", "4",
          "--backoff", "0.01", "--retry-deadline", "5", "--concurrency", "4"]
@@ -95,6 +97,15 @@ def test_scores_of_a_perfect_scorer_and_malformed_answers(
     for method, found in result["latents"].items():
         for j, r in found.items():
             assert pages[method]["pages"][j]["interpret"]["explanation"] == r["explanation"]
+    if CHROMIUM:  # the page of a baseline's latent (eval gave none) shows its explanation
+        j, r = next(iter(result["latents"]["pca"].items()))
+        url = (report / "index.html").as_uri() + f"#dict=pca&latent={j}"
+        shown = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                "--dump-dom", url], capture_output=True, text=True,
+                               timeout=120, check=True).stdout
+        assert f"pca latent {j}" in shown
+        assert f"explanation: {r['explanation']}" in shown
+        assert "<svg" in shown
     svg = (report / "scores.svg").read_text()
     assert svg.startswith("<svg")
     assert svg.count("<circle") > 20
