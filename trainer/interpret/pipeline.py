@@ -162,7 +162,8 @@ def interpret(cfg: InterpretConfig, backend: Backend | None = None,
     backend = backend or make_backend(cfg)
     client = Client(backend, Path(cfg.out) / "cache" / "responses.jsonl", cfg.max_requests,
                     progress)
-    texts = Texts(decoder_of(corpus.store), corpus.windows)
+    decode = decoder_of(corpus.store)  # a tokenizer load: once, for prompts and pages
+    texts = Texts(decode, corpus.windows)
     jobs = [Job(m, j, plan) for m in corpus.methods
             for j, plan in enumerate(plan_method(m.acts, m.latents, corpus.windows, cfg,
                                                  m.name))]
@@ -185,14 +186,14 @@ def interpret(cfg: InterpretConfig, backend: Backend | None = None,
     finally:
         client.close()
     found = assemble(cfg, corpus.meta, corpus.methods, jobs, client=client, logprobs=logprobs)
-    return dataclasses.replace(found, pages=browser_pages(corpus, jobs, cfg.window)), client
+    pages = browser_pages(corpus, jobs, cfg.window, decode)
+    return dataclasses.replace(found, pages=pages), client
 
 
-def browser_pages(corpus: Corpus, jobs: list[Job], window: int
-                  ) -> dict[str, dict[str, dict[str, Any]]]:
+def browser_pages(corpus: Corpus, jobs: list[Job], window: int,
+                  decode: Callable[[Sequence[int]], str]) -> dict[str, dict[str, dict[str, Any]]]:
     """Eval-style pages of the interpreted latents: each explained window's top token as an
     example (rendered like eval's, `window` tokens either side, in one call per method)."""
-    decode = decoder_of(corpus.store)
     w = corpus.windows
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method in corpus.methods:
