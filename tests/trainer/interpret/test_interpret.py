@@ -284,3 +284,25 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_request(
     before = len(s.bodies)
     assert interpret(run, tmp_path / "fresh", url, report=report) == 0
     assert len(s.bodies) - before == len(keys)  # as many as an uninterrupted run
+
+
+def test_a_scorer_that_guesses_by_position_is_at_chance(
+        scored: tuple[Path, Path], script: tuple[Script, str], tmp_path: Path) -> None:
+    """No label leaks through the order of the windows: a scorer answering [1, 1, 0] to every
+    detection and fuzzing request, whatever the text, scores about 0.5 on average."""
+    (run, report), (s, url) = scored, script
+
+    def by_position(body: dict[str, Any]) -> dict[str, Any]:
+        system = body["messages"][0]["content"]
+        if "numbers, 1 for yes" in system:
+            return {"choices": [{"message": {"content": "[1, 1, 0]"}}]}
+        return oracle(body)
+
+    s.answer = by_position
+    assert interpret(run, tmp_path / "out", url, "--latents", "12", report=report) == 0
+    result = json.loads((tmp_path / "out" / "interpret.json").read_text())
+    for task in ("detection", "fuzzing"):
+        scores = [r[task] for m in result["latents"].values() for r in m.values()
+                  if r[task] is not None]
+        assert len(scores) >= 30
+        assert float(np.mean(scores)) == pytest.approx(0.5, abs=0.1), task
