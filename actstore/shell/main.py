@@ -20,7 +20,8 @@ from actstore.shell.flags import Command, run_command
 
 #: Where the plugged-in commands go in `--help`: after the store's, before bench.
 PLUGIN_GROUP = "actstore.commands"
-_ORDER = ("info", "verify", "ls", "generate", "toy", "train", "eval", "steer", "bench")
+_ORDER = ("info", "verify", "ls", "generate", "toy", "train", "eval", "steer", "interpret",
+          "bench")
 
 
 def commands() -> list[Command]:

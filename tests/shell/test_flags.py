@@ -32,6 +32,7 @@ REQUIRED: dict[str, tuple[list[str], dict[str, Any]]] = {
     "eval": (["--run", "r", "--out", "o"], {"run": "r", "out": "o"}),
     "steer": (["--dictionary", "d", "--latent", "1", "--scale", "2", "--prompt", "p"],
               {"dictionary": "d", "latent": 1, "scale": 2.0, "prompt": "p"}),
+    "interpret": (["--run", "r", "--llm", "m", "--out", "o"], {"run": "r", "llm": "m", "out": "o"}),
     "bench": ([], {})}
 
 

@@ -98,6 +98,14 @@ function show(dict, id) {
     h.appendChild(b);
   });
   box.appendChild(h);
+  if (p.interpret) {  // actstore interpret's explanation and scores
+    const i = p.interpret;
+    box.appendChild(el('p', 'explanation: ' + (i.explanation === null ?
+      '(none: the explainer gave no usable answer)' : i.explanation), 'explanation'));
+    const fmt = v => v === null || v === undefined ? '-' : v.toFixed(3);
+    box.appendChild(el('p', `detection ${fmt(i.detection)}, fuzzing ${fmt(i.fuzzing)}, ` +
+      `simulation ${fmt(i.simulation)}`));
+  }
   for (const e of p.examples) {
     const line = el('div', undefined, 'ex');
     line.dataset.row = e.row;
@@ -146,8 +154,9 @@ def _embed(json_text: str) -> str:
     return json_text.replace("<", "\\u003c")
 
 
-def page(summary_json: str, latents_json: str, frontier_png_b64: str) -> str:
-    """The whole index.html."""
+def page(summary_json: str, latents_json: str, frontier_png_b64: str, extra: str = "") -> str:
+    """The whole index.html; `extra` is HTML put before the latents (actstore interpret's
+    section, made of escaped text)."""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>actstore eval</title>
 <style>{_STYLE}</style></head><body>
@@ -159,6 +168,7 @@ def page(summary_json: str, latents_json: str, frontier_png_b64: str) -> str:
 <h3>Baselines at equal L0 (FVU)</h3><table id="frontier"></table>
 <h2>Loss recovered, spliced into the model</h2><p id="splicedwhat"></p>
 <table id="spliced"></table>
+{extra}
 <h2>Latents</h2>
 <p><select id="dict"></select> latent <input id="search" size="8">
 <button id="go">show</button></p>
