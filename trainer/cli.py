@@ -76,7 +76,7 @@ def print_plan(cfg: TrainConfig) -> int:
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
-    from trainer.training.train import check_against, widths
+    from trainer.training.train import check_against, site_widths, widths
 
     store = ActivationStore.open(cfg.store)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
@@ -85,7 +85,8 @@ def print_plan(cfg: TrainConfig) -> int:
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
     d_model, d_out = widths(cfg, store)
     print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
-                   data_parallel(world.size, cfg.tp), device, d_out=d_out))
+                   data_parallel(world.size, cfg.tp), device, d_out=d_out,
+                   sites=site_widths(cfg, store)))
     return 0
 
 

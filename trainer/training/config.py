@@ -57,7 +57,7 @@ class TrainConfig:
     """URL of a complete store."""
     hook: tuple[str, ...]
     """Hook (module path) whose activations are fitted; a CLT's input hooks, one per layer in
-    layer order."""
+    layer order; a crosscoder's sites."""
     arch: Arch
     """relu (the seed paper's L1 sparse coding), topk, batchtopk, jumprelu or matryoshka
     (Matryoshka BatchTopK: nested prefixes of the latents each reconstruct)."""
@@ -137,7 +137,9 @@ class TrainConfig:
     kind: Kind = "sae"
     """sae: reconstruct --hook; transcoder: predict --target-hook from --hook (e.g. an MLP's
     input and output); clt: a cross-layer transcoder, layer l's latents reading the l-th
-    --hook and writing into the l-th --target-hook and every later one."""
+    --hook and writing into the l-th --target-hook and every later one; crosscoder: latents
+    shared by every --hook, each with its own encoder and decoder (relu: Lindsey et al.'s
+    L1 weighted by the decoder norms)."""
     target_hook: tuple[str, ...] = ()
     """The hook a transcoder predicts (a CLT's: one per --hook, same order), which the store
     must hold beside --hook (default: none, as an SAE predicts its own input)."""
@@ -219,7 +221,11 @@ class TrainConfig:
                              "transcoder")
         if self.kind == "sae" and len(self.hook) > 1:
             raise ValueError(f"an SAE reads one --hook, got {len(self.hook)}; train one run "
-                             "per hook, or --kind clt for a cross-layer transcoder")
+                             "per hook, --kind crosscoder for latents shared by the hooks, or "
+                             "--kind clt for a cross-layer transcoder")
+        if self.kind == "crosscoder" and (len(self.hook) < 2 or self.target_hook or self.skip):
+            raise ValueError("--kind crosscoder reads its sites from --hook (at least 2) and "
+                             "reconstructs them: no --target-hook or --skip")
         if self.kind == "transcoder" and not self.target_hook:
             raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
         if self.kind == "transcoder" and (len(self.hook), len(self.target_hook)) != (1, 1):
@@ -236,16 +242,17 @@ class TrainConfig:
             raise ValueError(f"each hook may appear once in --hook and --target-hook, got "
                              f"{list(self.hook) + list(self.target_hook)}")
 
-    def dictionaries(self, d_model: int, d_out: int | None = None) -> list[DictionaryConfig]:
+    def dictionaries(self, d_model: int, d_out: int | None = None,
+                     sites: tuple[int, ...] = ()) -> list[DictionaryConfig]:
         """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's or a
-        CLT's target width)."""
+        CLT's target width; `sites`: a crosscoder's hooks' widths, d_model their sum)."""
         key = KNOB[self.arch]
         sweep: tuple[Any, ...] = getattr(self, key)
         shape: dict[str, Any] = (
             {"kind": "transcoder", "d_out": d_out, "skip": self.skip}
             if self.kind == "transcoder" else
             {"kind": "clt", "d_out": d_out, "layers": len(self.hook)} if self.kind == "clt"
-            else {})
+            else {"kind": "crosscoder", "sites": sites} if self.kind == "crosscoder" else {})
         if self.widths:
             shape["widths"] = self.widths
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,

@@ -38,6 +38,7 @@ from trainer.dictionary.export import (
     CIRCUIT_TRACER_ARCHS,
     export_saelens,
     export_sparsify,
+    save_crosscoder,
     save_dictionary,
 )
 from trainer.dictionary.gather import gathered
@@ -88,7 +89,7 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
                 raise ValueError(f"{flag} {hook!r} is not in store {store.url}; it has "
                                  f"{list(store.hooks)}")
         widths = {store.layout.d_model[h] for h in hooks}
-        if len(widths) > 1:
+        if len(widths) > 1 and cfg.kind == "clt":  # a crosscoder's sites may differ
             raise ValueError(f"a CLT's {flag} hooks must share one width, got "
                              f"{ {h: store.layout.d_model[h] for h in hooks} }")
     store.require_complete()
@@ -100,8 +101,16 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
                          f"of {cfg.batch_size // dp} per data-parallel rank")
 
 
+def site_widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, ...]:
+    """A crosscoder's sites' widths (its hooks'), in order; () for the other kinds."""
+    return tuple(store.layout.d_model[h] for h in cfg.hook) if cfg.kind == "crosscoder" else ()
+
+
 def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None]:
-    """The width of the inputs and of the targets (None: an SAE's, its input's)."""
+    """The width of the inputs (a crosscoder's: its sites' together) and of the targets
+    (None: an SAE's, its input's)."""
+    if cfg.kind == "crosscoder":
+        return sum(site_widths(cfg, store)), None
     d_model = store.layout.d_model[cfg.hook[0]]
     return d_model, store.layout.d_model[cfg.target_hook[0]] if cfg.target_hook else None
 
@@ -124,10 +133,12 @@ class _Run:
         self.store = ActivationStore.open(cfg.store)
         check_against(cfg, self.store, world)
         d_model, d_out = widths(cfg, self.store)
-        self.members = cfg.dictionaries(d_model, d_out)
+        sites = site_widths(cfg, self.store)
+        self.members = cfg.dictionaries(d_model, d_out, sites)
         self.mesh = make_mesh(world, cfg.tp)
         problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
-                                   .itemsize, self.mesh.dp, world.device, d_out=d_out)
+                                   .itemsize, self.mesh.dp, world.device, d_out=d_out,
+                                   sites=sites)
         if problem:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
@@ -158,8 +169,9 @@ class _Run:
         self.names = [member_name(m) for m in self.members]
         self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
         self.step = 0
-        # a toy store has no model to splice into (its ground truth gives MMCS instead)
-        has_model = self.store.spec.model != TOY_MODEL
+        # a toy store has no model to splice into (its ground truth gives MMCS instead); a
+        # crosscoder's sites are not spliced (yet)
+        has_model = self.store.spec.model != TOY_MODEL and cfg.kind != "crosscoder"
         self.splicer = self._splicer() if cfg.eval_contexts and has_model else None
 
     def _splicer(self) -> Splicer | None:
@@ -237,6 +249,8 @@ class _Run:
                 if cfg.kind == "clt":  # (B, L, d): layer by layer
                     yield (torch.stack([batch.x[h] for h in cfg.hook], 1),
                            torch.stack([batch.x[h] for h in cfg.target_hook], 1))
+                elif cfg.kind == "crosscoder":  # (B, Σd): the sites side by side
+                    yield torch.cat([batch.x[h] for h in cfg.hook], 1), None
                 else:
                     yield (batch.x[cfg.hook[0]],
                            batch.x[cfg.target_hook[0]] if cfg.target_hook else None)
@@ -288,9 +302,10 @@ class _Run:
         samples = [norm.apply(torch.cat([self.store.read_torch(hook, a, min(a + each, n))
                                          for a in starts]).float())
                    for hook, norm in zip(self.cfg.targets, self.target_norms, strict=True)]
-        # a CLT's targets side by side, (rows, L, d_out)
-        sample = (torch.stack(samples, 1) if self.cfg.kind == "clt" else samples[0]
-                  ).to(self.world.device)
+        # a CLT's targets side by side, (rows, L, d_out); a crosscoder's sites, (rows, Σd)
+        kind = self.cfg.kind
+        sample = (torch.stack(samples, 1) if kind == "clt" else torch.cat(samples, 1)
+                  if kind == "crosscoder" else samples[0]).to(self.world.device)
         for m in self.ensemble.members:
             m.init_bias(sample, self.cfg.bias_init)
 
@@ -358,6 +373,9 @@ class _Run:
                 export_circuit_tracer_clt(d / "circuit_tracer", member, self.norms,
                                           self.target_norms, model_name=source["model"])
             return
+        if cfg.kind == "crosscoder":  # no peer has a crosscoder format
+            save_crosscoder(d, member, self.norms, source)
+            return
         target = self.target_norm if member.cfg.kind == "transcoder" else None
         save_dictionary(d, member, self.norm, source, target)
         if not (member.cfg.kind == "transcoder" and member.cfg.arch == "topk"):
@@ -375,7 +393,8 @@ class _Run:
         spec, cfg = self.store.spec, self.cfg
         # one hook by name (as runs before CLTs wrote it), a CLT's as lists in layer order
         hooks: dict[str, Any] = ({"hook": list(cfg.hook), "target_hook": list(cfg.target_hook)}
-                                 if cfg.kind == "clt" else {"hook": cfg.hook[0]})
+                                 if cfg.kind == "clt" else {"hook": list(cfg.hook)}
+                                 if cfg.kind == "crosscoder" else {"hook": cfg.hook[0]})
         if cfg.kind == "transcoder":
             hooks["target_hook"] = cfg.target_hook[0]
         return {"store": self.store.url, "store_key": self.store.key, **hooks,
