@@ -21,7 +21,7 @@ from typing import Any
 from actstore.generate.config import GenerateConfig
 from actstore.generate.pipeline import generate
 from trainer.evaluation.config import EvalConfig
-from trainer.evaluation.transcoders import evaluate_run
+from trainer.evaluation.multihook.transcoders import evaluate_run
 from trainer.training.config import TrainConfig
 from trainer.training.train import train
 

@@ -160,7 +160,7 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
     hook = members[0].source["hook"]
     store, part, held_out = open_slice(cfg, members[0])
     if members[0].sae.cfg.kind == "transcoder":
-        raise ValueError(f"{cfg.run} holds transcoders: trainer.evaluation.transcoders "
+        raise ValueError(f"{cfg.run} holds transcoders: trainer.evaluation.multihook.transcoders "
                          "scores them (actstore eval does so by itself)")
     held = list(holdout.held_out_batches(store, hook, part, cfg.rows, 4096))
     if not held:

@@ -4,6 +4,7 @@ wide), trained, saved with a normaliser per site, resumed, planned, refused, and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,47 @@ def test_a_crosscoder_at_tp2_equals_the_plain_run(store: str, tmp_path: Path) ->
     train(crosscoder(store, tmp_path / "plain", **settings))
     run_ranks(2, crosscoder(store, tmp_path / "tp2", tp=2, **settings))
     assert_close_weights(tmp_path / "plain", tmp_path / "tp2")
+
+
+def test_eval_scores_every_site_and_where_the_latents_live(store: str, tmp_path: Path) -> None:
+    from actstore.loader import holdout
+    from trainer.dictionary.crosscoder import relative_norms
+    from trainer.evaluation.config import EvalConfig
+    from trainer.evaluation.multihook.crosscoder import ONLY, SHARED
+    from trainer.evaluation.multihook.transcoders import evaluate_run
+    from trainer.evaluation.report import write_report
+
+    train(crosscoder(store, tmp_path / "run", k=(2, 4), holdout=0.25, tokens=320))
+    cfg = EvalConfig(run=str(tmp_path / "run"), out=str(tmp_path / "report"), ica="none")
+    ev = evaluate_run(cfg)
+    assert (ev.meta["kind"], ev.meta["held_out"]) == ("crosscoder", True)
+    s = ActivationStore.open(store)
+    part = holdout.partition(s, 0.25)
+    rows = torch.cat([h.rows for h in holdout.held_out_batches(s, HOOKS[0], part, cfg.rows)])
+    xs = [torch.from_numpy(s.read_float32(h, 0, s.num_rows))[rows] for h in HOOKS]
+    for name in ("topk-n24-k2", "topk-n24-k4"):
+        cc, norms, _ = load_crosscoder(tmp_path / "run" / "dictionaries" / name)
+        x_hat = cc.reconstruct(torch.cat([n.apply(x) for x, n in zip(xs, norms,
+                                                                     strict=True)], 1))[0]
+        scores = ev.dictionaries[name]
+        for i, (x, n, part_hat) in enumerate(zip(xs, norms, x_hat.split((12, 5), 1),
+                                                 strict=True)):
+            want = float(((x - n.invert(part_hat)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+            assert scores[f"fvu_site_{i}"] == pytest.approx(want, rel=1e-4)
+        # where the latents live, from the decoder blocks' norms directly
+        norms_ab = torch.stack([cc.W_dec[:, :12].norm(dim=1), cc.W_dec[:, 12:].norm(dim=1)], 1)
+        share_b = norms_ab[:, 1] / norms_ab.sum(1)
+        torch.testing.assert_close(relative_norms(cc.W_dec, (12, 5))[:, 1], share_b)
+        detail = ev.meta["crosscoder"][name]
+        assert detail["relative_norms"] == pytest.approx(share_b.tolist())
+        assert detail["groups"]["only_site_1"] == (share_b >= ONLY).nonzero().flatten().tolist()
+        assert detail["groups"]["only_site_0"] == (share_b <= 1 - ONLY).nonzero().flatten(
+        ).tolist()
+        shared = ((share_b >= SHARED / 2) & (share_b <= 1 - SHARED / 2)).nonzero().flatten()
+        assert detail["groups"]["shared"] == shared.tolist()
+        assert sum(detail["histograms"][1]) == 24
+    out = write_report(ev, s, cfg)
+    assert "## Crosscoder sites" in (out / "report.md").read_text()
+    pages = json.loads((out / "latents.json").read_text())["dictionaries"]["topk-n24-k2"]
+    shown = {i for ids in ev.meta["crosscoder"]["topk-n24-k2"]["shown"].values() for i in ids}
+    assert {str(i) for i in shown if ev.tops["topk-n24-k2"].fired[i] > 0} <= set(pages["pages"])

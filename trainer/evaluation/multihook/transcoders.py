@@ -28,9 +28,10 @@ from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.evaluation import baselines
 from trainer.evaluation.baselines import fit_linear
-from trainer.evaluation.clt import evaluate_clts, is_clt_run
 from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.loss_recovered import splice_scores
+from trainer.evaluation.multihook.clt import evaluate_clts, is_clt_run
+from trainer.evaluation.multihook.crosscoder import evaluate_crosscoders, is_crosscoder_run
 from trainer.evaluation.run import (
     Evaluation,
     evaluate,
@@ -99,9 +100,12 @@ def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition
 
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
-    `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`."""
+    `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`, a run
+    of crosscoders as `crosscoder.evaluate_crosscoders`."""
     if is_clt_run(cfg.run):
         return evaluate_clts(cfg)
+    if is_crosscoder_run(cfg.run):
+        return evaluate_crosscoders(cfg)
     members = load_run(cfg.run)
     if members[0].sae.cfg.kind != "transcoder":
         return evaluate(cfg, members)
