@@ -38,7 +38,7 @@ def main() -> None:
             order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
             for name in order:
                 result = train(TrainConfig(
-                    store=store.url, hook=(HOOK,), arch="topk", latents=(2048,), k=(32,),
+                    store=(store.url,), hook=(HOOK,), arch="topk", latents=(2048,), k=(32,),
                     tokens=a.tokens, batch_size=4096, out=str(Path(tmp) / f"{name}-{r}"),
                     log=SETUPS[name], eval_contexts=0, progress=False, plots=False))
                 rates[name].append(result.tokens_this_run / result.seconds)

@@ -44,7 +44,8 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                    "(flags given as well override it)")
     add_fields(t, TrainConfig, only=_ORDER, overlay=True,
                required="required: a flag or in --config",
-               overrides={**dict.fromkeys(_SWEEPS, _SWEEP), **_SWITCHES})
+               overrides={**dict.fromkeys(_SWEEPS, _SWEEP), **_SWITCHES,
+                          "store": Flag(repeat=True)})
     t.add_argument("--plan", action="store_true", default=None,
                    help="print the memory each device needs (parameters, gradients, Adam, "
                    "the step's buffers), what is free and what would fit; then exit "
@@ -71,14 +72,13 @@ def print_plan(cfg: TrainConfig) -> int:
     """`--plan`: the memory model's prediction for this run on this rank's device."""
     import torch
 
-    from actstore.store.activation_store import ActivationStore
     from actstore.store.format import storage_numpy_dtype
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
-    from trainer.training.train import check_against, site_widths, widths
+    from trainer.training.train import check_against, open_store, site_widths, widths
 
-    store = ActivationStore.open(cfg.store)
+    store = open_store(cfg)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)

@@ -25,6 +25,7 @@ import torch
 
 from actstore.loader import holdout
 from actstore.loader.ground_truth import Truth, load_truth
+from actstore.loader.paired import pair
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.export import load_with_target
@@ -79,8 +80,8 @@ def load_run(run: str) -> list[Member]:
 def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout.Partition, bool]:
     """The store, its train/held-out partition as the run made it, and whether the scored rows
     are truly held out."""
-    url = cfg.store or first.source["store"]
-    store = ActivationStore.open(url)
+    url = cfg.store or first.source["store"]  # two (a list): model diffing's pair
+    store = pair(*url) if isinstance(url, list) else ActivationStore.open(url)
     if store.key != first.source["store_key"]:
         raise ValueError(f"store {url} (key {store.key}) is not the store the run trained on "
                          f"(key {first.source['store_key']}, {first.source['store']})")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from actstore.loader.paired import SECOND
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
 from trainer.dictionary.matryoshka import check_widths
 
@@ -53,8 +54,10 @@ def default_dead_window(tokens: int, batch_size: int) -> int:
 class TrainConfig:
     """One training run: a store, a hook, one dictionary or a sweep of them."""
 
-    store: str
-    """URL of a complete store."""
+    store: tuple[str, ...]
+    """URL of a complete store; two (the flag repeated) for model diffing with --kind
+    crosscoder: the stores hold the same tokens (e.g. through a base model and its fine-tune)
+    and are read row by row, every --hook from both."""
     hook: tuple[str, ...]
     """Hook (module path) whose activations are fitted; a CLT's input hooks, one per layer in
     layer order; a crosscoder's sites."""
@@ -159,7 +162,7 @@ class TrainConfig:
     """W&B run name (default: the --out folder's name)."""
 
     def __post_init__(self) -> None:
-        for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
+        for name in ("store", "hook", "target_hook"):  # one as a string (files, older runs)
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str)
                                else tuple(value or ()))
@@ -223,9 +226,15 @@ class TrainConfig:
             raise ValueError(f"an SAE reads one --hook, got {len(self.hook)}; train one run "
                              "per hook, --kind crosscoder for latents shared by the hooks, or "
                              "--kind clt for a cross-layer transcoder")
-        if self.kind == "crosscoder" and (len(self.hook) < 2 or self.target_hook or self.skip):
-            raise ValueError("--kind crosscoder reads its sites from --hook (at least 2) and "
-                             "reconstructs them: no --target-hook or --skip")
+        if not self.store or not all(self.store) or len(self.store) > 2 or (
+                len(self.store) == 2 and self.kind != "crosscoder"):
+            raise ValueError("--store takes one store, or two for model diffing with --kind "
+                             f"crosscoder; got {list(self.store)} for --kind {self.kind}")
+        if self.kind == "crosscoder" and (len(self.sites) < 2 or self.target_hook
+                                          or self.skip):
+            raise ValueError("--kind crosscoder reads its sites from --hook (at least 2, or one "
+                             "from each of two --store) and reconstructs them: no "
+                             "--target-hook or --skip")
         if self.kind == "transcoder" and not self.target_hook:
             raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
         if self.kind == "transcoder" and (len(self.hook), len(self.target_hook)) != (1, 1):
@@ -238,7 +247,7 @@ class TrainConfig:
                                  f"{len(self.target_hook)}")
             if self.skip:
                 raise ValueError("--skip applies to --kind transcoder, not to a CLT")
-        if len(set(self.hooks)) != len(self.hook) + len(self.target_hook):
+        if len(set(self.hook + self.target_hook)) != len(self.hook) + len(self.target_hook):
             raise ValueError(f"each hook may appear once in --hook and --target-hook, got "
                              f"{list(self.hook) + list(self.target_hook)}")
 
@@ -260,14 +269,23 @@ class TrainConfig:
                 for n, v in itertools.product(self.latents, sweep)]
 
     @property
+    def sites(self) -> tuple[str, ...]:
+        """The hooks the dictionaries read, as the store (a pair of stores: `PairedStore`)
+        names them: --hook; with a second --store, every --hook from both (H, H@B), unless
+        some --hook names store B's own (H@B: two models whose modules are named apart)."""
+        if len(self.store) == 1 or any(h.endswith(SECOND) for h in self.hook):
+            return self.hook
+        return self.hook + tuple(h + SECOND for h in self.hook)
+
+    @property
     def hooks(self) -> tuple[str, ...]:
-        """The hooks a run reads: --hook, and a transcoder's or CLT's --target-hook."""
-        return self.hook + self.target_hook
+        """The hooks a run reads: the sites, and a transcoder's or CLT's --target-hook."""
+        return self.sites + self.target_hook
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """The hooks the dictionaries reconstruct: --target-hook, an SAE's own --hook."""
-        return self.target_hook or self.hook
+        """The hooks the dictionaries reconstruct: --target-hook, an SAE's own sites."""
+        return self.target_hook or self.sites
 
     @property
     def steps(self) -> int:
@@ -315,7 +333,7 @@ class TrainConfig:
             raise ValueError(f"missing train settings {missing}")
         tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
                   for k, v in d.items()
-                  if k in ("latents", "k", "l1", "l0", "hook", "widths", "log")}
+                  if k in ("latents", "k", "l1", "l0", "store", "hook", "widths", "log")}
         if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
             tuples["target_hook"] = ()
         return cls(**{**d, **tuples})

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from actstore.loader import holdout
 from actstore.loader.ground_truth import TOY_MODEL, load_ground_truth
 from actstore.loader.loader import Loader, LoaderConfig
+from actstore.loader.paired import PairedStore, pair
 from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import StoreError
 from actstore.store.format import storage_numpy_dtype
@@ -83,7 +84,7 @@ def member_name(cfg: DictionaryConfig) -> str:
 def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
     """Checks that need the store and the world size, before any work."""
     dp = data_parallel(world.size, cfg.tp)
-    for flag, hooks in (("--hook", cfg.hook), ("--target-hook", cfg.target_hook)):
+    for flag, hooks in (("--hook", cfg.sites), ("--target-hook", cfg.target_hook)):
         for hook in hooks:
             if hook not in store.layout.d_model:
                 raise ValueError(f"{flag} {hook!r} is not in store {store.url}; it has "
@@ -103,7 +104,12 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
 
 def site_widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, ...]:
     """A crosscoder's sites' widths (its hooks'), in order; () for the other kinds."""
-    return tuple(store.layout.d_model[h] for h in cfg.hook) if cfg.kind == "crosscoder" else ()
+    return tuple(store.layout.d_model[h] for h in cfg.sites) if cfg.kind == "crosscoder" else ()
+
+
+def open_store(cfg: TrainConfig) -> ActivationStore:
+    """The run's store: --store, or two read row by row as one (model diffing)."""
+    return pair(*cfg.store) if len(cfg.store) == 2 else ActivationStore.open(cfg.store[0])
 
 
 def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None]:
@@ -130,7 +136,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, world: World) -> None:
         self.cfg, self.world = cfg, world
-        self.store = ActivationStore.open(cfg.store)
+        self.store = open_store(cfg)
         check_against(cfg, self.store, world)
         d_model, d_out = widths(cfg, self.store)
         sites = site_widths(cfg, self.store)
@@ -153,7 +159,7 @@ class _Run:
             world_size=self.mesh.dp)
         # each hook's statistics, read once; what the dictionaries reconstruct: a
         # transcoder's or CLT's targets, an SAE's own input
-        self.norms = [self.loader.normalizer(h) for h in cfg.hook]
+        self.norms = [self.loader.normalizer(h) for h in cfg.sites]
         self.target_norms = [self.loader.normalizer(h) for h in cfg.targets]
         self.norm, self.target_norm = self.norms[0], self.target_norms[0]
         warning = cfg.schedule_warning()
@@ -250,7 +256,7 @@ class _Run:
                     yield (torch.stack([batch.x[h] for h in cfg.hook], 1),
                            torch.stack([batch.x[h] for h in cfg.target_hook], 1))
                 elif cfg.kind == "crosscoder":  # (B, Σd): the sites side by side
-                    yield torch.cat([batch.x[h] for h in cfg.hook], 1), None
+                    yield torch.cat([batch.x[h] for h in cfg.sites], 1), None
                 else:
                     yield (batch.x[cfg.hook[0]],
                            batch.x[cfg.target_hook[0]] if cfg.target_hook else None)
@@ -393,11 +399,12 @@ class _Run:
         spec, cfg = self.store.spec, self.cfg
         # one hook by name (as runs before CLTs wrote it), a CLT's as lists in layer order
         hooks: dict[str, Any] = ({"hook": list(cfg.hook), "target_hook": list(cfg.target_hook)}
-                                 if cfg.kind == "clt" else {"hook": list(cfg.hook)}
+                                 if cfg.kind == "clt" else {"hook": list(cfg.sites)}
                                  if cfg.kind == "crosscoder" else {"hook": cfg.hook[0]})
         if cfg.kind == "transcoder":
             hooks["target_hook"] = cfg.target_hook[0]
-        return {"store": self.store.url, "store_key": self.store.key, **hooks,
+        urls = self.store.urls if isinstance(self.store, PairedStore) else self.store.url
+        return {"store": urls, "store_key": self.store.key, **hooks,
                 "model": spec.model, "model_revision": spec.model_revision,
                 "dataset": spec.dataset, "context_length": spec.context_length,
                 "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,

@@ -21,6 +21,7 @@ import torch
 
 from actstore.loader import holdout
 from actstore.loader.loader import Normalizer
+from actstore.loader.paired import SECOND, PairedStore
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.crosscoder import relative_norms, site_bounds
@@ -173,7 +174,9 @@ def evaluate_crosscoders(cfg: EvalConfig) -> Evaluation:
             "model": store.spec.model, "held_out": held_out, "rows": len(x),
             "held_out_shards": list(part.held_out), "ground_truth": False,
             "spliced": "skipped (crosscoders are not spliced)", "kind": "crosscoder",
-            "sites": [{"store": store.url, "hook": h} for h in hooks],
+            "sites": [{"store": store.second.url, "hook": h.removesuffix(SECOND)}
+                      if isinstance(store, PairedStore) and h.endswith(SECOND)
+                      else {"store": store.url, "hook": h} for h in hooks],
             "crosscoder": details, "show_latents": shown,
             "cuts": {"only": ONLY, "shared": SHARED},
             "settings": {k: v for k, v in vars(cfg).items() if k not in ("run", "out")}}
