@@ -72,21 +72,22 @@ def print_plan(cfg: TrainConfig) -> int:
     """`--plan`: the memory model's prediction for this run on this rank's device."""
     import torch
 
+    from actstore.loader.paired import open_stores
     from actstore.store.format import storage_numpy_dtype
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
-    from trainer.training.train import check_against, open_store, site_widths, widths
+    from trainer.training.train import check_against, widths
 
-    store = open_store(cfg)
+    store = open_stores(cfg.store)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
-    d_model, d_out = widths(cfg, store)
+    d_model, d_out, sites = widths(cfg, store)
     print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
                    data_parallel(world.size, cfg.tp), device, d_out=d_out,
-                   sites=site_widths(cfg, store)))
+                   sites=sites))
     return 0
 
 

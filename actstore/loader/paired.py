@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from actstore.store.activation_store import ActivationStore
 from actstore.store.stats import HookStats
 
-__all__ = ["SECOND", "PairedStore", "first_difference", "pair"]
+__all__ = ["SECOND", "PairedStore", "first_difference", "open_stores", "pair"]
 
 #: Appended to store B's hook names in the pair (a module path never holds it).
 SECOND = "@B"
@@ -137,3 +137,8 @@ def pair(url_a: str, url_b: str) -> PairedStore:
     if diff is not None:
         raise ValueError(f"stores {a.url} and {b.url} do not hold the same tokens: {diff}")
     return PairedStore(a, b)
+
+
+def open_stores(urls: tuple[str, ...]) -> ActivationStore:
+    """One store, or two read row by row as one (model diffing)."""
+    return pair(*urls) if len(urls) == 2 else ActivationStore.open(urls[0])

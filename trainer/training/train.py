@@ -27,7 +27,7 @@ from tqdm import tqdm
 from actstore.loader import holdout
 from actstore.loader.ground_truth import TOY_MODEL, load_ground_truth
 from actstore.loader.loader import Loader, LoaderConfig
-from actstore.loader.paired import PairedStore, pair
+from actstore.loader.paired import PairedStore, open_stores
 from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import StoreError
 from actstore.store.format import storage_numpy_dtype
@@ -43,7 +43,7 @@ from trainer.dictionary.export import (
     save_dictionary,
 )
 from trainer.dictionary.gather import gathered
-from trainer.evaluation.mmcs import mmcs, recovered
+from trainer.evaluation.mmcs import recovery
 from trainer.evaluation.splicer import Splicer
 from trainer.parallel import distributed
 from trainer.parallel.distributed import World
@@ -102,23 +102,14 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
                          f"of {cfg.batch_size // dp} per data-parallel rank")
 
 
-def site_widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, ...]:
-    """A crosscoder's sites' widths (its hooks'), in order; () for the other kinds."""
-    return tuple(store.layout.d_model[h] for h in cfg.sites) if cfg.kind == "crosscoder" else ()
-
-
-def open_store(cfg: TrainConfig) -> ActivationStore:
-    """The run's store: --store, or two read row by row as one (model diffing)."""
-    return pair(*cfg.store) if len(cfg.store) == 2 else ActivationStore.open(cfg.store[0])
-
-
-def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None]:
-    """The width of the inputs (a crosscoder's: its sites' together) and of the targets
-    (None: an SAE's, its input's)."""
+def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None, tuple[int, ...]]:
+    """The width of the inputs (a crosscoder's: its sites' together), of the targets (None:
+    an SAE's, its input's), and a crosscoder's sites' widths in order (() for the others)."""
     if cfg.kind == "crosscoder":
-        return sum(site_widths(cfg, store)), None
+        sites = tuple(store.layout.d_model[h] for h in cfg.sites)
+        return sum(sites), None, sites
     d_model = store.layout.d_model[cfg.hook[0]]
-    return d_model, store.layout.d_model[cfg.target_hook[0]] if cfg.target_hook else None
+    return d_model, store.layout.d_model[cfg.target_hook[0]] if cfg.target_hook else None, ()
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -136,10 +127,9 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, world: World) -> None:
         self.cfg, self.world = cfg, world
-        self.store = open_store(cfg)
+        self.store = open_stores(cfg.store)
         check_against(cfg, self.store, world)
-        d_model, d_out = widths(cfg, self.store)
-        sites = site_widths(cfg, self.store)
+        d_model, d_out, sites = widths(cfg, self.store)
         self.members = cfg.dictionaries(d_model, d_out, sites)
         self.mesh = make_mesh(world, cfg.tp)
         problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
@@ -354,7 +344,8 @@ class _Run:
         whole = [gathered(m) for m in self.ensemble.members]  # sharded: on tp rank 0
         truth = load_ground_truth(self.store)  # toy stores: recovery of the known features
         final = tuple({**m, **(evals[i] if evals else {}),
-                       **(_recovery(truth, w) if truth is not None and w is not None else {})}
+                       **(recovery(truth, w.W_dec.detach()) if truth is not None and w is not None
+                          else {})}
                       for i, (m, w) in enumerate(zip(last, whole, strict=True)))
         dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
         if self.world.is_main:
@@ -409,10 +400,3 @@ class _Run:
                 "dataset": spec.dataset, "context_length": spec.context_length,
                 "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,
                 "train_config": self.cfg.to_dict()}
-
-
-def _recovery(truth: torch.Tensor, sae: SparseDictionary) -> dict[str, float]:
-    """MMCS of a dictionary's decoder against the store's ground truth, and the fraction of
-    features recovered (cosine > 0.9)."""
-    return {"mmcs": mmcs(truth, sae.W_dec.detach()),
-            "recovered_0.9": recovered(truth, sae.W_dec.detach())}
