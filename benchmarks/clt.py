@@ -27,8 +27,8 @@ from actstore.loader import holdout
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.export import load_with_target
 from trainer.evaluation.config import EvalConfig
+from trainer.evaluation.multihook.transcoders import evaluate_run
 from trainer.evaluation.splicer import LayerReplace, Splicer
-from trainer.evaluation.transcoders import evaluate_run
 from trainer.training.config import TrainConfig
 from trainer.training.train import train
 

@@ -37,7 +37,7 @@ def pair(url: str, hook: str, out: Path, *, latents: int, k: int, tokens: int, b
     scores = {}
     for arch in ("batchtopk", "matryoshka"):
         run = out / arch
-        train(TrainConfig(store=url, hook=(hook,), arch=arch, latents=(latents,), k=(k,),
+        train(TrainConfig(store=(url,), hook=(hook,), arch=arch, latents=(latents,), k=(k,),
                           widths=widths if arch == "matryoshka" else (),
                           tokens=tokens, batch_size=batch, holdout=0.1, out=str(run),
                           overwrite=True, eval_contexts=0, progress=False, plots=False))

@@ -91,7 +91,7 @@ def main() -> None:
                 trackers.open_trackers = timing(clock)
                 try:
                     result = train(TrainConfig(
-                        store=store.url, hook=(HOOK,), arch="topk", latents=(2048,), k=(32,),
+                        store=(store.url,), hook=(HOOK,), arch="topk", latents=(2048,), k=(32,),
                         tokens=a.tokens, batch_size=4096, out=str(Path(tmp) / f"{name}-{r}"),
                         log=SETUPS[name], eval_contexts=0, progress=False, plots=False))
                 finally:

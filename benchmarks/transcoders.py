@@ -21,7 +21,7 @@ from typing import Any
 from actstore.generate.config import GenerateConfig
 from actstore.generate.pipeline import generate
 from trainer.evaluation.config import EvalConfig
-from trainer.evaluation.transcoders import evaluate_run
+from trainer.evaluation.multihook.transcoders import evaluate_run
 from trainer.training.config import TrainConfig
 from trainer.training.train import train
 
@@ -41,7 +41,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name, skip in (("plain", False), ("skip", True)):
         t = time.perf_counter()
-        train(TrainConfig(store=url, hook=(IN,), kind="transcoder", target_hook=(OUT,), skip=skip,
+        train(TrainConfig(store=(url,), hook=(IN,), kind="transcoder", target_hook=(OUT,),
+                          skip=skip,
                           arch="topk", latents=(a.latents,), k=(a.k,), tokens=a.tokens,
                           batch_size=4096, holdout=0.1, out=str(out / name), overwrite=True,
                           eval_contexts=0, progress=False, plots=False))

@@ -45,7 +45,8 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                    "(flags given as well override it)")
     add_fields(t, TrainConfig, only=_ORDER, overlay=True,
                required="required: a flag or in --config",
-               overrides={**dict.fromkeys(_SWEEPS, _SWEEP), **_SWITCHES})
+               overrides={**dict.fromkeys(_SWEEPS, _SWEEP), **_SWITCHES,
+                          "store": Flag(repeat=True)})
     t.add_argument("--plan", action="store_true", default=None,
                    help="print the memory each device needs (parameters, gradients, Adam, "
                    "the step's buffers), what is free and what would fit; then exit "
@@ -72,21 +73,22 @@ def print_plan(cfg: TrainConfig) -> int:
     """`--plan`: the memory model's prediction for this run on this rank's device."""
     import torch
 
-    from actstore.store.activation_store import ActivationStore
+    from actstore.loader.paired import open_stores
     from actstore.store.format import storage_numpy_dtype
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
     from trainer.training.train import check_against, widths
 
-    store = ActivationStore.open(cfg.store)
+    store = open_stores(cfg.store)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
-    d_model, d_out = widths(cfg, store)
+    d_model, d_out, sites = widths(cfg, store)
     print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
-                   data_parallel(world.size, cfg.tp), device, d_out=d_out))
+                   data_parallel(world.size, cfg.tp), device, d_out=d_out,
+                   sites=sites))
     return 0
 
 

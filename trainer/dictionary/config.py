@@ -9,16 +9,19 @@ from typing import Literal
 
 from trainer.dictionary.matryoshka import check_widths, default_widths
 
-__all__ = ["BATCH", "ENCODER_SEED", "SELECTED", "Arch", "DictionaryConfig", "Kernel", "Kind",
-           "resolve_kernel"]
+__all__ = ["BATCH", "ENCODER_SEED", "RECONSTRUCTS", "SELECTED", "Arch", "DictionaryConfig",
+           "Kernel", "Kind", "resolve_kernel"]
 
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
-Kind = Literal["sae", "transcoder", "clt"]
+Kind = Literal["sae", "transcoder", "clt", "crosscoder"]
 Kernel = Literal["auto", "dense", "sparse"]
 #: Architectures whose codes are chosen by rank, so the sparse step applies (see kernels/).
 SELECTED = ("topk", "batchtopk", "matryoshka")
 #: Architectures whose codes are the batch's top k · B (and an inference threshold).
 BATCH = ("batchtopk", "matryoshka")
+#: Kinds that reconstruct their own input (a crosscoder's: its sites side by side), so the
+#: encoder reads it centred by b_dec and starts as the decoder's transpose.
+RECONSTRUCTS = ("sae", "crosscoder")
 #: Mixed into a transcoder's seed for its encoder's initial directions (its decoder's are the
 #: seed's own, as an SAE's).
 ENCODER_SEED = 0x5DEECE66D
@@ -67,7 +70,8 @@ class DictionaryConfig:
     """Update rate of batchtopk's inference threshold."""
     kind: Kind = "sae"
     """sae: reconstruct the input; transcoder: predict another hook's activations from it;
-    clt: a cross-layer transcoder over `layers` layers (clt.CrossLayerTranscoder)."""
+    clt: a cross-layer transcoder over `layers` layers (clt.CrossLayerTranscoder); crosscoder:
+    an SAE over `sites` activation sites side by side (crosscoder.py), d_model their sum."""
     d_out: int | None = None
     """Width of a transcoder's target (default: d_model)."""
     skip: bool = False
@@ -77,6 +81,9 @@ class DictionaryConfig:
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefixes, increasing, the last = latents (default: doubling from
     latents / 16, `matryoshka.default_widths`)."""
+    sites: tuple[int, ...] = ()
+    """A crosscoder's site widths in the order of its input's blocks (summing to d_model);
+    empty for the other kinds."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.latents < 1 or (self.d_out is not None and self.d_out < 1):
@@ -89,6 +96,13 @@ class DictionaryConfig:
         if self.kind == "clt" and (self.skip or self.arch == "matryoshka"):
             raise ValueError("skip applies to a transcoder (kind='transcoder') and matryoshka to "
                              "an SAE or a transcoder, not to a CLT")
+        object.__setattr__(self, "sites", tuple(self.sites))  # cfg.json holds a list
+        if (self.kind == "crosscoder") != bool(self.sites) or (self.sites and (
+                len(self.sites) < 2 or min(self.sites) < 1 or sum(self.sites) != self.d_model
+                or self.d_out is not None or self.skip)):
+            raise ValueError(f"a crosscoder has sites (>= 2 widths summing to d_model, no d_out "
+                             f"or skip), any other dictionary none; got {self.sites} for kind "
+                             f"{self.kind!r}, d_model {self.d_model}")
         if self.arch == "matryoshka":
             object.__setattr__(self, "widths", check_widths(self.widths or default_widths(
                 self.latents), self.latents))

@@ -6,6 +6,7 @@ parameterisation (SAELens' names, so export is a rename):
     z     = activation(pre)                     relu | top-k | batch top-k | jump relu
     x_hat = z @ W_dec + b_dec                   rows of W_dec (one per latent) have unit norm
 
+A crosscoder (`kind="crosscoder"`, crosscoder.py) is an SAE over several sites side by side.
 A transcoder (`kind="transcoder"`) reads one hook and predicts another (an MLP's input and
 output), widths d_model and d_out; its encoder takes the input as it is (b_dec lives in the
 target's space), and a skip transcoder adds a learned linear map of the input:
@@ -26,10 +27,11 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from trainer.dictionary import kernels, matryoshka
+from trainer.dictionary import crosscoder, kernels, matryoshka
 from trainer.dictionary.config import (
     BATCH,
     ENCODER_SEED,
+    RECONSTRUCTS,
     SELECTED,
     Arch,
     DictionaryConfig,
@@ -48,8 +50,8 @@ from trainer.dictionary.kernels.jumprelu import jump_relu, step
 from trainer.parallel import distributed
 
 # the configuration's names are re-exported: the modules of the dictionary import them from here
-__all__ = ["BATCH", "ENCODER_SEED", "SELECTED", "Arch", "DictionaryConfig", "Kernel", "Kind",
-           "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
+__all__ = ["BATCH", "ENCODER_SEED", "RECONSTRUCTS", "SELECTED", "Arch", "DictionaryConfig",
+           "Kernel", "Kind", "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
 
 class Output(NamedTuple):
     """A training forward pass."""
@@ -95,7 +97,7 @@ class SparseDictionary(nn.Module):
         # encoder = decoder transpose at init (a transcoder's: its own directions in the
         # input's space); stored latent-major (the clone keeps w.T's strides), so a latent's
         # encoder column is contiguous, as the sparse step reads it
-        enc = w if cfg.kind == "sae" else initial_decoder(d, self.start, self.stop,
+        enc = w if cfg.kind in RECONSTRUCTS else initial_decoder(d, self.start, self.stop,
                                                           seed ^ ENCODER_SEED)
         self.W_enc = nn.Parameter(enc.T.clone())
         self.b_enc = nn.Parameter(torch.zeros(n))
@@ -117,7 +119,7 @@ class SparseDictionary(nn.Module):
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the encoder multiplies: an SAE's input centred by b_dec, a transcoder's as it
         is (its b_dec is in the target's space)."""
-        return x - self.b_dec if self.cfg.kind == "sae" else x
+        return x - self.b_dec if self.cfg.kind in RECONSTRUCTS else x
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return self.into_slices(self.encoder_input(x)) @ self.W_enc + self.b_enc
@@ -201,7 +203,7 @@ class SparseDictionary(nn.Module):
         mse = ((x_hat - target) ** 2).sum(-1).mean()
         terms = {"mse": mse}
         if arch == "relu":
-            terms["l1_loss"] = self.cfg.l1 * self.over_slices(z.abs().sum(-1)).mean()
+            terms["l1_loss"] = self.cfg.l1 * self.over_slices(self._l1(z)).mean()
         elif arch == "jumprelu":
             l0 = step(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
             terms["l0_loss"] = self.cfg.l0 * self.over_slices(l0.sum(-1)).mean()
@@ -217,8 +219,15 @@ class SparseDictionary(nn.Module):
 
     # --- AuxK, batchtopk threshold, activity --------------------------------------------------
 
+    def _l1(self, z: torch.Tensor) -> torch.Tensor:
+        """Per token, the relu penalty: Σ|z|, a crosscoder's weighted by each latent's decoder
+        norms summed over its sites (Lindsey et al. 2024)."""
+        if self.cfg.kind == "crosscoder":
+            return z.abs() @ crosscoder.site_norms(self.W_dec, self.cfg.sites).sum(1)
+        return z.abs().sum(-1)
+
     def _target(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        if self.cfg.kind == "sae":
+        if self.cfg.kind in RECONSTRUCTS:
             if y is not None:
                 raise ValueError("an SAE reconstructs its input: forward(x) takes no target")
             return x
@@ -321,7 +330,7 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Drop the part of each decoder row's gradient along the row (before the step)."""
-        if self.W_dec.grad is not None:
+        if self.W_dec.grad is not None and not crosscoder.free_norms(self.cfg):
             # grad -= (grad·W / |W|²) W row by row, in place: no (latents, d) temporaries
             w, grad = self.W_dec, self.W_dec.grad
             along = torch.bmm(grad.unsqueeze(1), w.unsqueeze(2)).view(-1)
@@ -331,7 +340,8 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale decoder rows to unit norm (after the step)."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+        if not crosscoder.free_norms(self.cfg):
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
 
     @torch.no_grad()
     def init_bias(self, sample: torch.Tensor,

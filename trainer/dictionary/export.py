@@ -30,6 +30,13 @@ batchtopk, at its learned threshold) as `jumprelu_transcoder` / `jumprelu_skip_t
 W_skip stored (d_out, d_in) as it keeps it; it has no TopK transcoder. sparsify loads TopK
 transcoders whose input and target have the same width (`transcode`, `skip_connection`).
 
+A crosscoder (`save_crosscoder`, `load_crosscoder`) is an SAE over its sites side by side, in
+the same two files: W_enc (Σd, n), W_dec (n, Σd), b_dec (Σd,) with site l's block at columns
+[d_1 + … + d_{l-1}, + d_l) (`dictionary.sites` lists the widths), [norm_mean (Σd,)] the sites'
+means side by side; `normalize.scale` is a list, one scale per site, and `source.hook` the
+sites' hooks (`source.store` a list when the sites come from two stores). SAELens and sparsify
+have no crosscoder format (SAELens' is an open pull request), so nothing is exported for them.
+
 circuit-tracer's per-layer transcoder set (`export_circuit_tracer`: one directory, loaded by
 `circuit_tracer.utils.caching.load_transcoders_from_cache(dir.name, cache_dir=dir.parent)`, or
 `load_transcoder_set({i: dir/layer_i.safetensors}, ...)` given the hooks) is the layout
@@ -51,6 +58,7 @@ has the activation but no loader for it).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -101,6 +109,43 @@ def save_dictionary(path: str | Path, sae: SparseDictionary, norm: Normalizer,
     return out
 
 
+def save_crosscoder(path: str | Path, cc: SparseDictionary, norms: list[Normalizer],
+                    source: dict[str, Any]) -> Path:
+    """Write a crosscoder's `path/cfg.json` and `path/model.safetensors` (`norms`: one per
+    site, in the order of its blocks)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v for k, v in cc.state_dict().items() if k != "tokens_since_fired"}
+    center = norms[0].mean is not None
+    if center:
+        tensors["norm_mean"] = torch.cat([n.mean for n in norms if n.mean is not None])
+    save_file(_contiguous(tensors), out / "model.safetensors")
+    _write_json(out / "cfg.json", {
+        "format": FORMAT, "version": 1, "dictionary": dataclasses.asdict(cc.cfg),
+        "normalize": {"scale": [n.scale for n in norms], "center": center}, "source": source})
+    return out
+
+
+def load_crosscoder(path: str | Path
+                    ) -> tuple[SparseDictionary, list[Normalizer], dict[str, Any]]:
+    """A saved crosscoder, its per-site normalisers and its cfg.json."""
+    path = Path(path)
+    cfg = json.loads((path / "cfg.json").read_text())
+    if cfg.get("format") != FORMAT or cfg["dictionary"].get("kind") != "crosscoder":
+        raise ValueError(f"{path} is not an actstore crosscoder")
+    tensors = load_file(path / "model.safetensors")
+    mean = tensors.pop("norm_mean", None)
+    cc = SparseDictionary(DictionaryConfig(**cfg["dictionary"]))
+    state = cc.state_dict()
+    state.update(tensors)
+    cc.load_state_dict(state)
+    starts = list(itertools.accumulate(cc.cfg.sites, initial=0))
+    norms = [Normalizer(None if mean is None else mean[a:b], float(s))
+             for a, b, s in zip(starts[:-1], starts[1:], cfg["normalize"]["scale"],
+                                strict=True)]
+    return cc, norms, cfg
+
+
 def load_dictionary(path: str | Path) -> tuple[SparseDictionary, Normalizer, dict[str, Any]]:
     """A saved dictionary, its input normaliser and its cfg.json (a transcoder's target
     normaliser: `target_normalizer`)."""
@@ -122,6 +167,8 @@ def load_with_target(path: str | Path
     cfg = json.loads((path / "cfg.json").read_text())
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{path} is not an actstore dictionary (format {cfg.get('format')!r})")
+    if cfg["dictionary"].get("kind") == "crosscoder":
+        raise ValueError(f"{path} is a crosscoder: load it with load_crosscoder")
     tensors = load_file(path / "model.safetensors")
     mean = tensors.pop("norm_mean", None)
     target_mean = tensors.pop("target_norm_mean", None)

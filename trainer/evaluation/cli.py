@@ -38,9 +38,9 @@ def run_eval(args: dict[str, Any]) -> int:
     frontier (each its share of the held-out rows); sums and top lists are merged, FastICA is
     fitted on rank 0 and sent to the others, and rank 0 writes the report."""
     from actstore.store.activation_store import ActivationStore
+    from trainer.evaluation.multihook.transcoders import evaluate_run
     from trainer.evaluation.report import write_report
     from trainer.evaluation.report.tracked import log_evaluation
-    from trainer.evaluation.transcoders import evaluate_run
     from trainer.parallel import distributed
     from trainer.tracking import trackers
 

@@ -32,6 +32,12 @@ def recovered(truth: torch.Tensor, learned: torch.Tensor, threshold: float = 0.9
     return float(((t @ part.T).max(1).values > threshold).double().mean())
 
 
+def recovery(truth: torch.Tensor, learned: torch.Tensor) -> dict[str, float]:
+    """MMCS of a decoder against a ground truth, and the fraction of features recovered
+    (cosine > 0.9): what a run on a toy store reports at its end."""
+    return {"mmcs": mmcs(truth, learned), "recovered_0.9": recovered(truth, learned)}
+
+
 def absorption(fired: torch.Tensor, active: torch.Tensor, learned: torch.Tensor,
                truth: torch.Tensor, parents: torch.Tensor) -> dict[str, float]:
     """Feature absorption on a hierarchical toy store (Chanin et al. 2024; the Matryoshka

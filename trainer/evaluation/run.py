@@ -25,6 +25,7 @@ import torch
 
 from actstore.loader import holdout
 from actstore.loader.ground_truth import Truth, load_truth
+from actstore.loader.paired import pair
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.export import load_with_target
@@ -79,8 +80,8 @@ def load_run(run: str) -> list[Member]:
 def open_slice(cfg: EvalConfig, first: Member) -> tuple[ActivationStore, holdout.Partition, bool]:
     """The store, its train/held-out partition as the run made it, and whether the scored rows
     are truly held out."""
-    url = cfg.store or first.source["store"]
-    store = ActivationStore.open(url)
+    url = cfg.store or first.source["store"]  # two (a list): model diffing's pair
+    store = pair(*url) if isinstance(url, list) else ActivationStore.open(url)
     if cfg.run is None:  # dictionaries from elsewhere only: none of them saw this store
         if store.num_shards < 2:
             raise ValueError(f"store {url} is one shard: the baselines need shards apart from "
@@ -165,7 +166,7 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
     hook = members[0].source["hook"]
     store, part, held_out = open_slice(cfg, members[0])
     if members[0].sae.cfg.kind == "transcoder":
-        raise ValueError(f"{cfg.run} holds transcoders: trainer.evaluation.transcoders "
+        raise ValueError(f"{cfg.run} holds transcoders: trainer.evaluation.multihook.transcoders "
                          "scores them (actstore eval does so by itself)")
     held = list(holdout.held_out_batches(store, hook, part, cfg.rows, 4096))
     if not held:

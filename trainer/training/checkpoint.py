@@ -228,6 +228,9 @@ def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]
                         [dataclasses.asdict(m) for m in members])
     saved = {**{f.name: f.default for f in dataclasses.fields(type(cfg))
                 if f.default is not dataclasses.MISSING}, **state["config"]}
+    for name in ("store", "hook", "target_hook"):  # one as a string before they were tuples
+        if isinstance(saved.get(name), str):
+            saved[name] = (saved[name],)
     changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
                if k not in FREE_SETTINGS and saved.get(k) != v}
     if changed:

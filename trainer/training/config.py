@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from actstore.loader.paired import SECOND
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
 from trainer.dictionary.matryoshka import check_widths
 from trainer.tracking.config import TrackingConfig
@@ -55,11 +56,13 @@ class TrainConfig(TrackingConfig):
     """One training run: a store, a hook, one dictionary or a sweep of them (and the trackers
     it logs to: `TrackingConfig`'s fields)."""
 
-    store: str
-    """URL of a complete store."""
+    store: tuple[str, ...]
+    """URL of a complete store; two (the flag repeated) for model diffing with --kind
+    crosscoder: the stores hold the same tokens (e.g. through a base model and its fine-tune)
+    and are read row by row, every --hook from both."""
     hook: tuple[str, ...]
     """Hook (module path) whose activations are fitted; a CLT's input hooks, one per layer in
-    layer order."""
+    layer order; a crosscoder's sites."""
     arch: Arch
     """relu (the seed paper's L1 sparse coding), topk, batchtopk, jumprelu or matryoshka
     (Matryoshka BatchTopK: nested prefixes of the latents each reconstruct)."""
@@ -139,7 +142,9 @@ class TrainConfig(TrackingConfig):
     kind: Kind = "sae"
     """sae: reconstruct --hook; transcoder: predict --target-hook from --hook (e.g. an MLP's
     input and output); clt: a cross-layer transcoder, layer l's latents reading the l-th
-    --hook and writing into the l-th --target-hook and every later one."""
+    --hook and writing into the l-th --target-hook and every later one; crosscoder: latents
+    shared by every --hook, each with its own encoder and decoder (relu: Lindsey et al.'s
+    L1 weighted by the decoder norms)."""
     target_hook: tuple[str, ...] = ()
     """The hook a transcoder predicts (a CLT's: one per --hook, same order), which the store
     must hold beside --hook (default: none, as an SAE predicts its own input)."""
@@ -156,7 +161,7 @@ class TrainConfig(TrackingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # --log's comma lists
-        for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
+        for name in ("store", "hook", "target_hook"):  # one as a string (files, older runs)
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str)
                                else tuple(value or ()))
@@ -218,7 +223,17 @@ class TrainConfig(TrackingConfig):
                              "transcoder")
         if self.kind == "sae" and len(self.hook) > 1:
             raise ValueError(f"an SAE reads one --hook, got {len(self.hook)}; train one run "
-                             "per hook, or --kind clt for a cross-layer transcoder")
+                             "per hook, --kind crosscoder for latents shared by the hooks, or "
+                             "--kind clt for a cross-layer transcoder")
+        if not self.store or not all(self.store) or len(self.store) > 2 or (
+                len(self.store) == 2 and self.kind != "crosscoder"):
+            raise ValueError("--store takes one store, or two for model diffing with --kind "
+                             f"crosscoder; got {list(self.store)} for --kind {self.kind}")
+        if self.kind == "crosscoder" and (len(self.sites) < 2 or self.target_hook
+                                          or self.skip):
+            raise ValueError("--kind crosscoder reads its sites from --hook (at least 2, or one "
+                             "from each of two --store) and reconstructs them: no "
+                             "--target-hook or --skip")
         if self.kind == "transcoder" and not self.target_hook:
             raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
         if self.kind == "transcoder" and (len(self.hook), len(self.target_hook)) != (1, 1):
@@ -231,20 +246,21 @@ class TrainConfig(TrackingConfig):
                                  f"{len(self.target_hook)}")
             if self.skip:
                 raise ValueError("--skip applies to --kind transcoder, not to a CLT")
-        if len(set(self.hooks)) != len(self.hook) + len(self.target_hook):
+        if len(set(self.hook + self.target_hook)) != len(self.hook) + len(self.target_hook):
             raise ValueError(f"each hook may appear once in --hook and --target-hook, got "
                              f"{list(self.hook) + list(self.target_hook)}")
 
-    def dictionaries(self, d_model: int, d_out: int | None = None) -> list[DictionaryConfig]:
+    def dictionaries(self, d_model: int, d_out: int | None = None,
+                     sites: tuple[int, ...] = ()) -> list[DictionaryConfig]:
         """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's or a
-        CLT's target width)."""
+        CLT's target width; `sites`: a crosscoder's hooks' widths, d_model their sum)."""
         key = KNOB[self.arch]
         sweep: tuple[Any, ...] = getattr(self, key)
         shape: dict[str, Any] = (
             {"kind": "transcoder", "d_out": d_out, "skip": self.skip}
             if self.kind == "transcoder" else
             {"kind": "clt", "d_out": d_out, "layers": len(self.hook)} if self.kind == "clt"
-            else {})
+            else {"kind": "crosscoder", "sites": sites} if self.kind == "crosscoder" else {})
         if self.widths:
             shape["widths"] = self.widths
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
@@ -252,14 +268,23 @@ class TrainConfig(TrackingConfig):
                 for n, v in itertools.product(self.latents, sweep)]
 
     @property
+    def sites(self) -> tuple[str, ...]:
+        """The hooks the dictionaries read, as the store (a pair of stores: `PairedStore`)
+        names them: --hook; with a second --store, every --hook from both (H, H@B), unless
+        some --hook names store B's own (H@B: two models whose modules are named apart)."""
+        if len(self.store) == 1 or any(h.endswith(SECOND) for h in self.hook):
+            return self.hook
+        return self.hook + tuple(h + SECOND for h in self.hook)
+
+    @property
     def hooks(self) -> tuple[str, ...]:
-        """The hooks a run reads: --hook, and a transcoder's or CLT's --target-hook."""
-        return self.hook + self.target_hook
+        """The hooks a run reads: the sites, and a transcoder's or CLT's --target-hook."""
+        return self.sites + self.target_hook
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """The hooks the dictionaries reconstruct: --target-hook, an SAE's own --hook."""
-        return self.target_hook or self.hook
+        """The hooks the dictionaries reconstruct: --target-hook, an SAE's own sites."""
+        return self.target_hook or self.sites
 
     @property
     def steps(self) -> int:
@@ -307,7 +332,7 @@ class TrainConfig(TrackingConfig):
             raise ValueError(f"missing train settings {missing}")
         tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
                   for k, v in d.items()
-                  if k in ("latents", "k", "l1", "l0", "hook", "widths", "log")}
+                  if k in ("latents", "k", "l1", "l0", "store", "hook", "widths", "log")}
         if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
             tuples["target_hook"] = ()
         return cls(**{**d, **tuples})

@@ -121,25 +121,29 @@ def decoder_count(layers: int) -> int:
 
 
 def run_memory(cfg: TrainConfig, d_model: int, dp: int = 1, tp: int | None = None,
-               batch: int | None = None, *, d_out: int | None = None) -> MemoryPlan:
+               batch: int | None = None, *, d_out: int | None = None,
+               sites: tuple[int, ...] = ()) -> MemoryPlan:
     """Bytes on each device for every dictionary of `cfg` (an ensemble's members add up), at
-    its --tp unless `tp` is given (`d_out`: a transcoder's target width)."""
+    its --tp unless `tp` is given (`d_out`: a transcoder's target width; `sites`: a
+    crosscoder's widths, an SAE over d_model = their sum)."""
     plans = [dictionary_memory(d=d_model, latents=m.latents, k=m.k or 0,
                                batch=batch or cfg.batch_size, arch=m.arch,
                                kernel=resolve_kernel(m.arch, cfg.kernel), dp=dp,
                                tp=tp or cfg.tp, d_out=m.d_out, skip=m.skip,
                                layers=m.layers)
-             for m in cfg.dictionaries(d_model, d_out)]
+             for m in cfg.dictionaries(d_model, d_out, sites)]
     return functools.reduce(operator.add, plans)
 
 
 def loader_bytes(cfg: TrainConfig, d_model: int, itemsize: int, dp: int = 1,
                  d_out: int | None = None) -> int:
     """Host memory of one rank's loader: the window being served and the next one, decoded
-    into the store's dtype (a transcoder's: both hooks; a CLT's: all of them)."""
+    into the store's dtype (a transcoder's: both hooks; a CLT's: all of them; a crosscoder's
+    sites: d_model in all)."""
     per_rank = cfg.batch_size // dp
     window = max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank)
-    return 2 * window * len(cfg.hook) * (d_model + (d_out or 0)) * itemsize
+    row = d_model if cfg.kind == "crosscoder" else len(cfg.hook) * (d_model + (d_out or 0))
+    return 2 * window * row * itemsize
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -155,22 +159,26 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def describe(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
-             device: torch.device, *, d_out: int | None = None) -> str:
+             device: torch.device, *, d_out: int | None = None,
+             sites: tuple[int, ...] = ()) -> str:
     """What `actstore train --plan` prints: the prediction, what is free, and what fits."""
-    need = run_memory(cfg, d_model, dp, d_out=d_out)
+    need = run_memory(cfg, d_model, dp, d_out=d_out, sites=sites)
     host = loader_bytes(cfg, d_model, itemsize, dp, d_out)
     lines = [f"memory per device ({device.type}, dp={dp}, tp={cfg.tp}, batch {cfg.batch_size}, "
-             f"{len(cfg.dictionaries(d_model, d_out))} dictionaries):", need.table(),
+             f"{len(cfg.dictionaries(d_model, d_out, sites))} dictionaries):", need.table(),
              f"  host: the loader's two shuffle windows, {gib(host)}"]
     if cfg.kind == "clt":
         layers = len(cfg.hook)
         lines.insert(1, f"  a CLT over {layers} layers: {layers} encoders and "
                         f"{decoder_count(layers)} decoders (one per layer pair l <= j; the "
                         "decoders grow as L²/2)")
+    if cfg.kind == "crosscoder":
+        lines.insert(1, f"  a crosscoder over {len(sites)} sites: an SAE over their "
+                        f"{d_model} dimensions side by side")
     free = available_bytes(device)
     lines.append(f"free on {device.type}: " + (gib(free) if free is not None
                                                  else "unknown on this machine"))
-    problem = fit_problem(cfg, d_model, itemsize, dp, device, d_out=d_out)
+    problem = fit_problem(cfg, d_model, itemsize, dp, device, d_out=d_out, sites=sites)
     if problem or free is not None:
         lines.append(problem or "fits")
     return "\n".join(lines)
@@ -183,7 +191,8 @@ def sharing(device: torch.device) -> int:
 
 
 def fit_problem(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
-                device: torch.device, *, d_out: int | None = None) -> str | None:
+                device: torch.device, *, d_out: int | None = None,
+                sites: tuple[int, ...] = ()) -> str | None:
     """Why the run cannot fit on `device`, naming the smallest latent sharding (tp) and the
     largest batch that would; None when it fits."""
     free = available_bytes(device)
@@ -192,7 +201,7 @@ def fit_problem(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
     free //= sharing(device)
     host = loader_bytes(cfg, d_model, itemsize, dp, d_out) if device.type == "cpu" else 0
     def total(tp: int | None = None, batch: int | None = None) -> int:
-        return run_memory(cfg, d_model, dp, tp, batch, d_out=d_out).total + host
+        return run_memory(cfg, d_model, dp, tp, batch, d_out=d_out, sites=sites).total + host
     need = total()
     if need <= free:
         return None

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from actstore.loader import holdout
 from actstore.loader.ground_truth import TOY_MODEL, load_ground_truth
 from actstore.loader.loader import Loader, LoaderConfig
+from actstore.loader.paired import PairedStore, open_stores
 from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import StoreError
 from actstore.store.format import storage_numpy_dtype
@@ -38,11 +39,12 @@ from trainer.dictionary.export import (
     CIRCUIT_TRACER_ARCHS,
     export_saelens,
     export_sparsify,
+    save_crosscoder,
     save_dictionary,
 )
 from trainer.dictionary.foreign import start_from
 from trainer.dictionary.gather import gathered
-from trainer.evaluation.mmcs import mmcs, recovered
+from trainer.evaluation.mmcs import recovery
 from trainer.evaluation.splicer import Splicer
 from trainer.parallel import distributed
 from trainer.parallel.distributed import World
@@ -84,13 +86,13 @@ def member_name(cfg: DictionaryConfig) -> str:
 def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
     """Checks that need the store and the world size, before any work."""
     dp = data_parallel(world.size, cfg.tp)
-    for flag, hooks in (("--hook", cfg.hook), ("--target-hook", cfg.target_hook)):
+    for flag, hooks in (("--hook", cfg.sites), ("--target-hook", cfg.target_hook)):
         for hook in hooks:
             if hook not in store.layout.d_model:
                 raise ValueError(f"{flag} {hook!r} is not in store {store.url}; it has "
                                  f"{list(store.hooks)}")
         widths = {store.layout.d_model[h] for h in hooks}
-        if len(widths) > 1:
+        if len(widths) > 1 and cfg.kind == "clt":  # a crosscoder's sites may differ
             raise ValueError(f"a CLT's {flag} hooks must share one width, got "
                              f"{ {h: store.layout.d_model[h] for h in hooks} }")
     store.require_complete()
@@ -102,10 +104,14 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
                          f"of {cfg.batch_size // dp} per data-parallel rank")
 
 
-def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None]:
-    """The width of the inputs and of the targets (None: an SAE's, its input's)."""
+def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None, tuple[int, ...]]:
+    """The width of the inputs (a crosscoder's: its sites' together), of the targets (None:
+    an SAE's, its input's), and a crosscoder's sites' widths in order (() for the others)."""
+    if cfg.kind == "crosscoder":
+        sites = tuple(store.layout.d_model[h] for h in cfg.sites)
+        return sum(sites), None, sites
     d_model = store.layout.d_model[cfg.hook[0]]
-    return d_model, store.layout.d_model[cfg.target_hook[0]] if cfg.target_hook else None
+    return d_model, store.layout.d_model[cfg.target_hook[0]] if cfg.target_hook else None, ()
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -123,13 +129,14 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, world: World) -> None:
         self.cfg, self.world = cfg, world
-        self.store = ActivationStore.open(cfg.store)
+        self.store = open_stores(cfg.store)
         check_against(cfg, self.store, world)
-        d_model, d_out = widths(cfg, self.store)
-        self.members = cfg.dictionaries(d_model, d_out)
+        d_model, d_out, sites = widths(cfg, self.store)
+        self.members = cfg.dictionaries(d_model, d_out, sites)
         self.mesh = make_mesh(world, cfg.tp)
         problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
-                                   .itemsize, self.mesh.dp, world.device, d_out=d_out)
+                                   .itemsize, self.mesh.dp, world.device, d_out=d_out,
+                                   sites=sites)
         if problem:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps
@@ -144,7 +151,7 @@ class _Run:
             world_size=self.mesh.dp)
         # each hook's statistics, read once; what the dictionaries reconstruct: a
         # transcoder's or CLT's targets, an SAE's own input
-        self.norms = [self.loader.normalizer(h) for h in cfg.hook]
+        self.norms = [self.loader.normalizer(h) for h in cfg.sites]
         self.target_norms = [self.loader.normalizer(h) for h in cfg.targets]
         self.norm, self.target_norm = self.norms[0], self.target_norms[0]
         warning = cfg.schedule_warning()
@@ -162,8 +169,9 @@ class _Run:
         self.names = [member_name(m) for m in self.members]
         self.log = MetricsLog(Path(cfg.out), self.names, enabled=world.is_main)
         self.step = 0
-        # a toy store has no model to splice into (its ground truth gives MMCS instead)
-        has_model = self.store.spec.model != TOY_MODEL
+        # a toy store has no model to splice into (its ground truth gives MMCS instead); a
+        # crosscoder's sites are not spliced (yet)
+        has_model = self.store.spec.model != TOY_MODEL and cfg.kind != "crosscoder"
         self.splicer = self._splicer() if cfg.eval_contexts and has_model else None
 
     def _splicer(self) -> Splicer | None:
@@ -241,6 +249,8 @@ class _Run:
                 if cfg.kind == "clt":  # (B, L, d): layer by layer
                     yield (torch.stack([batch.x[h] for h in cfg.hook], 1),
                            torch.stack([batch.x[h] for h in cfg.target_hook], 1))
+                elif cfg.kind == "crosscoder":  # (B, Σd): the sites side by side
+                    yield torch.cat([batch.x[h] for h in cfg.sites], 1), None
                 else:
                     yield (batch.x[cfg.hook[0]],
                            batch.x[cfg.target_hook[0]] if cfg.target_hook else None)
@@ -292,9 +302,10 @@ class _Run:
         samples = [norm.apply(torch.cat([self.store.read_torch(hook, a, min(a + each, n))
                                          for a in starts]).float())
                    for hook, norm in zip(self.cfg.targets, self.target_norms, strict=True)]
-        # a CLT's targets side by side, (rows, L, d_out)
-        sample = (torch.stack(samples, 1) if self.cfg.kind == "clt" else samples[0]
-                  ).to(self.world.device)
+        # a CLT's targets side by side, (rows, L, d_out); a crosscoder's sites, (rows, Σd)
+        kind = self.cfg.kind
+        sample = (torch.stack(samples, 1) if kind == "clt" else torch.cat(samples, 1)
+                  if kind == "crosscoder" else samples[0]).to(self.world.device)
         for m in self.ensemble.members:
             m.init_bias(sample, self.cfg.bias_init)
 
@@ -337,7 +348,8 @@ class _Run:
         whole = [gathered(m) for m in self.ensemble.members]  # sharded: on tp rank 0
         truth = load_ground_truth(self.store)  # toy stores: recovery of the known features
         final = tuple({**m, **(evals[i] if evals else {}),
-                       **(_recovery(truth, w) if truth is not None and w is not None else {})}
+                       **(recovery(truth, w.W_dec.detach()) if truth is not None and w is not None
+                          else {})}
                       for i, (m, w) in enumerate(zip(last, whole, strict=True)))
         dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
         if self.world.is_main:
@@ -362,6 +374,9 @@ class _Run:
                 export_circuit_tracer_clt(d / "circuit_tracer", member, self.norms,
                                           self.target_norms, model_name=source["model"])
             return
+        if cfg.kind == "crosscoder":  # no peer has a crosscoder format
+            save_crosscoder(d, member, self.norms, source)
+            return
         target = self.target_norm if member.cfg.kind == "transcoder" else None
         save_dictionary(d, member, self.norm, source, target)
         if not (member.cfg.kind == "transcoder" and member.cfg.arch == "topk"):
@@ -379,18 +394,13 @@ class _Run:
         spec, cfg = self.store.spec, self.cfg
         # one hook by name (as runs before CLTs wrote it), a CLT's as lists in layer order
         hooks: dict[str, Any] = ({"hook": list(cfg.hook), "target_hook": list(cfg.target_hook)}
-                                 if cfg.kind == "clt" else {"hook": cfg.hook[0]})
+                                 if cfg.kind == "clt" else {"hook": list(cfg.sites)}
+                                 if cfg.kind == "crosscoder" else {"hook": cfg.hook[0]})
         if cfg.kind == "transcoder":
             hooks["target_hook"] = cfg.target_hook[0]
-        return {"store": self.store.url, "store_key": self.store.key, **hooks,
+        urls = self.store.urls if isinstance(self.store, PairedStore) else self.store.url
+        return {"store": urls, "store_key": self.store.key, **hooks,
                 "model": spec.model, "model_revision": spec.model_revision,
                 "dataset": spec.dataset, "context_length": spec.context_length,
                 "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,
                 "train_config": self.cfg.to_dict()}
-
-
-def _recovery(truth: torch.Tensor, sae: SparseDictionary) -> dict[str, float]:
-    """MMCS of a dictionary's decoder against the store's ground truth, and the fraction of
-    features recovered (cosine > 0.9)."""
-    return {"mmcs": mmcs(truth, sae.W_dec.detach()),
-            "recovered_0.9": recovered(truth, sae.W_dec.detach())}

@@ -22,8 +22,8 @@ from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import export_saelens, load_dictionary
 from trainer.dictionary.foreign import load_any, same_hook
 from trainer.evaluation.config import EvalConfig
+from trainer.evaluation.multihook.transcoders import evaluate_run
 from trainer.evaluation.report import write_report
-from trainer.evaluation.transcoders import evaluate_run
 
 PYTHON = os.environ.get("ACTSTORE_SAELENS_PYTHON")
 #: What each case of tests/peer_saves.py is, loaded by the peer itself.

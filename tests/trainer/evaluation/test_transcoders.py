@@ -1,4 +1,4 @@
-"""`actstore eval` on a run of transcoders (trainer.evaluation.transcoders): a real tiny
+"""`actstore eval` on a run of transcoders (trainer.evaluation.multihook.transcoders): a real tiny
 GPT-2's MLP, its input and output stored in one pass."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from actstore import ActivationStore
 from actstore.loader import holdout
 from actstore.loader.loader import Normalizer
 from trainer.evaluation.config import EvalConfig
+from trainer.evaluation.multihook.transcoders import evaluate_run, projection_of
 from trainer.evaluation.report import write_report
 from trainer.evaluation.run import load_run, open_slice
 from trainer.evaluation.splicer import Splicer
-from trainer.evaluation.transcoders import evaluate_run, projection_of
 
 MLP = "transformer.h.1.mlp"
 

@@ -176,8 +176,8 @@ def test_eval_scores_every_target_and_the_replacement_model(clt_store: str,
                                                             tmp_path: Path) -> None:
     from actstore.loader import holdout
     from trainer.evaluation.config import EvalConfig
+    from trainer.evaluation.multihook.transcoders import evaluate_run
     from trainer.evaluation.report import write_report
-    from trainer.evaluation.transcoders import evaluate_run
 
     train(clt(clt_store, tmp_path / "run", k=(2, 4), tokens=1920))
     cfg = EvalConfig(run=str(tmp_path / "run"), out=str(tmp_path / "report"),

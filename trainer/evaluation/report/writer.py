@@ -63,7 +63,9 @@ def latent_pages(ev: Evaluation, store: ActivationStore, cfg: EvalConfig
     decode = decoder_of(store)
     out: dict[str, Any] = {"histogram_edges": HIST_EDGES.tolist(), "dictionaries": {}}
     for name, top in ev.tops.items():
-        ids = sample_latents(top, cfg.show, cfg.seed)
+        # and the latents an evaluation asks to show (a crosscoder's groups)
+        wanted = ev.meta.get("show_latents", {}).get(name, [])
+        ids = sorted({*sample_latents(top, cfg.show, cfg.seed), *wanted})
         kept = [top.rows[i] >= 0 for i in ids]
         rows = [r for i, k in zip(ids, kept, strict=True) for r in top.rows[i][k].tolist()]
         values = [v for i, k in zip(ids, kept, strict=True) for v in top.values[i][k].tolist()]
@@ -124,7 +126,7 @@ def markdown(ev: Evaluation) -> str:
     if any(ev.baselines.values()):
         lines += ["", "MMCS of the baselines with the ground truth: " + ", ".join(
             f"{b} {s['mmcs']:.3f}" for b, s in ev.baselines.items() if s)]
-    lines += spliced_table(ev)
+    lines += spliced_table(ev) + crosscoder_table(ev)
     if ev.mmcs_between:
         lines += ["", "## MMCS between dictionary sizes", "", "| smaller | larger | MMCS |",
                   "| --- | --- | --- |"]
@@ -174,6 +176,30 @@ def spliced_table(ev: Evaluation) -> list[str]:
                if (m, k) in cell else "-" for m in methods]
         lines.append(f"| {k} | " + " | ".join(row) + " |")
     return lines
+
+
+def crosscoder_table(ev: Evaluation) -> list[str]:
+    """report.md's section on a crosscoder's sites: FVU per site, where its latents live."""
+    details = ev.meta.get("crosscoder")
+    if not details:
+        return []
+    sites, cuts = ev.meta["sites"], ev.meta["cuts"]
+    lines = ["", "## Crosscoder sites", "", "Sites: " + ", ".join(
+        f"{i}: `{s['hook']}` of `{s['store']}`" for i, s in enumerate(sites)) + ". A latent is "
+        f"site l's only when its decoder holds ≥ {cuts['only']} of its norm there (‖d_l‖ / "
+        f"Σ‖d‖), shared when every site holds ≥ {cuts['shared']} / {len(sites)}.", "",
+        "| dictionary | " + " | ".join(f"FVU site {i} | only site {i}" for i in
+                                        range(len(sites))) + " | shared |",
+        "|---" * (2 * len(sites) + 2) + "|"]
+    notes = [""]
+    for name, d in details.items():
+        s = ev.dictionaries[name]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{s[f'fvu_site_{i}']:.4f} | {len(d['groups'][f'only_site_{i}'])}"
+            for i in range(len(sites))) + f" | {len(d['groups']['shared'])} |")
+        notes.append(f"- {name}, latents shown per group (most firing first): " + "; ".join(
+            f"{g}: {ids}" for g, ids in d["shown"].items()))
+    return lines + notes
 
 
 def write_report(ev: Evaluation, store: ActivationStore, cfg: EvalConfig) -> Path:

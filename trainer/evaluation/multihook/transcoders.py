@@ -28,10 +28,11 @@ from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.evaluation import baselines
 from trainer.evaluation.baselines import fit_linear
-from trainer.evaluation.clt import evaluate_clts, is_clt_run
 from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.imported.members import imported
 from trainer.evaluation.loss_recovered import splice_scores
+from trainer.evaluation.multihook.clt import evaluate_clts, is_clt_run
+from trainer.evaluation.multihook.crosscoder import evaluate_crosscoders, is_crosscoder_run
 from trainer.evaluation.run import (
     Evaluation,
     evaluate,
@@ -100,17 +101,21 @@ def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition
 
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
-    `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`."""
+    `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`, a run
+    of crosscoders as `crosscoder.evaluate_crosscoders`."""
     if cfg.run is None:  # dictionaries from elsewhere only
         return evaluate(cfg, imported(cfg, []))
-    clts = is_clt_run(cfg.run)
-    members = [] if clts else load_run(cfg.run)
-    if not clts and members[0].sae.cfg.kind != "transcoder":
+    kind = ("cross-layer transcoders" if is_clt_run(cfg.run)
+            else "crosscoders" if is_crosscoder_run(cfg.run) else None)
+    members = [] if kind else load_run(cfg.run)
+    if not kind and members[0].sae.cfg.kind != "transcoder":
         return evaluate(cfg, members + imported(cfg, members))
     if cfg.dictionary:
         raise ValueError(f"--dictionary scores SAEs beside a run of SAEs; {cfg.run} holds "
-                         f"{'cross-layer transcoders' if clts else 'transcoders'}")
-    return evaluate_clts(cfg) if clts else evaluate_transcoders(cfg, members)
+                         f"{kind or 'transcoders'}")
+    if kind == "crosscoders":
+        return evaluate_crosscoders(cfg)
+    return evaluate_clts(cfg) if kind else evaluate_transcoders(cfg, members)
 
 
 def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:
