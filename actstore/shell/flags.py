@@ -43,8 +43,9 @@ def field_help(cls: type, name: str, extra: str = "", required: str = "required"
     default = _default(next(f for f in dataclasses.fields(cls) if f.name == name))
     if default is dataclasses.MISSING:
         return f"{doc}{extra} ({required})".replace("%", "%%")
-    if default is None and "default" in doc.lower():
-        return f"{doc}{extra}".replace("%", "%%")  # the docstring says what None stands for
+    if default in (None, ()) and "default" in doc.lower():
+        # the docstring says what None (or no values) stands for
+        return f"{doc}{extra}".replace("%", "%%")
     shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
     return f"{doc}{extra} (default: {shown})".replace("%", "%%")
 
