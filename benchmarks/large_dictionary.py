@@ -49,14 +49,16 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     """One (latents, kernel, batch): seconds per step and the peak memory of the steps."""
     device = torch.device(a.device)
     base = rss_bytes("VmRSS") if device.type == "cpu" else 0
-    shape: dict[str, Any] = ({"kind": "transcoder", "d_out": a.d_out or a.d, "skip": a.skip}
-                             if a.transcoder else {})
+    kind: dict[str, Any] = ({"kind": "clt"} if a.clt else
+                            {"kind": "transcoder"} if a.transcoder else {})
     cfg = DictionaryConfig(arch="topk", d_model=a.d, latents=a.child_latents, k=a.k,
-                           dead_after_tokens=a.batch, **shape)
+                           dead_after_tokens=a.batch, **kind, **shape(a))
     ens = Ensemble([cfg], adam(1e-4), kernel=a.child_kernel).to(device)
     sae = ens.members[0]
-    x = torch.randn(a.batch, a.d, device=device)
-    y = torch.randn(a.batch, a.d_out or a.d, device=device) if a.transcoder else None
+    layers = (a.clt,) if a.clt else ()  # a CLT's batch: (B, L, d), every layer's input
+    x = torch.randn(a.batch, *layers, a.d, device=device)
+    y = (torch.randn(a.batch, *layers, a.d_out or a.d, device=device)
+         if a.transcoder or a.clt else None)
     every = max(1, round(1 / a.dead_fraction)) if a.dead_fraction else 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -85,7 +87,7 @@ def run_child(a: argparse.Namespace, latents: int, kernel: str, batch: int) -> d
             "--k", str(a.k), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--dead-fraction", str(a.dead_fraction), "--device", a.device,
             *(["--transcoder", "--d-out", str(a.d_out or a.d)] if a.transcoder else []),
-            *(["--skip"] if a.skip else [])]
+            *(["--skip"] if a.skip else []), *(["--clt", str(a.clt)] if a.clt else [])]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         return {"latents": latents, "kernel": kernel, "batch": batch,
@@ -95,7 +97,9 @@ def run_child(a: argparse.Namespace, latents: int, kernel: str, batch: int) -> d
 
 
 def shape(a: argparse.Namespace) -> dict[str, Any]:
-    """The memory model's keywords for a transcoder's step (none for an SAE's)."""
+    """The memory model's keywords for a transcoder's or a CLT's step (none for an SAE's)."""
+    if a.clt:
+        return {"d_out": a.d_out or a.d, "layers": a.clt}
     return {"d_out": a.d_out or a.d, "skip": a.skip} if a.transcoder else {}
 
 
@@ -181,6 +185,8 @@ def main() -> None:
                    help="a transcoder's step (a target of --d-out beside the input)")
     p.add_argument("--d-out", type=int, help="a transcoder's target width (default: --d)")
     p.add_argument("--skip", action="store_true", help="a skip transcoder (with --transcoder)")
+    p.add_argument("--clt", type=int, metavar="L",
+                   help="a cross-layer transcoder's step over L layers (--latents per layer)")
     p.add_argument("--batch", type=int, default=4096, help="global batch (rows)")
     p.add_argument("--steps", type=int, default=2, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")

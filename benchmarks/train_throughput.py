@@ -131,7 +131,7 @@ def main() -> None:
           f"{a.shuffle_buffer:,} rows; {steps - a.warmup} timed steps after {a.warmup}; "
           f"device {device}, torch threads {torch.get_num_threads()}")
     for n in a.latents:
-        cfg = TrainConfig(store=store.url, hook=HOOK, arch="topk", latents=(n,), k=(K,),
+        cfg = TrainConfig(store=store.url, hook=(HOOK,), arch="topk", latents=(n,), k=(K,),
                           tokens=steps * BATCH, batch_size=BATCH, out=str(root / f"run-{n}"),
                           log_every=a.warmup, checkpoint_every=steps * a.warmup,
                           eval_contexts=0, progress=False, plots=False, overwrite=True,

@@ -41,7 +41,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name, skip in (("plain", False), ("skip", True)):
         t = time.perf_counter()
-        train(TrainConfig(store=url, hook=IN, kind="transcoder", target_hook=OUT, skip=skip,
+        train(TrainConfig(store=url, hook=(IN,), kind="transcoder", target_hook=(OUT,), skip=skip,
                           arch="topk", latents=(a.latents,), k=(a.k,), tokens=a.tokens,
                           batch_size=4096, holdout=0.1, out=str(out / name), overwrite=True,
                           eval_contexts=0, progress=False, plots=False))

@@ -1,6 +1,6 @@
 """Run by circuit-tracer's own environment (not actstore's): load every exported transcoder set
-in a folder with circuit-tracer's loader (`load_transcoders_from_cache`, which reads the
-set's config.yaml and layer_{i}.safetensors), write each layer's codes and predictions of the
+or cross-layer transcoder in a folder with circuit-tracer's loader (`load_transcoders_from_cache`,
+which reads the config.yaml and the layer files), write each layer's codes and predictions of the
 given inputs, through the dense path (encode/decode) and the attribution path
 (`compute_attribution_components`: sparse codes, lazily read decoder rows), and save the set
 again with circuit-tracer's `to_safetensors` (to compare the files).
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from circuit_tracer.transcoder.activation_functions import JumpReLU
+from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
 from circuit_tracer.utils.caching import load_transcoders_from_cache
 from safetensors.torch import load_file, save_file
 
@@ -34,15 +35,21 @@ def main(root: Path) -> None:
                    "y_hat_sparse": parts["reconstruction"].contiguous()},
                   case / "circuit_tracer_outputs.safetensors")
         tset.to_safetensors(str(case / "resaved"))  # what circuit-tracer itself writes
+        clt = isinstance(tset, CrossLayerTranscoder)  # one activation for every layer
+        layers = tset.n_layers if clt else len(tset)
         loaded[case.name] = {
-            "layers": len(tset), "d_transcoder": tset.d_transcoder,
+            "layers": layers, "d_transcoder": tset.d_transcoder, "clt": clt,
             "skip": tset.skip_connection, "input_hook": tset.feature_input_hook,
             "output_hook": tset.feature_output_hook, "scan": tset.scan,
             "model_name": config.get("model_name"),
-            "activations": ["jumprelu" if isinstance(t.activation_function, JumpReLU)
-                            else getattr(t.activation_function, "__name__", "?")
-                            for t in tset]}
+            "activations": [_name(t.activation_function)
+                            for t in ([tset] * layers if clt else tset)]}
     print(json.dumps(loaded))
+
+
+def _name(activation: object) -> str:
+    return ("jumprelu" if isinstance(activation, JumpReLU)
+            else getattr(activation, "__name__", "?"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Fixtures: one store URL per backend (memory, local disk, S3 on a real moto server), and a
-filled local store for the trainer's tests."""
+"""Fixtures: one store URL per backend (memory, local disk, S3 on a real moto server, GCS on
+an emulator; gs:// only where a test asks for it), and a filled local store for the trainer's
+tests."""
 
 from __future__ import annotations
 
@@ -61,6 +62,24 @@ def s3_endpoint() -> Iterator[str]:
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """A GCS server on 127.0.0.1 (gcp-storage-emulator, patched where it differs from GCS:
+    tests/gcs.py), reached through gcsfs by the standard STORAGE_EMULATOR_HOST variable, so
+    processes started by a test reach it too."""
+    from tests.gcs import GcsServer  # here: the GPU machine runs tests without the emulator
+
+    server = GcsServer("actstore-test")
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.endpoint
+    yield server.endpoint
+    server.stop()
+    if saved is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A complete local store of the helpers' layout (12- and 5-wide hooks), one per module."""
@@ -71,7 +90,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(params=["memory", "local", "s3"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store URL on each backend."""
+    """A fresh, empty store URL on each backend (and on GCS where a test names "gs")."""
     name = uuid.uuid4().hex[:12]
     if request.param == "memory":
         url = f"memory://actstore-tests/{name}"
@@ -81,6 +100,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             fs.rm(f"/actstore-tests/{name}", recursive=True)
     elif request.param == "local":
         yield str(tmp_path / name)
+    elif request.param == "gs":
+        request.getfixturevalue("gcs_endpoint")
+        yield f"gs://actstore-test/{name}"
     else:
         request.getfixturevalue("s3_endpoint")
         yield f"s3://actstore-test/{name}"

@@ -1,10 +1,43 @@
-"""Faults made for real on 127.0.0.1: a TCP proxy in front of a server that can go down."""
+"""Faults made for real: a TCP proxy on 127.0.0.1 in front of a server that can go down, and
+a store read through a filesystem whose range requests are ignored."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from typing import Any, Literal
+
+from actstore import ActivationStore
+from actstore.store.location import Location
+
+
+class IgnoresRanges:
+    """A filesystem that answers range reads with the whole object, as a server (a proxy, an
+    emulator) that ignores the Range header does: `suffix` ranges (`bytes=-N`, how a shard's
+    index is read), the `other` ranges (a run of chunks), or `all`. Whole reads are sound."""
+
+    def __init__(self, fs: Any, which: Literal["suffix", "other", "all"]) -> None:
+        self.fs, self.which = fs, which
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                 **kw: Any) -> Any:
+        suffix = start is not None and start < 0 and end is None
+        ranged = start is not None or end is not None
+        if ranged and (self.which == "all" or (self.which == "suffix") == suffix):
+            return self.fs.cat_file(path)
+        return self.fs.cat_file(path, start=start, end=end, **kw)
+
+
+def ignoring_ranges(store: ActivationStore, which: Literal["suffix", "other", "all"]
+                    ) -> ActivationStore:
+    """`store` read through `IgnoresRanges`."""
+    loc = store.location
+    return ActivationStore(Location(loc.url, IgnoresRanges(loc.fs, which), loc.root),
+                           store.spec, store.layout)
 
 
 class FlakyProxy:

@@ -18,6 +18,9 @@ TINY = {
     "gpt_neox": lambda v: transformers.GPTNeoXConfig(
         num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=64,
         vocab_size=v, bos_token_id=101, eos_token_id=102),
+    # four blocks: a cross-layer transcoder over >= 4 layers
+    "gpt2-4": lambda v: transformers.GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=v,
+                                                bos_token_id=101, eos_token_id=102),
     "llama": lambda v: transformers.LlamaConfig(
         num_hidden_layers=3, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
         intermediate_size=64, vocab_size=v, bos_token_id=101, eos_token_id=102),

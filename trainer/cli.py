@@ -22,8 +22,8 @@ _ORDER = ("store", "hook", "kind", "target_hook", "arch", "latents", "k", "l1", 
           "batch_size", "lr", "warmup_steps", "decay_start", "grad_clip", "seed", "init_rows",
           "aux_coef", "dead_after_tokens", "log_every", "checkpoint_every", "eval_every",
           "eval_contexts", "shuffle_buffer", "read_threads", "tp", "holdout", "out", "normalize",
-          "bias_init", "kernel", "device", "skip", "resume", "overwrite", "autocast", "progress",
-          "plots")
+          "bias_init", "kernel", "device", "widths", "log", "wandb_project", "wandb_entity",
+          "wandb_name", "skip", "resume", "overwrite", "autocast", "progress", "plots")
 #: The fields whose several values are a sweep (one dictionary per combination).
 _SWEEPS = ("latents", "k", "l1", "l0")
 _SWEEP = Flag(extra="; several values: a sweep, one dictionary each")
@@ -78,7 +78,7 @@ def print_plan(cfg: TrainConfig) -> int:
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
     from trainer.training.resolve import resolve
-    from trainer.training.train import check_against
+    from trainer.training.train import check_against, widths
 
     store = ActivationStore.open(cfg.store)
     device = torch.device("cuda" if wants_cuda(cfg.device) else "cpu")
@@ -86,9 +86,8 @@ def print_plan(cfg: TrainConfig) -> int:
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
     cfg = resolve(cfg, store)[0]  # --tokens' default (the dead window) needs the store
-    d_out = store.layout.d_model[cfg.target_hook] if cfg.target_hook else None
-    print(describe(cfg, store.layout.d_model[cfg.hook],
-                   storage_numpy_dtype(store.spec.dtype).itemsize,
+    d_model, d_out = widths(cfg, store)
+    print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
                    data_parallel(world.size, cfg.tp), device, d_out=d_out))
     return 0
 

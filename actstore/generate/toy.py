@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from actstore.loader.ground_truth import TOY_MODEL, save_ground_truth
+from actstore.loader.toy_law import ToyLaw
 from actstore.store.activation_store import ActivationStore, RowIndex
 from actstore.store.spec import Layout, StoreSpec
 from actstore.store.writer import write_shard
@@ -53,6 +54,9 @@ class ToyConfig:
     """Seeds the features and the rows."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage dtype: float32, bfloat16 or float16."""
+    hierarchy: int = 0
+    """Children per parent feature (0: none): children fire only with their parent, each
+    with probability 1 / hierarchy when it does (the Matryoshka papers' toy; absorption)."""
 
     def __post_init__(self) -> None:
         if self.d < 1 or self.features < 1 or self.rows < 1:
@@ -61,58 +65,39 @@ class ToyConfig:
             raise ValueError(f"--active must be in (0, features={self.features}]")
         if not 0 < self.decay <= 1 or not 0 <= self.correlation <= 1:
             raise ValueError("--decay must be in (0, 1] and --correlation in [0, 1]")
+        self.law  # noqa: B018 -- the law's own checks (hierarchy), before any work
+
+    @property
+    def law(self) -> ToyLaw:
+        """The knobs that fix the features and the rows (saved beside the ground truth)."""
+        return ToyLaw(d=self.d, features=self.features, active=self.active, decay=self.decay,
+                      correlation=self.correlation, seed=self.seed, hierarchy=self.hierarchy)
 
 
 def probabilities(cfg: ToyConfig) -> torch.Tensor:
-    """Each feature's chance of being active: ∝ decay**i, summing to `active` (capped at 1,
-    the excess spread over the others)."""
-    base = cfg.decay ** torch.arange(cfg.features, dtype=torch.float64)
-    capped = torch.zeros(cfg.features, dtype=torch.bool)
-    while True:  # scale the uncapped to the remaining mass; cap at 1; until none newly caps
-        p = base * (cfg.active - int(capped.sum())) / float(base[~capped].sum())
-        p[capped] = 1.0
-        over = (p > 1) & ~capped
-        if not bool(over.any()):
-            return p
-        capped |= over
+    """Each (root) feature's chance of being active (`ToyLaw.probabilities`)."""
+    return cfg.law.probabilities()
 
 
 def ground_truth(cfg: ToyConfig) -> torch.Tensor:
     """(G, d) unit rows."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    f = torch.randn(cfg.features, cfg.d, generator=g, dtype=torch.float64)
-    unit: torch.Tensor = (f / f.norm(dim=1, keepdim=True)).float()
-    return unit
-
-
-#: Rows drawn from one seeded generator: any slice of rows is drawn alone, whatever the shards.
-BLOCK = 1 << 14
+    return cfg.law.directions()
 
 
 def coefficients(cfg: ToyConfig, block: int) -> torch.Tensor:
     """(BLOCK, G) non-negative coefficients of the rows [block·BLOCK, (block+1)·BLOCK)."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1 + block)
-    on = torch.rand(BLOCK, cfg.features, generator=g) < probabilities(cfg).float()
-    if cfg.correlation:
-        pairs = cfg.features // 2
-        follow = torch.rand(BLOCK, pairs, generator=g) < cfg.correlation
-        on[:, 1:2 * pairs:2] |= on[:, 0:2 * pairs:2] & follow
-    return torch.rand(BLOCK, cfg.features, generator=g) * on
+    return cfg.law.coefficients(block)
 
 
 def sample(cfg: ToyConfig, features: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Rows [start, stop) of the store."""
-    out = torch.empty(stop - start, cfg.d)
-    for block in range(start // BLOCK, -(-stop // BLOCK)):
-        first = block * BLOCK
-        a, b = max(start, first), min(stop, first + BLOCK)
-        out[a - start:b - start] = (coefficients(cfg, block) @ features)[a - first:b - first]
-    return out
+    return cfg.law.codes(start, stop) @ features
 
 
 def spec_of(cfg: ToyConfig) -> StoreSpec:
     knobs = (f"d={cfg.d},features={cfg.features},active={cfg.active:g},decay={cfg.decay:g},"
-             f"correlation={cfg.correlation:g},rows={cfg.rows},seed={cfg.seed}")
+             f"correlation={cfg.correlation:g},rows={cfg.rows},seed={cfg.seed}"
+             + (f",hierarchy={cfg.hierarchy}" if cfg.hierarchy else ""))  # older keys unchanged
     return StoreSpec(model=TOY_MODEL, hooks=(HOOK,), dataset=f"toy:{knobs}", context_length=CONTEXT,
                      tokenizer="none", tokenizer_hash="0" * 16, bos_policy="none",
                      dtype=cfg.dtype)
@@ -125,7 +110,7 @@ def make_toy_store(cfg: ToyConfig) -> ActivationStore:
     store = ActivationStore.create(url, spec, Layout.for_sizes(cfg.rows, {HOOK: cfg.d},
                                                                spec.dtype))
     features = ground_truth(cfg)
-    save_ground_truth(store, features)
+    save_ground_truth(store, features, law=cfg.law)
     for shard in store.shards_missing():
         a, b = store.layout.shard_rows_range(shard)
         rows = np.arange(a, b)

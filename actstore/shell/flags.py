@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from actstore.store.errors import StoreError, one_line, transient
+from actstore.store.errors import StoreError, interrupted, one_line, transient
 
 #: Exit status of a command interrupted by Ctrl-C (the shell's convention: 128 + SIGINT).
 INTERRUPTED = 130
@@ -43,8 +43,8 @@ def field_help(cls: type, name: str, extra: str = "", required: str = "required"
     default = _default(next(f for f in dataclasses.fields(cls) if f.name == name))
     if default is dataclasses.MISSING:
         return f"{doc}{extra} ({required})".replace("%", "%%")
-    if default in (None, ()) and "default" in doc.lower():
-        # the docstring says what None (or no values) stands for
+    if (default is None or default == ()) and "default" in doc.lower():
+        # the docstring says what None (or nothing) stands for
         return f"{doc}{extra}".replace("%", "%%")
     shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
     return f"{doc}{extra} (default: {shown})".replace("%", "%%")
@@ -154,21 +154,22 @@ def from_flags(cls: type[T], args: Mapping[str, Any]) -> T:
 
 def run_command(prog: str, command: Callable[[], int], resume_hint: str) -> int:
     """Run a command; errors a user can act on become one line on stderr and exit 2, Ctrl-C
-    says how to resume and exits 130. Programming errors keep their traceback."""
+    (even when a writer it stopped reports it as an error of its own) says how to resume and
+    exits 130. Programming errors keep their traceback."""
     try:
         return command()
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; {resume_hint}", file=sys.stderr)
-        return INTERRUPTED
-    except (StoreError, ValueError, KeyError, FileNotFoundError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if not (isinstance(e, OSError) or transient(e)):
-            raise
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+    except BaseException as e:
+        if interrupted(e):
+            print(f"\n{prog}: interrupted; {resume_hint}", file=sys.stderr)
+            return INTERRUPTED
+        if isinstance(e, StoreError | ValueError | KeyError | FileNotFoundError):
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError) or (isinstance(e, Exception) and transient(e)):
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            return 2
+        raise
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,6 @@ COMMANDS = (
     Command("generate", _add_generate,
             lambda args: run_generate(from_flags(GenerateConfig, args)),
             "rerun the same command to resume", config=GenerateConfig),
-    Command("toy", _add_toy, run_toy, config=ToyConfig),
+    Command("toy", _add_toy, run_toy, "rerun the same command to resume", config=ToyConfig),
 )
 """In the order `actstore --help` lists them."""

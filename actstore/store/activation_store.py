@@ -29,7 +29,7 @@ from actstore.store.errors import (
     full_disk,
 )
 from actstore.store.location import Location, access_errors
-from actstore.store.shard_codec import ChunkError
+from actstore.store.shard_codec import ChunkError, ReadLengthError
 from actstore.store.spec import Layout, StoreSpec
 from actstore.store.stats import HookStats
 
@@ -295,18 +295,19 @@ class ActivationStore:
         whole = first == 0 and len(out) == min(self.layout.shard_rows,
                                                self.num_rows - shard * self.layout.shard_rows)
         try:
-            blob = self.location.get(key) if whole else b""  # one request for a whole shard
+            blob = self.location.get(key) if whole else None  # one request for a whole shard
             index = self._indices.get((path, shard))
             if index is None:
-                tail = (blob[-dec.index_nbytes:] if whole else
-                        self.location.get_range(key, -dec.index_nbytes))
-                index = dec.parse_index(tail)  # its own crc first: a torn index says so
-                self._check_committed(key, shard, tail)
-                self._indices[path, shard] = index
+                index = self._indices[path, shard] = self._read_index(path, shard, key, blob)
             c0 = first // dec.chunk_rows
             c1 = -(-(first + len(out)) // dec.chunk_rows)
-            lo, hi = (0, len(blob)) if whole else dec.chunk_span(index, c0, c1)
-            data = blob if whole else (self.location.get_range(key, lo, hi) if hi > lo else b"")
+            lo, hi = (0, len(blob)) if blob is not None else dec.chunk_span(index, c0, c1)
+            data = blob if blob is not None else (
+                self.location.get_range(key, lo, hi) if hi > lo else b"")
+            if len(data) != hi - lo:  # its chunks' crc32c would fail and name the wrong cause
+                chunks = f"chunk {c0}" if c1 - c0 == 1 else f"chunks {c0}-{c1 - 1}"
+                raise ReadLengthError(f"{chunks} read (bytes {lo}-{hi}) returned", len(data),
+                                      hi - lo)
             dec.decode_into(out, index, data, base=lo, c0=c0, first_row=first)
         except FileNotFoundError:
             raise FormatError(f"{self.url}: shard object {key} does not exist (shard {shard} "
@@ -314,17 +315,44 @@ class ActivationStore:
         except ChunkError as e:
             raise self._corrupt(path, shard, key, e) from e
 
-    def _check_committed(self, key: str, shard: int, tail: bytes) -> None:
-        """The object's index is the one its shard's commit marker recorded: an object
-        swapped with another shard's, or replaced after the commit, is refused (its chunks
-        alone would pass their own checksums). Markers older than this record are trusted."""
+    def _read_index(self, path: str, shard: int, key: str,
+                    blob: bytes | None) -> NDArray[np.uint64]:
+        """A shard object's index, from the end of `blob` (the whole object) or by a suffix
+        range read (what a reader of some chunks does), checked against its own crc32c, then
+        against the commit marker's record."""
+        dec = self.decoders[path]
+        tail = (blob[-dec.index_nbytes:] if blob is not None else
+                self.location.get_range(key, -dec.index_nbytes))
+        try:
+            index = dec.parse_index(tail)  # its own crc first: a torn index says so
+        except ReadLengthError:
+            raise
+        except ChunkError:
+            # The end of a truncated object is not its index: say it is truncated.
+            want = self._record(shard).get("objects", {}).get(key, {}).get("size")
+            size = len(blob) if blob is not None else self.location.size(key)
+            if want is not None and size != want:
+                raise ReadLengthError("the object is", size, want, "its size when committed: "
+                                      "truncated or overwritten since") from None
+            raise
+        self._check_committed(key, shard, tail)
+        return index
+
+    def _record(self, shard: int) -> dict[str, Any]:
+        """A committed shard's marker, read once (a committed shard never changes)."""
         record = self._records.get(shard)
         if record is None:
             try:
                 record = self._records[shard] = self.commit_record(shard)
             except FileNotFoundError:
                 raise FormatError(f"{self.url}: shard {shard} is not committed") from None
-        want = record.get("objects", {}).get(key, {}).get("index_crc32c")
+        return record
+
+    def _check_committed(self, key: str, shard: int, tail: bytes) -> None:
+        """The object's index is the one its shard's commit marker recorded: an object
+        swapped with another shard's, or replaced after the commit, is refused (its chunks
+        alone would pass their own checksums). Markers older than this record are trusted."""
+        want = self._record(shard).get("objects", {}).get(key, {}).get("index_crc32c")
         if want is not None and fmt.index_checksum(tail) != want:
             raise CorruptChunkError(f"{self.url}: shard object {key} is not the one shard "
                                     f"{shard} committed (its index differs from the commit "

@@ -34,6 +34,11 @@ class StoreAccessError(StoreError):
     """The backend refused access: missing or wrong credentials, or no permission."""
 
 
+class BackendMissingError(StoreAccessError):
+    """The package that reaches a URL's backend (s3fs, gcsfs) is not installed; the message
+    names the actstore extra that installs it."""
+
+
 class StoreFullError(StoreError, OSError):
     """The filesystem is full (or over quota); what was committed before is intact."""
 
@@ -123,6 +128,20 @@ def _errno_or_text(e: BaseException, depth: int) -> str | None:
     return None
 
 
+def interrupted(e: BaseException) -> bool:
+    """Whether Ctrl-C is where `e` comes from: a KeyboardInterrupt, or an error raised while
+    one unwound (torch.save's zip writer, stopped mid-file, then fails with "unexpected pos";
+    a cleanup that trips over the half-done work), found through its cause and context."""
+    todo, seen = [e], set()
+    while todo:
+        e = todo.pop()
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None and id(c) not in seen]
+    return False
+
+
 @contextlib.contextmanager
 def full_disk(message: Callable[[str], str], folder: str | Path | None = None
               ) -> Iterator[None]:
@@ -138,7 +157,7 @@ def full_disk(message: Callable[[str], str], folder: str | Path | None = None
     try:
         yield
     except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is one
-        if isinstance(e, KeyboardInterrupt | SystemExit | GeneratorExit):
+        if interrupted(e) or isinstance(e, SystemExit | GeneratorExit):
             raise
         if folder is None:
             if not (isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import tempfile
@@ -26,7 +27,36 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
-from actstore.store.errors import StoreAccessError, StoreError
+from actstore.store.errors import BackendMissingError, StoreAccessError, StoreError
+
+#: protocol -> (the package fsspec needs for it, the actstore extra that installs that package).
+BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
+            "gcs": ("gcsfs", "gcs")}
+
+
+def require_backend(url: str) -> None:
+    """Fail in one line, naming the extra to install, when `url` needs a cloud backend that
+    cannot be imported; fsspec would raise it deep inside the first call, as a traceback."""
+    for part in url.split("::"):  # chained URLs (simplecache::s3://...) need every backend
+        protocol = fsspec.utils.get_protocol(part).lower()
+        if protocol not in BACKENDS:
+            continue
+        package, extra = BACKENDS[protocol]
+        try:
+            importlib.import_module(package)
+        except ImportError as e:
+            why = "is not installed" if e.name == package else f"cannot be imported ({e})"
+            raise BackendMissingError(
+                f"{protocol}:// needs {package}, which {why}: pip install 'actstore[{extra}]' "
+                "(or 'actstore[cloud]' for both s3:// and gs://)") from None
+
+
+def url_to_fs(url: str, **storage_options: Any) -> tuple[Any, str]:
+    """fsspec's `url_to_fs`, with a missing backend said first (`require_backend`): the one
+    place where a URL becomes a filesystem."""
+    require_backend(url)
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    return fs, str(path)
 
 
 @dataclass(frozen=True)
@@ -43,8 +73,8 @@ class Location:
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> Location:
         """Resolve `url` (plain path, file://, memory://, s3://, gs://) to a Location."""
-        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        return cls(url=url, fs=fs, root=str(root).rstrip("/"))
+        fs, root = url_to_fs(url, **(storage_options or {}))
+        return cls(url=url, fs=fs, root=root.rstrip("/"))
 
     @property
     def is_local(self) -> bool:

@@ -112,6 +112,18 @@ class ChunkError(ValueError):
         super().__init__(reason)
 
 
+class ReadLengthError(ChunkError):
+    """A read of a shard object came back with more or fewer bytes than asked for: a
+    truncated object, or a server that ignored the range request. Said as such, since the
+    checksum the wrong bytes then fail names the wrong cause."""
+
+    def __init__(self, what: str, received: int, expected: int,
+                 why: str = "a truncated object, or a server that ignored the range request"
+                 ) -> None:
+        self.received, self.expected = received, expected
+        super().__init__(None, f"{what} {received} bytes, expected {expected} ({why})")
+
+
 @dataclass(frozen=True)
 class ShardDecoder:
     """Reads rows out of shard objects written by `ShardEncoder` (or by zarr itself)."""
@@ -139,8 +151,10 @@ class ShardDecoder:
 
     def parse_index(self, tail: bytes) -> NDArray[np.uint64]:
         """(chunks_per_shard, 2) offsets and sizes from the object's last `index_nbytes`."""
+        if len(tail) != self.index_nbytes:
+            raise ReadLengthError("shard index read returned", len(tail), self.index_nbytes)
         body, crc = tail[:-4], tail[-4:]
-        if len(tail) != self.index_nbytes or crc32c_bytes(body) != crc:
+        if crc32c_bytes(body) != crc:
             raise ChunkError(None, "shard index failed its crc32c check")
         return np.frombuffer(body, dtype="<u8").reshape(self.chunks_per_shard, 2)
 

@@ -10,7 +10,6 @@ import torch
 
 from actstore import ActivationStore
 from actstore.generate.toy import (
-    BLOCK,
     HOOK,
     ToyConfig,
     coefficients,
@@ -20,6 +19,7 @@ from actstore.generate.toy import (
     sample,
 )
 from actstore.loader.ground_truth import load_ground_truth
+from actstore.loader.toy_law import BLOCK
 from actstore.shell.main import main
 
 
@@ -78,3 +78,40 @@ def test_bad_toy_settings_are_refused_before_anything_is_written(
     assert main(["toy", "--out", str(tmp_path / "stores"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "stores").exists()
+
+
+def test_a_hierarchy_fires_children_only_with_their_parents(tmp_path: Path) -> None:
+    from actstore.loader.ground_truth import load_truth
+
+    cfg = ToyConfig(out=str(tmp_path), d=16, features=30, hierarchy=2, active=4, rows=20000,
+                    decay=0.95)
+    store = make_toy_store(cfg)
+    truth = load_truth(store)
+    assert truth is not None
+    assert truth.law == cfg.law
+    parents = truth.parents
+    assert parents is not None
+    assert parents[:10].eq(-1).all()
+    assert parents[10:].tolist() == [p for p in range(10) for _ in range(2)]
+    codes = cfg.law.codes(0, 20000)
+    on = codes > 0
+    child_on, parent_on = on[:, 10:], on[:, parents[10:]]
+    assert not (child_on & ~parent_on).any()  # never without the parent
+    # each child with probability 1 / 2 when its parent fires: one child per occurrence
+    per_occurrence = float(child_on.sum()) / float(on[:, :10].sum())
+    assert per_occurrence == pytest.approx(1.0, abs=0.05)
+    assert float(on.sum(1).double().mean()) == pytest.approx(4, rel=0.05)
+    # the stored rows are those codes over the saved directions
+    rows = store.read_torch(HOOK, 0, 20000).float()
+    torch.testing.assert_close(rows, codes @ truth.features, rtol=1e-5, atol=1e-5)
+    plain = load_truth(make_toy_store(ToyConfig(out=str(tmp_path), d=16, features=30,
+                                                rows=1000)))
+    assert plain is not None
+    assert plain.parents is None  # no hierarchy: no parents
+
+
+def test_a_hierarchy_needs_whole_families(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="divisible by 3"):
+        ToyConfig(out=str(tmp_path), features=31, hierarchy=2)
+    with pytest.raises(ValueError, match="pick one"):
+        ToyConfig(out=str(tmp_path), features=30, hierarchy=2, correlation=0.5)

@@ -20,6 +20,7 @@ from actstore import (
 )
 from actstore.store import format as fmt
 from actstore.store.spec import StorageDtype
+from tests.faults import ignoring_ranges
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 DTYPES: tuple[StorageDtype, ...] = typing.get_args(StorageDtype)
@@ -99,6 +100,60 @@ def test_corrupt_shard_index_is_named(store_url: str) -> None:
     store.location.put(key, bytes(blob))
     with pytest.raises(CorruptChunkError, match=rf"{key}.*index failed its crc32c"):
         store.read(HOOKS[1], 3, 5)
+
+
+#: A shard index of the helpers' layout: (offset, size) as two uint64 per chunk of the shard
+#: (32 rows / 8 per chunk), then its crc32c (the zarr v3 sharding spec).
+INDEX_NBYTES = 16 * (32 // 8) + 4
+
+
+@pytest.mark.parametrize("store_url", ["memory", "local"], indirect=True)
+def test_a_truncated_object_is_named_truncated_not_corrupt(store_url: str) -> None:
+    store = new_store(store_url)
+    fill_store(store)
+    key = fmt.shard_key(fmt.activation_path(HOOKS[0]), 1)
+    blob = store.location.get(key)
+    store.location.put(key, blob[:10])  # shorter than its index
+    for rows in ((33, 35), (32, 64)):  # a few chunks (ranged reads), the whole shard
+        with pytest.raises(CorruptChunkError) as err:
+            ActivationStore.open(store_url).read(HOOKS[0], *rows)
+        assert str(err.value).endswith(
+            f"shard object {key} of {fmt.activation_path(HOOKS[0])}: shard index read returned "
+            f"10 bytes, expected {INDEX_NBYTES} (a truncated object, or a server that ignored "
+            "the range request)")
+    half = len(blob) // 2  # longer than the index, but its end is no index
+    store.location.put(key, blob[:half])
+    for rows in ((33, 35), (32, 64)):
+        with pytest.raises(CorruptChunkError) as err:
+            ActivationStore.open(store_url).read(HOOKS[0], *rows)
+        assert str(err.value).endswith(f"the object is {half} bytes, expected {len(blob)} (its "
+                                       "size when committed: truncated or overwritten since)")
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("store_url", ["memory"], indirect=True)
+@pytest.mark.parametrize("which", ["suffix", "other"])
+def test_a_server_that_ignores_range_requests_is_named(store_url: str, which: str) -> None:
+    """A server that answers a range request with the whole object: the read says it got the
+    wrong number of bytes, not that a checksum failed."""
+    store = new_store(store_url)
+    fill_store(store)
+    key = fmt.shard_key(fmt.activation_path(HOOKS[0]), 0)
+    blob = store.location.get(key)
+    size = len(blob)
+    offset, first_chunk = np.frombuffer(blob[-INDEX_NBYTES:-4], "<u8")[:2]  # chunk 0's
+    assert offset == 0
+    broken = ignoring_ranges(store, which)  # type: ignore[arg-type]
+    with pytest.raises(CorruptChunkError) as err:
+        broken.read(HOOKS[0], 3, 5)
+    what = (f"shard index read returned {size} bytes, expected {INDEX_NBYTES}"
+            if which == "suffix" else
+            f"chunk 0 read (bytes 0-{first_chunk}) returned {size} bytes, expected {first_chunk}")
+    assert str(err.value) == (f"{store_url}: shard object {key} of "
+                              f"{fmt.activation_path(HOOKS[0])}: {what} (a truncated object, "
+                              "or a server that ignored the range request)")
+    # whole reads are sound on that server
+    assert np.array_equal(broken.read(HOOKS[0], 0, 32), store.read(HOOKS[0], 0, 32))
 
 
 def test_swapped_shard_objects_are_refused_on_read(store_url: str) -> None:

@@ -4,8 +4,9 @@ the shape of zarr-python's `StoreTests`.
 `LocationTests` exercises every public operation against expectations of its own (the bytes put
 are the bytes got, a range is the slice of those bytes, a listing names what was put); each
 subclass runs it on one backend, through `tests/conftest.py`'s `store_url` (memory://, a
-local folder, S3 through s3fs against moto's server on 127.0.0.1), and adds what only that
-backend has. A new backend passes when a subclass of `LocationTests` for it does.
+local folder, S3 through s3fs against moto's server on 127.0.0.1, GCS through gcsfs against
+an emulator on 127.0.0.1), and adds what only that backend has. A new backend passes when a
+subclass of `LocationTests` for it does.
 """
 
 from __future__ import annotations
@@ -312,6 +313,21 @@ class TestS3Location(LocationTests):
     def test_preflight_refuses_a_missing_bucket_in_one_line(self, store_url: str) -> None:
         bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
         url = store_url.replace("s3://actstore-test/", f"s3://{bucket}/")
+        with pytest.raises(StoreAccessError) as err:
+            Location.from_url(url).preflight("--out")
+        assert str(err.value) == (f"bucket '{bucket}' of --out {url} does not exist (or these "
+                                  "credentials cannot see it); create it first")
+
+
+@pytest.mark.parametrize("store_url", ["gs"], indirect=True)
+class TestGcsLocation(LocationTests):
+    """GCS through gcsfs, against gcp-storage-emulator on 127.0.0.1 (exclusive creation by
+    ifGenerationMatch=0; tests/gcs.py adds it, and suffix ranges, where the emulator lacks
+    them)."""
+
+    def test_preflight_refuses_a_missing_bucket_in_one_line(self, store_url: str) -> None:
+        bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+        url = store_url.replace("gs://actstore-test/", f"gs://{bucket}/")
         with pytest.raises(StoreAccessError) as err:
             Location.from_url(url).preflight("--out")
         assert str(err.value) == (f"bucket '{bucket}' of --out {url} does not exist (or these "

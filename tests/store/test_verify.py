@@ -6,11 +6,14 @@ import pytest
 
 from actstore import (
     ActivationStore,
+    CorruptChunkError,
     RowIndex,
     verify,
     write_shard,
 )
+from actstore.loader.loader import Loader, LoaderConfig
 from actstore.store import format as fmt
+from tests.faults import ignoring_ranges
 from tests.helpers import HOOKS, fill_store, new_store
 
 
@@ -46,3 +49,28 @@ def test_verify_finds_duplicate_and_missing_rows(store_url: str) -> None:
     assert any("repeat a (context, position)" in p for p in problems), problems
     assert any("1 (context, position) pairs of the contexts table are missing" in p
                for p in problems), problems
+
+
+@pytest.mark.parametrize("store_url", ["memory"], indirect=True)
+@pytest.mark.parametrize("which", ["suffix", "other"])
+def test_verify_makes_the_loaders_ranged_reads(store_url: str, which: str) -> None:
+    """Through a server that ignores range requests (whole objects read fine), verify fails
+    as the loader would, naming the cause; a store that verifies, trains."""
+    store = new_store(store_url)
+    fill_store(store)
+    assert verify(store).ok
+    broken = ignoring_ranges(store, which)  # type: ignore[arg-type]
+    report = verify(broken)
+    # The last shard is one chunk (8 rows), read whole by the loader too: only 0-2 fail,
+    # each in both hooks and the row index (whose 96 rows are then not seen).
+    shards = [p for p in report.problems if p.startswith("shard ")]
+    assert sorted(p.split(":")[0] for p in shards) == [
+        f"shard {s}" for s in (0, 1, 2) for _ in range(3)], report.problems
+    for p in shards:
+        assert p.endswith("(a truncated object, or a server that ignored the range request)")
+    assert set(report.problems) - set(shards) == {
+        "96 (context, position) pairs of the contexts table are missing from the complete store"}
+    loader = Loader(LoaderConfig(hooks=(HOOKS[0],), batch_size=8), store=broken, rank=0,
+                    world_size=1)
+    with pytest.raises(CorruptChunkError, match=r"a server that ignored the range request"):
+        list(loader)

@@ -9,7 +9,9 @@ tensor-parallel ranks (`slices`, `gather`).
         sparse step (topk, batchtopk): kernels/ selects tile by tile, decodes the selection
       ──▶ Output: reconstruction, codes, loss terms (MSE, sparsity, AuxK)
     initialisation.py: decoder directions in seeded blocks, b_dec at the data's centre
-    slices.SlicedDictionary: the same passes on this tp rank's latents (parallel.ops)
+    clt.CrossLayerTranscoder (kind "clt"): an encoder per layer, decoders into every later
+        layer, the same steps layer by layer; clt_export.py: its files, circuit-tracer's CLT
+    slices.SlicedDictionary (SlicedCLT): the same passes on this tp rank's latents (parallel.ops)
       ──▶ gather.gathered: the whole dictionary on rank 0
       ──▶ export.py: save_dictionary / load_dictionary, export_saelens, export_sparsify,
                  export_circuit_tracer

@@ -1,5 +1,6 @@
-"""Sparse dictionaries: the seed paper's ReLU + L1 sparse coding, TopK (with AuxK), BatchTopK and
-JumpReLU, on one parameterisation (SAELens' names, so export is a rename):
+"""Sparse dictionaries: the seed paper's ReLU + L1 sparse coding, TopK (with AuxK), BatchTopK,
+Matryoshka BatchTopK (matryoshka.py: nested prefixes that each reconstruct) and JumpReLU, on one
+parameterisation (SAELens' names, so export is a rename):
 
     pre   = (x - b_dec) @ W_enc + b_enc         the pre-encoder bias b_dec is tied to the decoder's
     z     = activation(pre)                     relu | top-k | batch top-k | jump relu
@@ -20,13 +21,22 @@ before the optimiser step, `normalize_decoder()` after it (the seed paper's cons
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from trainer.dictionary import kernels
+from trainer.dictionary import kernels, matryoshka
+from trainer.dictionary.config import (
+    BATCH,
+    ENCODER_SEED,
+    SELECTED,
+    Arch,
+    DictionaryConfig,
+    Kernel,
+    Kind,
+    resolve_kernel,
+)
 from trainer.dictionary.initialisation import geometric_median, initial_decoder
 from trainer.dictionary.kernels.dense import (
     batch_topk_codes,
@@ -37,86 +47,9 @@ from trainer.dictionary.kernels.dense import (
 from trainer.dictionary.kernels.jumprelu import jump_relu, step
 from trainer.parallel import distributed
 
-__all__ = ["DictionaryConfig", "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
-
-Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
-Kind = Literal["sae", "transcoder"]
-Kernel = Literal["auto", "dense", "sparse"]
-#: Architectures whose codes are chosen by rank, so the sparse step applies (see kernels/).
-SELECTED = ("topk", "batchtopk")
-#: Mixed into a transcoder's seed for its encoder's initial directions (its decoder's are the
-#: seed's own, as an SAE's).
-ENCODER_SEED = 0x5DEECE66D
-
-
-def resolve_kernel(arch: Arch, kernel: Kernel) -> Literal["dense", "sparse"]:
-    """The step a dictionary trains with: sparse for topk/batchtopk unless asked otherwise.
-    ReLU and JumpReLU keep the dense step: which of their codes are non-zero is known only
-    after the full (batch, latents) pre-activations exist, so the encoder cannot skip them,
-    and their early-training codes are far from sparse (L0 in the hundreds or thousands)."""
-    if kernel == "sparse" and arch not in SELECTED:
-        raise ValueError(f"--kernel sparse applies to {' and '.join(SELECTED)}; --arch {arch} "
-                         "trains with the dense step")
-    if kernel == "auto":
-        return "sparse" if arch in SELECTED else "dense"
-    return kernel
-
-
-@dataclass(frozen=True)
-class DictionaryConfig:
-    """One dictionary's shape and sparsity settings."""
-
-    arch: Arch
-    """relu (L1 penalty), topk, batchtopk or jumprelu (L0 penalty)."""
-    d_model: int
-    """Width of the activations."""
-    latents: int
-    """Number of dictionary features."""
-    k: int | None = None
-    """Active latents per token (topk; batchtopk: on average)."""
-    l1: float = 0.0
-    """L1 coefficient on the codes (relu)."""
-    l0: float = 0.0
-    """L0 coefficient (jumprelu)."""
-    aux_k: int | None = None
-    """Dead latents used by AuxK (topk, batchtopk); default 2 * k, capped at the dead count."""
-    aux_coef: float = 1 / 32
-    """Weight of the AuxK loss."""
-    dead_after_tokens: int = 10_000_000
-    """A latent silent for this many tokens is dead (AuxK, and the dead-latent metric)."""
-    jump_bandwidth: float = 0.05
-    """Width of the straight-through estimator's kernel (jumprelu; was 0.001)."""
-    jump_init_threshold: float = 1.0
-    """Initial threshold of every latent (jumprelu; was 0.001: dense in short runs)."""
-    threshold_momentum: float = 0.01
-    """Update rate of batchtopk's inference threshold."""
-    kind: Kind = "sae"
-    """sae: reconstruct the input; transcoder: predict another hook's activations from it."""
-    d_out: int | None = None
-    """Width of a transcoder's target (default: d_model)."""
-    skip: bool = False
-    """A transcoder's learned linear skip from input to target (a skip transcoder)."""
-
-    def __post_init__(self) -> None:
-        if self.d_model < 1 or self.latents < 1 or (self.d_out is not None and self.d_out < 1):
-            raise ValueError("d_model, d_out and latents must be >= 1")
-        if self.kind == "sae" and (self.d_out is not None or self.skip):
-            raise ValueError("d_out and skip are a transcoder's (kind='transcoder')")
-        if self.arch in ("topk", "batchtopk") and (self.k is None
-                                                   or not 1 <= self.k <= self.latents):
-            raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "
-                                 f"got {self.k}")
-        if self.arch == "relu" and self.l1 < 0:
-            raise ValueError("l1 must be >= 0")
-        if self.arch == "jumprelu" and (self.l0 < 0 or self.jump_bandwidth <= 0):
-            raise ValueError("l0 must be >= 0 and jump_bandwidth > 0")
-
-
-    @property
-    def out_width(self) -> int:
-        """Width of what the dictionary reconstructs (the target's)."""
-        return self.d_out or self.d_model
-
+# the configuration's names are re-exported: the modules of the dictionary import them from here
+__all__ = ["BATCH", "ENCODER_SEED", "SELECTED", "Arch", "DictionaryConfig", "Kernel", "Kind",
+           "Output", "SparseDictionary", "geometric_median", "resolve_kernel"]
 
 class Output(NamedTuple):
     """A training forward pass."""
@@ -209,7 +142,7 @@ class SparseDictionary(nn.Module):
             return torch.relu(pre)
         if arch == "topk":
             return topk_codes(pre, self.cfg.k or 1)[0]
-        if arch == "batchtopk":
+        if arch in BATCH:
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         return jump_relu(pre, self.log_threshold.exp(), self.cfg.jump_bandwidth)
 
@@ -253,7 +186,7 @@ class SparseDictionary(nn.Module):
         pre = self.pre_acts(x)
         arch = self.cfg.arch
         fired = None  # per-latent counts: from the B·k selections when there are some
-        if arch == "batchtopk":
+        if arch in BATCH:
             z, fired = batch_topk_codes(pre, (self.cfg.k or 1) * x.shape[0])
             self._update_threshold(smallest_positive(z.flatten()))
         elif arch == "jumprelu":
@@ -274,6 +207,10 @@ class SparseDictionary(nn.Module):
             terms["l0_loss"] = self.cfg.l0 * self.over_slices(l0.sum(-1)).mean()
         else:
             terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(target, x_hat, pre)
+        if arch == "matryoshka":
+            terms["prefix_loss"] = matryoshka.prefix_loss(
+                z, self.W_dec, self.b_dec + self.skip_term(x), target, widths=self.cfg.widths,
+                start=self.start, over_slices=self.over_slices)
         self._track(fired, x.shape[0])
         loss = torch.stack(list(terms.values())).sum()
         return Output(x_hat, z, loss, {k: v.detach() for k, v in terms.items()}, fired)
@@ -327,11 +264,15 @@ class SparseDictionary(nn.Module):
             aux_err = self.over_slices(decoded[1]) - (target - x_hat).detach()
             terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
         sel, z = sels[0], codes[0]
+        if cfg.arch == "matryoshka":
+            terms["prefix_loss"] = matryoshka.sparse_prefix_loss(
+                sel, z, self.W_dec, self.b_dec + self.skip_term(x), target, widths=cfg.widths,
+                start=self.start, stop=self.stop, over_slices=self.over_slices)
         fired = selection_counts(sel.cols, z.detach() > 0, n)
-        if cfg.arch == "batchtopk":  # the minimum over all ranks is taken by the update
+        if cfg.arch in BATCH:  # the minimum over all ranks is taken by the update
             self._update_threshold(smallest_positive(z.detach()))
         self._track(fired, batch)
-        loss = terms["mse"] + terms["aux_loss"]
+        loss = torch.stack(list(terms.values())).sum()
         return Output(x_hat, kernels.to_sparse(sel, z, n), loss,
                       {name: v.detach() for name, v in terms.items()}, fired)
 

@@ -13,8 +13,8 @@ plus the mean when centering):
     W_enc' = s W_enc     W_dec' = W_dec / s     b_dec' = b_dec / s + mean     b_enc' = b_enc
 so (x - b_dec') W_enc' + b_enc' equals the pre-activations of x'. Architectures map as
 relu -> standard, topk -> topk (k), jumprelu -> jumprelu (threshold = exp(log_threshold)),
-batchtopk -> jumprelu with every threshold equal to the learned batch threshold (as SAELens
-saves its own BatchTopK SAEs).
+batchtopk and matryoshka -> jumprelu with every threshold equal to the learned batch threshold
+(as SAELens saves its own BatchTopK and Matryoshka BatchTopK SAEs).
 
 EleutherAI sparsify's format (`sparsify/`: cfg.json + sae.safetensors, loaded by
 `sparsify.SparseCoder.load_from_disk`), for TopK only (sparsify has no other activation that
@@ -64,7 +64,7 @@ from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 
 FORMAT = "actstore-dictionary"
 SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu",
-                "batchtopk": "jumprelu"}
+                "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -147,7 +147,7 @@ def export_saelens(path: str | Path, sae: SparseDictionary, norm: Normalizer,
     arch = sae.cfg.arch
     if arch == "jumprelu":
         weights["threshold"] = sae.log_threshold.exp()
-    elif arch == "batchtopk":
+    elif arch in ("batchtopk", "matryoshka"):
         weights["threshold"] = sae.threshold.expand(sae.cfg.latents)
     save_file(_contiguous(weights), out / "sae_weights.safetensors")
     _write_json(out / "cfg.json", saelens_config(sae.cfg, source))
@@ -239,7 +239,7 @@ def saelens_config(cfg: DictionaryConfig, source: dict[str, Any]) -> dict[str, A
 
 #: What circuit-tracer's loader (`load_relu_transcoder`) builds: F.relu, or JumpReLU given a
 #: threshold; batchtopk is a JumpReLU at its learned threshold.
-CIRCUIT_TRACER_ARCHS = ("relu", "jumprelu", "batchtopk")
+CIRCUIT_TRACER_ARCHS = ("relu", "jumprelu", "batchtopk", "matryoshka")
 
 
 def export_circuit_tracer(path: str | Path,
@@ -277,7 +277,7 @@ def export_circuit_tracer(path: str | Path,
             tensors["W_skip"] = w["W_skip"].T  # circuit-tracer adds x @ W_skip.T
         if tc.cfg.arch == "jumprelu":
             tensors["activation_function.threshold"] = tc.log_threshold.exp()
-        elif tc.cfg.arch == "batchtopk":
+        elif tc.cfg.arch in ("batchtopk", "matryoshka"):
             tensors["activation_function.threshold"] = tc.threshold.expand(tc.cfg.latents)
         save_file(_contiguous(tensors), out / f"layer_{i}.safetensors")
     config = {"model_kind": "transcoder_set", "feature_input_hook": feature_input_hook,

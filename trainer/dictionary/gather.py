@@ -7,10 +7,18 @@ import torch
 import torch.distributed as dist
 
 from trainer.dictionary.dictionaries import SparseDictionary
+from trainer.dictionary.slices import build
 
-#: The dimension along which each sliced tensor is split; the others are replicated.
+#: The dimension along which each sliced tensor is split; the others are replicated. A CLT's
+#: per-layer tensors (`W_encs.3`) split as the SAE's of the same name do.
 SHARDED_DIM = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "log_threshold": 0,
-               "tokens_since_fired": 0}
+               "tokens_since_fired": 0, "W_encs": 1, "W_decs": 0, "b_encs": 0,
+               "log_thresholds": 0}
+
+
+def sharded_dim(key: str) -> int | None:
+    """The latent dimension of the state-dict entry `key`, None when it is replicated."""
+    return SHARDED_DIM.get(key.split(".", maxsplit=1)[0])
 
 
 def gathered(member: SparseDictionary) -> SparseDictionary | None:
@@ -25,8 +33,8 @@ def gathered(member: SparseDictionary) -> SparseDictionary | None:
     dist.gather_object(local, parts, dst=dst, group=mesh.tp_group)
     if parts is None:
         return None
-    state = {k: torch.cat([p[k] for p in parts], SHARDED_DIM[k]) if k in SHARDED_DIM else v
+    state = {k: v if (dim := sharded_dim(k)) is None else torch.cat([p[k] for p in parts], dim)
              for k, v in local.items()}
-    whole = SparseDictionary(member.cfg, torch.Generator().manual_seed(0), member.kernel)
-    whole.to(state["W_dec"].dtype).load_state_dict(state)
+    whole = build(member.cfg, torch.Generator().manual_seed(0), member.kernel)
+    whole.to(state["b_dec"].dtype).load_state_dict(state)
     return whole

@@ -15,7 +15,8 @@ its own winners (`winners`); the partial reconstructions and penalties are summe
 (`over_slices`: `sum_over_slices`), and the input's gradient is summed back (`into_slices`:
 `copy_to_slices`), so every parameter gets exactly the unsliced gradient of its slice.
 Gradients are averaged over dp only (DDP over the dp group). Tested against the unsliced
-dictionary (tests/trainer/dictionary/test_slices.py).
+dictionary (tests/trainer/dictionary/test_slices.py). A cross-layer transcoder's slices
+(`SlicedCLT`) are the same latents of every layer, through the same three hooks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 
 import torch
 
+from trainer.dictionary.clt import CrossLayerTranscoder
 from trainer.dictionary.dictionaries import SELECTED, DictionaryConfig, Kernel, SparseDictionary
 from trainer.dictionary.kernels import Selection, from_sorted
 from trainer.parallel.mesh import Mesh
@@ -106,3 +108,19 @@ class SlicedDictionary(SparseDictionary):
         mine = (won >= 0) & (won % n >= self.start) & (won % n < self.stop)
         won, order = torch.sort(won[mine])
         return from_sorted(won // n, won % n - self.start, top.values[mine][order], batch)
+
+
+class SlicedCLT(SlicedDictionary, CrossLayerTranscoder):
+    """The latents `mesh.latent_slice(cfg.latents)` of every layer of the CLT `cfg`."""
+
+
+def build(cfg: DictionaryConfig, generator: torch.Generator | None, kernel: Kernel = "auto",
+          mesh: Mesh | None = None) -> SparseDictionary:
+    """The module for `cfg`: an SAE or transcoder, or a cross-layer transcoder; sliced over
+    the mesh's tp ranks when tp > 1."""
+    sliced = mesh is not None and mesh.tp > 1
+    if cfg.kind == "clt":
+        return (SlicedCLT(cfg, generator, kernel, mesh) if sliced and mesh is not None
+                else CrossLayerTranscoder(cfg, generator, kernel))
+    return (SlicedDictionary(cfg, generator, kernel, mesh) if sliced and mesh is not None
+            else SparseDictionary(cfg, generator, kernel))

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from actstore.loader import holdout
+from actstore.store.activation_store import ActivationStore
 from trainer.evaluation.ica import ICAResult
+from trainer.parallel import distributed
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,30 @@ def frontier(bases: Sequence[Basis], x: torch.Tensor, ks: Sequence[int],
     total = total_variance(x) if variance is None else variance
     return [{"method": b.name, "k": k, "l0": float(min(k, b.encoder.shape[1])),
              "fvu": e / max(total, 1e-30)} for (b, k), e in zip(pairs, errors, strict=True)]
+
+
+#: Ridge term of the least-squares fit, relative to the mean diagonal of XᵀX: numerical
+#: safety for collinear inputs, far below what changes the fit.
+RIDGE = 1e-6
+
+
+def fit_linear(store: ActivationStore, hooks: tuple[str, str], part: holdout.Partition,
+               rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (d_in, d_out) and b minimising ‖x W + b − y‖² over up to `rows` training rows
+    (normal equations in float64, summed over the ranks' blocks)."""
+    fit = holdout.Partition(part.train or part.held_out, ())
+    rank, world = distributed.rank(), distributed.world_size()
+    d_in, d_out = (store.layout.d_model[h] for h in hooks)
+    xtx = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
+    xty = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
+    for x, y in zip(holdout.training_sample(store, hooks[0], fit, rows, rank=rank, world=world),
+                    holdout.training_sample(store, hooks[1], fit, rows, rank=rank, world=world),
+                    strict=True):
+        x1 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        xtx += x1.T @ x1
+        xty += x1.T @ y.double()
+    xtx = distributed.all_reduce(xtx)
+    xty = distributed.all_reduce(xty)
+    ridge = RIDGE * float(xtx.diagonal().mean())
+    solution = torch.linalg.solve(xtx + ridge * torch.eye(d_in + 1, dtype=torch.float64), xty)
+    return solution[:-1].float(), solution[-1].float()

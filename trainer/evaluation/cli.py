@@ -55,5 +55,7 @@ def run_eval(args: dict[str, Any]) -> int:
     return 0
 
 
-COMMAND = Command("eval", add_eval_parser, run_eval, config=EvalConfig)
+#: An interrupted eval keeps nothing that looks like a report (`write_report`): it starts over.
+RESUME_HINT = "no report was written; rerun the same command"
+COMMAND = Command("eval", add_eval_parser, run_eval, RESUME_HINT, config=EvalConfig)
 """`actstore eval` (registered as an `actstore.commands` entry point)."""

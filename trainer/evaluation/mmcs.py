@@ -30,3 +30,25 @@ def recovered(truth: torch.Tensor, learned: torch.Tensor, threshold: float = 0.9
     t = torch.nn.functional.normalize(truth.double(), dim=1)
     part = torch.nn.functional.normalize(learned.double().cpu(), dim=1)
     return float(((t @ part.T).max(1).values > threshold).double().mean())
+
+
+def absorption(fired: torch.Tensor, active: torch.Tensor, learned: torch.Tensor,
+               truth: torch.Tensor, parents: torch.Tensor) -> dict[str, float]:
+    """Feature absorption on a hierarchical toy store (Chanin et al. 2024; the Matryoshka
+    papers): each ground-truth feature is matched to its closest learned direction; for each
+    parent, the fraction of its occurrences (rows where it is active) in which its latent
+    stays silent while the latent of one of its active children fires, pooled over parents.
+    `fired` (rows, n) and `active` (rows, G) are the same rows' learned and true activity;
+    `parents` (G,) each feature's parent (-1: a root). Also MMCS over the parents alone (the
+    general features absorption takes)."""
+    t = torch.nn.functional.normalize(truth.double(), dim=1)
+    match = (t @ torch.nn.functional.normalize(learned.double().cpu(), dim=1).T).argmax(1)
+    children = torch.nonzero(parents >= 0).flatten()
+    tops = torch.unique(parents[children])
+    kids = torch.stack([children[parents[children] == p] for p in tops])  # (P, C), equal C
+    on = active[:, tops]
+    silent = ~fired[:, match[tops]]
+    child_fires = (active[:, kids] & fired[:, match[kids]]).any(2)
+    occurrences = int(on.sum())
+    return {"absorption": float((on & silent & child_fires).sum()) / max(occurrences, 1),
+            "parent_occurrences": float(occurrences), "mmcs_parents": mmcs(truth[tops], learned)}

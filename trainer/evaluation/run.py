@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from actstore.loader import holdout
-from actstore.loader.ground_truth import load_ground_truth
+from actstore.loader.ground_truth import Truth, load_truth
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.export import load_with_target
@@ -33,7 +33,7 @@ from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.examples import TopActivations, TopCollector
 from trainer.evaluation.ica import fast_ica
 from trainer.evaluation.loss_recovered import splice_scores
-from trainer.evaluation.mmcs import mmcs, recovered
+from trainer.evaluation.mmcs import absorption, mmcs, recovered
 from trainer.parallel import distributed
 
 
@@ -177,7 +177,8 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
                                   variance, reduce=distributed.sum_over_ranks)
     frontier += [{"method": m.name, "k": m.sae.cfg.k or round(scores[m.name]["l0"]),
                   "l0": scores[m.name]["l0"], "fvu": scores[m.name]["fvu"]} for m in members]
-    truth = load_ground_truth(store)
+    full = load_truth(store)
+    truth = full.features if full is not None else None
     base_scores: dict[str, dict[str, float]] = {b.name: {} for b in bases}
     if truth is not None:
         for m in members:
@@ -185,6 +186,9 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
             scores[m.name] |= {"mmcs": mmcs(truth, w), "recovered_0.9": recovered(truth, w)}
         for b in bases:
             base_scores[b.name] = {"mmcs": mmcs(truth, b.decoder)}
+    if full is not None and full.parents is not None:
+        for m in members:  # a hierarchical toy: which parents its children absorb
+            scores[m.name] |= _absorption(m, held, full, device)
     spliced, why = splice_scores(cfg, store, part, members, bases, device=device, ks={
         m.name: m.sae.cfg.k or max(1, round(scores[m.name]["l0"])) for m in members})
     meta = {"run": str(cfg.run), "store": store.url, "store_key": store.key, "hook": hook,
@@ -193,6 +197,24 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
             "spliced": why, "settings": {k: v for k, v in vars(cfg).items()
                                          if k not in ("run", "out")}}
     return Evaluation(meta, frontier, scores, base_scores, mmcs_between(members), tops, spliced)
+
+
+def _absorption(member: Member, held: list[holdout.HeldOutRows], truth: Truth,
+                device: torch.device) -> dict[str, float]:
+    """`mmcs.absorption` on the held-out rows, their true codes regenerated from the law."""
+    law, parents = truth.law, truth.parents
+    assert law is not None
+    assert parents is not None
+    fired, active = [], []
+    for h in held:
+        _, codes = member.sae.to(device).infer(member.norm.apply(h.x.to(device)))
+        f = torch.zeros(len(h.x), member.sae.cfg.latents, dtype=torch.bool)
+        f[codes.rows.cpu(), codes.cols.cpu()] = True
+        fired.append(f)
+        lo = int(h.rows.min())
+        active.append(law.codes(lo, int(h.rows.max()) + 1)[h.rows - lo] > 0)
+    return absorption(torch.cat(fired), torch.cat(active), member.sae.W_dec.detach(),
+                      truth.features, parents)
 
 
 def mmcs_between(members: list[Member]) -> list[dict[str, Any]]:

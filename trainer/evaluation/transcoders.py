@@ -27,6 +27,8 @@ from actstore.model.capture import Capture, hook_module, load_model
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.evaluation import baselines
+from trainer.evaluation.baselines import fit_linear
+from trainer.evaluation.clt import evaluate_clts, is_clt_run
 from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.loss_recovered import splice_scores
 from trainer.evaluation.run import (
@@ -39,10 +41,6 @@ from trainer.evaluation.run import (
 )
 from trainer.parallel import distributed
 
-#: Ridge term of the least-squares fit, relative to the mean diagonal of XᵀX: numerical
-#: safety for collinear inputs, far below what changes the fit.
-RIDGE = 1e-6
-
 
 def paired(store: ActivationStore, hooks: tuple[str, str], part: holdout.Partition,
            rows: int) -> Iterator[tuple[holdout.HeldOutRows, torch.Tensor]]:
@@ -51,28 +49,6 @@ def paired(store: ActivationStore, hooks: tuple[str, str], part: holdout.Partiti
         lo, hi = int(h.rows.min()), int(h.rows.max()) + 1
         y = torch.from_numpy(store.read_float32(hooks[1], lo, hi))[h.rows - lo]
         yield h, y
-
-
-def fit_linear(store: ActivationStore, hooks: tuple[str, str], part: holdout.Partition,
-               rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """W (d_in, d_out) and b minimising ‖x W + b − y‖² over up to `rows` training rows
-    (normal equations in float64, summed over the ranks' blocks)."""
-    fit = holdout.Partition(part.train or part.held_out, ())
-    rank, world = distributed.rank(), distributed.world_size()
-    d_in, d_out = (store.layout.d_model[h] for h in hooks)
-    xtx = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
-    xty = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
-    for x, y in zip(holdout.training_sample(store, hooks[0], fit, rows, rank=rank, world=world),
-                    holdout.training_sample(store, hooks[1], fit, rows, rank=rank, world=world),
-                    strict=True):
-        x1 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-        xtx += x1.T @ x1
-        xty += x1.T @ y.double()
-    xtx = distributed.all_reduce(xtx)
-    xty = distributed.all_reduce(xty)
-    ridge = RIDGE * float(xtx.diagonal().mean())
-    solution = torch.linalg.solve(xtx + ridge * torch.eye(d_in + 1, dtype=torch.float64), xty)
-    return solution[:-1].float(), solution[-1].float()
 
 
 def projection_of(model: nn.Module, target_hook: str) -> str:
@@ -123,7 +99,9 @@ def neuron_frontier(store: ActivationStore, target: str, part: holdout.Partition
 
 def evaluate_run(cfg: EvalConfig) -> Evaluation:
     """`actstore eval`: a run of SAEs as `run.evaluate` scores it, a run of transcoders as
-    `evaluate_transcoders` does."""
+    `evaluate_transcoders` does, a run of cross-layer transcoders as `clt.evaluate_clts`."""
+    if is_clt_run(cfg.run):
+        return evaluate_clts(cfg)
     members = load_run(cfg.run)
     if members[0].sae.cfg.kind != "transcoder":
         return evaluate(cfg, members)

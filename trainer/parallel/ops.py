@@ -60,8 +60,8 @@ def gather(t: torch.Tensor, group: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def gather_uneven(t: torch.Tensor, group: Any) -> list[torch.Tensor]:
-    """Every slice's 1-D t, of possibly different lengths, in tp-rank order."""
+    """Every slice's t, of possibly different lengths along dim 0, in tp-rank order."""
     size = torch.tensor([len(t)], device=t.device)
     sizes = gather(size, group).flatten().tolist()
-    padded = torch.cat([t, t.new_zeros(max(sizes) - len(t))])
+    padded = torch.cat([t, t.new_zeros(max(sizes) - len(t), *t.shape[1:])])
     return [part[:n] for part, n in zip(gather(padded, group), sizes, strict=True)]

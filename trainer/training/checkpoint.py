@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from actstore.store.errors import interrupted
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.dictionary.gather import SHARDED_DIM
+from trainer.dictionary.gather import sharded_dim
 from trainer.parallel import distributed
 from trainer.parallel.mesh import Mesh
 from trainer.training.config import KNOB, TrainConfig
@@ -53,7 +55,8 @@ VERSION = 2
 BEFORE_JUMP_FLAGS = {"jump_init_threshold": 1e-3, "jump_bandwidth": 1e-3}
 #: Settings a resumed run may change: they do not alter the numbers.
 FREE_SETTINGS = {"resume", "overwrite", "progress", "plots", "read_threads", "eval_every",
-                 "eval_contexts", "kernel", "tp", "out"}  # out: a moved run folder resumes
+                 "eval_contexts", "kernel", "tp", "out", "log", "wandb_project", "wandb_entity",
+                 "wandb_name"}  # out: a moved run folder resumes
 
 
 def path(out: str | Path) -> Path:
@@ -115,8 +118,8 @@ def _as_saved(key: str, t: torch.Tensor, member: SparseDictionary, mesh: Mesh | 
               ) -> torch.Tensor:
     """A tensor as the checkpoint holds it: latent-major (W_enc transposed, a view), and a
     DTensor over the mesh when its latents are sharded."""
-    view = t.t() if key == "W_enc" else t
-    if mesh is None or mesh.tp == 1 or key not in SHARDED_DIM:
+    view = t.t() if key.split(".", maxsplit=1)[0] in ("W_enc", "W_encs") else t
+    if mesh is None or mesh.tp == 1 or sharded_dim(key) is None:
         return view
     shape = torch.Size((member.cfg.latents, *view.shape[1:]))
     stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous
@@ -168,20 +171,36 @@ def save(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh | None,
                      if isinstance(t, torch.Tensor))
         full = _free(target.parent) < needed
         shutil.rmtree(tmp, ignore_errors=True)
-        if full and not isinstance(e, KeyboardInterrupt | SystemExit):  # dcp's own error is
-            # a BaseException
+        if _interrupted(e):  # Ctrl-C inside DCP's writer comes back as DCP's own error
+            raise KeyboardInterrupt from e
+        if full and not isinstance(e, SystemExit):  # dcp's own error is a BaseException
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from e
         raise
-    distributed.barrier()
-    if distributed.rank() == 0:
-        previous = _previous(out)
-        if previous.exists():
-            shutil.rmtree(previous)
-        if target.exists():
-            os.replace(target, previous)
-        os.replace(tmp, target)
+    try:
+        distributed.barrier()
+        if distributed.rank() == 0:
+            _swap(tmp, out)
+        distributed.barrier()
+    finally:  # a swap cut short leaves no stray copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Ctrl-C, also as one rank's failure inside DCP's CheckpointException."""
+    failures = e.failures.values() if isinstance(e, CheckpointException) else ()
+    return interrupted(e) or any(interrupted(error) for error, _ in failures)
+
+
+def _swap(tmp: Path, out: str | Path) -> None:
+    """Put `tmp` in place of the last checkpoint, so that at every moment `found` returns a
+    complete one: `checkpoint/`, else `.checkpoint.previous/` (only ever removed while
+    `checkpoint/` is in place)."""
+    target, previous = path(out), _previous(out)
+    if target.exists():  # else a swap was cut short and previous is the last checkpoint
         shutil.rmtree(previous, ignore_errors=True)
-    distributed.barrier()
+        os.replace(target, previous)
+    os.replace(tmp, target)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _free(folder: Path) -> int:

@@ -16,22 +16,27 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
+from trainer.dictionary.matryoshka import check_widths
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
 #: values) and DictionaryConfig (one value).
-KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k"}
+KNOB: dict[str, str] = {"relu": "l1", "jumprelu": "l0", "topk": "k", "batchtopk": "k",
+                        "matryoshka": "k"}
 BiasInit = Literal["geometric_median", "mean", "zeros"]
 #: Each architecture's sparsity when its knob is not given: k = 32 (the quickstart's larger k)
-#: for topk and batchtopk, and the L1 and L0 coefficients whose L0 is of that order within
-#: the quickstart's run (benchmarks/defaults_sweep.py; the table in trainer/README.md).
+#: for the architectures that choose their codes by rank, and the L1 and L0 coefficients whose
+#: L0 is of that order within the quickstart's run (benchmarks/defaults_sweep.py; the table in
+#: trainer/README.md).
 DEFAULT_SPARSITY: dict[str, tuple[float, ...]] = {"relu": (2.0,), "jumprelu": (0.3,),
-                                                  "topk": (32,), "batchtopk": (32,)}
+                                                  "topk": (32,), "batchtopk": (32,),
+                                                  "matryoshka": (32,)}
 #: `default_lr`'s multiple per architecture (benchmarks/defaults_sweep.py): relu and jumprelu
 #: become sparse by moving biases and thresholds, which Adam moves about one learning rate a
 #: step, so at TopK's rate relu ends the quickstart's 64 steps dense or, sparse, with twice
 #: TopK's error, and jumprelu's thresholds barely leave their start; at 4x both are sparse.
-LR_SCALE: dict[str, float] = {"relu": 4.0, "jumprelu": 4.0, "topk": 1.0, "batchtopk": 1.0}
+LR_SCALE: dict[str, float] = {"relu": 4.0, "jumprelu": 4.0, "topk": 1.0, "batchtopk": 1.0,
+                              "matryoshka": 1.0}
 #: jumprelu's own settings (None: DictionaryConfig's defaults).
 JUMP = ("jump_init_threshold", "jump_bandwidth")
 #: --tokens' default is one pass over the training rows, capped here: ~2 minutes of a
@@ -88,10 +93,12 @@ class TrainConfig:
 
     store: str
     """URL of a complete store."""
-    hook: str
-    """Hook (module path) whose activations are fitted."""
+    hook: tuple[str, ...]
+    """Hook (module path) whose activations are fitted; a CLT's input hooks, one per layer in
+    layer order."""
     arch: Arch
-    """relu (the seed paper's L1 sparse coding), topk, batchtopk or jumprelu."""
+    """relu (the seed paper's L1 sparse coding), topk, batchtopk, jumprelu or matryoshka
+    (Matryoshka BatchTopK: nested prefixes of the latents each reconstruct)."""
     latents: tuple[int, ...]
     """Dictionary sizes (several: a sweep)."""
     out: str
@@ -102,7 +109,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Global batch in rows, split evenly across ranks."""
     k: tuple[int, ...] = ()
-    """Active latents per token (topk, batchtopk; default: 32)."""
+    """Active latents per token (topk, batchtopk, matryoshka; default: 32)."""
     l1: tuple[float, ...] = ()
     """L1 coefficients (relu; default: 2, from benchmarks/defaults_sweep.py)."""
     l0: tuple[float, ...] = ()
@@ -177,14 +184,35 @@ class TrainConfig:
     """PNG plots of the curves and latent densities at the end."""
     kind: Kind = "sae"
     """sae: reconstruct --hook; transcoder: predict --target-hook from --hook (e.g. an MLP's
-    input and output)."""
-    target_hook: str | None = None
-    """The hook a transcoder predicts, which the store must hold beside --hook (default: none,
-    as an SAE predicts its own input)."""
+    input and output); clt: a cross-layer transcoder, layer l's latents reading the l-th
+    --hook and writing into the l-th --target-hook and every later one."""
+    target_hook: tuple[str, ...] = ()
+    """The hook a transcoder predicts (a CLT's: one per --hook, same order), which the store
+    must hold beside --hook (default: none, as an SAE predicts its own input)."""
     skip: bool = False
     """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
+    widths: tuple[int, ...] = ()
+    """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
+    last (default: doubling, latents/16, /8, /4, /2 and all)."""
+    log: tuple[str, ...] = ()
+    """Experiment trackers beside metrics.jsonl: tensorboard, wandb (several, or a comma
+    list; default: none)."""
+    wandb_project: str | None = None
+    """W&B project (default: $WANDB_PROJECT, else actstore)."""
+    wandb_entity: str | None = None
+    """W&B entity (default: $WANDB_ENTITY, else your default entity)."""
+    wandb_name: str | None = None
+    """W&B run name (default: the --out folder's name)."""
 
     def __post_init__(self) -> None:
+        for name in ("hook", "target_hook"):  # one hook as a string (files, older runs)
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str)
+                               else tuple(value or ()))
+        # --log wandb,tensorboard or --log wandb tensorboard
+        logs = (self.log,) if isinstance(self.log, str) else self.log
+        object.__setattr__(self, "log", tuple(n.strip() for v in logs for n in v.split(",")
+                                              if n.strip()))
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
@@ -220,11 +248,7 @@ class TrainConfig:
             raise ValueError(f"--kernel must be one of {get_args(Kernel)}")
         if self.kind not in get_args(Kind):
             raise ValueError(f"--kind must be one of {get_args(Kind)}")
-        if self.kind == "transcoder" and not self.target_hook:
-            raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
-        if self.kind == "sae" and (self.target_hook or self.skip):
-            raise ValueError("--target-hook and --skip are a transcoder's: add --kind "
-                             "transcoder")
+        self._check_hooks()
         resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
 
     def _check_sparsity(self) -> None:
@@ -241,13 +265,47 @@ class TrainConfig:
         for n, k in itertools.product(self.latents, self.sparsity if name == "k" else ()):
             if not 1 <= k <= n:
                 raise ValueError(f"--k {k}{default} must be in [1, latents={n}]")
+        if self.widths and self.arch != "matryoshka":
+            raise ValueError("--widths are Matryoshka's: add --arch matryoshka")
+        for n in self.latents if self.widths else ():
+            check_widths(self.widths, n)
+
+    def _check_hooks(self) -> None:
+        if not self.hook or not all(self.hook) or not all(self.target_hook):
+            raise ValueError("--hook needs a hook name")
+        if self.kind == "sae" and (self.target_hook or self.skip):
+            raise ValueError("--target-hook and --skip are a transcoder's: add --kind "
+                             "transcoder")
+        if self.kind == "sae" and len(self.hook) > 1:
+            raise ValueError(f"an SAE reads one --hook, got {len(self.hook)}; train one run "
+                             "per hook, or --kind clt for a cross-layer transcoder")
+        if self.kind == "transcoder" and not self.target_hook:
+            raise ValueError("--kind transcoder needs --target-hook (the hook it predicts)")
+        if self.kind == "transcoder" and (len(self.hook), len(self.target_hook)) != (1, 1):
+            raise ValueError("--kind transcoder reads one --hook and predicts one "
+                             f"--target-hook, got {len(self.hook)} and {len(self.target_hook)}")
+        if self.kind == "clt":
+            if len(self.hook) < 2 or len(self.hook) != len(self.target_hook):
+                raise ValueError("--kind clt needs a --hook per layer (at least 2) and as many "
+                                 f"--target-hook, in layer order; got {len(self.hook)} and "
+                                 f"{len(self.target_hook)}")
+            if self.skip:
+                raise ValueError("--skip applies to --kind transcoder, not to a CLT")
+        if len(set(self.hooks)) != len(self.hook) + len(self.target_hook):
+            raise ValueError(f"each hook may appear once in --hook and --target-hook, got "
+                             f"{list(self.hook) + list(self.target_hook)}")
 
     def dictionaries(self, d_model: int, d_out: int | None = None) -> list[DictionaryConfig]:
-        """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's
-        target width)."""
+        """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's or a
+        CLT's target width)."""
         key = KNOB[self.arch]
-        shape: dict[str, Any] = ({"kind": "transcoder", "d_out": d_out, "skip": self.skip}
-                                 if self.kind == "transcoder" else {})
+        shape: dict[str, Any] = (
+            {"kind": "transcoder", "d_out": d_out, "skip": self.skip}
+            if self.kind == "transcoder" else
+            {"kind": "clt", "d_out": d_out, "layers": len(self.hook)} if self.kind == "clt"
+            else {})
+        if self.widths:
+            shape["widths"] = self.widths
         # jumprelu's settings as given (None: DictionaryConfig's defaults, which are ours)
         jump: dict[str, Any] = {name: getattr(self, name) for name in JUMP
                                 if getattr(self, name) is not None}
@@ -288,8 +346,13 @@ class TrainConfig:
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        """The hooks a run reads: --hook, and a transcoder's --target-hook."""
-        return (self.hook,) if self.target_hook is None else (self.hook, self.target_hook)
+        """The hooks a run reads: --hook, and a transcoder's or CLT's --target-hook."""
+        return self.hook + self.target_hook
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The hooks the dictionaries reconstruct: --target-hook, an SAE's own --hook."""
+        return self.target_hook or self.hook
 
     @property
     def run_tokens(self) -> int:
@@ -344,7 +407,10 @@ class TrainConfig:
         if missing:
             raise ValueError(f"missing train settings {missing}")
         tuples = {k: tuple(v) if isinstance(v, list | tuple) else (v,)
-                  for k, v in d.items() if k in ("latents", "k", "l1", "l0")}
+                  for k, v in d.items()
+                  if k in ("latents", "k", "l1", "l0", "hook", "widths", "log")}
+        if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
+            tuples["target_hook"] = ()
         return cls(**{**d, **tuples})
 
     @classmethod

@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.dictionary.dictionaries import DictionaryConfig, Kernel, Output, SparseDictionary
-from trainer.dictionary.slices import SlicedDictionary
+from trainer.dictionary.slices import build
 from trainer.parallel.mesh import Mesh
 
 OptimizerFactory = Callable[[SparseDictionary], torch.optim.Optimizer]
@@ -63,11 +63,8 @@ class Ensemble:
         if len(widths) != 1:
             raise ValueError(f"members must share d_model, got {sorted(widths)}")
         self.mesh = mesh
-        self.members = [
-            SlicedDictionary(c, torch.Generator().manual_seed(seed + i), kernel, mesh)
-            if mesh is not None and mesh.tp > 1
-            else SparseDictionary(c, torch.Generator().manual_seed(seed + i), kernel)
-            for i, c in enumerate(configs)]
+        self.members = [build(c, torch.Generator().manual_seed(seed + i), kernel, mesh)
+                        for i, c in enumerate(configs)]
         self.make_optimizer, self.schedule = make_optimizer, schedule
         self.grad_clip = grad_clip
         self._forwards: list[Callable[..., Output]] = list(self.members)

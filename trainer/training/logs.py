@@ -5,7 +5,8 @@
     {"step": 50, "eval": {"topk-n3072-k32": {"ce_clean": ..., "loss_recovered": ...}}}
 
 On resume, lines past the checkpoint's step (written by the interrupted run after its last
-checkpoint) are dropped, so the file reads as one uninterrupted run.
+checkpoint) are dropped, so the file reads as one uninterrupted run. Every line also goes to the
+run's experiment trackers (`trackers.py`: TensorBoard, W&B), when it has any.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actstore.store.location import Location
+from trainer.training.trackers import Tracker, flatten
 
 FILE = "metrics.jsonl"
 
@@ -33,6 +35,7 @@ class MetricsLog:
         self.path, self.names, self.enabled = out / FILE, list(names), enabled
         self._file: TextIO | None = None
         self._start = time.perf_counter()
+        self.trackers: list[Tracker] = []
 
     def open(self, resume_at: int) -> None:
         if not self.enabled:
@@ -56,11 +59,29 @@ class MetricsLog:
         self._emit({"step": step, "tokens": tokens, "lr": lr,
                     "time": round(time.perf_counter() - self._start, 3),
                     "dictionaries": dict(zip(self.names, metrics, strict=True))})
+        values = {"lr": lr, "tokens": float(tokens)}
+        for name, m in zip(self.names, metrics, strict=True):
+            values |= flatten(name, m)
+        for t in self.trackers:
+            t.scalars(step, values)
 
     def write_eval(self, step: int, results: Sequence[dict[str, float]]) -> None:
         self._emit({"step": step, "eval": dict(zip(self.names, results, strict=True))})
+        values: dict[str, float] = {}
+        for name, r in zip(self.names, results, strict=True):
+            values |= flatten(f"{name}/eval", r)
+        for t in self.trackers:
+            t.scalars(step, values)
+
+    def images(self, step: int, paths: Sequence[Path]) -> None:
+        """The end-of-run plots, to the trackers."""
+        for t in self.trackers:
+            t.images(step, paths)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        for t in self.trackers:
+            t.close()
+        self.trackers = []

@@ -13,6 +13,9 @@
                    sparse   one tile of TILE_COPIES · BLOCK_ELEMENTS floats, the (batch, k)
                             selections, one more (latents/tp, d) buffer in the backward
                             (measured, not yet traced), and the batch a few times
+    a CLT        over L layers: L encoders, and L(L+1)/2 decoders of (latents/tp, d_out) (layer
+                 l's latents write into layers l … L-1), so its decoder grows as L²/2; the
+                 step holds every layer's codes and partial decodes at once for the backward
 
 The constants are fitted to peaks measured by `benchmarks/large_dictionary.py` (CPU: the
 step's resident-set high-water mark in a subprocess; CUDA: max_memory_allocated), which
@@ -84,26 +87,37 @@ def gib(n: float) -> str:
 def dictionary_memory(*, d: int, latents: int, k: int, batch: int,
                       arch: str = "topk", kernel: Literal["dense", "sparse"] = "sparse",
                       dp: int = 1, tp: int = 1, auxk: bool = True, d_out: int | None = None,
-                      skip: bool = False) -> MemoryPlan:
+                      skip: bool = False, layers: int = 1) -> MemoryPlan:
     """Bytes on each device for one dictionary: `batch` is the global batch (split over dp),
-    `latents` the whole dictionary (split over tp); a transcoder's target is `d_out` wide
-    (default d) and a skip transcoder holds a (d, d_out) skip on every rank."""
+    `latents` the whole dictionary (split over tp; a CLT's: per layer); a transcoder's target
+    is `d_out` wide (default d), a skip transcoder holds a (d, d_out) skip on every rank, and
+    a CLT over `layers` layers holds L encoders and L(L+1)/2 decoders."""
     local_n = -(-latents // tp)
     rows = batch // dp
     out = d_out or d
-    params = F32 * (local_n * (d + out + 1 + (arch == "jumprelu")) + out + skip * d * out)
-    auxk = auxk and arch in ("topk", "batchtopk")
+    decoders = decoder_count(layers)
+    params = F32 * (layers * local_n * (d + 1 + (arch == "jumprelu")) + decoders * local_n * out
+                    + layers * out + skip * d * out)
+    auxk = auxk and arch in ("topk", "batchtopk", "matryoshka")
     if kernel == "dense":
-        step = int(DENSE_TENSORS[auxk] * rows * local_n * F32)
+        step = int(DENSE_TENSORS[auxk] * rows * local_n * F32) * layers
     else:
         width = max(1, selection.BLOCK_ELEMENTS // max(1, rows))
         tile = rows * min(local_n, width) * F32
-        picked = rows * k * (3 if auxk else 1) * PER_SELECTED  # AuxK: 2k more per row
-        step = int(TILE_COPIES * tile) + picked + local_n * out * F32
+        picked = rows * k * (3 if auxk else 1) * PER_SELECTED * layers  # AuxK: 2k more per row
+        step = int(TILE_COPIES * tile) + picked + local_n * out * layers * F32
+    # a CLT's partial decodes (every layer's, into its own and the later targets)
+    step += (rows * out * decoders * F32) if layers > 1 else 0
     # the batch and its centred copy; the target, its reconstruction and their gradient
-    step += 2 * rows * d * F32 + (2 if d_out is None else 3) * rows * out * F32
+    step += layers * (2 * rows * d * F32 + (2 if d_out is None else 3) * rows * out * F32)
     return MemoryPlan(parameters=params, gradients=params, optimizer=2 * params,
-                      ddp=params if dp > 1 else 0, counters=3 * local_n * I64, step=step)
+                      ddp=params if dp > 1 else 0, counters=3 * local_n * layers * I64,
+                      step=step)
+
+
+def decoder_count(layers: int) -> int:
+    """Decoders of a CLT over `layers` layers (one per pair l <= j): L(L+1)/2."""
+    return layers * (layers + 1) // 2
 
 
 def run_memory(cfg: TrainConfig, d_model: int, dp: int = 1, tp: int | None = None,
@@ -113,7 +127,8 @@ def run_memory(cfg: TrainConfig, d_model: int, dp: int = 1, tp: int | None = Non
     plans = [dictionary_memory(d=d_model, latents=m.latents, k=m.k or 0,
                                batch=batch or cfg.batch_size, arch=m.arch,
                                kernel=resolve_kernel(m.arch, cfg.kernel), dp=dp,
-                               tp=tp or cfg.tp, d_out=m.d_out, skip=m.skip)
+                               tp=tp or cfg.tp, d_out=m.d_out, skip=m.skip,
+                               layers=m.layers)
              for m in cfg.dictionaries(d_model, d_out)]
     return functools.reduce(operator.add, plans)
 
@@ -121,10 +136,10 @@ def run_memory(cfg: TrainConfig, d_model: int, dp: int = 1, tp: int | None = Non
 def loader_bytes(cfg: TrainConfig, d_model: int, itemsize: int, dp: int = 1,
                  d_out: int | None = None) -> int:
     """Host memory of one rank's loader: the window being served and the next one, decoded
-    into the store's dtype (a transcoder's: both hooks)."""
+    into the store's dtype (a transcoder's: both hooks; a CLT's: all of them)."""
     per_rank = cfg.batch_size // dp
     window = max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank)
-    return 2 * window * (d_model + (d_out or 0)) * itemsize
+    return 2 * window * len(cfg.hook) * (d_model + (d_out or 0)) * itemsize
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -147,6 +162,11 @@ def describe(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
     lines = [f"memory per device ({device.type}, dp={dp}, tp={cfg.tp}, batch {cfg.batch_size}, "
              f"{len(cfg.dictionaries(d_model, d_out))} dictionaries):", need.table(),
              f"  host: the loader's two shuffle windows, {gib(host)}"]
+    if cfg.kind == "clt":
+        layers = len(cfg.hook)
+        lines.insert(1, f"  a CLT over {layers} layers: {layers} encoders and "
+                        f"{decoder_count(layers)} decoders (one per layer pair l <= j; the "
+                        "decoders grow as L²/2)")
     free = available_bytes(device)
     lines.append(f"free on {device.type}: " + (gib(free) if free is not None
                                                  else "unknown on this machine"))

@@ -36,8 +36,8 @@ class Meter:
         self.tp_group = mesh.tp_group if mesh is not None and mesh.tp > 1 else None
         self.sums = torch.zeros(len(members), len(_SUMS), dtype=torch.float64, device=device)
         self.terms: list[dict[str, torch.Tensor]] = [{} for _ in members]
-        self.fired = [torch.zeros(m.local_latents, dtype=torch.long, device=device)
-                      for m in members]
+        # (latents,), a CLT's (latents, layers): as the member's own counters
+        self.fired = [torch.zeros_like(m.tokens_since_fired, device=device) for m in members]
         self.interval_fired = [torch.zeros_like(f) for f in self.fired]
         self.tokens_total = 0
         self.interval_tokens = 0  # this rank's; put into the sums only when they are reduced

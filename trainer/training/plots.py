@@ -38,7 +38,8 @@ def plot_run(out: Path, names: Sequence[str], densities: Sequence[torch.Tensor])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, dens in zip(names, densities, strict=True):
         # log10 firing frequency; latents that never fired are drawn at -10
-        ax.hist(torch.log10(dens.clamp_min(1e-10)).numpy(), bins=50, alpha=0.5, label=name)
+        ax.hist(torch.log10(dens.clamp_min(1e-10)).flatten().numpy(), bins=50, alpha=0.5,
+                label=name)  # a CLT's (latents, layers) as one histogram
     ax.set_xlabel("log10 fraction of tokens a latent fires on")
     ax.set_ylabel("latents")
     ax.legend(fontsize=7)

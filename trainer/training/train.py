@@ -31,15 +31,22 @@ from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import StoreError
 from actstore.store.format import storage_numpy_dtype
 from actstore.store.lock import JobLock
+from trainer.dictionary.clt import CrossLayerTranscoder
+from trainer.dictionary.clt_export import export_circuit_tracer_clt, save_clt
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.dictionary.export import export_saelens, export_sparsify, save_dictionary
+from trainer.dictionary.export import (
+    CIRCUIT_TRACER_ARCHS,
+    export_saelens,
+    export_sparsify,
+    save_dictionary,
+)
 from trainer.dictionary.gather import gathered
 from trainer.evaluation.mmcs import mmcs, recovered
 from trainer.evaluation.splicer import Splicer
 from trainer.parallel import distributed
 from trainer.parallel.distributed import World
 from trainer.parallel.mesh import data_parallel, make_mesh
-from trainer.training import checkpoint, run_dir
+from trainer.training import checkpoint, run_dir, trackers
 from trainer.training import memory as plan
 from trainer.training.config import TrainConfig
 from trainer.training.ensemble import Ensemble, adam, warmup_decay
@@ -76,10 +83,15 @@ def member_name(cfg: DictionaryConfig) -> str:
 def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> None:
     """Checks that need the store and the world size, before any work."""
     dp = data_parallel(world.size, cfg.tp)
-    for flag, hook in (("--hook", cfg.hook), ("--target-hook", cfg.target_hook)):
-        if hook is not None and hook not in store.layout.d_model:
-            raise ValueError(f"{flag} {hook!r} is not in store {store.url}; it has "
-                             f"{list(store.hooks)}")
+    for flag, hooks in (("--hook", cfg.hook), ("--target-hook", cfg.target_hook)):
+        for hook in hooks:
+            if hook not in store.layout.d_model:
+                raise ValueError(f"{flag} {hook!r} is not in store {store.url}; it has "
+                                 f"{list(store.hooks)}")
+        widths = {store.layout.d_model[h] for h in hooks}
+        if len(widths) > 1:
+            raise ValueError(f"a CLT's {flag} hooks must share one width, got "
+                             f"{ {h: store.layout.d_model[h] for h in hooks} }")
     store.require_complete()
     if cfg.batch_size % dp:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over "
@@ -87,6 +99,12 @@ def check_against(cfg: TrainConfig, store: ActivationStore, world: World) -> Non
     if store.num_rows // dp < cfg.batch_size // dp:
         raise ValueError(f"store {store.url} has {store.num_rows} rows: fewer than one batch "
                          f"of {cfg.batch_size // dp} per data-parallel rank")
+
+
+def widths(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int | None]:
+    """The width of the inputs and of the targets (None: an SAE's, its input's)."""
+    d_model = store.layout.d_model[cfg.hook[0]]
+    return d_model, store.layout.d_model[cfg.target_hook[0]] if cfg.target_hook else None
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -109,8 +127,7 @@ class _Run:
         # the run, and its checkpoint, use every default resolved (--tokens needs the store)
         cfg, rows = resolve(given, self.store)
         self.cfg, self.summary = cfg, summary(given, cfg, rows)
-        d_model = self.store.layout.d_model[cfg.hook]
-        d_out = self.store.layout.d_model[cfg.target_hook] if cfg.target_hook else None
+        d_model, d_out = widths(cfg, self.store)
         self.members = cfg.dictionaries(d_model, d_out)
         self.mesh = make_mesh(world, cfg.tp)
         problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
@@ -127,10 +144,12 @@ class _Run:
             normalize=cfg.normalize,
             shards=self.part.train_shards), store=self.store, rank=self.mesh.dp_rank,
             world_size=self.mesh.dp)
-        self.norm = self.loader.normalizer(cfg.hook)  # the store's statistics, read once
-        # what the dictionaries reconstruct: a transcoder's target, an SAE's own input
-        self.target = cfg.target_hook or cfg.hook
-        self.target_norm = self.loader.normalizer(self.target)
+        # each hook's statistics, read once; what the dictionaries reconstruct: a
+        # transcoder's or CLT's targets, an SAE's own input
+        self.norms = [self.loader.normalizer(h) for h in cfg.hook]
+        self.target_norms = [self.loader.normalizer(h) for h in cfg.targets]
+        self.norm, self.target_norm = self.norms[0], self.target_norms[0]
+        trackers.require(cfg.log)  # a missing library stops every rank before any work
         self.ensemble = Ensemble(self.members, adam(cfg.lr_of), seed=cfg.seed,
                                  grad_clip=cfg.grad_clip,
                                  schedule=warmup_decay(self.steps, cfg.warmup,
@@ -153,10 +172,14 @@ class _Run:
         if self.mesh.dp_rank == 0:
             try:
                 first = holdout.first_held_out_context(self.store, self.part)
-                source = (self.cfg.hook, self.norm) if self.cfg.target_hook else None
-                splicer = Splicer(self.store, self.target, self.target_norm,
-                                  self.cfg.eval_contexts, self.world.device,
-                                  first_context=first, source=source)
+                cfg = self.cfg
+                sources = list(zip(cfg.hook, self.norms, strict=True))
+                # a CLT's later layers are replaced at once (its replacement model)
+                later = [(t, tn, src) for t, tn, src in zip(
+                    cfg.targets, self.target_norms, sources, strict=True)][1:]
+                splicer = Splicer(self.store, cfg.targets[0], self.target_norm,
+                                  cfg.eval_contexts, self.world.device, first_context=first,
+                                  source=sources[0] if cfg.target_hook else None, layers=later)
             except Exception as e:  # reported on every rank below
                 error = f"{type(e).__name__}: {e}"
         error = next((e for e in distributed.gather_objects(error) if e), None)
@@ -177,6 +200,11 @@ class _Run:
                 self._init_bias()
             first = self.step
             self.log.open(resume_at=self.step)
+            if self.world.is_main and self.cfg.log:
+                self.log.trackers = trackers.open_trackers(
+                    self.cfg.log, Path(self.cfg.out), self._tracker_config(), self.step,
+                    wandb_project=self.cfg.wandb_project, wandb_entity=self.cfg.wandb_entity,
+                    wandb_name=self.cfg.wandb_name)
             try:
                 if self.world.distributed:
                     self.ensemble.distribute(self.world.device)
@@ -213,10 +241,15 @@ class _Run:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """(input, a transcoder's target or None) batches, epoch after epoch."""
+        cfg = self.cfg
         while True:  # epochs, from the loader's current position
             for batch in self.loader:
-                target = self.cfg.target_hook
-                yield batch.x[self.cfg.hook], batch.x[target] if target else None
+                if cfg.kind == "clt":  # (B, L, d): layer by layer
+                    yield (torch.stack([batch.x[h] for h in cfg.hook], 1),
+                           torch.stack([batch.x[h] for h in cfg.target_hook], 1))
+                else:
+                    yield (batch.x[cfg.hook[0]],
+                           batch.x[cfg.target_hook[0]] if cfg.target_hook else None)
 
     def _loop(self) -> list[dict[str, float]]:
         cfg = self.cfg
@@ -262,9 +295,13 @@ class _Run:
             return
         n, spots = self.store.layout.shard_rows_range(self.part.train[-1])[1], 16
         each = max(1, min(self.cfg.init_rows, n) // spots)
-        parts = [self.store.read_torch(self.target, a, min(a + each, n))
-                 for a in sorted({i * n // spots for i in range(spots)})]
-        sample = self.target_norm.apply(torch.cat(parts).float()).to(self.world.device)
+        starts = sorted({i * n // spots for i in range(spots)})
+        samples = [norm.apply(torch.cat([self.store.read_torch(hook, a, min(a + each, n))
+                                         for a in starts]).float())
+                   for hook, norm in zip(self.cfg.targets, self.target_norms, strict=True)]
+        # a CLT's targets side by side, (rows, L, d_out)
+        sample = (torch.stack(samples, 1) if self.cfg.kind == "clt" else samples[0]
+                  ).to(self.world.device)
         for m in self.ensemble.members:
             m.init_bias(sample, self.cfg.bias_init)
 
@@ -317,7 +354,7 @@ class _Run:
                 self._save_dictionary(d, member, source)
                 torch.save(dens, d / "latent_density.pt")
             if self.cfg.plots:
-                plot_run(Path(self.cfg.out), self.names, densities)
+                self.log.images(self.step, plot_run(Path(self.cfg.out), self.names, densities))
             run_dir.mark_finished(self.cfg.out)
         distributed.barrier()
         return dirs, final
@@ -325,6 +362,13 @@ class _Run:
     def _save_dictionary(self, d: Path, member: SparseDictionary, source: dict[str, Any]
                          ) -> None:
         """Ours, and each peer's format that can hold this dictionary."""
+        cfg = member.cfg
+        if isinstance(member, CrossLayerTranscoder):
+            save_clt(d, member, self.norms, self.target_norms, source)
+            if cfg.arch in CIRCUIT_TRACER_ARCHS and cfg.out_width == cfg.d_model:
+                export_circuit_tracer_clt(d / "circuit_tracer", member, self.norms,
+                                          self.target_norms, model_name=source["model"])
+            return
         target = self.target_norm if member.cfg.kind == "transcoder" else None
         save_dictionary(d, member, self.norm, source, target)
         if not (member.cfg.kind == "transcoder" and member.cfg.arch == "topk"):
@@ -332,11 +376,20 @@ class _Run:
         if member.cfg.arch == "topk" and member.cfg.out_width == member.cfg.d_model:
             export_sparsify(d / "sparsify", member, self.norm, target)
 
+    def _tracker_config(self) -> dict[str, Any]:
+        """The run's settings and the store it reads, as a tracker's run config."""
+        return {"train": self.cfg.to_dict(), "store": {
+            "url": self.store.url, "key": self.store.key,
+            **dataclasses.asdict(self.store.spec)}}
+
     def _source(self) -> dict[str, Any]:
-        spec = self.store.spec
-        target = {"target_hook": self.cfg.target_hook} if self.cfg.target_hook else {}
-        return {"store": self.store.url, "store_key": self.store.key, "hook": self.cfg.hook,
-                **target,
+        spec, cfg = self.store.spec, self.cfg
+        # one hook by name (as runs before CLTs wrote it), a CLT's as lists in layer order
+        hooks: dict[str, Any] = ({"hook": list(cfg.hook), "target_hook": list(cfg.target_hook)}
+                                 if cfg.kind == "clt" else {"hook": cfg.hook[0]})
+        if cfg.kind == "transcoder":
+            hooks["target_hook"] = cfg.target_hook[0]
+        return {"store": self.store.url, "store_key": self.store.key, **hooks,
                 "model": spec.model, "model_revision": spec.model_revision,
                 "dataset": spec.dataset, "context_length": spec.context_length,
                 "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,

@@ -23,14 +23,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 from fsspec.core import OpenFile
 from fsspec.implementations.local import LocalFileSystem
 
 from actstore.generate.fingerprint import digest, file_digests
 from actstore.store.errors import StoreError
-from actstore.store.location import access_errors
+from actstore.store.location import access_errors, url_to_fs
 
 BUILTIN_PYDOC = "builtin:pydoc"
 KINDS = (".txt", ".jsonl", ".json", ".parquet")
@@ -99,7 +98,7 @@ def _files(source: str) -> tuple[Any, list[str]] | None:
     if not remote and not any(c in source for c in _GLOB) and not os.path.isfile(source):
         return None  # a dataset name or a local dataset folder
     with access_errors(source):
-        fs, path = fsspec.core.url_to_fs(source)
+        fs, path = url_to_fs(source)
         fs.invalidate_cache()  # a listing or ETag cached earlier in this process may be stale
         if any(c in path for c in _GLOB):
             paths = sorted(p for p in fs.glob(path) if fs.isfile(p))

@@ -72,7 +72,8 @@ def test_circuit_tracer_loads_the_transcoder_set_and_agrees(tmp_path: Path) -> N
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     for name, (archs, skip) in CASES.items():
         assert loaded[name] == {
-            "layers": 2, "d_transcoder": N, "skip": skip, "input_hook": "ln2.hook_normalized",
+            "layers": 2, "d_transcoder": N, "clt": False, "skip": skip,
+            "input_hook": "ln2.hook_normalized",
             "output_hook": "hook_mlp_out", "scan": "circuit_tracer", "model_name": "m",
             "activations": ["relu" if a == "relu" else "jumprelu" for a in archs]}
         theirs = load_file(tmp_path / name / "circuit_tracer_outputs.safetensors")

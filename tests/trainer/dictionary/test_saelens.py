@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.saelens,
               pytest.mark.skipif(not PYTHON, reason="ACTSTORE_SAELENS_PYTHON not set "
                                  "(scripts/install_saelens.sh makes that environment)")]
 ARCHS = {"relu": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE",
-         "jumprelu": "JumpReLUSAE"}
+         "jumprelu": "JumpReLUSAE", "matryoshka": "JumpReLUSAE"}
 
 
 def test_saelens_loads_every_architecture_and_agrees(tmp_path: Path) -> None:
@@ -158,3 +158,44 @@ def test_sparsify_loads_a_topk_skip_transcoder_and_agrees(tmp_path: Path) -> Non
     torch.testing.assert_close(theirs["x_hat"], y_hat, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="as wide as their input"):
         export_sparsify(tmp_path / "narrow", trained_transcoder("topk", False), norm, target)
+
+
+def test_matryoshka_loss_and_gradients_equal_saelens_training_sae(tmp_path: Path) -> None:
+    """Our Matryoshka BatchTopK step and SAELens' `MatryoshkaBatchTopKTrainingSAE` on the same
+    weights and batch (float64, no dead latents so neither takes an AuxK term): the same codes,
+    the same full and nested losses, the same gradients."""
+    from trainer.dictionary.dictionaries import DictionaryConfig
+
+    assert PYTHON is not None
+    cfg = DictionaryConfig(arch="matryoshka", d_model=12, latents=48, k=4, widths=(6, 12, 24))
+    for kernel in ("dense", "sparse"):
+        sae = SparseDictionary(cfg, torch.Generator().manual_seed(3), kernel).double()
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            sae.W_enc.add_(torch.randn(sae.W_enc.shape, generator=g, dtype=torch.float64) * 0.3)
+            sae.b_enc.copy_(torch.randn(48, generator=g, dtype=torch.float64) * 0.2)
+            sae.b_dec.copy_(torch.randn(12, generator=g, dtype=torch.float64))
+        x = torch.randn(64, 12, generator=g, dtype=torch.float64) * 2
+        save_file({"W_enc": sae.W_enc.detach().contiguous(), "W_dec": sae.W_dec.detach(),
+                   "b_enc": sae.b_enc.detach(), "b_dec": sae.b_dec.detach(), "x": x},
+                  tmp_path / "inputs.safetensors")
+        (tmp_path / "meta.json").write_text(json.dumps({"k": 4, "widths": list(cfg.widths)}))
+        done = subprocess.run([PYTHON, str(Path(__file__).parents[2] / "saelens_matryoshka.py"),
+                               str(tmp_path)], capture_output=True, text=True, check=False,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"levels": 4}
+        theirs = load_file(tmp_path / "saelens.safetensors")
+        out = sae(x)
+        out.loss.backward()
+        z = out.z.to_dense() if out.z.is_sparse else out.z
+        torch.testing.assert_close(z, theirs["feature_acts"])
+        assert out.terms["aux_loss"] == 0
+        torch.testing.assert_close(out.terms["mse"], theirs["mse"])
+        torch.testing.assert_close(out.terms["prefix_loss"], theirs["inner"])
+        torch.testing.assert_close(out.loss, theirs["loss"])
+        assert float(theirs["inner"]) > float(theirs["mse"])  # the nesting does count
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            grad = getattr(sae, name).grad
+            assert grad is not None
+            torch.testing.assert_close(grad, theirs[f"grad_{name}"], msg=f"{kernel} {name}")

@@ -28,7 +28,10 @@ CONFIGS = [DictionaryConfig(arch="relu", d_model=D, latents=9, l1=0.05),
            DictionaryConfig(arch="topk", d_model=D, latents=41, k=2, dead_after_tokens=16),
            DictionaryConfig(arch="batchtopk", d_model=D, latents=31, k=2,
                             dead_after_tokens=16),
-           DictionaryConfig(arch="jumprelu", d_model=D, latents=9, l0=0.01)]
+           DictionaryConfig(arch="jumprelu", d_model=D, latents=9, l0=0.01),
+           # prefixes that end inside one slice and span both
+           DictionaryConfig(arch="matryoshka", d_model=D, latents=31, k=2, widths=(5, 20),
+                            dead_after_tokens=16)]
 
 
 def batches() -> list[torch.Tensor]:

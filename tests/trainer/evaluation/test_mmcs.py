@@ -19,3 +19,27 @@ def test_mmcs_of_known_dictionaries() -> None:
     assert mmcs(basis, -basis) == pytest.approx(0.0, abs=1e-6)  # sign matters: codes are >= 0
     assert recovered(truth, both) == 1.0
     assert recovered(truth, extra) < 0.5
+
+
+def test_absorption_counts_parent_occurrences_taken_by_a_child() -> None:
+    """Two parents with two children each, hand-made activity: the parent's latent silent
+    where a child's latent fires is absorption; silent with no child firing is not."""
+    from trainer.evaluation.mmcs import absorption
+
+    truth = torch.eye(6)  # parents 0, 1; children 2, 3 (of 0) and 4, 5 (of 1)
+    parents = torch.tensor([-1, -1, 0, 0, 1, 1])
+    learned = truth[[5, 4, 3, 2, 1, 0]]  # latents in another order: matched by direction
+    active = torch.tensor([[1, 0, 1, 0, 0, 0],    # parent 0 with child 2: absorbed
+                           [1, 0, 0, 1, 0, 0],    # parent 0 with child 3: fires itself
+                           [1, 0, 0, 0, 0, 0],    # parent 0 alone, silent: not absorbed
+                           [0, 1, 0, 0, 0, 1],    # parent 1 with child 5: absorbed
+                           [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    fired_truth = active.clone()
+    fired_truth[0, 0] = fired_truth[2, 0] = fired_truth[3, 1] = False  # the parents' misses
+    fired = fired_truth[:, [5, 4, 3, 2, 1, 0]]  # in the learned order
+    out = absorption(fired, active, learned, truth, parents)
+    assert out["parent_occurrences"] == 4
+    assert out["absorption"] == pytest.approx(2 / 4)
+    assert out["mmcs_parents"] == pytest.approx(1.0)
+    assert absorption(active[:, [5, 4, 3, 2, 1, 0]], active, learned, truth,
+                      parents)["absorption"] == 0

@@ -80,3 +80,19 @@ def test_prediction_within_20_percent_of_a_measured_step(kernel: str, batch: int
     predicted = plan.dictionary_memory(d=d, latents=latents, k=32, batch=batch,
                                        kernel=kernel)  # type: ignore[arg-type]
     assert 0.8 <= predicted.total / measured["peak_bytes"] <= 1.2, (predicted, measured)
+
+
+def test_a_clt_prediction_within_20_percent_of_a_measured_step() -> None:
+    """A cross-layer transcoder's step (4 layers, 10 decoders, AuxK on) in a fresh process
+    against the model, as above."""
+    latents, d, layers, batch = 8192, 128, 4, 1024
+    argv = [sys.executable, "-m", "benchmarks.large_dictionary", "--child-latents",
+            str(latents), "--child-kernel", "sparse", "--batch", str(batch), "--d", str(d),
+            "--k", "32", "--steps", "1", "--warmup", "1", "--device", "cpu", "--clt",
+            str(layers)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).parents[3])
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    predicted = plan.dictionary_memory(d=d, latents=latents, k=32, batch=batch, d_out=d,
+                                       layers=layers).total
+    assert 0.8 < predicted / measured["peak_bytes"] < 1.2

@@ -42,19 +42,23 @@ def test_trains_a_sweep_and_writes_every_artifact(store: str, tmp_path: Path) ->
     assert (tmp_path / "plots" / "latent_density.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
 def test_resume_replays_the_uninterrupted_run(store: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
     """Killed at step 27 (last checkpoint at 20): the resumed run logs the same curve, step
     for step, and ends with the same parameters, bit for bit."""
     whole = tmp_path / "whole"
-    train(config(store, whole, arch="batchtopk"))
+    train(config(store, whole, arch=arch))
+    if arch == "matryoshka":  # the nested prefixes' loss is logged beside the others
+        assert all(m["prefix_loss"] > 0 for r in read_metrics(whole) if "dictionaries" in r
+                   for m in r["dictionaries"].values())
     cut = tmp_path / "cut"
     with monkeypatch.context() as m:
         die_at_step(m, 28)
         with pytest.raises(KeyboardInterrupt):
-            train(config(store, cut, arch="batchtopk"))
+            train(config(store, cut, arch=arch))
     assert max(r["step"] for r in read_metrics(cut)) == 25  # logged past the checkpoint
-    train(config(store, cut, arch="batchtopk", resume=True))
+    train(config(store, cut, arch=arch, resume=True))
     assert curves(cut) == curves(whole)
     assert_same_weights(cut, whole)
 
@@ -133,9 +137,11 @@ def test_trains_on_cuda_with_bf16_autocast(store: str, tmp_path: Path) -> None:
     assert result.steps == 40
 
 
+@pytest.mark.parametrize("store_url", ["memory", "local", "s3", "gs"], indirect=True)
 def test_streams_from_every_backend_with_the_same_result(store: str, store_url: str,
                                                          tmp_path: Path) -> None:
-    """The same data on memory://, a folder or S3 trains to the same weights, bit for bit."""
+    """The same data on memory://, a folder, S3 or GCS trains to the same weights, bit for
+    bit (chunks read by range: 4 per shard)."""
     fill_store(new_store(store_url))  # same seed as the `store` fixture: the same rows
     train(config(store, tmp_path / "ref", tokens=160))
     train(config(store_url, tmp_path / "other", tokens=160))

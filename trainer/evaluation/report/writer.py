@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +158,37 @@ def spliced_table(ev: Evaluation) -> list[str]:
 
 
 def write_report(ev: Evaluation, store: ActivationStore, cfg: EvalConfig) -> Path:
-    """Write the report folder; returns it."""
+    """Write the report folder; returns it. Each file appears whole (written aside, then
+    renamed), and eval.json and index.html, which say a report is there, go first and come
+    back last: a report cut short (Ctrl-C) never looks complete, nor mixes with an older one."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("index.html", "eval.json"):
+        (out / name).unlink(missing_ok=True)
     summary = {"meta": ev.meta, "frontier": ev.frontier, "dictionaries": ev.dictionaries,
                "baselines": ev.baselines, "mmcs_between": ev.mmcs_between,
                "spliced": ev.spliced}
-    dump(out / "eval.json", summary)
     latents = latent_pages(ev, store, cfg)
-    dump(out / "latents.json", latents)
-    (out / "report.md").write_text(markdown(ev))
-    plot_frontier(ev.frontier, out / "frontier.png")
+    with _whole(out / "latents.json") as f:
+        dump(f, latents)
+    with _whole(out / "report.md") as f:
+        f.write_text(markdown(ev))
+    with _whole(out / "frontier.png") as f:
+        plot_frontier(ev.frontier, f)
     png = base64.b64encode((out / "frontier.png").read_bytes()).decode()
-    (out / "index.html").write_text(page(json.dumps(summary), json.dumps(latents), png))
+    with _whole(out / "eval.json") as f:
+        dump(f, summary)
+    with _whole(out / "index.html") as f:
+        f.write_text(page(json.dumps(summary), json.dumps(latents), png))
     return out
+
+
+@contextlib.contextmanager
+def _whole(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path`, renamed to it once written (removed if not)."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
