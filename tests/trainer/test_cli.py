@@ -73,8 +73,8 @@ def test_log_every_alone_sets_the_checkpoint_interval(store: str, tmp_path: Path
     multiple of 32): the checkpoint interval now follows it, the smallest multiple >= 500.
     Both given and incompatible is still refused, in one line."""
     base = ["train", "--store", store, "--hook", HOOKS[0], "--arch", "relu", "--latents", "8",
-            "--tokens", "64", "--batch-size", "16", "--eval-contexts", "0", "--no-progress",
-            "--no-plots", "--log-every", "32"]
+            "--tokens", "64", "--batch-size", "16", "--eval-contexts", "0", "--no-plots",
+            "--log-every", "32"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     assert "--checkpoint-every 512" in capsys.readouterr().err.splitlines()[0]
     assert main([*base, "--checkpoint-every", "500", "--out", str(tmp_path / "b")]) == 2

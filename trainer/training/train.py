@@ -219,10 +219,11 @@ class _Run:
                            time.perf_counter() - start, final[0], final[1])
 
     def _announce(self) -> None:
-        """Rank 0's first lines, once every check has passed: the defaults the run took (as
-        generate says where it runs), and a schedule that never reaches its peak."""
+        """Rank 0's first lines, once every check has passed: the defaults the run took (with
+        the progress bar, as generate says where it runs), and a schedule that never peaks."""
         if self.world.is_main:
-            print(self.summary, file=sys.stderr)
+            if self.cfg.progress:
+                print(self.summary, file=sys.stderr)
             if warning := self.cfg.schedule_warning():
                 print(f"actstore train: warning: {warning}", file=sys.stderr)
 

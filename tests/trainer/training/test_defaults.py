@@ -45,14 +45,14 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> str:
                                     features=256, active=5, rows=ROWS)).url
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
 def test_a_run_at_the_defaults_is_sparse_for_every_architecture(
         toy: str, tmp_path: Path, arch: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Nothing but the store, the hook, the architecture and the size: one pass over the
-    store in batches of 4096, said in the first line, and the dictionary it writes has at most
-    SPARSE latents active per token on the store's rows."""
+    store in batches of 4096, said in the first line (beside the progress bar), and the
+    dictionary it writes has at most SPARSE latents active per token on the store's rows."""
     result = train(TrainConfig(store=toy, hook=HOOK, arch=arch, latents=(LATENTS,),  # type: ignore[arg-type]
-                               out=str(tmp_path), progress=False, plots=False))
+                               out=str(tmp_path), plots=False))
     first = capsys.readouterr().err.splitlines()[0]
     assert first.startswith(f"train: 32 steps of 4096 rows = {ROWS:,} tokens; defaults: "
                             f"--batch-size 4096, --tokens {ROWS:,} (one pass over the {ROWS:,} "
@@ -71,8 +71,7 @@ def test_the_first_line_names_each_default_taken(store: str, tmp_path: Path,
     shards of 32: 96 train), and a checkpoint interval is derived from --log-every."""
     assert main(["train", "--store", store, "--hook", HOOKS[0], "--arch", "jumprelu",
                  "--latents", "8", "--batch-size", "16", "--log-every", "4", "--holdout",
-                 "0.25", "--eval-contexts", "0", "--out", str(tmp_path), "--no-progress",
-                 "--no-plots"]) == 0
+                 "0.25", "--eval-contexts", "0", "--out", str(tmp_path), "--no-plots"]) == 0
     first = capsys.readouterr().err.splitlines()[0]
     assert first == (f"train: 6 steps of 16 rows = 96 tokens; defaults: --tokens 96 (one pass "
                      f"over the 96 training rows), --l0 {DEFAULT_SPARSITY['jumprelu'][0]:g}, "
