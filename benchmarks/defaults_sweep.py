@@ -62,7 +62,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "topk": [{"lr": 1, "k": (16, 32)}],
     "batchtopk": [{"lr": 1, "k": (16, 32)}],
 }
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
 def quickstart_store(root: str) -> str:
@@ -141,7 +141,7 @@ def main() -> None:
     url = quickstart_store(a.stores)
     held = HeldOut(url)
     rows = [Row(arch, a.latents, a.tokens or None, settings) for arch in a.arch
-            for settings in (GRID[arch] if "grid" in a.rows else [])
+            for settings in (GRID.get(arch, []) if "grid" in a.rows else [])
             + ([{}] if "defaults" in a.rows else [])]
     print(f"store {url}, {a.latents} latents, {a.tokens or 'default'} tokens, batch {BATCH}, "
           f"{sum(len(h.x) for h in held.rows)} held-out rows\n"
