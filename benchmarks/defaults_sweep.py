@@ -36,7 +36,8 @@ from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.evaluation import baselines
 from trainer.evaluation.run import load_run, score
-from trainer.training.config import LR_SCALE, TrainConfig, default_lr
+from trainer.training.config import TrainConfig, default_lr
+from trainer.training.defaults import LR_SCALE
 from trainer.training.train import train
 
 HOOK = "encoder.layer.3"

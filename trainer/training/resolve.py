@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from actstore.loader import holdout
 from actstore.store.activation_store import ActivationStore
-from trainer.training.config import JUMP, KNOB, MAX_DEFAULT_TOKENS, TrainConfig
+from trainer.training.config import KNOB, TrainConfig
+from trainer.training.defaults import JUMP, MAX_DEFAULT_TOKENS
 
 
 def training_rows(store: ActivationStore, part: holdout.Partition) -> int:

@@ -14,14 +14,13 @@ from actstore.shell.flags import field_docs
 from tests.trainer.helpers import config
 from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.training.config import (
-    DEFAULT_SPARSITY,
     KNOB,
-    MAX_DEFAULT_TOKENS,
     TrainConfig,
     default_dead_window,
     default_lr,
     default_warmup,
 )
+from trainer.training.defaults import DEFAULT_SPARSITY, MAX_DEFAULT_TOKENS
 from trainer.training.ensemble import warmup_decay
 
 

@@ -18,14 +18,8 @@ from tests.trainer.helpers import assert_same_weights, config, die_at_step
 from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.dictionary.export import load_dictionary
 from trainer.training.checkpoint import BEFORE_JUMP_FLAGS
-from trainer.training.config import (
-    DEFAULT_SPARSITY,
-    JUMP,
-    KNOB,
-    LR_SCALE,
-    TrainConfig,
-    default_lr,
-)
+from trainer.training.config import KNOB, TrainConfig, default_lr
+from trainer.training.defaults import DEFAULT_SPARSITY, JUMP, LR_SCALE
 from trainer.training.train import train
 
 #: A toy store of 64 dimensions (5 of 256 features active per row): one pass at the default
