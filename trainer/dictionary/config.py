@@ -94,6 +94,8 @@ class DictionaryConfig:
                 self.latents), self.latents))
         elif self.widths:
             raise ValueError("--widths are Matryoshka's (--arch matryoshka)")
+        else:
+            object.__setattr__(self, "widths", ())  # cfg.json holds a list
         if self.arch in SELECTED and (self.k is None
                                                    or not 1 <= self.k <= self.latents):
             raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "
