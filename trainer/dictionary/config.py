@@ -63,8 +63,9 @@ class DictionaryConfig:
     """Width of the straight-through estimator's kernel (jumprelu; was 0.001)."""
     jump_init_threshold: float = 1.0
     """Initial threshold of every latent (jumprelu; was 0.001: dense in short runs)."""
-    threshold_momentum: float = 0.01
-    """Update rate of batchtopk's inference threshold."""
+    threshold_momentum: float = 0.1
+    """Update rate of batchtopk's inference threshold (was 0.01: the smallest kept activation
+    falls all through training, and an average over ~100 steps lagged far behind it)."""
     kind: Kind = "sae"
     """sae: reconstruct the input; transcoder: predict another hook's activations from it;
     clt: a cross-layer transcoder over `layers` layers (clt.CrossLayerTranscoder)."""
