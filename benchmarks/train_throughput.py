@@ -70,7 +70,7 @@ def store_rate(cfg: TrainConfig, warmup: int) -> tuple[float, int]:
     finally:
         Meter.flush = real  # type: ignore[method-assign]
     t0, t1 = flushes[0], flushes[-1]  # after step `warmup`, after the last step
-    steps = cfg.tokens // cfg.batch_size
+    steps = cfg.steps
     return (steps - warmup) * cfg.batch_size / (t1 - t0), probe.rows_between(t0, t1)
 
 
@@ -78,7 +78,7 @@ def memory_rates(cfg: TrainConfig, store: ActivationStore, device: torch.device,
                  warmup: int) -> tuple[float, float]:
     """The same steps and metrics on batches already on the device; then a plain TopK step
     on the same batches."""
-    steps = cfg.tokens // cfg.batch_size
+    steps = cfg.steps
     norm = Normalizer.of(store, HOOK, cfg.normalize)
     x_all = norm.apply(store.read_torch(HOOK, 0, steps * BATCH).float()).to(device)
     ens = Ensemble(cfg.dictionaries(D), adam(cfg.lr_of), seed=cfg.seed, grad_clip=cfg.grad_clip,
@@ -89,7 +89,7 @@ def memory_rates(cfg: TrainConfig, store: ActivationStore, device: torch.device,
     for step in range(steps):
         x = x_all[step * BATCH:(step + 1) * BATCH]
         meter.add(x, ens.step(x, autocast))
-        if (step + 1) % cfg.log_every == 0:
+        if (step + 1) % cfg.intervals[0] == 0:
             meter.flush()  # the same host sync as the logged run
             if step + 1 == warmup:
                 start = time.perf_counter()

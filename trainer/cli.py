@@ -17,7 +17,8 @@ from actstore.shell.flags import Command, Flag, add_fields, run_command
 from trainer.training.config import TrainConfig
 
 #: The flags in --help's order: what a run needs, its sweep, its numbers, its choices, switches.
-_ORDER = ("store", "hook", "kind", "target_hook", "arch", "latents", "k", "l1", "l0", "tokens",
+_ORDER = ("store", "hook", "kind", "target_hook", "arch", "latents", "k", "l1", "l0",
+          "jump_init_threshold", "jump_bandwidth", "tokens",
           "batch_size", "lr", "warmup_steps", "decay_start", "grad_clip", "seed", "init_rows",
           "aux_coef", "dead_after_tokens", "log_every", "checkpoint_every", "eval_every",
           "eval_contexts", "shuffle_buffer", "read_threads", "tp", "holdout", "out", "normalize",
@@ -78,6 +79,7 @@ def print_plan(cfg: TrainConfig) -> int:
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
     from trainer.training.memory import describe
+    from trainer.training.resolve import resolve
     from trainer.training.train import check_against, widths
 
     store = open_stores(cfg.store)
@@ -85,6 +87,7 @@ def print_plan(cfg: TrainConfig) -> int:
     # launched (torchrun, Ray): this world; run by hand: a world of --tp ranks (dp = 1)
     world = World(0, int(os.environ.get("WORLD_SIZE", str(cfg.tp))), device, owns_group=False)
     check_against(cfg, store, world)  # the run's own checks: hook, store complete, batch, tp
+    cfg = resolve(cfg, store)[0]  # --tokens' default (the dead window) needs the store
     d_model, d_out, sites = widths(cfg, store)
     print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
                    data_parallel(world.size, cfg.tp), device, d_out=d_out,

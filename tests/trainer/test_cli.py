@@ -32,7 +32,7 @@ def test_config_file_equals_flags(store: str, tmp_path: Path,
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--arch", "topk", "--latents", "8", "--k", "9"], "--k 9 must be in"),
-    (["--arch", "topk", "--latents", "8"], "needs --k"),
+    (["--arch", "topk", "--latents", "8"], "--k 32 (the default) must be in [1, latents=8]"),
     (["--arch", "relu", "--latents", "8", "--l1", "1", "--k", "2"], "--k does not apply"),
     (["--arch", "relu", "--latents", "8", "--l1", "1", "--checkpoint-every", "7"],
      "multiple of --log-every"),
@@ -65,3 +65,20 @@ def test_missing_store_and_unknown_setting(tmp_path: Path,
     (tmp_path / "c.json").write_text(json.dumps({"stor": "x"}))
     assert main(["train", "--config", str(tmp_path / "c.json")]) == 2
     assert "unknown train settings ['stor']" in capsys.readouterr().err
+
+
+def test_log_every_alone_sets_the_checkpoint_interval(store: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--log-every 32 alone was refused (the default 500 steps between checkpoints is no
+    multiple of 32): the checkpoint interval now follows it, the smallest multiple >= 500.
+    Both given and incompatible is still refused, in one line."""
+    base = ["train", "--store", store, "--hook", HOOKS[0], "--arch", "relu", "--latents", "8",
+            "--tokens", "64", "--batch-size", "16", "--eval-contexts", "0", "--no-plots",
+            "--log-every", "32"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert "--checkpoint-every 512" in capsys.readouterr().err.splitlines()[0]
+    assert main([*base, "--checkpoint-every", "500", "--out", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err == (
+        "actstore train: error: --checkpoint-every (500) must be a multiple of --log-every "
+        "(32), so a resumed run logs exactly what an uninterrupted one does\n")
+    assert not (tmp_path / "b").exists()

@@ -62,12 +62,13 @@ class DictionaryConfig:
     """Weight of the AuxK loss."""
     dead_after_tokens: int = 10_000_000
     """A latent silent for this many tokens is dead (AuxK, and the dead-latent metric)."""
-    jump_bandwidth: float = 1e-3
-    """Width of the straight-through estimator's kernel (jumprelu)."""
-    jump_init_threshold: float = 1e-3
-    """Initial threshold of every latent (jumprelu)."""
-    threshold_momentum: float = 0.01
-    """Update rate of batchtopk's inference threshold."""
+    jump_bandwidth: float = 0.05
+    """Width of the straight-through estimator's kernel (jumprelu; was 0.001)."""
+    jump_init_threshold: float = 1.0
+    """Initial threshold of every latent (jumprelu; was 0.001: dense in short runs)."""
+    threshold_momentum: float = 0.1
+    """Update rate of batchtopk's inference threshold (was 0.01: the smallest kept activation
+    falls all through training, and an average over ~100 steps lagged far behind it)."""
     kind: Kind = "sae"
     """sae: reconstruct the input; transcoder: predict another hook's activations from it;
     clt: a cross-layer transcoder over `layers` layers (clt.CrossLayerTranscoder); crosscoder:

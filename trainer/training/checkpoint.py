@@ -49,6 +49,10 @@ from trainer.training.ensemble import Ensemble
 from trainer.training.metrics import Meter
 
 VERSION = 2
+#: What a jumprelu checkpoint written before these flags existed trained with (the old
+#: defaults), so that it resumes only with them (`--jump-init-threshold 0.001
+#: --jump-bandwidth 0.001`), never silently under the new ones.
+BEFORE_JUMP_FLAGS = {"jump_init_threshold": 1e-3, "jump_bandwidth": 1e-3}
 #: Settings a resumed run may change: they do not alter the numbers.
 FREE_SETTINGS = {"resume", "overwrite", "progress", "plots", "read_threads", "eval_every",
                  "eval_contexts", "kernel", "tp", "out", "log", "wandb_project", "wandb_entity",
@@ -224,10 +228,12 @@ def load_meta(out: str | Path, cfg: TrainConfig, members: list[DictionaryConfig]
         raise ValueError(f"{where}: checkpoint version {state.get('version')} is not {VERSION}")
     # settings added since a checkpoint was written read as their defaults
     defaults = {f.name: f.default for f in dataclasses.fields(DictionaryConfig)}
-    _check_dictionaries([{**defaults, **d} for d in state["dictionaries"]],
-                        [dataclasses.asdict(m) for m in members])
+    _check_dictionaries([_used({**defaults, **d}) for d in state["dictionaries"]],
+                        [_used(dataclasses.asdict(m)) for m in members])
     saved = {**{f.name: f.default for f in dataclasses.fields(type(cfg))
-                if f.default is not dataclasses.MISSING}, **state["config"]}
+                if f.default is not dataclasses.MISSING},
+             **(BEFORE_JUMP_FLAGS if state["config"].get("arch") == "jumprelu" else {}),
+             **state["config"]}
     for name in ("store", "hook", "target_hook"):  # one as a string before they were tuples
         if isinstance(saved.get(name), str):
             saved[name] = (saved[name],)
@@ -254,6 +260,13 @@ def load_tensors(out: str | Path, ensemble: Ensemble, meter: Meter, mesh: Mesh |
     with _single_process_ok():
         dcp_load(tensors(ensemble, meter, mesh), checkpoint_id=str(where),
                  no_dist=distributed.world_size() == 1)
+
+
+def _used(member: dict[str, Any]) -> dict[str, Any]:
+    """A dictionary's settings but jumprelu's own for another architecture: they mean nothing
+    there, and their defaults changed (a TopK checkpoint from before still resumes)."""
+    return {k: v for k, v in member.items()
+            if member["arch"] == "jumprelu" or not k.startswith("jump_")}
 
 
 def _check_dictionaries(saved: list[dict[str, Any]], now: list[dict[str, Any]]) -> None:

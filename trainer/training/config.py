@@ -19,6 +19,13 @@ from actstore.loader.paired import SECOND
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, Kernel, Kind, resolve_kernel
 from trainer.dictionary.matryoshka import check_widths
 from trainer.tracking.config import TrackingConfig
+from trainer.training.defaults import (
+    DEFAULT_SPARSITY,
+    JUMP,
+    LR_SCALE,
+    default_intervals,
+    default_tokens,
+)
 
 Normalize = Literal["none", "scale", "center_scale"]
 #: The sparsity setting each architecture sweeps: a field of both TrainConfig (a tuple of
@@ -68,25 +75,33 @@ class TrainConfig(TrackingConfig):
     (Matryoshka BatchTopK: nested prefixes of the latents each reconstruct)."""
     latents: tuple[int, ...]
     """Dictionary sizes (several: a sweep)."""
-    tokens: int
-    """Training tokens (rows) in all, across ranks."""
-    batch_size: int
-    """Global batch in rows, split evenly across ranks."""
     out: str
     """Local output directory: dictionaries, metrics, checkpoints, plots."""
+    tokens: int | None = None
+    """Training tokens (rows) in all, across ranks (default: one pass over the store's
+    training rows, those not held out, in whole batches, at most 100,000,000)."""
+    batch_size: int = 4096
+    """Global batch in rows, split evenly across ranks."""
     k: tuple[int, ...] = ()
-    """Active latents per token (topk, batchtopk)."""
+    """Active latents per token (topk, batchtopk, matryoshka; default: 32)."""
     l1: tuple[float, ...] = ()
-    """L1 coefficients (relu)."""
+    """L1 coefficients (relu; default: 2, from benchmarks/defaults_sweep.py)."""
     l0: tuple[float, ...] = ()
-    """L0 coefficients (jumprelu)."""
+    """L0 coefficients (jumprelu; default: 0.3, from benchmarks/defaults_sweep.py)."""
+    jump_init_threshold: float | None = None
+    """Initial threshold of every jumprelu latent, in normalised units (default: 1, from
+    benchmarks/defaults_sweep.py; 0.001 before it)."""
+    jump_bandwidth: float | None = None
+    """Width of jumprelu's straight-through estimator around the threshold (default: 0.05,
+    from benchmarks/defaults_sweep.py; 0.001 before it)."""
     resume: bool = False
     """Continue from the checkpoint in `out`."""
     overwrite: bool = False
     """Start afresh in an `out` that holds another run (its files are replaced)."""
     lr: float | None = None
     """Adam learning rate after warmup (default: `default_lr`, 4e-4 * sqrt(16384 / latents)
-    per dictionary: Gao et al. 2024's scaling at twice their rate, from a sweep)."""
+    per dictionary: Gao et al. 2024's scaling at twice their rate, from a sweep; 4 times that
+    for relu and jumprelu, from another)."""
     warmup_steps: int | None = None
     """Linear learning-rate warmup from 0, in steps (default: `default_warmup`, 5% of the
     run, at most 1000)."""
@@ -123,10 +138,12 @@ class TrainConfig(TrackingConfig):
     """cuda (one GPU per rank, LOCAL_RANK) when available, else cpu."""
     autocast: bool = True
     """bf16 autocast of the forward pass on cuda (parameters and optimiser stay float32)."""
-    log_every: int = 50
-    """Steps between metric lines (metrics.jsonl)."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints (a multiple of log_every, so resume replays the same log)."""
+    log_every: int | None = None
+    """Steps between metric lines (metrics.jsonl) (default: 50; given only --checkpoint-every,
+    its largest divisor up to 50)."""
+    checkpoint_every: int | None = None
+    """Steps between checkpoints, a multiple of --log-every so resume replays the same log
+    (default: the smallest multiple of --log-every that is at least 500)."""
     eval_every: int = 0
     """Steps between loss-recovered evaluations with the model spliced (0: at the end only)."""
     eval_contexts: int = 16
@@ -168,9 +185,10 @@ class TrainConfig(TrackingConfig):
         checks = [
             (self.arch in get_args(Arch), f"--arch must be one of {get_args(Arch)}"),
             (bool(self.latents) and min(self.latents) >= 1, "--latents must be >= 1"),
-            (self.tokens >= 1 and self.batch_size >= 1, "--tokens and --batch-size must be >= 1"),
-            (self.tokens >= self.batch_size, f"--tokens ({self.tokens}) must be at least one "
-                                             f"batch ({self.batch_size})"),
+            ((self.tokens is None or self.tokens >= 1) and self.batch_size >= 1,
+             "--tokens and --batch-size must be >= 1"),
+            (self.tokens is None or self.tokens >= self.batch_size,
+             f"--tokens ({self.tokens}) must be at least one batch ({self.batch_size})"),
             ((self.lr is None or self.lr > 0)
              and (self.warmup_steps is None or self.warmup_steps >= 0),
              "--lr must be > 0, --warmup-steps >= 0"),
@@ -178,10 +196,8 @@ class TrainConfig(TrackingConfig):
             (self.grad_clip is None or self.grad_clip > 0, "--grad-clip must be > 0"),
             (self.tp >= 1, "--tp must be >= 1"),
             (0 <= self.holdout < 1, "--holdout is a fraction in [0, 1)"),
-            (self.log_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
-            (self.checkpoint_every % self.log_every == 0,
-             f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --log-every "
-             f"({self.log_every}), so a resumed run logs exactly what an uninterrupted one does"),
+            (all(i is None or i >= 1 for i in (self.log_every, self.checkpoint_every)),
+             "intervals must be >= 1"),
             (self.eval_every >= 0 and self.eval_contexts >= 0, "eval settings must be >= 0"),
             (self.init_rows >= 1 and (self.dead_after_tokens is None
                                       or self.dead_after_tokens >= 1), "counts must be >= 1"),
@@ -195,21 +211,33 @@ class TrainConfig(TrackingConfig):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        log, checkpoint = self.intervals  # both given: the one pair that can disagree
+        if checkpoint % log:
+            raise ValueError(f"--checkpoint-every ({checkpoint}) must be a multiple of "
+                             f"--log-every ({log}), so a resumed run logs exactly what an "
+                             "uninterrupted one does")
+        self._check_sparsity()
         if self.kernel not in get_args(Kernel):
             raise ValueError(f"--kernel must be one of {get_args(Kernel)}")
         if self.kind not in get_args(Kind):
             raise ValueError(f"--kind must be one of {get_args(Kind)}")
         self._check_hooks()
         resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
+
+    def _check_sparsity(self) -> None:
+        """The sparsity settings are this architecture's, and --k fits the dictionary."""
         name = KNOB[self.arch]
-        if not getattr(self, name):
-            raise ValueError(f"--arch {self.arch} needs --{name}")
         for other in {"l1", "l0", "k"} - {name}:
             if getattr(self, other):
                 raise ValueError(f"--{other} does not apply to --arch {self.arch}")
-        for n, k in itertools.product(self.latents, self.k):
+        for jump in JUMP:
+            value = getattr(self, jump)
+            if value is not None and (self.arch != "jumprelu" or value <= 0):
+                raise ValueError(f"--{jump.replace('_', '-')} is jumprelu's, and > 0")
+        default = "" if self.k else " (the default)"
+        for n, k in itertools.product(self.latents, self.sparsity if name == "k" else ()):
             if not 1 <= k <= n:
-                raise ValueError(f"--k {k} must be in [1, latents={n}]")
+                raise ValueError(f"--k {k}{default} must be in [1, latents={n}]")
         if self.widths and self.arch != "matryoshka":
             raise ValueError("--widths are Matryoshka's: add --arch matryoshka")
         for n in self.latents if self.widths else ():
@@ -255,7 +283,6 @@ class TrainConfig(TrackingConfig):
         """One config per member of the sweep, in a fixed order (`d_out`: a transcoder's or a
         CLT's target width; `sites`: a crosscoder's hooks' widths, d_model their sum)."""
         key = KNOB[self.arch]
-        sweep: tuple[Any, ...] = getattr(self, key)
         shape: dict[str, Any] = (
             {"kind": "transcoder", "d_out": d_out, "skip": self.skip}
             if self.kind == "transcoder" else
@@ -263,8 +290,12 @@ class TrainConfig(TrackingConfig):
             else {"kind": "crosscoder", "sites": sites} if self.kind == "crosscoder" else {})
         if self.widths:
             shape["widths"] = self.widths
+        # jumprelu's settings as given (None: DictionaryConfig's defaults, which are ours)
+        jump: dict[str, Any] = {name: getattr(self, name) for name in JUMP
+                                if getattr(self, name) is not None}
+        sweep: tuple[Any, ...] = self.sparsity
         return [DictionaryConfig(arch=self.arch, d_model=d_model, latents=n, aux_coef=self.aux_coef,
-                                 dead_after_tokens=self.dead_window, **shape, **{key: v})
+                                 dead_after_tokens=self.dead_window, **shape, **jump, **{key: v})
                 for n, v in itertools.product(self.latents, sweep)]
 
     @property
@@ -277,6 +308,36 @@ class TrainConfig(TrackingConfig):
         return self.hook + tuple(h + SECOND for h in self.hook)
 
     @property
+    def sparsity(self) -> tuple[float, ...]:
+        """The architecture's sparsity values (`--k`, `--l1` or `--l0`), or its default."""
+        given: tuple[float, ...] = getattr(self, KNOB[self.arch])
+        return given or DEFAULT_SPARSITY[self.arch]
+
+    @property
+    def intervals(self) -> tuple[int, int]:
+        """(log_every, checkpoint_every) in effect: the flags, or `default_intervals`."""
+        return default_intervals(self.log_every, self.checkpoint_every)
+
+    def resolved(self, train_rows: int) -> TrainConfig:
+        """This config with every default filled in, as a run uses it and its checkpoint
+        records it (so a resume compares meanings, not spellings); `train_rows`: the store's
+        rows not held out, which --tokens' default passes over once."""
+        tokens = self.tokens
+        if tokens is None:
+            if train_rows < self.batch_size:
+                raise ValueError(f"the store has {train_rows} training rows, fewer than one "
+                                 f"batch of {self.batch_size}: lower --batch-size")
+            tokens = default_tokens(train_rows, self.batch_size)
+        log, checkpoint = self.intervals
+        filled: dict[str, Any] = {KNOB[self.arch]: self.sparsity}
+        if self.arch == "jumprelu":  # DictionaryConfig's defaults where not given
+            defaults = {f.name: f.default for f in dataclasses.fields(DictionaryConfig)}
+            filled |= {name: defaults[name] if getattr(self, name) is None
+                       else getattr(self, name) for name in JUMP}
+        return dataclasses.replace(self, tokens=tokens, log_every=log,
+                                   checkpoint_every=checkpoint, **filled)
+
+    @property
     def hooks(self) -> tuple[str, ...]:
         """The hooks a run reads: the sites, and a transcoder's or CLT's --target-hook."""
         return self.sites + self.target_hook
@@ -287,9 +348,16 @@ class TrainConfig(TrackingConfig):
         return self.target_hook or self.sites
 
     @property
+    def run_tokens(self) -> int:
+        """--tokens; its default needs the store (`resolved`), which a run resolves first."""
+        if self.tokens is None:
+            raise ValueError("--tokens' default depends on the store: use resolved(rows)")
+        return self.tokens
+
+    @property
     def steps(self) -> int:
         """Optimiser steps of the run."""
-        return self.tokens // self.batch_size
+        return self.run_tokens // self.batch_size
 
     @property
     def warmup(self) -> int:
@@ -299,12 +367,13 @@ class TrainConfig(TrackingConfig):
     @property
     def dead_window(self) -> int:
         """Tokens of silence after which a latent is dead (the flag, or the default)."""
-        return (default_dead_window(self.tokens, self.batch_size)
+        return (default_dead_window(self.run_tokens, self.batch_size)
                 if self.dead_after_tokens is None else self.dead_after_tokens)
 
     def lr_of(self, member: DictionaryConfig) -> float:
-        """The learning rate a member trains at (the flag, or `default_lr` of its size)."""
-        return default_lr(member.latents) if self.lr is None else self.lr
+        """The learning rate a member trains at (the flag, or `default_lr` of its size times
+        its architecture's `LR_SCALE`)."""
+        return default_lr(member.latents) * LR_SCALE[member.arch] if self.lr is None else self.lr
 
     def schedule_warning(self) -> str | None:
         """Why this schedule never reaches its peak learning rate, or None when it does."""

@@ -54,8 +54,9 @@ from trainer.training import checkpoint, run_dir
 from trainer.training import memory as plan
 from trainer.training.config import TrainConfig
 from trainer.training.ensemble import Ensemble, adam, warmup_decay
-from trainer.training.logs import MetricsLog
+from trainer.training.logs import MetricsLog, plot_run
 from trainer.training.metrics import Meter
+from trainer.training.resolve import resolve, summary
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,13 @@ def train(cfg: TrainConfig) -> TrainResult:
 class _Run:
     """State of one run on one rank."""
 
-    def __init__(self, cfg: TrainConfig, world: World) -> None:
-        self.cfg, self.world = cfg, world
-        self.store = open_stores(cfg.store)
-        check_against(cfg, self.store, world)
+    def __init__(self, given: TrainConfig, world: World) -> None:
+        self.world = world
+        self.store = open_stores(given.store)
+        check_against(given, self.store, world)
+        # the run, and its checkpoint, use every default resolved (--tokens needs the store)
+        cfg, rows = resolve(given, self.store)
+        self.cfg, self.summary = cfg, summary(given, cfg, rows)
         d_model, d_out, sites = widths(cfg, self.store)
         self.members = cfg.dictionaries(d_model, d_out, sites)
         self.mesh = make_mesh(world, cfg.tp)
@@ -154,9 +158,6 @@ class _Run:
         self.norms = [self.loader.normalizer(h) for h in cfg.sites]
         self.target_norms = [self.loader.normalizer(h) for h in cfg.targets]
         self.norm, self.target_norm = self.norms[0], self.target_norms[0]
-        warning = cfg.schedule_warning()
-        if warning and world.is_main:
-            print(f"actstore train: warning: {warning}", file=sys.stderr)
         trackers.require(cfg.log)  # a missing library stops every rank before any work
         self.ensemble = Ensemble(self.members, adam(cfg.lr_of), seed=cfg.seed,
                                  grad_clip=cfg.grad_clip,
@@ -204,6 +205,7 @@ class _Run:
         start = time.perf_counter()
         lock = self._claim()
         try:
+            self._announce()
             if self.cfg.resume:
                 self._restore()
             else:
@@ -227,6 +229,15 @@ class _Run:
         return TrainResult(Path(self.cfg.out), self.step, self.step * self.cfg.batch_size,
                            (self.step - first) * self.cfg.batch_size,
                            time.perf_counter() - start, final[0], final[1])
+
+    def _announce(self) -> None:
+        """Rank 0's first lines, once every check has passed: the defaults the run took (with
+        the progress bar, as generate says where it runs), and a schedule that never peaks."""
+        if self.world.is_main:
+            if self.cfg.progress:
+                print(self.summary, file=sys.stderr)
+            if warning := self.cfg.schedule_warning():
+                print(f"actstore train: warning: {warning}", file=sys.stderr)
 
     def _claim(self) -> JobLock | None:
         """Rank 0 locks the run folder; a refusal stops every rank."""
@@ -262,19 +273,20 @@ class _Run:
         batches = self._batches()
         bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.world.is_main))
+        log_every, checkpoint_every = cfg.intervals
         with bar:
             while self.step < self.steps:
                 x, y = next(batches)
                 self.meter.add(x if y is None else y, self.ensemble.step(x, autocast, y))
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.steps:
+                if self.step % log_every == 0 or self.step == self.steps:
                     last = self.meter.flush()
                     self.log.write(self.step, self.step * cfg.batch_size, self._lr(), last)
                     bar.set_postfix(fvu=f"{last[0]['fvu']:.3f}", l0=f"{last[0]['l0']:.1f}")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.steps:
                     self._evaluate()
-                if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
+                if self.step % checkpoint_every == 0 or self.step == self.steps:
                     self._save()
         return last
 
@@ -341,7 +353,6 @@ class _Run:
 
     def _finish(self, last: list[dict[str, float]]
                 ) -> tuple[tuple[Path, ...], tuple[dict[str, float], ...]]:
-        from trainer.training.plots import plot_run  # matplotlib: imported only when a run ends
 
         evals = self._evaluate() if self.cfg.eval_contexts else []  # every rank: it barriers
         densities = self.meter.densities()
