@@ -45,8 +45,10 @@ def test_loss_recovered_spliced_for_dictionaries_and_baselines(tmp_path: Path) -
     bases = ("pca", "neurons", "random", "ica")
     assert set(rows) == {("topk-n64-k4", 4), ("topk-n64-k32", 32), ("saelens", 4)} | {
         (b, k) for b in bases for k in (4, 32)}
-    for key in ("ce_spliced", "kl", "loss_recovered"):  # spliced alike, on raw activations
-        assert rows["saelens", 4][key] == pytest.approx(rows["topk-n64-k4", 4][key], rel=1e-5)
+    # spliced alike, on raw activations; the export folds the normaliser into float32 weights,
+    # so the two differ by rounding (2.5e-5 relative seen on a KL of 0.07), not by a code
+    for key in ("ce_spliced", "kl", "loss_recovered"):
+        assert rows["saelens", 4][key] == pytest.approx(rows["topk-n64-k4", 4][key], rel=1e-4)
     assert ev.meta["spliced"] == "8 held-out contexts"
     for b in bases:
         assert rows[b, 32]["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
