@@ -153,3 +153,15 @@ def test_lossless_stores_keep_their_markers(tmp_path: Path) -> None:
     assert store.stats(HOOKS[0]).noise_floor is None
     assert "noise_floor_fvu" not in describe(store)["hooks"][HOOKS[0]]
     assert not store.location.exists(f"scales/{HOOKS[0]}/zarr.json")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [256, 255])  # pairs of codes per lookup, and an odd width
+def test_the_cpu_table_lookup_gives_torchs_float8_values(dtype: str, width: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 256, (7, width), generator=g, dtype=torch.int32).to(torch.uint8)
+    codes[0] = torch.arange(width, dtype=torch.int32).to(torch.uint8)  # every code
+    scales = torch.rand(7, generator=g) * 10.0 ** torch.arange(-3, 4).float()
+    want = codes.view(FLOAT8_DTYPES[dtype].torch_dtype).float() * scales[:, None]
+    torch.testing.assert_close(dequantise(codes, scales, dtype), want, rtol=0, atol=0,
+                               equal_nan=True)

@@ -23,6 +23,8 @@ from numpy.typing import NDArray
 class Float8Format:
     """One 8-bit float format as stored (its bit layout is torch's, i.e. OCP FP8)."""
 
+    name: str
+    """The storage dtype's name (`float8_e4m3`, `float8_e5m2`)."""
     torch_dtype: torch.dtype
     """The torch dtype whose bit patterns the codes are."""
     max: float
@@ -40,8 +42,8 @@ class Float8Format:
 
 
 FLOAT8_DTYPES: dict[str, Float8Format] = {
-    "float8_e4m3": Float8Format(torch.float8_e4m3fn, 448.0, 3, -6),
-    "float8_e5m2": Float8Format(torch.float8_e5m2, 57344.0, 2, -14),
+    "float8_e4m3": Float8Format("float8_e4m3", torch.float8_e4m3fn, 448.0, 3, -6),
+    "float8_e5m2": Float8Format("float8_e5m2", torch.float8_e5m2, 57344.0, 2, -14),
 }
 """Storage dtype name -> its format."""
 
@@ -90,7 +92,8 @@ def _quantise_block(x: torch.Tensor, fmt: Float8Format, codes: torch.Tensor,
                     scales: torch.Tensor) -> torch.Tensor:
     """Fill `codes` and `scales` for rows `x`; returns their squared error (float64)."""
     x32 = x.to(torch.float32)
-    absmax = x32.abs().amax(dim=1) if x32.shape[1] else x32.new_zeros(x32.shape[0])
+    absmax = (torch.linalg.vector_norm(x32, ord=float("inf"), dim=1) if x32.shape[1]
+              else x32.new_zeros(x32.shape[0]))
     if not bool(torch.isfinite(absmax).all()):
         bad = int((~torch.isfinite(absmax)).sum())
         raise ValueError(f"{bad} rows hold inf or NaN: 8-bit stores need finite activations")
@@ -101,9 +104,10 @@ def _quantise_block(x: torch.Tensor, fmt: Float8Format, codes: torch.Tensor,
     q = (x32 / scale[:, None]).clamp_(-fmt.max, fmt.max).to(fmt.torch_dtype)
     codes.copy_(q.view(torch.uint8))
     scales.copy_(scale)
-    # The difference of a value and its rounding is exact in float32 (they are within a factor
-    # of two, or the rounding is zero); squares are summed in float64.
-    diff = (x32 - q.to(torch.float32) * scale[:, None]).reshape(-1).to(torch.float64)
+    # Against exactly what readers get. The difference of a value and its rounding is exact in
+    # float32 (they are within a factor of two, or the rounding is zero); it is squared and
+    # summed in float64 (a float32 square of a 1e20 error would overflow).
+    diff = (x32 - dequantise(codes, scales, fmt.name)).reshape(-1).to(torch.float64)
     return torch.dot(diff, diff)
 
 
@@ -111,6 +115,10 @@ def dequantise(codes: torch.Tensor, scales: torch.Tensor, dtype: str) -> torch.T
     """(n, d) float32 rows from codes and scales, on their device (on a GPU: after the 8-bit
     copy, so a batch crosses PCIe at a byte per value)."""
     fmt = float8_format(dtype)
+    if codes.device.type == "cpu":
+        # torch converts float8 on a CPU one value at a time, several times slower than a
+        # table lookup (benchmarks/README.md, `fp8_store.py`); the values are the same bits.
+        return torch.from_numpy(dequantise_numpy(codes.numpy(), scales.numpy(), dtype))
     return codes.view(fmt.torch_dtype).to(torch.float32) * scales.to(torch.float32)[:, None]
 
 
@@ -124,9 +132,26 @@ def code_values(dtype: str) -> NDArray[np.float32]:
     return values
 
 
+@cache
+def _pair_values(dtype: str) -> NDArray[np.uint64]:
+    """The values of every pair of codes (a little-endian uint16) as two float32 held in one
+    uint64: one lookup decodes two values (512 KiB, cache-resident)."""
+    table = code_values(dtype)
+    pairs = np.arange(1 << 16)
+    both = np.stack([table[pairs & 0xFF], table[pairs >> 8]], axis=1)
+    out: NDArray[np.uint64] = np.ascontiguousarray(both).view(np.uint64).reshape(-1)
+    out.flags.writeable = False
+    return out
+
+
 def dequantise_numpy(codes: NDArray[Any], scales: NDArray[Any], dtype: str
                      ) -> NDArray[np.float32]:
     """The same float32 values as `dequantise`, with numpy alone."""
-    table = code_values(dtype)
-    out: NDArray[np.float32] = table[codes] * np.asarray(scales, np.float32)[:, None]
-    return out
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim == 2 and codes.shape[1] % 2 == 0:
+        flat = np.take(_pair_values(dtype), codes.view("<u2"))
+        values: NDArray[np.float32] = flat.view(np.float32).reshape(codes.shape)
+    else:
+        values = code_values(dtype)[codes]
+    values *= np.asarray(scales, np.float32)[:, None]
+    return values
