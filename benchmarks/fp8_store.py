@@ -163,10 +163,10 @@ def twin_stores(x: NDArray[np.float32], work: Path, context: int
 
 
 def train_one(store: ActivationStore, arch: str, out: Path, *, tokens: int, latents: int,
-              knob: dict[str, Any]) -> Path:
+              knob: dict[str, Any], held_out: float = 0.1) -> Path:
     cfg = TrainConfig(store=store.url, hook=store.hooks, arch=arch,  # type: ignore[arg-type]
                       latents=(latents,), tokens=tokens, batch_size=4096, out=str(out),
-                      holdout=0.1, progress=False, plots=False, eval_contexts=0,
+                      holdout=held_out, progress=False, plots=False, eval_contexts=0,
                       checkpoint_every=1 << 30, log_every=1 << 30, device="cpu", **knob)
     return train(cfg).dictionaries[0]
 
@@ -206,7 +206,7 @@ def mmcs_section(work: Path, tokens: int) -> dict[str, Any]:
         store = make_toy_store(ToyConfig(out=str(work / "toy"), d=64, features=128,
                                          active=4.0, rows=1 << 16, dtype=dtype))
         path = train_one(store, "topk", work / f"toy-run-{dtype}", tokens=tokens, latents=128,
-                         knob={"k": (4,)})
+                         knob={"k": (4,)}, held_out=0.0)  # one shard: nothing held out
         truth = load_ground_truth(store)
         assert truth is not None
         sae, _, _ = load_dictionary(path)
@@ -235,22 +235,22 @@ def main() -> None:
     try:
         minilm = generate_stores(MINILM, MINILM_HOOK, args.tokens, work, 128)
         result["bytes_minilm"] = bytes_section(MINILM, minilm)
-        report("bytes/token MiniLM", result["bytes_minilm"])
+        report("bytes/token MiniLM", result["bytes_minilm"], result, args.out)
         gpt2 = generate_stores(random_checkpoint("gpt2-small", work), GPT2_HOOK,
                                args.gpt2_tokens, work, 128)
         result["bytes_gpt2"] = bytes_section("random gpt2-small", gpt2)
-        report("bytes/token random GPT-2-small", result["bytes_gpt2"])
+        report("bytes/token random GPT-2-small", result["bytes_gpt2"], result, args.out)
         result["generation"] = generation_section(minilm, args.rounds)
-        report("generation (MiniLM, this process)", result["generation"])
+        report("generation (MiniLM, this process)", result["generation"], result, args.out)
         result["loader"] = loader_section(minilm, work, args.loader_rows, args.rounds)
-        report("loader epoch (float32 batches)", result["loader"])
+        report("loader epoch (float32 batches)", result["loader"], result, args.out)
         twins = twin_stores(minilm_activations(args.train_rows, cache_dir=Path(args.out)),
                             work, 128)
         result["dictionaries"] = dictionary_section(twins, work, args.train_tokens,
                                                     args.latents, args.l1)
-        report("held-out FVU on bf16 rows", result["dictionaries"])
+        report("held-out FVU on bf16 rows", result["dictionaries"], result, args.out)
         result["toy_mmcs"] = mmcs_section(work, 1 << 17)
-        report("toy MMCS", result["toy_mmcs"])
+        report("toy MMCS", result["toy_mmcs"], result, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = time.perf_counter() - t0
@@ -258,7 +258,9 @@ def main() -> None:
     print(f"# {result['seconds']:.0f} s; wrote {args.out}/fp8_store.json")
 
 
-def report(title: str, section: dict[str, Any]) -> None:
+def report(title: str, section: dict[str, Any], result: dict[str, Any], out: str) -> None:
+    """Print a section, and write the results so far (a run cut short keeps them)."""
+    Path(out, "fp8_store.json").write_text(json.dumps(result, indent=1))
     print(f"## {title}")
     for key, value in section.items():
         print(f"  {key}: {json.dumps(value, default=float)}", flush=True)
