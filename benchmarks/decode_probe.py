@@ -30,7 +30,8 @@ def probe_decoding() -> Iterator[DecodeProbe]:
 
     def recorded(self: Loader, hook: str, start: int, stop: int, *args: Any) -> None:
         real(self, hook, start, stop, *args)
-        probe.decoded.append((time.perf_counter(), stop - start))
+        if args[0].ndim == 2:  # activations, not an 8-bit hook's row scales
+            probe.decoded.append((time.perf_counter(), stop - start))
     Loader._read_scattered = recorded  # type: ignore[method-assign,assignment]
     try:
         yield probe

@@ -1,6 +1,6 @@
 """Store write/read throughput and compression on real MiniLM activations, vs raw files.
 
-    python -m benchmarks.store_codecs [--rows 128000] [--s3]
+    python -m benchmarks.store_codecs [--rows 128000] [--s3] [--dtypes float8_e4m3 ...]
 
 For each candidate codec: write MB/s (raw activation bytes per second, fsync and commit
 included), cold read MB/s, compression ratio; beside it the same bytes written and read with
@@ -27,7 +27,8 @@ from numpy.typing import NDArray
 
 from actstore import ActivationStore, Codec, Layout, RowIndex, StoreSpec, write_shard
 from actstore.bench.io import drop_cache, local_ceiling, timed
-from actstore.store.format import to_storage, torch_dtype
+from actstore.store.format import ACTIVATIONS, SCALES, is_float8, to_storage, torch_dtype
+from actstore.store.quant import quantise
 from actstore.store.spec import StorageDtype
 from benchmarks.minilm_activations import minilm_activations
 
@@ -37,6 +38,11 @@ CODECS = [Codec("blosc-zstd", 3, "bitshuffle"), Codec("blosc-zstd", 3, "shuffle"
           Codec("blosc-lz4", 5, "shuffle"),
           Codec("blosc-lz4", 5, "bitshuffle"), Codec("zstd", 3, "noshuffle"),
           Codec("none", 0, "noshuffle")]
+#: 8-bit codes have one byte per value, so blosc's byte shuffle is a no-op: "shuffle" stands
+#: for no filter, against bit-shuffle, lz4 and plain zstd.
+FLOAT8_CODECS = [Codec("blosc-zstd", 3, "shuffle"), Codec("blosc-zstd", 3, "bitshuffle"),
+                 Codec("blosc-zstd", 5, "shuffle"), Codec("blosc-lz4", 5, "bitshuffle"),
+                 Codec("zstd", 3, "noshuffle")]
 
 
 @dataclass
@@ -52,6 +58,9 @@ class Result:
     read_mbps: float
     write_vs_ceiling: float
     read_vs_ceiling: float
+    bytes_per_row: float = 0.0
+    """Stored bytes per row (an 8-bit store's row scales included): comparable across dtypes,
+    unlike `ratio`, which is against each dtype's own raw size."""
 
 
 def make_store(url: str, acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
@@ -88,7 +97,7 @@ def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
                 threads: int) -> Result:
     """Best of `repeats` for the store and for the raw ceiling, run alternately so that a slow
     spell of the disk hits both sides."""
-    raw_arr = to_storage(acts, dtype)
+    raw_arr = stored_values(acts, dtype)
     per = max(1, shard_bytes // raw_arr[0].nbytes)
     blobs = [raw_arr[i:i + per].tobytes() for i in range(0, len(raw_arr), per)]
     best = [np.inf] * 4  # store write, store read, ceiling write, ceiling read
@@ -99,14 +108,24 @@ def bench_local(acts: NDArray[np.float32], dtype: StorageDtype, codec: Codec, *,
                                shard_bytes=shard_bytes, writers=threads)
         drop_cache(url)
         tr = timed(lambda: read_all(store, threads))  # noqa: B023 (called at once)
-        comp = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
-                   os.walk(f"{url}/activations") for f in fs if not f.endswith(".json"))
+        comp = sum(os.path.getsize(os.path.join(d, f)) for folder in (ACTIVATIONS, SCALES)
+                   for d, _, fs in os.walk(f"{url}/{folder}") for f in fs
+                   if not f.endswith(".json"))
         shutil.rmtree(url)
         cw, cr = local_ceiling(blobs, f"{workdir}/raw-{uuid.uuid4().hex}", threads)
         best = [min(a, b) for a, b in zip(best, (tw, tr, cw, cr), strict=True)]
     raw = raw_arr.nbytes
     return Result("local", codec_name(codec), dtype, chunk_bytes >> 10, raw / comp,
-                  raw / best[0] / 1e6, raw / best[1] / 1e6, best[2] / best[0], best[3] / best[1])
+                  raw / best[0] / 1e6, raw / best[1] / 1e6, best[2] / best[0], best[3] / best[1],
+                  comp / len(acts))
+
+
+def stored_values(acts: NDArray[np.float32], dtype: StorageDtype) -> NDArray[np.generic]:
+    """The raw array a store of `dtype` holds (8-bit: the codes; scales are 4 bytes a row)."""
+    if is_float8(dtype):
+        codes: NDArray[np.generic] = quantise(torch.from_numpy(acts), dtype).codes.numpy()
+        return codes
+    return to_storage(acts, dtype)
 
 
 def bench_s3(acts: NDArray[np.float32], codec: Codec, chunk_bytes: int,
@@ -183,6 +202,8 @@ def main() -> None:
                    help="writer/reader threads, for the store and the raw ceiling alike")
     p.add_argument("--workdir", default="bench-out")
     p.add_argument("--s3", action="store_true", help="also measure against a moto S3 server")
+    p.add_argument("--dtypes", nargs="+", default=None,
+                   help="only these storage dtypes (and the bf16 default, the reference)")
     p.add_argument("--codec-speeds-only", action="store_true",
                    help="only the single-thread encode/decode speeds of each codec")
     args = p.parse_args()
@@ -196,6 +217,10 @@ def main() -> None:
     runs: list[tuple[StorageDtype, Codec, int]] = [("bfloat16", c, chunk) for c in CODECS]
     runs += [("bfloat16", CODECS[0], kib << 10) for kib in (512, 8192)]
     runs += [("float16", CODECS[0], chunk), ("float32", CODECS[0], chunk)]
+    runs += [(dtype, c, chunk) for dtype in ("float8_e4m3", "float8_e5m2") for c in FLOAT8_CODECS]
+    runs += [("float8_e4m3", FLOAT8_CODECS[0], kib << 10) for kib in (512, 1024, 4096, 8192)]
+    # the bf16 default always runs: the 8-bit stores' bytes per row are compared with it
+    runs = [r for i, r in enumerate(runs) if i == 0 or args.dtypes is None or r[0] in args.dtypes]
     results: list[Result] = []
     try:
         for dtype, codec, chunk_bytes in runs:
@@ -213,8 +238,9 @@ def main() -> None:
 
 
 def print_row(r: Result) -> None:
-    print(f"{r.backend:8} {r.dtype:9} {r.codec:28} chunk {r.chunk_kib:5d} KiB  "
-          f"ratio {r.ratio:4.2f}x  write {r.write_mbps:7.1f} MB/s ({r.write_vs_ceiling:4.2f}x ceil)"
+    print(f"{r.backend:8} {r.dtype:11} {r.codec:28} chunk {r.chunk_kib:5d} KiB  "
+          f"ratio {r.ratio:4.2f}x  {r.bytes_per_row:6.1f} B/row  "
+          f"write {r.write_mbps:7.1f} MB/s ({r.write_vs_ceiling:4.2f}x ceil)"
           f"  read {r.read_mbps:7.1f} MB/s ({r.read_vs_ceiling:4.2f}x ceil)", flush=True)
 
 

@@ -73,12 +73,12 @@ def fill_store(store: ActivationStore, seed: int = 0, shards: list[int] | None =
     return Expected(acts, index, contexts)
 
 
-def straddling_store(url: str) -> ActivationStore:
+def straddling_store(url: str, dtype: StorageDtype = "bfloat16") -> ActivationStore:
     """13 contexts of 8 rows in 4 shards of 30 rows: contexts straddle the shard boundaries
     (what holding out whole contexts must cope with)."""
     layout = Layout(num_rows=104, d_model={HOOKS[0]: 12, HOOKS[1]: 5}, shard_rows=30,
                     chunk_rows=10)
-    return ActivationStore.create(url, make_spec(), layout)
+    return ActivationStore.create(url, make_spec(dtype), layout)
 
 
 def new_store(url: str, dtype: StorageDtype = "bfloat16") -> ActivationStore:

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 import torch
 
 from actstore.model.device import resolve_device
+from actstore.store.spec import StorageDtype
 
 Stage = Literal["generation", "store", "loader", "trainer"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
@@ -45,6 +46,9 @@ class BenchConfig:
     """Smaller everything: under 2 minutes on a 2-core CPU."""
     seconds: float = 3.0
     """Each timed measurement repeats until it has run at least this long."""
+    store_dtype: StorageDtype = "bfloat16"
+    """Storage dtype of the generated store that the store, loader and trainer stages read
+    (float8_e4m3/e5m2: 8-bit stores)."""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -72,6 +76,8 @@ class BenchSetup:
     train_steps: int
     """Timed trainer steps per configuration (after one warm-up step)."""
     k: int = 32
+    store_dtype: StorageDtype = "bfloat16"
+    """Storage dtype of the generated store."""
 
 
 def resolve(cfg: BenchConfig) -> BenchSetup:
@@ -87,4 +93,5 @@ def resolve(cfg: BenchConfig) -> BenchSetup:
                 context_length=cfg.context_length or (1024 if gpu else 128),
                 batch_size=cfg.batch_size or (64 if gpu else 16),
                 latents=cfg.latents or ladder, store_rows=rows,
-                train_batch=4096, train_steps=(4 if cfg.quick else 8) if not gpu else 20)
+                train_batch=4096, train_steps=(4 if cfg.quick else 8) if not gpu else 20,
+                store_dtype=cfg.store_dtype)

@@ -123,7 +123,7 @@ def measure(setup: BenchSetup, work: Path, tokens: int | None, seconds: float, r
                          context_length=setup.context_length, max_tokens=tokens,
                          batch_size=setup.batch_size,
                          device=setup.device, executor="local",
-                         progress=False)
+                         store_dtype=setup.store_dtype, progress=False)
     first = generate(cfg)
     store = ActivationStore.open(first.url)
     worker = ShardWorker(first.url, model=cfg.model, revision=None,

@@ -20,6 +20,7 @@ import torch
 from actstore.bench.io import drop_cache, local_ceiling, read_files, timed
 from actstore.loader.loader import Loader, LoaderConfig
 from actstore.loader.shuffle_quality import shuffle_quality
+from actstore.store import format as fmt
 from actstore.store.activation_store import ActivationStore, RowIndex
 from actstore.store.spec import DTYPE_ITEMSIZE, Layout
 from actstore.store.writer import write_shard
@@ -39,7 +40,7 @@ def tiled_store(url: str, source: ActivationStore, rows: int, threads: int
     context = np.concatenate([index.context + i * n_ctx for i in range(copies)])[:rows]
     position = np.tile(index.position, copies)[:rows]
     token = np.tile(index.token, copies)[:rows]
-    row_bytes = x.shape[1] * x.element_size()
+    row_bytes = x.shape[1] * DTYPE_ITEMSIZE[source.spec.dtype]
     # several shards per writer thread, as generation plans them, so the writers overlap
     layout = Layout.for_sizes(rows, {hook: x.shape[1]}, source.spec.dtype,
                               shard_bytes=min(256 << 20, rows * row_bytes // (4 * threads)))
@@ -56,7 +57,9 @@ def tiled_store(url: str, source: ActivationStore, rows: int, threads: int
 
 
 def _files(store: ActivationStore) -> list[str]:
-    return sorted(str(p) for p in Path(store.location.root, "activations").rglob("*")
+    """The activations' shard objects (and an 8-bit store's row scales, read with them)."""
+    return sorted(str(p) for folder in (fmt.ACTIVATIONS, fmt.SCALES)
+                  for p in Path(store.location.root, folder).rglob("*")
                   if p.is_file() and p.name != "zarr.json")
 
 
@@ -92,8 +95,8 @@ def decode_all(store: ActivationStore, threads: int) -> None:
     (what the CPU allows the loader)."""
     hook = store.hooks[0]
     n, c = store.num_rows, store.layout.chunk_rows
-    out = np.empty((n, store.layout.d_model[hook]), np.uint16 if store.spec.dtype != "float32"
-                   else np.float32)
+    out = np.empty((n, store.layout.d_model[hook]),
+                   store.decoders[fmt.activation_path(hook)].dtype)
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda a: store.read_into(hook, a, min(n, a + c), out[a:a + c]),
                       range(0, n, c)))

@@ -43,7 +43,8 @@ class GenerateConfig:
     context_policy: ContextPolicy = "pack"
     """pack documents into full contexts, or truncate one context per document."""
     store_dtype: StorageDtype = "bfloat16"
-    """Storage dtype of activations."""
+    """Storage dtype of activations (float8_e4m3/e5m2: 8 bits with a scale per row, and a
+    noise floor shown by `actstore info`)."""
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
     """Model dtype (default: bfloat16 on GPU, float32 on CPU)."""
     device: Literal["cuda", "cpu"] | None = None

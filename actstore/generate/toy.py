@@ -52,8 +52,8 @@ class ToyConfig:
     """Rows (activations) in the store."""
     seed: int = 0
     """Seeds the features and the rows."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Storage dtype: float32, bfloat16 or float16."""
+    dtype: Literal["float32", "bfloat16", "float16", "float8_e4m3", "float8_e5m2"] = "float32"
+    """Storage dtype: float32, bfloat16, float16, or 8-bit floats with a scale per row."""
     hierarchy: int = 0
     """Children per parent feature (0: none): children fire only with their parent, each
     with probability 1 / hierarchy when it does (the Matryoshka papers' toy; absorption)."""

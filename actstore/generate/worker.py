@@ -151,8 +151,12 @@ class ShardWorker:
         for j, c in enumerate(batch):
             keep[j, int(self.rows.starts[c]):len(seqs[j])] = True
         keep = keep.to(self.device)
-        dtype = fmt.torch_dtype(self.store.spec.dtype)
-        rows = {h: v[keep].to(dtype) for h, v in out.items()}  # cast on the device: fewer bytes
+        if fmt.is_float8(self.store.spec.dtype):
+            # Quantised and measured against these exact rows in the writer: no cast here.
+            rows = {h: v[keep] for h, v in out.items()}
+        else:
+            dtype = fmt.torch_dtype(self.store.spec.dtype)
+            rows = {h: v[keep].to(dtype) for h, v in out.items()}  # cast on the device
         if self.device.type != "cuda":
             return rows
         # Pinned buffers and non-blocking copies: the host thread goes on queuing forward

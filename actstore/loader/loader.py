@@ -28,6 +28,7 @@ import torch
 from numpy.typing import NDArray
 
 from actstore.store import format as fmt
+from actstore.store import quant
 from actstore.store.activation_store import ActivationStore
 from actstore.store.spec import derived_seed
 
@@ -246,7 +247,7 @@ class Loader:
             yield batch
 
     def _produce(self, plan: EpochPlan, start: int
-                 ) -> Iterator[tuple[NDArray[np.int64], dict[str, torch.Tensor]]]:
+                 ) -> Iterator[tuple[NDArray[np.int64], dict[str, tuple[torch.Tensor, ...]]]]:
         """(rows, host tensors) per batch, from windows read ahead by a background thread."""
         ready: queue.Queue[Any] = queue.Queue(maxsize=self.config.prefetch_windows)
         stop = threading.Event()
@@ -293,7 +294,7 @@ class Loader:
                     batches = []  # rows are already in shuffled order: batches are slices
                     for a in range(max(start, w0), min(w0 + w, end), b):
                         cut = slice(a - w0, min(a + b, end) - w0)
-                        batches.append((rows[cut], {h: self._to_tensor(v[cut])
+                        batches.append((rows[cut], {h: self._to_tensor(tuple(p[cut] for p in v))
                                                     for h, v in data.items()}))
                     ready.put(batches)
             ready.put(None)
@@ -301,7 +302,8 @@ class Loader:
             ready.put(e)
 
     def _read_window(self, plan: EpochPlan, pool: ThreadPoolExecutor, w0: int
-                     ) -> tuple[NDArray[np.int64], dict[str, torch.Tensor], list[Any]]:
+                     ) -> tuple[NDArray[np.int64], dict[str, tuple[torch.Tensor, ...]],
+                                list[Any]]:
         """Start decoding a window's chunk runs straight into their shuffled places, one
         buffer per hook; returns the window's rows in shuffled order, the buffers and the
         futures to wait for.
@@ -317,40 +319,53 @@ class Loader:
         slot[perm] = np.arange(len(perm))
         runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
         data, futures = {}, []
+        # 8-bit stores: each row's scale travels with its codes (same slots), dequantised
+        # only on the delivery device.
+        float8 = fmt.is_float8(self.store.spec.dtype)
         for hook in self.config.hooks:
             dec = self.store.decoders[fmt.activation_path(hook)]
-            buf = np.empty((len(rows), *dec.row_shape), dtype=dec.dtype)
-            for r in runs:
-                futures.append(pool.submit(self._read_scattered, hook, int(rows[r[0]]),
-                                           int(rows[r[-1]]) + 1, buf, slot[r[0]:r[-1] + 1]))
-            data[hook] = torch.from_numpy(buf)
+            buffers = [np.empty((len(rows), *dec.row_shape), dec.dtype)]
+            if float8:
+                buffers.append(np.empty(len(rows), np.float32))
+            for buf in buffers:
+                futures += [pool.submit(self._read_scattered, hook, int(rows[r[0]]),
+                                        int(rows[r[-1]]) + 1, buf, slot[r[0]:r[-1] + 1])
+                            for r in runs]
+            data[hook] = tuple(torch.from_numpy(buf) for buf in buffers)
         return rows[perm], data, futures
 
     def _read_scattered(self, hook: str, start: int, stop: int, buf: NDArray[Any],
                         slots: NDArray[np.int64]) -> None:
-        """Rows [start, stop) of the store into buf[slots], through a per-thread buffer."""
-        temp: NDArray[Any] | None = getattr(self._scratch, hook, None)
+        """Rows [start, stop) of the store into buf[slots], through a per-thread buffer: the
+        activations into a 2-D `buf`, an 8-bit hook's row scales into a 1-D one."""
+        read = self.store.read_into if buf.ndim == 2 else self.store.read_scales_into
+        name = f"{hook}/{buf.ndim}"
+        temp: NDArray[Any] | None = getattr(self._scratch, name, None)
         if temp is None or len(temp) < stop - start:
             temp = np.empty((max(stop - start, self.store.layout.chunk_rows), *buf.shape[1:]),
                             dtype=buf.dtype)
-            setattr(self._scratch, hook, temp)
-        self.store.read_into(hook, start, stop, temp[:stop - start])
+            setattr(self._scratch, name, temp)
+        read(hook, start, stop, temp[:stop - start])
         buf[slots] = temp[:stop - start]
 
-    def _to_tensor(self, raw: torch.Tensor) -> torch.Tensor:
-        """Stored bits as the logical dtype (bf16 is kept as uint16 on disk)."""
+    def _to_tensor(self, raw: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Stored bits as the logical dtype (bf16 is kept as uint16 on disk; 8-bit codes stay
+        codes, with their scales, until they reach the device)."""
         if self.store.spec.dtype == "bfloat16":
-            return raw.view(torch.bfloat16)
+            return (raw[0].view(torch.bfloat16),)
         return raw
 
-    def _deliver(self, x: dict[str, torch.Tensor], rows: NDArray[np.int64]) -> Batch:
+    def _deliver(self, x: dict[str, tuple[torch.Tensor, ...]], rows: NDArray[np.int64]
+                 ) -> Batch:
         cfg = self.config
         device = torch.device(cfg.device)
         out = {}
         for hook, host in x.items():
-            t = host
+            parts = host
             if device.type == "cuda":  # pinned host memory: the copy runs asynchronously
-                t = host.pin_memory().to(device, non_blocking=True)
+                parts = tuple(p.pin_memory().to(device, non_blocking=True) for p in host)
+            t = parts[0] if len(parts) == 1 else quant.dequantise(parts[0], parts[1],
+                                                                  self.store.spec.dtype)
             dtype = fmt.torch_dtype(cfg.dtype) if cfg.dtype else t.dtype
             norm = self._scale[hook]
             if norm.mean is None and norm.scale == 1.0:

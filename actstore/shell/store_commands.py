@@ -63,6 +63,9 @@ def run_info(cfg: InfoConfig) -> int:
           + (f" = {ratio:.2f}x" if ratio else ""))
     for hook, h in info["hooks"].items():
         print(f"hook      {hook}: d_model={h['d_model']} dtype={h['dtype']} array={h['array']}")
+        if h.get("noise_floor_fvu") is not None:
+            print(f"          scales={h['scales']}; noise floor FVU {h['noise_floor_fvu']:.2e} "
+                  "(8-bit rounding: lower FVUs cannot be told apart through this store)")
     print("spec      " + json.dumps(spec, sort_keys=True))
     return 0
 

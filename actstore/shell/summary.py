@@ -9,6 +9,7 @@ from actstore.store.activation_store import ActivationStore, read_root_attrs
 from actstore.store.errors import one_line
 from actstore.store.location import Location
 from actstore.store.spec import DTYPE_ITEMSIZE
+from actstore.store.stats import HookStats
 
 
 def describe(store: ActivationStore) -> dict[str, Any]:
@@ -19,15 +20,23 @@ def describe(store: ActivationStore) -> dict[str, Any]:
     rows_done = sum(r["rows"][1] - r["rows"][0] for r in records)
     hooks: dict[str, Any] = {}
     raw_total = compressed_total = 0
+    float8 = fmt.is_float8(store.spec.dtype)
     for hook in store.hooks:
         path = fmt.activation_path(hook)
         d = store.layout.d_model[hook]
-        raw = rows_done * d * DTYPE_ITEMSIZE[store.spec.dtype]
+        # an 8-bit hook's bytes include its row scales (4 bytes a row, raw)
+        paths = (path, fmt.scale_path(hook)) if float8 else (path,)
+        raw = rows_done * (d * DTYPE_ITEMSIZE[store.spec.dtype] + (4 if float8 else 0))
         compressed = sum(size for r in records for key, size in _sizes(r)
-                         if key.startswith(path + "/"))
+                         if key.startswith(tuple(p + "/" for p in paths)))
         hooks[hook] = {"array": path, "d_model": d, "dtype": store.spec.dtype,
                        "raw_bytes": raw, "compressed_bytes": compressed,
                        "compression_ratio": raw / compressed if compressed else None}
+        if float8:
+            stats = HookStats.merge_all((HookStats.from_dict(r["stats"][hook]) for r in records),
+                                        d)
+            hooks[hook].update(scales=fmt.scale_path(hook), mean_sq_error=stats.mean_sq_error,
+                               noise_floor_fvu=stats.noise_floor)
         raw_total += raw
         compressed_total += compressed
     return {

@@ -12,6 +12,7 @@
  location.Location (fsspec: file, memory, s3, gs): atomic put, exclusive create, range get
  shard_codec: ShardEncoder / ShardDecoder — zarr v3 sharding bytes, chunk-parallel
  format.py: array paths and dtypes; spec.py: StoreSpec (identity → key), Layout
+ quant/: 8-bit float rows, a scale per row (quantise in the writer, dequantise anywhere)
  verify.py: checksums, integrity, exactly-once
  errors.py: what the store raises, and which faults pass (`transient`); processes.py: /proc
 

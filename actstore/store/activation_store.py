@@ -221,11 +221,25 @@ class ActivationStore:
         self._read(self._hook_path(hook), start, stop, out)
 
     def read_torch(self, hook: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) as a torch tensor of the storage dtype (bf16 included)."""
-        return fmt.from_storage(self.read(hook, start, stop), self.spec.dtype)
+        """Rows [start, stop) as a tensor of the storage dtype (8-bit stores: float32 values)."""
+        return fmt.from_storage(self.read(hook, start, stop), self.spec.dtype,
+                                self._scales(hook, start, stop))
 
     def read_float32(self, hook: str, start: int, stop: int) -> NDArray[np.float32]:
-        return fmt.to_float32(self.read(hook, start, stop), self.spec.dtype)
+        return fmt.to_float32(self.read(hook, start, stop), self.spec.dtype,
+                              self._scales(hook, start, stop))
+
+    def read_scales_into(self, hook: str, start: int, stop: int, out: NDArray[Any]) -> None:
+        """Decode the row scales of an 8-bit hook, rows [start, stop), into `out` (float32)."""
+        self._hook_path(hook)
+        self._read(fmt.scale_path(hook), start, stop, out)
+
+    def _scales(self, hook: str, start: int, stop: int) -> NDArray[np.float32] | None:
+        """The row scales of an 8-bit hook; None for lossless dtypes, which have none."""
+        if not fmt.is_float8(self.spec.dtype):
+            return None
+        self._hook_path(hook)
+        return self._read(fmt.scale_path(hook), start, stop)
 
     def read_shard(self, hook: str, shard: int) -> NDArray[Any]:
         return self.read(hook, *self.layout.shard_rows_range(shard))

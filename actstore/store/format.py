@@ -2,7 +2,8 @@
 
 Everything here is plain Zarr v3, so a store reads with `zarr` and `pyarrow` alone (see
 docs/FORMAT.md). zarr 3.1 has no bfloat16 dtype, so bf16 activations are stored as their uint16
-bit pattern and the array's attribute `actstore.dtype` names the logical dtype.
+bit pattern and the array's attribute `actstore.dtype` names the logical dtype. 8-bit stores
+hold float8 bit patterns (uint8) and one float32 scale per row in `scales/<hook>` (`quant/`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
-from actstore.store import shard_codec
+from actstore.store import quant, shard_codec
 from actstore.store.shard_codec import ShardDecoder, ShardEncoder
 from actstore.store.spec import Codec, Layout, StorageDtype
 
 ACTIVATIONS = "activations"
 INDEX = "index"
+SCALES = "scales"
 CONTEXTS = "contexts"
 COMMITS = "commits"
 LEASES = "leases"
@@ -34,9 +36,12 @@ META = "zarr.json"
 #: Row-index arrays: name -> numpy dtype. Aligned row for row with the activations.
 INDEX_ARRAYS: dict[str, str] = {"context": "int64", "position": "int32", "token": "int32"}
 
-_STORAGE_NUMPY: dict[str, str] = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
+_STORAGE_NUMPY: dict[str, str] = {"bfloat16": "uint16", "float16": "float16", "float32": "float32",
+                                  "float8_e4m3": "uint8", "float8_e5m2": "uint8"}
 _TORCH: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+    # 8-bit rows are read as float32 (codes times their row's scale)
+    "float8_e4m3": torch.float32, "float8_e5m2": torch.float32,
 }
 
 
@@ -46,6 +51,15 @@ def activation_path(hook: str) -> str:
 
 def index_path(name: str) -> str:
     return f"{INDEX}/{name}"
+
+
+def scale_path(hook: str) -> str:
+    """The per-row scales of an 8-bit hook (float32, one per row)."""
+    return f"{SCALES}/{hook}"
+
+
+def is_float8(dtype: StorageDtype) -> bool:
+    return quant.is_float8(dtype)
 
 
 def shard_key(array_path: str, shard: int) -> str:
@@ -60,6 +74,9 @@ def marker_key(kind: str, shard: int) -> str:
 
 INDEX_CODEC = Codec(name="zstd", level=3, shuffle="noshuffle")
 """Row-index arrays are small integers: plain zstd suffices."""
+SCALE_CODEC = Codec(name="blosc-zstd", level=3, shuffle="shuffle")
+"""Scales are positive float32 of similar size: byte shuffle groups their exponents. They are
+4 bytes a row against d_model for the codes, so their codec hardly matters."""
 
 
 def compressors(codec: Codec, itemsize: int) -> list[BytesBytesCodec]:
@@ -80,28 +97,46 @@ def storage_numpy_dtype(dtype: StorageDtype) -> np.dtype[Any]:
 
 
 def torch_dtype(dtype: StorageDtype) -> torch.dtype:
+    """The dtype rows of a store are read in (float32 for 8-bit stores)."""
     return _TORCH[dtype]
 
 
 def to_storage(values: torch.Tensor | NDArray[Any], dtype: StorageDtype) -> NDArray[Any]:
-    """Cast activations (any float tensor or array) to the numpy array that is stored."""
+    """Cast activations (any float tensor or array) to the numpy array that is stored
+    (lossless dtypes only: 8-bit rows need their scales, `quant.quantise`)."""
+    if is_float8(dtype):
+        raise ValueError(f"{dtype} rows are quantised with a scale per row: use quant.quantise")
     t = torch.as_tensor(values).detach().to("cpu", _TORCH[dtype]).contiguous()
     if dtype == "bfloat16":
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
 
 
-def from_storage(raw: NDArray[Any], dtype: StorageDtype) -> torch.Tensor:
-    """The stored numpy array as a torch tensor of the logical dtype (zero-copy view)."""
+def from_storage(raw: NDArray[Any], dtype: StorageDtype,
+                 scales: NDArray[Any] | None = None) -> torch.Tensor:
+    """The stored numpy array as a torch tensor of the logical dtype (zero-copy view; 8-bit
+    codes with their row scales: float32 values)."""
     t = torch.from_numpy(np.ascontiguousarray(raw))
+    if is_float8(dtype):
+        return quant.dequantise(t, torch.from_numpy(_need_scales(scales, dtype)), dtype)
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
-def to_float32(raw: NDArray[Any], dtype: StorageDtype) -> NDArray[np.float32]:
-    """Exact float32 values of stored activations (bf16 is the top half of a float32)."""
+def to_float32(raw: NDArray[Any], dtype: StorageDtype,
+               scales: NDArray[Any] | None = None) -> NDArray[np.float32]:
+    """Exact float32 values of stored activations (bf16 is the top half of a float32; 8-bit
+    codes are float8 values times their row's scale)."""
+    if is_float8(dtype):
+        return quant.dequantise_numpy(raw, _need_scales(scales, dtype), dtype)
     if dtype == "bfloat16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     return raw.astype(np.float32, copy=False)
+
+
+def _need_scales(scales: NDArray[Any] | None, dtype: StorageDtype) -> NDArray[Any]:
+    if scales is None:
+        raise ValueError(f"{dtype} rows need their scales to be read as values")
+    return scales
 
 
 def array_definitions(layout: Layout, dtype: StorageDtype) -> dict[str, dict[str, Any]]:
@@ -113,8 +148,17 @@ def array_definitions(layout: Layout, dtype: StorageDtype) -> dict[str, dict[str
             "shape": (layout.num_rows, d), "dtype": np_dtype,
             "shards": (layout.shard_rows, d), "chunks": (layout.chunk_rows, d),
             "compressors": compressors(layout.codec, np_dtype.itemsize),
-            "fill_value": 0, "attributes": {"actstore.dtype": dtype, "actstore.hook": hook},
+            "fill_value": 0, "attributes": {"actstore.dtype": dtype, "actstore.hook": hook,
+                                            **({"actstore.scales": scale_path(hook)}
+                                               if is_float8(dtype) else {})},
         }
+        if is_float8(dtype):
+            defs[scale_path(hook)] = {
+                "shape": (layout.num_rows,), "dtype": np.dtype("float32"),
+                "shards": (layout.shard_rows,), "chunks": (layout.chunk_rows,),
+                "compressors": compressors(SCALE_CODEC, 4), "fill_value": 0.0,
+                "attributes": {"actstore.scales_of": activation_path(hook)},
+            }
     for name, idx_dtype in INDEX_ARRAYS.items():
         defs[index_path(name)] = {
             "shape": (layout.num_rows,), "dtype": np.dtype(idx_dtype),
@@ -130,12 +174,18 @@ def shard_encoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardEncode
     """Path -> fast encoder producing exactly the shard objects zarr would for that array."""
     encoders = {}
     for path, definition in array_definitions(layout, dtype).items():
-        codec = layout.codec if path.startswith(ACTIVATIONS) else INDEX_CODEC
+        codec = codec_of(path, layout)
         encoders[path] = ShardEncoder(
             shard_rows=layout.shard_rows, chunk_rows=layout.chunk_rows,
             compressor=shard_codec.compressor(codec, definition["dtype"].itemsize),
             fill_value=definition["fill_value"])
     return encoders
+
+
+def codec_of(path: str, layout: Layout) -> Codec:
+    if path.startswith(ACTIVATIONS):
+        return layout.codec
+    return SCALE_CODEC if path.startswith(SCALES) else INDEX_CODEC
 
 
 def shard_decoders(layout: Layout, dtype: StorageDtype) -> dict[str, ShardDecoder]:

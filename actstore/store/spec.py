@@ -16,11 +16,13 @@ from typing import Any, Literal, get_args
 
 FORMAT_VERSION = 1
 
-StorageDtype = Literal["bfloat16", "float16", "float32"]
+StorageDtype = Literal["bfloat16", "float16", "float32", "float8_e4m3", "float8_e5m2"]
 BosPolicy = Literal["keep", "drop", "none"]
 ContextPolicy = Literal["pack", "truncate"]
 
-DTYPE_ITEMSIZE: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
+DTYPE_ITEMSIZE: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4, "float8_e4m3": 1,
+                                  "float8_e5m2": 1}
+"""Bytes per stored value (8-bit stores add a float32 scale per row: see `format.py`)."""
 ADDED_FIELDS = ("model_weights",)
 """Spec fields added after format 1 was first written: omitted from the key while None."""
 
@@ -64,7 +66,7 @@ class StoreSpec:
     max_tokens: int | None = None
     """Upper bound on tokens fed to the model; None means the whole dataset."""
     dtype: StorageDtype = "bfloat16"
-    """Storage dtype of the activations."""
+    """Storage dtype of the activations (float8_*: 8-bit floats with a scale per row)."""
     model_dtype: str = "float32"
     """Dtype the model ran in (bf16 on GPU changes the numbers, so it is part of the identity)."""
     format_version: int = FORMAT_VERSION
@@ -192,10 +194,16 @@ class Layout:
 
         Defaults come from benchmarks/store_codecs.py: ~2 MiB chunks keep random reads cheap
         while compressing as well as larger ones; ~256 MiB shards are large objects for S3.
+        8-bit stores default to byte shuffle (measured smaller than bit-shuffle on 8-bit codes).
         """
         row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[dtype]
         chunk_rows = max(1, chunk_bytes // row_bytes)
         chunk_rows = min(chunk_rows, num_rows)
         per_shard = max(1, shard_bytes // (chunk_rows * row_bytes))
         return cls(num_rows=num_rows, d_model=dict(d_model), shard_rows=chunk_rows * per_shard,
-                   chunk_rows=chunk_rows, codec=codec or Codec())
+                   chunk_rows=chunk_rows, codec=codec or default_codec(dtype))
+
+
+def default_codec(dtype: StorageDtype) -> Codec:
+    """The activations' compressor when none is asked for (benchmarks/store_codecs.py)."""
+    return Codec(shuffle="shuffle") if DTYPE_ITEMSIZE[dtype] == 1 else Codec()

@@ -21,6 +21,25 @@ class HookStats:
     """Per-dimension mean, shape (d_model,)."""
     mean_sq_norm: float
     """Mean of the squared L2 norm of a row: what SAE trainers normalise by."""
+    mean_sq_error: float | None = None
+    """8-bit stores: mean over rows of ‖x − q(x)‖², the exact row against its stored
+    rounding (None for lossless dtypes). Over the variance, it is the store's noise floor."""
+
+    @property
+    def variance(self) -> float:
+        """Mean squared distance of a row from the mean row (the denominator of FVU)."""
+        return self.mean_sq_norm - float(self.mean @ self.mean)
+
+    @property
+    def noise_floor(self) -> float | None:
+        """The FVU of the stored rows against the exact ones: a reconstruction this good or
+        better cannot be told apart through the store (None when it is lossless)."""
+        if self.mean_sq_error is None:
+            return None
+        return self.mean_sq_error / self.variance if self.variance > 0 else 0.0
+
+    def with_quantisation_error(self, mean_sq_error: float) -> HookStats:
+        return HookStats(self.count, self.mean, self.mean_sq_norm, mean_sq_error)
 
     @classmethod
     def of(cls, rows: NDArray[Any] | torch.Tensor, block: int = 4096) -> HookStats:
@@ -51,12 +70,17 @@ class HookStats:
 
     def merge(self, other: HookStats) -> HookStats:
         """Statistics of the union of both row sets (weighted means, exact up to rounding)."""
-        n = self.count + other.count
-        if n == 0:
+        if other.count == 0:
             return self
+        if self.count == 0:
+            return other
+        n = self.count + other.count
         wa, wb = self.count / n, other.count / n
+        error = (None if self.mean_sq_error is None or other.mean_sq_error is None
+                 else wa * self.mean_sq_error + wb * other.mean_sq_error)
         return HookStats(count=n, mean=wa * self.mean + wb * other.mean,
-                         mean_sq_norm=wa * self.mean_sq_norm + wb * other.mean_sq_norm)
+                         mean_sq_norm=wa * self.mean_sq_norm + wb * other.mean_sq_norm,
+                         mean_sq_error=error)
 
     @classmethod
     def merge_all(cls, parts: Iterable[HookStats], d_model: int) -> HookStats:
@@ -66,9 +90,15 @@ class HookStats:
         return total
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean.tolist(), "mean_sq_norm": self.mean_sq_norm}
+        d: dict[str, Any] = {"count": self.count, "mean": self.mean.tolist(),
+                             "mean_sq_norm": self.mean_sq_norm}
+        if self.mean_sq_error is not None:  # lossless stores' markers stay as they were
+            d["mean_sq_error"] = self.mean_sq_error
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HookStats:
+        error = d.get("mean_sq_error")
         return cls(count=int(d["count"]), mean=np.asarray(d["mean"], dtype=np.float64),
-                   mean_sq_norm=float(d["mean_sq_norm"]))
+                   mean_sq_norm=float(d["mean_sq_norm"]),
+                   mean_sq_error=None if error is None else float(error))

@@ -147,7 +147,8 @@ def _verify_shard(store: ActivationStore, shard: int, coverage: _Coverage | None
     reader = ActivationStore(store.location, store.spec, store.layout)
     for hook in store.hooks:
         try:
-            _in_ranges(store, shard, partial(reader.read, hook))
+            # read_float32 reads the codes and, in 8-bit stores, the scales too
+            _in_ranges(store, shard, partial(reader.read_float32, hook))
         except StoreError as e:  # a missing or corrupt object: say so, check the rest
             problems.append(f"shard {shard}: {e}")
     try:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from actstore.store import format as fmt
@@ -32,6 +34,7 @@ from actstore.store.errors import (
     ShardLeaseError,
 )
 from actstore.store.lock import group_bytes, owner, read_attrs
+from actstore.store.quant import quantise
 from actstore.store.shard_codec import run_in_pool
 from actstore.store.stats import HookStats
 
@@ -90,22 +93,19 @@ class ShardWriter:
             raise FormatError(f"shard needs hooks {list(self.store.hooks)}, "
                               f"got {sorted(activations)}")
         arrays: dict[str, NDArray[Any]] = {}
+        stats: dict[str, Future[HookStats]] = {}
         for hook, values in activations.items():
-            stored = fmt.to_storage(values, self.store.spec.dtype)
             want = (n, self.store.layout.d_model[hook])
-            if stored.shape != want:
+            if tuple(np.shape(values)) != want:
                 raise FormatError(f"hook {hook}: shard {self.shard} needs shape {want}, "
-                                  f"got {stored.shape}")
-            arrays[fmt.activation_path(hook)] = stored
+                                  f"got {tuple(np.shape(values))}")
+            arrays.update(self._encode_rows(hook, values, stats))
         for name, values in zip(fmt.INDEX_ARRAYS, index, strict=True):
             column = np.asarray(values, dtype=fmt.INDEX_ARRAYS[name])
             if column.shape != (n,):
                 raise FormatError(f"index {name}: shard {self.shard} needs {n} rows, "
                                   f"got shape {column.shape}")
             arrays[fmt.index_path(name)] = column
-        dtype = self.store.spec.dtype
-        stats = {hook: run_in_pool(HookStats.of, fmt.from_storage(arrays[fmt.activation_path(
-            hook)], dtype)) for hook in activations}  # overlaps the encoding below
         blobs = {fmt.shard_key(path, self.shard): self.store.encoders[path].encode(data)
                  for path, data in arrays.items()}
         tails = {fmt.shard_key(path, self.shard): self.store.decoders[path].index_nbytes
@@ -122,10 +122,30 @@ class ShardWriter:
                              "index_crc32c": fmt.index_checksum(b[-tails[k]:])}
                          for k, b in blobs.items()}
 
+    def _encode_rows(self, hook: str, values: Any, stats: dict[str, Future[HookStats]]
+                     ) -> dict[str, NDArray[Any]]:
+        """One hook's stored arrays (path -> array); starts its statistics in `stats`, which
+        overlap the encoding of the other arrays."""
+        dtype = self.store.spec.dtype
+        if not fmt.is_float8(dtype):
+            stored = fmt.to_storage(values, dtype)
+            stats[hook] = run_in_pool(HookStats.of, fmt.from_storage(stored, dtype))
+            return {fmt.activation_path(hook): stored}
+        exact = torch.as_tensor(values).detach()
+        try:
+            q = quantise(exact, dtype)
+        except ValueError as e:
+            raise FormatError(f"hook {hook}: shard {self.shard}: {e}") from None
+        # Statistics and the noise floor come from the exact rows, not their 8-bit rounding.
+        stats[hook] = run_in_pool(lambda: HookStats.of(exact.cpu()).with_quantisation_error(
+            q.sq_error / max(1, exact.shape[0])))
+        return {fmt.activation_path(hook): q.codes.cpu().numpy(),
+                fmt.scale_path(hook): q.scales.cpu().numpy()}
+
     def commit(self) -> None:
         """Publish the commit marker (exclusively), then drop the lease."""
         loc = self.store.location
-        expected = len(self.store.hooks) + len(fmt.INDEX_ARRAYS)
+        expected = len(self.store.encoders)  # every array has an object per shard
         if len(self._objects) != expected:
             raise FormatError(f"shard {self.shard}: commit before all arrays were written")
         self._check_lease()

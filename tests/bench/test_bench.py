@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from actstore import ActivationStore, Layout
+from actstore.bench import storage
 from actstore.shell.main import main
 from tests.gen_fixtures import save_tiny
+from tests.helpers import HOOKS, fill_store, make_spec
 
 
 def test_quick_bench_measures_every_stage(tmp_path: Path,
@@ -51,6 +55,21 @@ def test_quick_bench_measures_every_stage(tmp_path: Path,
     assert md in printed.out  # the same table on stdout
     assert "[bench" in printed.err  # progress
     assert not list(out.glob("scratch-*"))  # scratch stores removed
+
+
+def test_the_store_and_loader_stages_measure_an_8bit_store(tmp_path: Path) -> None:
+    source = ActivationStore.create(
+        str(tmp_path / "source"), make_spec("float8_e4m3", hooks=(HOOKS[0],)),
+        Layout(num_rows=104, d_model={HOOKS[0]: 12}, shard_rows=32, chunk_rows=8))
+    fill_store(source)
+    st, tiled = storage.measure_store(source, tmp_path, 1000)
+    assert tiled.spec.dtype == "float8_e4m3"
+    assert st["raw_bytes"] == 1000 * 12  # a byte per value
+    assert any("/scales/" in f for f in storage._files(tiled))  # the scales are counted
+    # the tiled rows are the source's values, quantised again to the same codes
+    assert torch.equal(tiled.read_torch(HOOKS[0], 0, 104), source.read_torch(HOOKS[0], 0, 104))
+    loader = storage.measure_loader(tiled, 40, repeats=1)
+    assert loader["rows"] == 1000
 
 
 def test_bench_refuses_what_it_cannot_run(tmp_path: Path,

@@ -21,6 +21,7 @@ from actstore.generate.toy import (
 from actstore.loader.ground_truth import load_ground_truth
 from actstore.loader.toy_law import BLOCK
 from actstore.shell.main import main
+from actstore.store.quant import dequantise, quantise
 
 
 def test_probabilities_decay_and_sum_to_the_mean_active() -> None:
@@ -64,6 +65,23 @@ def test_toy_store_is_complete_reused_and_holds_its_ground_truth(
     assert make_toy_store(cfg).url == store.url  # the same settings reuse it
     other = make_toy_store(ToyConfig(**{**cfg.__dict__, "seed": 6}))
     assert other.url != store.url
+
+
+def test_an_8bit_toy_store_holds_its_rows_quantised(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["toy", "--out", str(tmp_path), "--d", "16", "--features", "24", "--active", "3",
+            "--rows", "3000", "--dtype", "float8_e4m3"]
+    assert main(argv) == 0
+    url = re.search(r"^done: (\S+): ", capsys.readouterr().out, re.M)
+    assert url
+    store = ActivationStore.open(url.group(1))
+    assert store.spec.dtype == "float8_e4m3"
+    cfg = ToyConfig(out=str(tmp_path), d=16, features=24, active=3, rows=3000,
+                    dtype="float8_e4m3")
+    exact = sample(cfg, ground_truth(cfg), 0, 3000)
+    q = quantise(exact, "float8_e4m3")
+    assert torch.equal(store.read_torch(HOOK, 0, 3000), dequantise(q.codes, q.scales,
+                                                                  "float8_e4m3"))
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -13,7 +13,7 @@ import torch
 from actstore import ActivationStore, CorruptChunkError
 from actstore.loader.loader import Loader, LoaderConfig
 from actstore.store import format as fmt
-from tests.helpers import HOOKS, fill_store, new_store
+from tests.helpers import HOOKS, fill_store, make_layout, make_spec, new_store
 
 CFG = LoaderConfig(hooks=HOOKS, batch_size=8, shuffle_buffer=24, with_rows=True)
 
@@ -148,3 +148,50 @@ def test_cuda_delivery_through_pinned_memory_is_exact(tmp_path: Path) -> None:
         assert got.device.type == "cuda"
         assert got.dtype == torch.float32
         assert torch.equal(got.cpu(), want.activations[HOOKS[0]][b.rows].bfloat16().float())
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3", "float8_e5m2"])
+def test_an_8bit_store_delivers_its_dequantised_rows(tmp_path: Path, dtype: str) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec(dtype), make_layout())
+    fill_store(store)
+    every = {h: store.read_torch(h, 0, store.num_rows) for h in HOOKS}  # float32 values
+    seen = 0
+    for b in Loader(CFG, store=store):
+        assert b.rows is not None
+        for hook in HOOKS:  # codes and scales of a row travel together through the shuffle
+            assert b.x[hook].dtype == torch.float32
+            assert torch.equal(b.x[hook], every[hook][b.rows])
+        seen += len(b.rows)
+    assert seen == store.num_rows
+    cfg = dataclasses.replace(CFG, normalize="center_scale", dtype="bfloat16")
+    loader = Loader(cfg, store=store)
+    b = next(iter(loader))
+    assert b.rows is not None
+    norm = loader.normalizer(HOOKS[0])
+    assert torch.equal(b.x[HOOKS[0]], norm.apply(every[HOOKS[0]][b.rows]).bfloat16())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_8bit_store_crosses_to_the_gpu_as_codes_and_dequantises_there(
+        tmp_path: Path) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec("float8_e4m3"),
+                                   make_layout())
+    fill_store(store)
+    every = store.read_torch(HOOKS[0], 0, store.num_rows)
+    copied: list[tuple[torch.dtype, int]] = []
+    real = torch.Tensor.pin_memory
+
+    def pin(t: torch.Tensor) -> torch.Tensor:
+        copied.append((t.dtype, t.ndim))
+        return real(t)
+    cfg = dataclasses.replace(CFG, device="cuda")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "pin_memory", pin)
+        for b in Loader(cfg, store=store):
+            assert b.rows is not None
+            got = b.x[HOOKS[0]]
+            assert got.device.type == "cuda"
+            assert torch.equal(got.cpu(), every[b.rows])  # the same bits as on the CPU
+    # 8-bit codes and 1-D scales cross to the device, never float rows
+    assert set(copied) == {(torch.uint8, 2), (torch.float32, 1)}

@@ -9,6 +9,7 @@ import torch
 
 from actstore.loader.loader import Normalizer
 from actstore.store.activation_store import ActivationStore
+from actstore.store.spec import StorageDtype
 from tests.helpers import HOOKS, Expected, fill_store, straddling_store
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import save_dictionary
@@ -27,9 +28,9 @@ def _neuron_dictionary(d: int) -> SparseDictionary:
     return sae
 
 
-def _run(tmp_path: Path, holdout_fraction: float, url: str | None = None
-         ) -> tuple[Path, ActivationStore, Expected]:
-    store = straddling_store(url or str(tmp_path / "store"))
+def _run(tmp_path: Path, holdout_fraction: float, url: str | None = None,
+         dtype: StorageDtype = "bfloat16") -> tuple[Path, ActivationStore, Expected]:
+    store = straddling_store(url or str(tmp_path / "store"), dtype)
     want = fill_store(store)
     run = tmp_path / "run"
     source = {"store": store.url, "store_key": store.key, "hook": HOOK,

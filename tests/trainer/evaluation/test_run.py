@@ -60,6 +60,17 @@ def test_top_rows_and_scores_on_the_held_out_slice(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 1000
 
 
+def test_eval_reads_an_8bit_store_as_its_dequantised_rows(tmp_path: Path) -> None:
+    run, store, _ = _run(tmp_path, 0.5, dtype="float8_e4m3")
+    ev = evaluate(EvalConfig(run=str(run), out=str(tmp_path / "report"), ks=(1,), top=3,
+                             show=2, ica="none", window=2))
+    idx = store.read_index(0, store.num_rows)
+    held = [r for r in range(60, 104) if int(idx.context[r]) > int(idx.context[:60].max())]
+    x = store.read_torch(HOOK, 0, store.num_rows)[held]  # float32 values of the 8-bit rows
+    fvu = float((x - x.relu()).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert ev.dictionaries["neurons-relu"]["fvu"] == pytest.approx(fvu, rel=1e-5)
+
+
 def test_a_run_that_held_nothing_out_is_refused_unless_asked(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]
                                                              ) -> None:

@@ -168,3 +168,24 @@ def test_training_never_reads_the_held_out_shards(tmp_path: Path) -> None:
     for name in a:
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+
+def test_trains_on_an_8bit_store_as_on_its_exact_rows(tmp_path: Path) -> None:
+    """Training reads an 8-bit store transparently: the curves follow those of the same rows
+    stored in float32, within the store's rounding."""
+    exact = new_store(str(tmp_path / "f32"), "float32")
+    fill_store(exact)
+    small = new_store(str(tmp_path / "f8"), "float8_e4m3")
+    fill_store(small)
+    kw = {"tokens": 160, "checkpoint_every": 1000, "k": (2,)}
+    a = curves_of(train(config(exact.url, tmp_path / "a", **kw)).steps, tmp_path / "a")
+    b = curves_of(train(config(small.url, tmp_path / "b", **kw)).steps, tmp_path / "b")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert b[name] == pytest.approx(a[name], rel=0.05)
+
+
+def curves_of(steps: int, out: Path) -> dict[str, float]:
+    """The last logged FVU of each dictionary of a run of `steps` steps."""
+    last = [r for r in read_metrics(out) if r.get("step") == steps][-1]["dictionaries"]
+    return {name: float(d["fvu"]) for name, d in last.items()}

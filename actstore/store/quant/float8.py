@@ -1,0 +1,157 @@
+"""Per-row scaled 8-bit floats: quantise exact rows, dequantise them bit-exactly anywhere.
+
+A row x is stored as codes c = float8(x / s) and one float32 scale s = max|x| / F, where F is
+the format's largest finite value (448 for e4m3, 57344 for e5m2). So every row uses the whole
+range of the format: its largest element maps to ±F, nothing overflows however large the row
+(massive-activation dimensions included), and zeros stay zeros. Values come back as
+float32(c) * s, one IEEE float32 multiply, which numpy, torch on CPU and torch on CUDA all
+round the same way: a store reads bit-identically everywhere (docs/FORMAT.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Float8Format:
+    """One 8-bit float format as stored (its bit layout is torch's, i.e. OCP FP8)."""
+
+    name: str
+    """The storage dtype's name (`float8_e4m3`, `float8_e5m2`)."""
+    torch_dtype: torch.dtype
+    """The torch dtype whose bit patterns the codes are."""
+    max: float
+    """Largest finite value: a row's absmax maps to it."""
+    mantissa_bits: int
+    """Explicit mantissa bits: the relative rounding error of a normal value is at most
+    2**-(mantissa_bits + 1)."""
+    min_exponent: int
+    """Exponent of the smallest normal value; below it the spacing is fixed (subnormals)."""
+
+    @property
+    def subnormal_step(self) -> float:
+        """Spacing of the subnormal values (also the smallest non-zero magnitude)."""
+        return float(2.0 ** (self.min_exponent - self.mantissa_bits))
+
+
+FLOAT8_DTYPES: dict[str, Float8Format] = {
+    "float8_e4m3": Float8Format("float8_e4m3", torch.float8_e4m3fn, 448.0, 3, -6),
+    "float8_e5m2": Float8Format("float8_e5m2", torch.float8_e5m2, 57344.0, 2, -14),
+}
+"""Storage dtype name -> its format."""
+
+BLOCK = 8192
+"""Rows quantised at a time: a few MiB of float32 temporaries, whatever the shard's size."""
+
+
+def is_float8(dtype: str) -> bool:
+    return dtype in FLOAT8_DTYPES
+
+
+def float8_format(dtype: str) -> Float8Format:
+    try:
+        return FLOAT8_DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"{dtype!r} is not an 8-bit storage dtype "
+                         f"({', '.join(FLOAT8_DTYPES)})") from None
+
+
+class Quantised(NamedTuple):
+    """Rows in 8 bits, and what the rounding cost."""
+
+    codes: torch.Tensor
+    """(n, d) uint8: the float8 bit patterns of x / scale."""
+    scales: torch.Tensor
+    """(n,) float32: each row's scale."""
+    sq_error: float
+    """Σ over the rows of ‖x − dequantise(codes, scales)‖², from the exact rows (float64)."""
+
+
+def quantise(x: torch.Tensor, dtype: str) -> Quantised:
+    """Quantise (n, d) rows of any float dtype, on their own device; refuses non-finite rows
+    (a scale cannot represent them, and a model that emits them is broken)."""
+    fmt = float8_format(dtype)
+    if x.ndim != 2:
+        raise ValueError(f"expected (rows, d_model) activations, got shape {tuple(x.shape)}")
+    codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    scales = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    err = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], BLOCK):
+        err += _quantise_block(x[i:i + BLOCK], fmt, codes[i:i + BLOCK], scales[i:i + BLOCK])
+    return Quantised(codes, scales, float(err))
+
+
+def _quantise_block(x: torch.Tensor, fmt: Float8Format, codes: torch.Tensor,
+                    scales: torch.Tensor) -> torch.Tensor:
+    """Fill `codes` and `scales` for rows `x`; returns their squared error (float64)."""
+    x32 = x.to(torch.float32)
+    absmax = (torch.linalg.vector_norm(x32, ord=float("inf"), dim=1) if x32.shape[1]
+              else x32.new_zeros(x32.shape[0]))
+    if not bool(torch.isfinite(absmax).all()):
+        bad = int((~torch.isfinite(absmax)).sum())
+        raise ValueError(f"{bad} rows hold inf or NaN: 8-bit stores need finite activations")
+    scale = absmax / fmt.max
+    # An all-zero row (or one so small its scale underflows) gets scale 1: codes 0, values 0.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # The clamp only catches x/s a rounding above ±max (torch turns e4m3 overflow into NaN).
+    q = (x32 / scale[:, None]).clamp_(-fmt.max, fmt.max).to(fmt.torch_dtype)
+    codes.copy_(q.view(torch.uint8))
+    scales.copy_(scale)
+    # Against exactly what readers get. The difference of a value and its rounding is exact in
+    # float32 (they are within a factor of two, or the rounding is zero); it is squared and
+    # summed in float64 (a float32 square of a 1e20 error would overflow).
+    diff = (x32 - dequantise(codes, scales, fmt.name)).reshape(-1).to(torch.float64)
+    return torch.dot(diff, diff)
+
+
+def dequantise(codes: torch.Tensor, scales: torch.Tensor, dtype: str) -> torch.Tensor:
+    """(n, d) float32 rows from codes and scales, on their device (on a GPU: after the 8-bit
+    copy, so a batch crosses PCIe at a byte per value)."""
+    fmt = float8_format(dtype)
+    if codes.device.type == "cpu":
+        # torch converts float8 on a CPU one value at a time, several times slower than a
+        # table lookup (benchmarks/README.md, `fp8_store.py`); the values are the same bits.
+        return torch.from_numpy(dequantise_numpy(codes.numpy(), scales.numpy(), dtype))
+    return codes.view(fmt.torch_dtype).to(torch.float32) * scales.to(torch.float32)[:, None]
+
+
+@cache
+def code_values(dtype: str) -> NDArray[np.float32]:
+    """The 256 values of the format's codes, as float32 (a lookup table for numpy readers)."""
+    fmt = float8_format(dtype)
+    values: NDArray[np.float32] = (torch.arange(256, dtype=torch.int32).to(torch.uint8)
+                                   .view(fmt.torch_dtype).to(torch.float32).numpy())
+    values.flags.writeable = False
+    return values
+
+
+@cache
+def _pair_values(dtype: str) -> NDArray[np.uint64]:
+    """The values of every pair of codes (a little-endian uint16) as two float32 held in one
+    uint64: one lookup decodes two values (512 KiB, cache-resident)."""
+    table = code_values(dtype)
+    pairs = np.arange(1 << 16)
+    both = np.stack([table[pairs & 0xFF], table[pairs >> 8]], axis=1)
+    out: NDArray[np.uint64] = np.ascontiguousarray(both).view(np.uint64).reshape(-1)
+    out.flags.writeable = False
+    return out
+
+
+def dequantise_numpy(codes: NDArray[Any], scales: NDArray[Any], dtype: str
+                     ) -> NDArray[np.float32]:
+    """The same float32 values as `dequantise`, with numpy alone."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim == 2 and codes.shape[1] % 2 == 0:
+        flat = np.take(_pair_values(dtype), codes.view("<u2"))
+        values: NDArray[np.float32] = flat.view(np.float32).reshape(codes.shape)
+    else:
+        values = code_values(dtype)[codes]
+    values *= np.asarray(scales, np.float32)[:, None]
+    return values

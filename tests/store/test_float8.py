@@ -1,0 +1,167 @@
+"""8-bit stores (actstore.store.quant and the float8 dtypes of the format): the rounding is
+the nearest code of the format, within its error bound on outlier rows, zeros stay zeros,
+stores read bit-exactly with plain zarr and numpy, and the noise floor is what it says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from numpy.typing import NDArray
+
+from actstore import ActivationStore, FormatError, RowIndex, verify, write_shard
+from actstore.shell.summary import describe
+from actstore.store.quant import FLOAT8_DTYPES, code_values, dequantise, quantise
+from tests.helpers import HOOKS, fill_store, make_layout, make_spec
+
+DTYPES = list(FLOAT8_DTYPES)
+
+
+def decoded_by_bits(dtype: str) -> NDArray[np.float64]:
+    """The 256 code values from the OCP FP8 bit layout (sign, exponent, mantissa), written
+    out by hand as docs/FORMAT.md gives it: the reference that torch's float8 must match."""
+    exp_bits, bias = (4, 7) if dtype == "float8_e4m3" else (5, 15)
+    man_bits = 7 - exp_bits
+    b = np.arange(256)
+    sign = np.where(b >> 7, -1.0, 1.0)
+    e = (b >> man_bits) & ((1 << exp_bits) - 1)
+    m = (b & ((1 << man_bits) - 1)) / (1 << man_bits)
+    value = sign * np.where(e > 0, 2.0 ** (e - bias) * (1 + m), 2.0 ** (1 - bias) * m)
+    if dtype == "float8_e4m3":  # e4m3fn: no infinities, only S.1111.111 is NaN
+        value[(e == 15) & (m == 7 / 8)] = np.nan
+    else:  # e5m2: IEEE-like, all-ones exponent is inf (m = 0) or NaN
+        value[e == 31] = np.where(m[e == 31] == 0, sign[e == 31] * np.inf, np.nan)
+    return value
+
+
+def outlier_rows(d: int = 64) -> torch.Tensor:
+    """Rows like an LLM residual stream: a "massive activation" dimension hundreds to
+    thousands of times the median, exact zeros, an all-zero row, and rows at the edges of
+    float32's range."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, d, generator=g)
+    x[:20, 3] *= 1000.0  # massive activations
+    x[5:25, 7] = 0.0  # zeros inside rows
+    x[30] = 0.0  # an all-zero row
+    x[31] *= 1e30
+    x[32] *= 1e-30
+    x[33, 0] = 3e38  # near float32's largest
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_code_values_follow_the_bit_layout(dtype: str) -> None:
+    np.testing.assert_array_equal(code_values(dtype), decoded_by_bits(dtype).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_each_value_is_the_nearest_code_within_the_format_bound(dtype: str) -> None:
+    fmt = FLOAT8_DTYPES[dtype]
+    x = outlier_rows()
+    q = quantise(x, dtype)
+    y = dequantise(q.codes, q.scales, dtype)
+    assert torch.isfinite(y).all()  # nothing overflowed, not even near float32's max
+    assert torch.equal(y[x == 0], x[x == 0])
+    assert (y[x != 0] != 0).sum() > 0
+    assert torch.equal(y[30], torch.zeros(x.shape[1]))
+    grid = np.unique(decoded_by_bits(dtype)[np.isfinite(decoded_by_bits(dtype))])
+    scaled = x.double().numpy() / q.scales.double().numpy()[:, None]
+    nearest = np.abs(scaled[..., None] - grid).min(axis=-1)
+    got = np.abs(scaled - q.codes.view(fmt.torch_dtype).double().numpy())
+    # the nearest code, up to the float32 rounding of x / scale
+    assert (got <= nearest + 2.0**-22 * np.abs(scaled) + 1e-300).all()
+    # the row's largest value maps onto the format's largest (its whole range is used)
+    big = q.codes.view(fmt.torch_dtype).float().abs().amax(dim=1)
+    assert torch.equal(big[x.abs().amax(dim=1) > 0], torch.full((39,), fmt.max))
+    # per value: half a relative step of a normal value, or half a subnormal step (of this
+    # row's scale), plus float32 rounding of the scale and the product
+    x64, y64, s64 = x.double(), y.double(), q.scales.double()[:, None]
+    bound = (2.0 ** -(fmt.mantissa_bits + 1) * x64.abs() + fmt.subnormal_step / 2 * s64
+             + 2.0**-21 * x64.abs())
+    assert ((x64 - y64).abs() <= bound).all()
+    assert q.sq_error == pytest.approx(float(((x64 - y64) ** 2).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_rows_are_refused_in_one_line_and_nothing_is_written(
+        tmp_path: Path, bad: float) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec("float8_e4m3"), make_layout())
+    fill_store(store, shards=[0])
+    x = {h: torch.ones(32, d) for h, d in store.layout.d_model.items()}
+    x[HOOKS[1]][4, 2] = bad
+    with pytest.raises(FormatError, match=r"1 rows hold inf or NaN") as e:
+        write_shard(store, 1, x, RowIndex(*(np.zeros(32),) * 3), writer_id="w")
+    assert "\n" not in str(e.value)
+    assert store.shards_done() == [0]
+    assert not store.location.exists(f"activations/{HOOKS[0]}/c/1/0")
+
+
+def test_an_8bit_store_verifies_and_reads_on_every_backend(store_url: str) -> None:
+    store = ActivationStore.create(store_url, make_spec("float8_e4m3"), make_layout())
+    want = fill_store(store)
+    assert verify(store).ok
+    got = store.read_torch(HOOKS[0], 0, store.num_rows)
+    q = quantise(want.activations[HOOKS[0]], "float8_e4m3")
+    assert torch.equal(got, dequantise(q.codes, q.scales, "float8_e4m3"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_store_reads_bit_exactly_with_plain_zarr(tmp_path: Path, dtype: str) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec(dtype), make_layout())
+    want = fill_store(store)
+    assert store.spec.key != make_spec("bfloat16").key  # never the bf16 store's key
+    g = zarr.open_group(str(tmp_path / "s"), mode="r")
+    for hook in HOOKS:
+        codes = g[f"activations/{hook}"]
+        assert codes.dtype == np.uint8
+        assert codes.attrs["actstore.dtype"] == dtype
+        scales = g[codes.attrs["actstore.scales"]][:]
+        plain = decoded_by_bits(dtype).astype(np.float32)[codes[:]] * scales[:, None]
+        np.testing.assert_array_equal(plain, store.read_float32(hook, 0, store.num_rows))
+        assert torch.equal(torch.from_numpy(plain[5:90]), store.read_torch(hook, 5, 90))
+        # and what was written: the writer's rows, quantised
+        q = quantise(want.activations[hook], dtype)
+        np.testing.assert_array_equal(codes[:], q.codes.numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_noise_floor_is_the_error_of_the_stored_rows(tmp_path: Path, dtype: str) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec(dtype), make_layout())
+    want = fill_store(store)
+    info = describe(store)
+    for hook in HOOKS:
+        exact = want.activations[hook].double()
+        stored = torch.from_numpy(store.read_float32(hook, 0, store.num_rows)).double()
+        err = float(((exact - stored) ** 2).sum(dim=1).mean())
+        var = float(((exact - exact.mean(dim=0)) ** 2).sum(dim=1).mean())
+        stats = store.stats(hook)
+        assert stats.mean_sq_error == pytest.approx(err, rel=1e-9)
+        assert stats.variance == pytest.approx(var, rel=1e-9)  # of the exact rows
+        assert info["hooks"][hook]["noise_floor_fvu"] == pytest.approx(err / var, rel=1e-9)
+        assert 0 < err / var < (0.01 if dtype == "float8_e4m3" else 0.03)
+    json.dumps(info)  # `actstore info --json` prints it
+
+
+def test_lossless_stores_keep_their_markers(tmp_path: Path) -> None:
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec("bfloat16"), make_layout())
+    fill_store(store)
+    assert "mean_sq_error" not in store.commit_record(0)["stats"][HOOKS[0]]
+    assert store.stats(HOOKS[0]).noise_floor is None
+    assert "noise_floor_fvu" not in describe(store)["hooks"][HOOKS[0]]
+    assert not store.location.exists(f"scales/{HOOKS[0]}/zarr.json")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [256, 255])  # pairs of codes per lookup, and an odd width
+def test_the_cpu_table_lookup_gives_torchs_float8_values(dtype: str, width: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 256, (7, width), generator=g, dtype=torch.int32).to(torch.uint8)
+    codes[0] = torch.arange(width, dtype=torch.int32).to(torch.uint8)  # every code
+    scales = torch.rand(7, generator=g) * 10.0 ** torch.arange(-3, 4).float()
+    want = codes.view(FLOAT8_DTYPES[dtype].torch_dtype).float() * scales[:, None]
+    torch.testing.assert_close(dequantise(codes, scales, dtype), want, rtol=0, atol=0,
+                               equal_nan=True)
