@@ -145,5 +145,9 @@ def install(point: str, n: int) -> None:
 if __name__ == "__main__":
     from actstore.shell.main import main
 
+    # A process started in the background of a shell without job control (`nohup cmd &`, some
+    # CI runners) inherits SIGINT ignored, and Python then installs no handler: restore the
+    # one a terminal's Ctrl-C meets.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install(sys.argv[1], int(sys.argv[2]))
     sys.exit(main(sys.argv[3:]))
