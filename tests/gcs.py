@@ -7,7 +7,11 @@ in front of its handler (real GCS needs neither patch):
 - it ignores suffix range requests (`Range: bytes=-N`, how a shard's index is read) and sends
   the whole object; here they are rewritten to the equivalent `bytes=SIZE-N-`;
 - it ignores `ifGenerationMatch=0` on uploads (exclusive creation: leases, commit markers, the
-  job lock) and overwrites; here such an upload of an existing object gets 412, as from GCS.
+  job lock) and overwrites; here such an upload of an existing object gets 412, as from GCS;
+- it parses multipart uploads with Python's email parser, which takes a content's trailing
+  `\r` for part of the line break before the closing boundary (gcsfs ends lines with a bare
+  `\n`), so an object whose last byte is 0x0D was stored one byte short (a shard whose crc32c
+  ended so failed as truncated, about one run in 100); here the parts are split exactly.
 Requests are served one at a time, so that check and the upload after it are one step.
 """
 
@@ -24,6 +28,7 @@ from http.server import HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from gcp_storage_emulator import server as emulator
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import buckets
 from gcp_storage_emulator.server import RequestHandler
@@ -33,6 +38,34 @@ _DOWNLOAD = re.compile(r"^/download/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>.+
 _SUFFIX = re.compile(r"^\s*bytes=-(?P<n>[0-9]+)\s*$")
 #: The first part of a multipart upload: the object's JSON metadata.
 _METADATA = re.compile(rb"\r?\n\r?\n(\{.*?\})\r?\n--", re.DOTALL)
+
+
+def _read_data(handler: Any, query: dict[str, list[str]]) -> Any:
+    """The emulator's request body reader, with multipart uploads split at their boundary
+    exactly: a part's content ends where its one line break before the delimiter begins."""
+    content_type = handler.headers.get("Content-Type") or ""
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not (content_type.startswith("multipart/related") and boundary):
+        return _emulator_read_data(handler, query)
+    raw = emulator._decode_raw_data(emulator._read_raw_data(handler), handler)
+    delimiter = b"--" + boundary[1].encode()
+    parts = raw.split(delimiter)[1:-1]  # what lies between the first and the closing one
+    meta, content = (_part(p) for p in parts)
+    return {"meta": json.loads(meta[1]), "content": content[1], "content-type": content[0]}
+
+
+def _part(part: bytes) -> tuple[str, bytes]:
+    """A part's content type and content: its headers end at the first blank line; its
+    content at the line break that precedes the next delimiter (\\r\\n or a bare \\n)."""
+    eol = b"\r\n" if part.startswith(b"\r\n") else b"\n"
+    head, _, body = part[len(eol):].partition(eol + eol)
+    found = re.search(rb"(?im)^content-type:\s*([^\r\n;]+)", head)
+    return (found[1].decode().strip() if found else "application/octet-stream",
+            body[:-len(eol)] if body.endswith(eol) else body)
+
+
+_emulator_read_data = emulator._read_data
+emulator._read_data = _read_data  # Request.data looks the reader up by name, at each request
 
 
 class _Handler(RequestHandler):  # type: ignore[misc]
