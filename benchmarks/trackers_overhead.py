@@ -7,8 +7,13 @@ without trackers (medians over rounds):
   metric line, the end), as a share of that same run's time: 1 − share is the tokens/s ratio
   logging leaves, measured within one run, so it holds on a machine shared with other work;
   the trackers' start (W&B's `init`) and finish are given apart, in seconds (once per run);
+- the CPU seconds the trackers' own processes spent meanwhile (W&B's `wandb-core` service
+  writes the offline run), as a share of the same loop time: on a machine with no spare core
+  that is what they can take from training, at most;
 - tokens/s of each run against the run without trackers (A/B: on a busy machine this ratio
-  carries that machine's noise, several percent here).
+  carries that machine's noise, several percent here), over the whole run and over its
+  training loop (the run's seconds less the trackers' start and finish, which a run pays once
+  whatever its length: a background process W&B keeps busy during the loop still counts).
 
     python -m benchmarks.trackers_overhead [--rounds 3] [--tokens 1228800]
 """
@@ -33,11 +38,34 @@ SETUPS: dict[str, tuple[str, ...]] = {"none": (), "tensorboard": ("tensorboard",
                                       "wandb": ("wandb",), "both": ("tensorboard", "wandb")}
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process's live descendants (Linux)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    todo, seen = [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split() if int(c) not in seen]
+            except OSError:
+                continue  # it ended meanwhile
+        if pid != os.getpid() and pid not in seen:
+            seen.add(pid)
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 class Timed:
-    """A tracker whose calls are timed (seconds summed in `clock`: "calls", "finish")."""
+    """A tracker whose calls are timed (seconds summed in `clock`: "calls", "finish"; and
+    its processes' CPU seconds from its start to its close in "background")."""
 
     def __init__(self, inner: trackers.Tracker, clock: dict[str, float]) -> None:
         self.inner, self.clock = inner, clock
+        self.cpu_at_start = children_cpu()
 
     def _timed(self, key: str, fn: Callable[..., None], *args: Any) -> None:
         start = time.perf_counter()
@@ -55,6 +83,7 @@ class Timed:
         self._timed("calls", self.inner.evaluation, step, values, tables, report)
 
     def close(self) -> None:
+        self.clock["background"] += children_cpu() - self.cpu_at_start
         self._timed("finish", self.inner.close)
 
 
@@ -83,11 +112,12 @@ def main() -> None:
         store = make_toy_store(ToyConfig(out=f"{tmp}/stores", d=128, features=1024, active=8,
                                          rows=1 << 20))
         rates: dict[str, list[float]] = {name: [] for name in SETUPS}
+        loops: dict[str, list[float]] = {name: [] for name in SETUPS}
         shares: dict[str, list[dict[str, float]]] = {name: [] for name in SETUPS}
         for r in range(a.rounds):
             order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
             for name in order:
-                clock = {"start": 0.0, "calls": 0.0, "finish": 0.0}
+                clock = {"start": 0.0, "calls": 0.0, "finish": 0.0, "background": 0.0}
                 trackers.open_trackers = timing(clock)
                 try:
                     result = train(TrainConfig(
@@ -98,24 +128,28 @@ def main() -> None:
                     trackers.open_trackers = real
                 rates[name].append(result.tokens_this_run / result.seconds)
                 loop = result.seconds - clock["start"] - clock["finish"]
-                shares[name].append({"share": clock["calls"] / loop, **clock})
-    report(a, rates, shares)
+                loops[name].append(result.tokens_this_run / loop)
+                shares[name].append({"share": clock["calls"] / loop,
+                                     "cpu": clock["background"] / loop, **clock})
+    report(a, rates, loops, shares)
 
 
-def report(a: argparse.Namespace, rates: dict[str, list[float]],
+def report(a: argparse.Namespace, rates: dict[str, list[float]], loops: dict[str, list[float]],
            shares: dict[str, list[dict[str, float]]]) -> None:
-    base = statistics.median(rates["none"])
+    base, loop_base = statistics.median(rates["none"]), statistics.median(loops["none"])
     print(f"TopK n=2048 k=32 on a d=128 toy store, {a.tokens} tokens ({a.tokens // 4096} steps "
           f"of 4096), log every 50 steps, median of {a.rounds} rounds:")
-    print(f"  {'trackers':<12} {'tokens/s':>10} {'A/B ratio':>10} {'in calls':>9} "
-          f"{'ratio (same run)':>17} {'start s':>8} {'finish s':>9}")
+    print(f"  {'trackers':<12} {'tokens/s':>10} {'A/B ratio':>10} {'loop A/B':>9} "
+          f"{'in calls':>9} {'ratio (same run)':>17} {'bg CPU':>7} {'start s':>8} "
+          f"{'finish s':>9}")
     for name, values in rates.items():
-        rate = statistics.median(values)
+        rate, loop = statistics.median(values), statistics.median(loops[name])
         share = statistics.median(s["share"] for s in shares[name])
+        cpu = statistics.median(s["cpu"] for s in shares[name])
         start = statistics.median(s["start"] for s in shares[name])
         finish = statistics.median(s["finish"] for s in shares[name])
-        print(f"  {name:<12} {rate:>10,.0f} {rate / base:>10.4f} {share:>9.3%} "
-              f"{1 - share:>17.4f} {start:>8.2f} {finish:>9.2f}")
+        print(f"  {name:<12} {rate:>10,.0f} {rate / base:>10.4f} {loop / loop_base:>9.4f} "
+              f"{share:>9.3%} {1 - share:>17.4f} {cpu:>7.2%} {start:>8.2f} {finish:>9.2f}")
 
 
 if __name__ == "__main__":

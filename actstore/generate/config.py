@@ -68,6 +68,9 @@ class GenerateConfig:
     local."""
     max_retries: int = 3
     """How often a shard is retried after its worker died."""
+    worker_start_s: float = 900.0
+    """Seconds a worker may take to start (be placed by Ray and load the model) before it
+    counts as failed and a replacement is tried; the wait is reported every minute."""
     progress: bool = True
     """Show a progress bar."""
     verify: bool = False

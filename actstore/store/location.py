@@ -173,19 +173,30 @@ class Location:
             _fsync_dir(folder)
 
     def put_exclusive(self, rel: str, data: bytes) -> None:
-        """Create an object that must not exist yet; FileExistsError if it does.
+        """Create an object that must not exist yet; FileExistsError if it does (on an object
+        store, unless it holds these very bytes: our own create, retried after a lost answer).
 
         Used for leases and commit markers. Not fsync'd: losing one in a crash only means the
         shard is done again, and the data a marker names was made durable before it.
         """
         if self.is_local:
             _local_publish(self.path(rel), data, exclusive=True)
-        elif self.fs.async_impl:
-            # Object stores decide atomically on the server: s3fs sends If-None-Match: *.
-            self.fs.pipe_file(self.path(rel), data, mode="create")
-        else:
-            with self.fs.open(self.path(rel), "xb") as f:
-                f.write(data)
+            return
+        try:
+            if self.fs.async_impl:
+                # Object stores decide atomically on the server: s3fs sends If-None-Match: *.
+                self.fs.pipe_file(self.path(rel), data, mode="create")
+            else:
+                with self.fs.open(self.path(rel), "xb") as f:
+                    f.write(data)
+        except FileExistsError:
+            # A create whose answer a network fault lost is retried (by the client library,
+            # or by us) and then finds its own object: ours if it holds these very bytes (a
+            # lease or marker names its writer and the time to the microsecond).
+            with contextlib.suppress(FileNotFoundError):
+                if self.get(rel) == data:
+                    return
+            raise
 
     def delete(self, rel: str) -> None:
         path = self.path(rel)

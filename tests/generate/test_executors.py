@@ -11,8 +11,10 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -21,6 +23,7 @@ import torch
 
 from actstore import ActivationStore
 from actstore.generate.config import GenerateConfig
+from actstore.generate.executors import pool
 from actstore.generate.executors.choose import choose_executor
 from actstore.generate.executors.local import local_cores
 from actstore.generate.executors.ray_cluster import RayUnavailableError, plan_workers, ray_address
@@ -194,6 +197,53 @@ def test_cpu_workers_use_every_core_by_default(workers: int | None, cpus: float 
     assert plan.workers * plan.cpus <= cores
 
 
+class NeverReady(pool.ShardPool):
+    """Workers that never become ready (Ray cannot place them, or their model load hangs)."""
+
+    def __init__(self, store: ActivationStore, start_s: float) -> None:
+        self.stopped: list[object] = []
+        super().__init__(store, 2, max_retries=2, start_s=start_s)
+
+    def _start(self) -> object:
+        return object()
+
+    def _ready(self, worker: Any) -> Future[None]:  # noqa: ARG002
+        return Future()  # never done
+
+    def _submit(self, worker: Any, shard: int) -> Any:  # noqa: ARG002
+        raise AssertionError("a shard went to a worker that was never ready")
+
+    def _wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        time.sleep(min(timeout, 0.02))
+        return [h for h in handles if h.done()]
+
+    def _result(self, handle: Any) -> int:  # noqa: ARG002
+        raise AssertionError("no shard ran")
+
+    def _stop(self, worker: Any) -> None:
+        self.stopped.append(worker)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_workers_that_never_start_are_reported_and_given_up(
+        store: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The wait for workers to start is said while it lasts and bounded by --worker-start-s:
+    each worker not ready by then is stopped and replaced, up to --max-retries, then the run
+    stops in one line (whatever the machine's speed: the bound is a time, not a count)."""
+    monkeypatch.setattr(pool, "REPORT_S", 0.1)
+    monkeypatch.setattr(pool, "POLL_S", 0.02)
+    never = NeverReady(ActivationStore.open(store), start_s=0.4)
+    with pytest.raises(RuntimeError, match=r"^3 workers failed to start: a worker did not "
+                       r"start within --worker-start-s 0\.4$"):
+        never.run([0, 1], progress=False, desc="test")
+    assert len(never.stopped) == 3  # the first two, then the first of their replacements
+    err = capsys.readouterr().err
+    assert "worker(s) to start (to be placed by Ray and load the model" in err
+    assert "--worker-start-s 0.4 bounds it" in err
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("executor", ["ray", "local"])
@@ -218,9 +268,13 @@ def test_s3_outage_during_uploads_is_retried(executor: str, models: dict[str, st
                   storage_options={"endpoint_url": f"http://127.0.0.1:{proxy.port}"},
                   **({"workers": None, "cpus_per_worker": None} if executor == "local" else {}))
 
+    running = threading.Event()
+    running.set()
+
     def outage_at_first_lease() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        # Waits as long as the job runs: workers start in ~10 s on an idle machine, but in
+        # minutes on a saturated one, and a fixed deadline here missed the outage then.
+        while running.is_set():
             if direct.glob(f"{name.removeprefix('s3://')}/*/leases/shard-*/zarr.json"):
                 proxy.outage(True)
                 time.sleep(4)
@@ -233,6 +287,7 @@ def test_s3_outage_during_uploads_is_retried(executor: str, models: dict[str, st
     try:
         result = generate(cfg)
     finally:
+        running.clear()
         watcher.join()
         proxy.close()
     assert proxy.cut > 0  # the outage happened while the job ran

@@ -334,6 +334,29 @@ class TestGcsLocation(LocationTests):
                                   "credentials cannot see it); create it first")
 
 
+@pytest.mark.parametrize("store_url", ["s3", "gs"], indirect=True)
+def test_an_exclusive_create_retried_after_a_lost_answer_is_ours(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network fault that loses the answer to a create makes the client send it again, and
+    the second attempt finds the object the first made: that is ours (same bytes), while an
+    object with other bytes still refuses (the failure an outage test met under load: a
+    writer refused its own lease)."""
+    loc = Location.from_url(store_url)
+    real = loc.fs.pipe_file
+    sent: list[str] = []
+
+    def answer_lost(path: str, data: bytes, **kw: object) -> None:
+        sent.append(path)
+        real(path, data, **kw)  # the server made it; the client never heard
+        real(path, data, **kw)  # its retry: FileExistsError
+    monkeypatch.setattr(loc.fs, "pipe_file", answer_lost)
+    loc.put_exclusive("leases/shard-000002/zarr.json", b"writer a, 12:00:00.123456")
+    assert len(sent) == 1
+    with pytest.raises(FileExistsError):
+        loc.put_exclusive("leases/shard-000002/zarr.json", b"writer b, 12:00:00.654321")
+    assert loc.get("leases/shard-000002/zarr.json") == b"writer a, 12:00:00.123456"
+
+
 # --- access_errors: a backend's credential or permission failure as one clear error ---------
 
 def test_permission_and_credential_failures_become_a_store_access_error() -> None:

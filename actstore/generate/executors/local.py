@@ -79,6 +79,9 @@ class LocalPool(ShardPool):
     def _result(self, handle: Any) -> int:
         return int(handle.result())
 
+    def _stop(self, worker: Any) -> None:
+        worker.cancel()  # never called: a worker here is ready once made
+
     def shutdown(self) -> None:
         # A shard being computed stops at its next batch; one being written finishes (or
         # fails) on its own, its lease keeping anyone else off it meanwhile.

@@ -29,6 +29,8 @@ from actstore.store.writer import break_lease
 #: Seconds between looks at the cluster while no worker is ready (a node's death takes Ray's
 #: health checks a while to notice; this only bounds how late the run notices after that).
 POLL_S = 5.0
+#: Seconds between the lines that say the run waits for workers to start.
+REPORT_S = 60.0
 
 
 class WorkerDiedError(Exception):
@@ -42,11 +44,14 @@ class NoWorkerError(StoreError):
 class ShardPool(ABC):
     """The bookkeeping every executor shares: queue, in-flight shards, retries, progress."""
 
-    def __init__(self, store: ActivationStore, n_workers: int, max_retries: int) -> None:
-        self.store, self.max_retries = store, max_retries
+    def __init__(self, store: ActivationStore, n_workers: int, max_retries: int,
+                 start_s: float = 900.0) -> None:
+        self.store, self.max_retries, self.start_s = store, max_retries, start_s
         self.workers: dict[int, Any] = {}
         self.ready: set[int] = set()  # keys of the workers that can take shards
         self.starting: dict[Any, int] = {}  # readiness handle -> worker key
+        self.since: dict[int, float] = {}  # worker key -> when it was asked to start
+        self.reported = 0.0  # the start wait (seconds) last reported
         self.next_id, self.lost, self.died_starting = 0, 0, 0
         self.in_flight: dict[Any, tuple[int, int]] = {}  # handle -> (worker key, shard)
         self.retries: Counter[int] = Counter()
@@ -83,6 +88,10 @@ class ShardPool(ABC):
     def shutdown(self) -> None:
         """Stop every worker."""
 
+    @abstractmethod
+    def _stop(self, worker: Any) -> None:
+        """Stop one worker that never became ready."""
+
     def run(self, shards: list[int], *, progress: bool, desc: str) -> None:
         """Commit every shard in `shards`; returns when all are committed or raises. The
         workers are stopped either way."""
@@ -99,6 +108,7 @@ class ShardPool(ABC):
                         return
                     if not (self.ready or self.in_flight):
                         self._check_room(len(queue) + len(self.delayed))
+                    self._watch_starting()
                     self._wait_once(queue, bar)
         finally:
             self.shutdown()
@@ -182,19 +192,45 @@ class ShardPool(ABC):
             self.ready.add(key)
         else:
             self.starting[handle] = key
+            self.since[key] = time.monotonic()
 
     def _started(self, handle: Any) -> None:
         key = self.starting.pop(handle)
         try:
             self._result(handle)
         except WorkerDiedError as e:  # its node went, or it could not load the model
-            self.died_starting += 1
-            if self.died_starting > self.max_retries:
-                raise RuntimeError(f"{self.died_starting} workers died while starting: "
-                                   f"{e}") from e
-            self._lose(key, e)
+            self._failed_start(key, e)
         else:
             self.ready.add(key)
+
+    def _failed_start(self, key: int, error: Exception) -> None:
+        self.died_starting += 1
+        if self.died_starting > self.max_retries:
+            raise RuntimeError(f"{self.died_starting} workers failed to start: {error}") \
+                from error
+        self._lose(key, error)
+
+    def _watch_starting(self) -> None:
+        """While no worker is ready, say every minute what the run waits for (workers being
+        placed and loading the model: minutes on a saturated machine or a busy cluster, when
+        nothing else would show); a worker not ready after `start_s` is stopped and counts as
+        failed to start, so the wait is bounded whatever holds it (no room that Ray counts as
+        free, a model load that hangs)."""
+        if not self.starting:
+            return
+        now = time.monotonic()
+        waited = now - min(self.since[k] for k in self.starting.values())
+        if not self.ready and waited >= self.reported + REPORT_S:
+            self.reported = waited
+            print(f"waiting {waited:.0f}s for {len(self.starting)} worker(s) to start (to be "
+                  "placed by Ray and load the model; a busy machine or cluster slows this; "
+                  f"--worker-start-s {self.start_s:g} bounds it)", file=sys.stderr)
+        for handle, key in list(self.starting.items()):
+            if now - self.since[key] > self.start_s:
+                del self.starting[handle]
+                self._stop(self.workers[key])
+                self._failed_start(key, TimeoutError(
+                    f"a worker did not start within --worker-start-s {self.start_s:g}"))
 
     def _lose(self, key: int, error: Exception) -> None:
         """Forget a dead worker (once: its two shards report it twice); replace it if the

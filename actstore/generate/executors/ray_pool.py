@@ -67,7 +67,8 @@ class RayExecutor(Executor):
 
         need = ("GPU", 1.0) if args["device"] == "cuda" else ("CPU", plan.cpus)
         RayPool(store, start, min(plan.workers, len(shards)), self.cfg.max_retries,
-                need).run(shards, progress=self.cfg.progress, desc=f"generate {store.key}")
+                need=need, start_s=self.cfg.worker_start_s).run(
+            shards, progress=self.cfg.progress, desc=f"generate {store.key}")
 
     def finish(self) -> None:
         if self._watch is not None:
@@ -87,9 +88,10 @@ class RayPool(ShardPool):
     """Shards on Ray actors; a dead actor is replaced and its shards queued again."""
 
     def __init__(self, store: ActivationStore, start: Any, n_workers: int,
-                 max_retries: int, need: tuple[str, float] = ("CPU", 1.0)) -> None:
+                 max_retries: int, *, need: tuple[str, float] = ("CPU", 1.0),
+                 start_s: float = 900.0) -> None:
         self.start, self.need = start, need
-        super().__init__(store, n_workers, max_retries)
+        super().__init__(store, n_workers, max_retries, start_s)
 
     def _start(self) -> Any:
         return self.start()
@@ -124,6 +126,11 @@ class RayPool(ShardPool):
             if isinstance(e.cause, BaseException):
                 raise e.cause from e  # the worker's own error, judged by the loop
             raise
+
+    def _stop(self, worker: Any) -> None:
+        import ray
+
+        ray.kill(worker)
 
     def shutdown(self) -> None:
         import ray
