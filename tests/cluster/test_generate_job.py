@@ -52,7 +52,7 @@ def test_job_submit_runs_generate_on_the_cluster(head: tuple[str, dict[str, str]
                "encoder.layer.1", "--dataset", "builtin:pydoc", "--context-length", "64",
                "--max-tokens", "3000", "--workers", "1", "--no-progress", "--out", str(out),
                "--verify"]
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # the agent registers within seconds idle, minutes loaded
     while True:
         job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
                              check=False)

@@ -89,9 +89,11 @@ def test_simultaneous_take_overs_let_exactly_one_job_hold_the_lock(store_url: st
 
 def test_heartbeat_keeps_a_live_lock_and_it_is_never_taken(store_url: str) -> None:
     loc = Location.from_url(store_url)
-    with JobLock(loc, "beating", lease_s=0.4):
+    # A lease of 2 s, beaten every 0.4 s: a heartbeat late by a loaded machine (or a slow
+    # S3 answer) by more than a second would let it be taken, and the test would fail.
+    with JobLock(loc, "beating", lease_s=2.0):
         first = loc.get_json(JobLock.KEY)["attributes"]["heartbeat_at"]
-        deadline = time.time() + 5
+        deadline = time.time() + 60  # a refresh comes within lease/5 s, idle
         while time.time() < deadline:
             loc.invalidate()
             if loc.get_json(JobLock.KEY)["attributes"]["heartbeat_at"] > first:
@@ -99,7 +101,7 @@ def test_heartbeat_keeps_a_live_lock_and_it_is_never_taken(store_url: str) -> No
             time.sleep(0.05)
         else:
             pytest.fail("heartbeat never refreshed the lock")
-        time.sleep(0.6)  # longer than the lease: only a live heartbeat keeps it
+        time.sleep(2.4)  # longer than the lease: only a live heartbeat keeps it
         with pytest.raises(StoreBusyError, match="Wait for it"):
-            JobLock(loc, "other", lease_s=0.4).acquire()
+            JobLock(loc, "other", lease_s=2.0).acquire()
         assert holder(loc) == "beating"
