@@ -5,6 +5,7 @@ ends within a bounded time in one line, and a rerun resumes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,35 +29,27 @@ from tests.generate.helpers import config
 pytestmark = pytest.mark.slow
 
 
-def _cluster(head_cpus: int, nodes: int) -> tuple[Cluster, list[Any]]:
+@contextlib.contextmanager
+def _cluster(head_cpus: int) -> Iterator[tuple[Cluster, list[Any]]]:
+    """A head with `head_cpus` CPUs and two more one-CPU nodes, no driver connected yet; all
+    shut down on the way out."""
     if ray.is_initialized():
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
-    added = [c.add_node(num_cpus=1) for _ in range(nodes)]
-    c.wait_for_nodes()
-    return c, added
-
-
-@pytest.fixture
-def three_nodes() -> Iterator[tuple[Cluster, list[Any]]]:
-    """A head and two more nodes, one CPU each, and no driver connected yet."""
-    c, nodes = _cluster(1, 2)
     try:
-        yield c, nodes
+        added = [c.add_node(num_cpus=1) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c, added
     finally:
         ray.shutdown()
         c.shutdown()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
-def two_workers() -> Iterator[tuple[Cluster, list[Any]]]:
-    """A head with no CPU (it runs no worker) and two one-CPU nodes."""
-    c, nodes = _cluster(0, 2)
-    try:
-        yield c, nodes
-    finally:
-        ray.shutdown()
-        c.shutdown()  # type: ignore[no-untyped-call]
+def cluster(request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, list[Any]]]:
+    """`_cluster`, its head's CPUs the test's parameter (1 unless given: 0 runs no worker)."""
+    with _cluster(getattr(request, "param", 1)) as made:
+        yield made
 
 
 def _when_writing(out: Path, action: Any) -> threading.Thread:
@@ -81,10 +74,10 @@ def _job(models: dict[str, str], out: Path, c: Cluster, workers: int) -> Any:
 
 
 def test_a_lost_node_s_shards_go_to_the_survivors(
-        three_nodes: tuple[Cluster, list[Any]], models: dict[str, str], tmp_path: Path) -> None:
+        cluster: tuple[Cluster, list[Any]], models: dict[str, str], tmp_path: Path) -> None:
     """The lost node's worker is not replaced (no room: one CPU per node) and not waited
     for: the two others commit every shard."""
-    c, nodes = three_nodes
+    c, nodes = cluster
     killer = _when_writing(tmp_path, lambda: c.remove_node(nodes[0], allow_graceful=False))
     result = generate(_job(models, tmp_path, c, workers=3))
     killer.join(timeout=1)
@@ -96,9 +89,10 @@ def test_a_lost_node_s_shards_go_to_the_survivors(
     assert len(pids) >= 2
 
 
+@pytest.mark.parametrize("cluster", [0], indirect=True)  # a head that runs no worker
 def test_no_worker_left_ends_in_one_line_and_a_rerun_resumes(
-        two_workers: tuple[Cluster, list[Any]], models: dict[str, str], tmp_path: Path) -> None:
-    c, nodes = two_workers
+        cluster: tuple[Cluster, list[Any]], models: dict[str, str], tmp_path: Path) -> None:
+    c, nodes = cluster
     cfg = _job(models, tmp_path, c, workers=2)
 
     def kill_both() -> None:
@@ -120,36 +114,32 @@ def test_losing_the_head_ends_the_driver_in_one_line_and_a_rerun_resumes(
         models: dict[str, str], tmp_path: Path) -> None:
     """`actstore generate` in its own process; the head is SIGKILLed mid-job. Ray's client
     alone would end the driver after 60 s with its own message."""
-    c, _ = _cluster(1, 2)
     cmd = [sys.executable, "-m", "actstore", "generate", "--model", models["gpt2"],
            "--hook", "transformer.h.0", "--dataset", "builtin:pydoc", "--context-length", "32",
            "--max-tokens", "96000", "--batch-size", "1", "--workers", "3",
            "--cpus-per-worker", "1", "--out", str(tmp_path), "--no-progress"]
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    try:
+    with _cluster(1) as (c, _):
         driver = subprocess.Popen([*cmd, "--address", c.address], stderr=subprocess.PIPE,
                                   text=True, env=env, cwd=repo)
-        killer = _when_writing(tmp_path, lambda: c.remove_node(c.head_node,  # type: ignore[arg-type]
-                                                               allow_graceful=False))
-        killer.join(timeout=600)
-        killed_at = time.monotonic()
-        _, err = driver.communicate(timeout=120)
-        took = time.monotonic() - killed_at
-    finally:
-        driver.kill()
-        c.shutdown()  # type: ignore[no-untyped-call]
+        try:
+            killer = _when_writing(tmp_path, lambda: c.remove_node(
+                c.head_node, allow_graceful=False))  # type: ignore[arg-type]
+            killer.join(timeout=600)
+            killed_at = time.monotonic()
+            _, err = driver.communicate(timeout=120)
+            took = time.monotonic() - killed_at
+        finally:
+            driver.kill()
     assert driver.returncode == 2, err
     last = err.strip().splitlines()[-1]
     assert "lost the Ray head node" in last
     assert "rerun the same command to resume" in last
     assert took < 50, f"the driver took {took:.0f}s to stop"
-    c, _ = _cluster(1, 2)  # a new cluster: the rerun finishes the store
-    try:
+    with _cluster(1) as (c, _):  # a new cluster: the rerun finishes the store
         subprocess.run([*cmd, "--address", c.address], check=True, env=env, cwd=repo,
                        timeout=900)
-    finally:
-        c.shutdown()  # type: ignore[no-untyped-call]
     store = ActivationStore.open(str(next(tmp_path.glob("*/zarr.json")).parent))
     assert store.complete
     assert verify(store).ok
