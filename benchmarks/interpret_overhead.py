@@ -16,67 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-from trainer.interpret import prompts
 from trainer.interpret.config import InterpretConfig
 from trainer.interpret.corpus import load_corpus
 from trainer.interpret.pipeline import interpret
 from trainer.interpret.results import write_results
-
-
-def answer(body: dict[str, Any]) -> dict[str, Any]:
-    """A well-formed answer to any of interpret's prompts (content is irrelevant here)."""
-    system, user = (m["content"] for m in body["messages"])
-    logprobs = None
-    if system == prompts.EXPLAIN:
-        text = "a feature"
-    elif body.get("logprobs"):
-        n = max(1, len(user.splitlines()))
-        text = " ".join(["1"] * n)
-        logprobs = {"content": [{"token": "1", "logprob": -0.1, "top_logprobs": [
-            {"token": "1", "logprob": -0.1}, {"token": "0", "logprob": -2.3}]}] * n}
-    else:
-        n = len(re.findall(r"^\d+\. ", user, flags=re.MULTILINE))
-        text = "[" + ", ".join(["1", "0"] * n)[:max(1, 3 * n - 2)] + "]"
-    return {"choices": [{"message": {"content": text}, "logprobs": logprobs}]}
-
-
-def serve(seen: list[bytes]) -> Iterator[str]:
-    """The server, while the generator is suspended; every request body goes to `seen`."""
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(raw)
-            body = json.loads(raw)
-            data = json.dumps(answer(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+from trainer.interpret.servers.scripted import Script, serve
 
 
 def bare(url: str, bodies: list[bytes], concurrency: int) -> float:
@@ -104,8 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"  # a copy: interpret rewrites the report's index.html
         shutil.copytree(a.report or Path(a.run) / "report", report)
-        seen: list[bytes] = []
-        for url in serve(seen):
+        script = Script()  # well-formed answers of every kind, at once
+        with serve(script) as url:
             cfg = InterpretConfig(run=a.run, llm="bench", out=str(report), endpoint=url,
                                   latents=a.latents, concurrency=a.concurrency)
             times = {}
@@ -119,7 +70,7 @@ def main() -> None:
             t = time.perf_counter()
             load_corpus(cfg)
             corpus = time.perf_counter() - t
-            bodies = list(seen)  # the cold run's requests, replayed
+            bodies = [json.dumps(b).encode() for b in script.bodies]  # the cold run's, replayed
             reference = bare(url, bodies, a.concurrency)
             m = result.methods
             print(f"methods {len(m)}, latents {sum(s['latents'] for s in m.values())}, "

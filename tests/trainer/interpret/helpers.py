@@ -1,5 +1,6 @@
-"""A run whose latents have known meanings, scored by `actstore eval`, and a scripted
-OpenAI-compatible server on 127.0.0.1 that answers by reading only the prompts' text.
+"""A run whose latents have known meanings, scored by `actstore eval`, and the answers of a
+scripted OpenAI-compatible server (trainer/interpret/servers/scripted.py) that reads only the
+prompts' text.
 
 The store's activations are a function of the token: coordinate j is 1 + (id // 12) % 3 on a
 token whose id is j mod 12, else 0; the run's dictionary is the neuron basis with a ReLU, so
@@ -12,12 +13,7 @@ asked to do (garbage, 500s, 429s) is scripted.
 from __future__ import annotations
 
 import collections
-import json
 import re
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +30,7 @@ from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.report import write_report
 from trainer.evaluation.run import evaluate
 from trainer.interpret import prompts
+from trainer.interpret.servers.scripted import Script
 
 HOOK = HOOKS[0]
 CONTEXTS, LENGTH = 64, 16
@@ -133,57 +130,6 @@ def completion(text: str, logprobs: list[tuple[str, dict[str, float]]] | None = 
     return {"id": "x", "object": "chat.completion", "choices": [choice]}
 
 
-@dataclass
-class Script:
-    """What the server does: `faults` are answered first, one per request ((status,
-    headers) or a body to send as is); then `answer(body)` (None: the oracle's)."""
-
-    faults: list[tuple[int, dict[str, str]] | str] = field(default_factory=list)
-    answer: Callable[[dict[str, Any]], dict[str, Any] | tuple[int, dict[str, str]]] = oracle
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    """Every well-formed request answered (not the faults)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def serve(script: Script) -> Iterator[str]:
-    """Run the server while the generator is suspended; yields its base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert self.path == "/v1/chat/completions"
-            with script.lock:
-                fault = script.faults.pop(0) if script.faults else None
-            if isinstance(fault, tuple):
-                return self.send(fault[0], b'{"error": "scripted"}', fault[1])
-            if isinstance(fault, str):
-                return self.send(200, fault.encode())
-            out = script.answer(body)
-            if isinstance(out, tuple):
-                return self.send(out[0], b'{"error": "scripted"}', out[1])
-            with script.lock:
-                script.bodies.append(body)
-            return self.send(200, json.dumps(out).encode())
-
-        def send(self, status: int, data: bytes, headers: dict[str, str] | None = None
-                 ) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def oracle_script(**kw: Any) -> Script:
+    """A script whose answers are the oracle's (faults and all as `Script` takes them)."""
+    return Script(oracle, **kw)

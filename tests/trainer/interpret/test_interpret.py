@@ -21,12 +21,13 @@ import pytest
 
 from actstore.shell.flags import run_command
 from actstore.shell.main import build_parser
-from tests.trainer.interpret.helpers import Script, oracle, residue_of, scored_run, serve
+from tests.trainer.interpret.helpers import oracle, oracle_script, residue_of, scored_run
 from trainer.interpret import prompts
 from trainer.interpret.cli import COMMAND
 from trainer.interpret.config import InterpretConfig
 from trainer.interpret.corpus import load_corpus
 from trainer.interpret.plans import LatentPlan, plan_method
+from trainer.interpret.servers.scripted import Script, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SMALL = ["--latents", "4", "--window", "8", "--explain-examples", "4", "--quantiles", "3",
@@ -41,8 +42,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def script() -> Iterator[tuple[Script, str]]:
-    s = Script()
-    yield from ((s, url) for url in serve(s))
+    s = oracle_script()
+    with serve(s) as url:
+        yield s, url
 
 
 def interpret(run: Path, out: Path, url: str, *extra: str, report: Path | None = None) -> int:
@@ -158,8 +160,8 @@ def test_budget_then_a_failure_for_good_then_resume_repeat_no_request(
 def test_a_dead_endpoint_fails_in_one_line_within_the_deadline(
         scored: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run, report = scored
-    s = Script(faults=[(503, {})] * 1000)
-    for url in serve(s):
+    s = oracle_script(faults=[(503, {})] * 1000)
+    with serve(s) as url:
         assert interpret(run, tmp_path / "out", url, "--retry-deadline", "0.3",
                          report=report) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
