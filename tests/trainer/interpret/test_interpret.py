@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,13 @@ import pytest
 
 from actstore.shell.flags import run_command
 from actstore.shell.main import build_parser
-from tests.trainer.interpret.helpers import oracle, oracle_script, residue_of, scored_run
+from tests.trainer.interpret.helpers import (
+    interpret_process,
+    oracle,
+    oracle_script,
+    residue_of,
+    scored_run,
+)
 from trainer.interpret import prompts
 from trainer.interpret.cli import COMMAND
 from trainer.interpret.config import InterpretConfig
@@ -259,10 +264,6 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_request(
     out = tmp_path / "out"
     argv = ["interpret", "--run", str(run), "--out", str(out), "--report", str(report),
             "--llm", "scripted", "--endpoint", url, *SMALL, "--concurrency", "1"]
-    code = ("import sys; from actstore.shell.main import build_parser; "
-            "from trainer.interpret.cli import COMMAND; "
-            "a = vars(build_parser([COMMAND]).parse_args(sys.argv[1:])); del a['command']; "
-            "sys.exit(COMMAND.run(a))")
     proc: subprocess.Popen[bytes] | None = None
 
     def killing(body: dict[str, Any]) -> dict[str, Any] | tuple[int, dict[str, str]]:
@@ -273,9 +274,7 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_request(
         return oracle(body)
 
     s.answer = killing
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = interpret_process(argv)
     assert proc.wait(timeout=240) == -signal.SIGKILL
     assert len(s.bodies) == 25
     assert not (out / "interpret.json").exists()
