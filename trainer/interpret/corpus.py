@@ -51,6 +51,8 @@ class Windows:
     """(windows,) context_id of each window."""
     store_rows: np.ndarray
     """(rows,) store row of each row."""
+    position: np.ndarray
+    """(rows,) position of each row in its context."""
 
     def rows(self, w: int) -> slice:
         return slice(int(self.starts[w]), int(self.starts[w + 1]))
@@ -110,7 +112,7 @@ def cut_windows(context: np.ndarray, position: np.ndarray, tokens: np.ndarray,
     rank = np.arange(len(ctx)) - group_start
     first = np.flatnonzero(new_ctx | (rank % window == 0))
     starts = np.r_[first, len(ctx)]
-    return Windows(tokens[order], starts, ctx[first], store_rows[order]), order
+    return Windows(tokens[order], starts, ctx[first], store_rows[order], position[order]), order
 
 
 def dictionary_codes(member: Member, x: torch.Tensor, device: torch.device

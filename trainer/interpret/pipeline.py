@@ -159,6 +159,10 @@ def interpret(cfg: InterpretConfig, backend: Backend | None = None,
               progress: bool = True) -> tuple[Interpretation, Client]:
     """Explain and score `cfg.latents` latents of every method (see the module's docstring)."""
     corpus = load_corpus(cfg)
+    if cfg.delphi_export:
+        from trainer.interpret.exports.delphi import write_delphi_cache
+
+        write_delphi_cache(corpus, Path(cfg.delphi_export))
     backend = backend or make_backend(cfg)
     client = Client(backend, Path(cfg.out) / "cache" / "responses.jsonl", cfg.max_requests,
                     progress)
