@@ -209,7 +209,8 @@ def browser_pages(corpus: Corpus, jobs: list[Job], window: int,
                             [float(method.acts[r, j.column]) for j, p in zip(mine, picks,
                                                                             strict=True)
                              for r in p], decode, window))
-        out[method.name] = {str(j.plan.latent): page_stats(method, j.column) | {
+        stats = page_stats(method)
+        out[method.name] = {str(j.plan.latent): stats[j.column] | {
             "examples": [dataclasses.asdict(next(shown)) for _ in p]}
             for j, p in zip(mine, picks, strict=True)}
     return out

@@ -5,6 +5,7 @@ the answers so far, and the explainer never seeing a scored context."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -307,3 +308,33 @@ def test_a_scorer_that_guesses_by_position_is_at_chance(
                   if r[task] is not None]
         assert len(scores) >= 30
         assert float(np.mean(scores)) == pytest.approx(0.5, abs=0.1), task
+
+
+def test_a_rerun_reads_the_corpus_from_its_cache(scored: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    """The cached corpus is the corpus; a setting it depends on, or a dictionary's files
+    changed (bytes, not meaning), make another."""
+    run, report = scored
+    shutil.copytree(run, tmp_path / "run")
+    cfg = InterpretConfig(run=str(tmp_path / "run"), llm="x", out=str(tmp_path / "out"),
+                          report=str(report), latents=4, window=8, explain_examples=4,
+                          quantiles=3)
+    first = load_corpus(cfg)
+    cached = list((tmp_path / "out" / "cache").glob("corpus-*.safetensors"))
+    assert len(cached) == 1
+    again = load_corpus(cfg)
+    for field in dataclasses.fields(first.windows):
+        np.testing.assert_array_equal(getattr(again.windows, field.name),
+                                      getattr(first.windows, field.name))
+    assert len(again.methods) == len(first.methods) == 4
+    for a, b in zip(again.methods, first.methods, strict=True):
+        assert (a.name, a.kind, a.latents, a.total, a.eligible) == \
+            (b.name, b.kind, b.latents, b.total, b.eligible)
+        np.testing.assert_array_equal(a.acts, b.acts)
+    assert again.meta == first.meta
+    load_corpus(dataclasses.replace(cfg, window=4))
+    assert len(list((tmp_path / "out" / "cache").glob("corpus-*.safetensors"))) == 2
+    meta = tmp_path / "run" / "dictionaries" / "neurons-relu" / "cfg.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()), indent=3))
+    load_corpus(cfg)
+    assert len(list((tmp_path / "out" / "cache").glob("corpus-*.safetensors"))) == 3
