@@ -62,34 +62,46 @@ def test_interpret_against_transformers_serve(tmp_path: Path) -> None:
     """Explanations and scores for every method, a killed run resumed without repeating a
     request, a rerun sending none, malformed answers counted, and detection and fuzzing at
     chance: the LM's labels cannot know the text, so nothing in the prompts gives them away."""
-    run, report = scored_run(tmp_path)
     lm = str(answer_lm(tmp_path / "lm"))
     out = tmp_path / "out"
-    argv = ["interpret", "--run", str(run), "--out", str(out), "--report", str(report),
-            "--llm", lm, "--latents", "2", "--window", "8", "--explain-examples", "4",
-            "--quantiles", "3", "--score-examples", "6", "--batch", "3", "--max-tokens", "3",
-            "--backoff", "0.05", "--retry-deadline", "60"]
-    proc: subprocess.Popen[bytes] | None = None
-    with transformers_serve(lm, log=tmp_path / "serve.log") as real:
-        forward = forwarding(real)
-
-        def killing(body: dict[str, Any]) -> Answer:
-            if len(script.bodies) == KILL_AT and proc is not None and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return 503, {}
-            return forward(body)
-
-        script = Script(killing)
+    with transformers_serve(lm, log=tmp_path / "serve.log") as server:
+        run, report = scored_run(tmp_path)  # while the server starts
+        script = Script(forwarding(server.ready()))
         with serve(script) as url:
-            endpoint = ["--endpoint", url]
-            proc = interpret_process([*argv, *endpoint, "--concurrency", "1"])
-            assert proc.wait(timeout=300) == -signal.SIGKILL
-            assert len(script.bodies) == KILL_AT
-            assert not (out / "interpret.json").exists()
-            assert interpret([*argv, *endpoint, "--concurrency", "2"]) == 0
-            first = json.loads((out / "interpret.json").read_text())
-            assert interpret([*argv, *endpoint]) == 0
+            killed_then_resumed(script, out, [
+                "interpret", "--run", str(run), "--out", str(out), "--report", str(report),
+                "--llm", lm, "--endpoint", url, "--latents", "2", "--window", "8",
+                "--explain-examples", "4", "--quantiles", "3", "--score-examples", "6",
+                "--batch", "3", "--max-tokens", "3", "--backoff", "0.05",
+                "--retry-deadline", "60"])
+    check(script, out)
+
+
+def killed_then_resumed(script: Script, out: Path, argv: list[str]) -> None:
+    """A run SIGKILLed at its KILL_AT-th answer, resumed, then run again."""
+    proc: subprocess.Popen[bytes] | None = None
+    forward = script.answer
+
+    def killing(body: dict[str, Any]) -> Answer:
+        if len(script.bodies) == KILL_AT and proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return 503, {}
+        return forward(body)
+
+    script.answer = killing
+    proc = interpret_process([*argv, "--concurrency", "1"])
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    assert len(script.bodies) == KILL_AT
+    assert not (out / "interpret.json").exists()
+    assert interpret([*argv, "--concurrency", "2"]) == 0
+    (out / "first.json").write_text((out / "interpret.json").read_text())
+    assert interpret(argv) == 0
+
+
+def check(script: Script, out: Path) -> None:
+    """What the three runs asked and wrote."""
+    first = json.loads((out / "first.json").read_text())
     keys = [json.dumps(b, sort_keys=True) for b in script.bodies]
     assert len(keys) == len(set(keys))  # nothing answered before the kill was asked again
     total = len(keys)

@@ -2,8 +2,9 @@
 `serving` extra installed) running a local model on 127.0.0.1, started and stopped around a
 block, for the end-to-end tests:
 
-    with transformers_serve("path/to/model", log=Path("serve.log")) as url:
-        ...   # url: http://127.0.0.1:PORT/v1; requests name the model by its path
+    with transformers_serve("path/to/model", log=Path("serve.log")) as server:
+        ...                  # anything else while it starts
+        url = server.ready() # http://127.0.0.1:PORT/v1; requests name the model by its path
 
 The start has a deadline: until GET /health answers, the server process is watched, and an
 exit or the deadline is one error quoting the end of its log. Offline (HF_HUB_OFFLINE=1): the
@@ -48,11 +49,34 @@ def _tail(log: Path) -> str:
     return " | ".join(lines[-5:]) or "(no output)"
 
 
+class Server:
+    """A `transformers serve` process starting; `ready()` waits for it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, log: Path,
+                 deadline: float) -> None:
+        self.proc, self.base, self.log = proc, base, log
+        self.end = time.monotonic() + deadline
+        self.deadline = deadline
+
+    def ready(self) -> str:
+        """The base URL (…/v1) once GET /health answers; RuntimeError when the process exits
+        first or the deadline passes (quoting the end of its log)."""
+        while not _healthy(self.base):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited ({self.proc.returncode}) "
+                                   f"before answering: {_tail(self.log)}")
+            if time.monotonic() > self.end:
+                raise RuntimeError(f"transformers serve not healthy after {self.deadline:g} "
+                                   f"s: {_tail(self.log)}")
+            time.sleep(0.25)
+        return self.base + "/v1"
+
+
 @contextmanager
 def transformers_serve(model: str, *, log: Path, deadline: float = 180.0,
-                       extra: tuple[str, ...] = ()) -> Iterator[str]:
-    """The server for `model` while the block runs; yields its base URL (see the module's
-    docstring). RuntimeError when it is not healthy within `deadline` seconds."""
+                       extra: tuple[str, ...] = ()) -> Iterator[Server]:
+    """The server for `model` started (not yet waited for: `Server.ready()`), stopped when
+    the block ends (see the module's docstring)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with log.open("wb") as out:
@@ -60,18 +84,8 @@ def transformers_serve(model: str, *, log: Path, deadline: float = 180.0,
             [sys.executable, "-c", _CLI, "serve", model, "--host", "127.0.0.1", "--port",
              str(port), "--device", "cpu", "--log-level", "warning", *extra],
             stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + deadline
-        while not _healthy(base):
-            if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited ({proc.returncode}) before "
-                                   f"answering: {_tail(log)}")
-            if time.monotonic() > end:
-                raise RuntimeError(f"transformers serve not healthy after {deadline:g} s: "
-                                   f"{_tail(log)}")
-            time.sleep(0.25)
-        yield base + "/v1"
+        yield Server(proc, f"http://127.0.0.1:{port}", log, deadline)
     finally:
         proc.terminate()
         try:
