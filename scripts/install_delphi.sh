@@ -3,7 +3,8 @@
 # `actstore interpret --delphi-export` with delphi's own LatentDataset. delphi requires vLLM
 # (and bitsandbytes, datasets, sparsify, flask, fire) for its pipeline, but its cache loader
 # (delphi.latents) imports none of them: delphi goes in without its dependencies, then only
-# the ones delphi.latents imports. torch first, as everywhere.
+# the ones delphi.latents imports (pip then reports the others as missing: expected). torch
+# first, as everywhere.
 # Prints the environment's python, which the test finds through ACTSTORE_DELPHI_PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
