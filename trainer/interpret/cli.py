@@ -9,10 +9,10 @@ from actstore.shell.flags import Command, add_fields, from_flags
 from trainer.interpret.config import InterpretConfig
 
 #: The flags in --help's order: what to read, the model, how many, the prompts, the cost.
-_ORDER = ("run", "out", "report", "llm", "endpoint", "api_key_env", "latents", "baselines",
-          "baseline_k", "window", "explain_examples", "score_examples", "quantiles", "batch",
-          "simulate_examples", "max_tokens", "concurrency", "max_requests", "timeout",
-          "retry_deadline", "backoff", "device", "seed")
+_ORDER = ("run", "out", "report", "delphi_export", "llm", "endpoint", "api_key_env", "latents",
+          "baselines", "baseline_k", "window", "explain_examples", "score_examples",
+          "quantiles", "batch", "simulate_examples", "max_tokens", "concurrency",
+          "max_requests", "timeout", "retry_deadline", "backoff", "device", "seed")
 
 
 def add_interpret_parser(sub: Any) -> None:

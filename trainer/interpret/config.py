@@ -23,6 +23,10 @@ class InterpretConfig:
     also the eval report whose index.html gets the explanations)."""
     report: str | None = None
     """The eval report folder (`actstore eval --out`; default: --out)."""
+    delphi_export: str | None = None
+    """Also write the sampled latents' activations on the held-out contexts to this folder in
+    EleutherAI delphi's cache layout (a folder per method), for delphi's own pipeline; with
+    --max-requests 0 nothing is asked of the model."""
     endpoint: str | None = None
     """Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM,
     llama.cpp's server, `transformers serve`, a hosted API); POSTs to /chat/completions."""

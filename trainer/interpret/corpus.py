@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 import safetensors.torch
 import torch
 
@@ -51,6 +52,8 @@ class Windows:
     """(windows,) context_id of each window."""
     store_rows: np.ndarray
     """(rows,) store row of each row."""
+    position: np.ndarray
+    """(rows,) position of each row in its context."""
 
     def rows(self, w: int) -> slice:
         return slice(int(self.starts[w]), int(self.starts[w + 1]))
@@ -110,7 +113,7 @@ def cut_windows(context: np.ndarray, position: np.ndarray, tokens: np.ndarray,
     rank = np.arange(len(ctx)) - group_start
     first = np.flatnonzero(new_ctx | (rank % window == 0))
     starts = np.r_[first, len(ctx)]
-    return Windows(tokens[order], starts, ctx[first], store_rows[order]), order
+    return Windows(tokens[order], starts, ctx[first], store_rows[order], position[order]), order
 
 
 def dictionary_codes(member: Member, x: torch.Tensor, device: torch.device
@@ -182,14 +185,80 @@ def fitted_baselines(fit: EvalConfig, store: ActivationStore, hook: str,
 
 
 def load_corpus(cfg: InterpretConfig) -> Corpus:
-    """The held-out windows and every method's sampled latents (see the module's docstring)."""
+    """The held-out windows and every method's sampled latents (see the module's docstring),
+    kept in OUT/cache/corpus-<key>.safetensors: a rerun reads them instead of the store's slice and
+    every method's codes (the key is everything they depend on)."""
     summary, ecfg = eval_settings(cfg)
     members = load_run(cfg.run)
     if any(m.sae.cfg.kind != "sae" for m in members):
         raise ValueError(f"{cfg.run} holds {members[0].sae.cfg.kind}s: interpret explains the "
                          "latents of SAEs (a run of actstore train --kind sae)")
-    hook = members[0].source["hook"]
     store, part, held_out = open_slice(ecfg, members[0])
+    path = Path(cfg.out) / "cache" / f"corpus-{corpus_key(cfg, ecfg, store, part)}.safetensors"
+    if path.exists():
+        corpus = read_corpus(path, store)
+        return dataclasses.replace(corpus, meta=corpus.meta | {"report": cfg.report_dir})
+    corpus = build_corpus(cfg, summary, ecfg, members, (store, part, held_out))
+    save_corpus(corpus, path)
+    return corpus
+
+
+#: The settings of `InterpretConfig` the corpus depends on.
+_CORPUS_FIELDS = ("window", "latents", "baselines", "baseline_k", "explain_examples",
+                  "quantiles", "seed")
+
+
+def corpus_key(cfg: InterpretConfig, ecfg: EvalConfig, store: ActivationStore,
+               part: holdout.Partition) -> str:
+    """A hash of what the corpus is made from: the store, its partition, eval's settings,
+    interpret's, and the bytes of every dictionary's files."""
+    h = hashlib.sha256(json.dumps({
+        "store": store.key, "train": list(part.train), "held_out": list(part.held_out),
+        "eval": {k: v for k, v in vars(ecfg).items() if k not in ("run", "out")},
+        "interpret": {k: getattr(cfg, k) for k in _CORPUS_FIELDS}},
+        sort_keys=True, default=str).encode())
+    for folder in sorted((Path(cfg.run) / "dictionaries").glob("*/cfg.json")):
+        for f in sorted(folder.parent.iterdir()):
+            if f.is_file():
+                h.update(f"{folder.parent.name}/{f.name}".encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_corpus(corpus: Corpus, path: Path) -> None:
+    w = corpus.windows
+    arrays = {"tokens": w.tokens, "starts": w.starts, "context": w.context,
+              "store_rows": w.store_rows, "position": w.position}
+    methods = []
+    for i, m in enumerate(corpus.methods):
+        arrays[f"acts{i}"] = m.acts
+        methods.append({"name": m.name, "kind": m.kind, "latents": m.latents,
+                        "total": m.total, "eligible": m.eligible})
+    arrays["json"] = np.frombuffer(json.dumps({"methods": methods, "meta": corpus.meta}
+                                              ).encode(), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                str(tmp))
+    os.replace(tmp, path)
+
+
+def read_corpus(path: Path, store: ActivationStore) -> Corpus:
+    data = safetensors.numpy.load_file(str(path))
+    info = json.loads(data["json"].tobytes())
+    windows = Windows(data["tokens"], data["starts"], data["context"], data["store_rows"],
+                      data["position"])
+    methods = [Method(m["name"], m["kind"], m["latents"], m["total"], m["eligible"],
+                      data[f"acts{i}"]) for i, m in enumerate(info["methods"])]
+    return Corpus(windows, methods, store, info["meta"])
+
+
+def build_corpus(cfg: InterpretConfig, summary: dict[str, Any], ecfg: EvalConfig,
+                 members: list[Member],
+                 opened: tuple[ActivationStore, holdout.Partition, bool]) -> Corpus:
+    """The corpus, from the store's held-out slice and every method's codes."""
+    store, part, held_out = opened
+    hook = members[0].source["hook"]
     held = list(holdout.held_out_batches(store, hook, part, ecfg.rows, _BATCH))
     if not held:
         raise ValueError(f"the held-out slice of {store.url} has no row of a whole context")
@@ -229,13 +298,17 @@ def load_corpus(cfg: InterpretConfig) -> Corpus:
     return Corpus(windows, methods, store, meta)
 
 
-def page_stats(method: Method, column: int) -> dict[str, Any]:
-    """A latent's firing and histogram over the held-out rows, as eval's latent pages show
-    them (log10 activation bins of `HIST_EDGES`)."""
+def page_stats(method: Method) -> list[dict[str, Any]]:
+    """Each sampled latent's firing and histogram over the held-out rows, as eval's latent
+    pages show them (log10 activation bins of `HIST_EDGES`), all columns at once."""
     from trainer.evaluation.examples import HIST_EDGES
 
-    a = torch.from_numpy(method.acts[:, column])
-    live = a[a > 0]
-    bins = torch.bucketize(live.clamp_min(1e-30).log10(), HIST_EDGES[1:-1])
-    return {"fired": len(live), "density": len(live) / max(len(a), 1),
-            "histogram": torch.bincount(bins, minlength=len(HIST_EDGES) - 1).tolist()}
+    a = torch.from_numpy(method.acts)
+    rows, n, nb = a.shape[0], a.shape[1], len(HIST_EDGES) - 1
+    live = a > 0
+    cols = live.nonzero()[:, 1]  # row-major, as a[live] is
+    bins = torch.bucketize(a[live].clamp_min(1e-30).log10(), HIST_EDGES[1:-1])
+    hist = torch.bincount(cols * nb + bins, minlength=n * nb).reshape(n, nb).tolist()
+    fired = live.sum(0).tolist()
+    return [{"fired": f, "density": f / max(rows, 1), "histogram": h}
+            for f, h in zip(fired, hist, strict=True)]

@@ -159,6 +159,10 @@ def interpret(cfg: InterpretConfig, backend: Backend | None = None,
               progress: bool = True) -> tuple[Interpretation, Client]:
     """Explain and score `cfg.latents` latents of every method (see the module's docstring)."""
     corpus = load_corpus(cfg)
+    if cfg.delphi_export:
+        from trainer.interpret.exports.delphi import write_delphi_cache
+
+        write_delphi_cache(corpus, Path(cfg.delphi_export))
     backend = backend or make_backend(cfg)
     client = Client(backend, Path(cfg.out) / "cache" / "responses.jsonl", cfg.max_requests,
                     progress)
@@ -205,7 +209,8 @@ def browser_pages(corpus: Corpus, jobs: list[Job], window: int,
                             [float(method.acts[r, j.column]) for j, p in zip(mine, picks,
                                                                             strict=True)
                              for r in p], decode, window))
-        out[method.name] = {str(j.plan.latent): page_stats(method, j.column) | {
+        stats = page_stats(method)
+        out[method.name] = {str(j.plan.latent): stats[j.column] | {
             "examples": [dataclasses.asdict(next(shown)) for _ in p]}
             for j, p in zip(mine, picks, strict=True)}
     return out

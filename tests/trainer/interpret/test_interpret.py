@@ -5,13 +5,13 @@ the answers so far, and the explainer never seeing a scored context."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,19 @@ import pytest
 
 from actstore.shell.flags import run_command
 from actstore.shell.main import build_parser
-from tests.trainer.interpret.helpers import Script, oracle, residue_of, scored_run, serve
+from tests.trainer.interpret.helpers import (
+    interpret_process,
+    oracle,
+    oracle_script,
+    residue_of,
+    scored_run,
+)
 from trainer.interpret import prompts
 from trainer.interpret.cli import COMMAND
 from trainer.interpret.config import InterpretConfig
 from trainer.interpret.corpus import load_corpus
 from trainer.interpret.plans import LatentPlan, plan_method
+from trainer.interpret.servers.scripted import Script, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SMALL = ["--latents", "4", "--window", "8", "--explain-examples", "4", "--quantiles", "3",
@@ -41,8 +48,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def script() -> Iterator[tuple[Script, str]]:
-    s = Script()
-    yield from ((s, url) for url in serve(s))
+    s = oracle_script()
+    with serve(s) as url:
+        yield s, url
 
 
 def interpret(run: Path, out: Path, url: str, *extra: str, report: Path | None = None) -> int:
@@ -158,8 +166,8 @@ def test_budget_then_a_failure_for_good_then_resume_repeat_no_request(
 def test_a_dead_endpoint_fails_in_one_line_within_the_deadline(
         scored: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run, report = scored
-    s = Script(faults=[(503, {})] * 1000)
-    for url in serve(s):
+    s = oracle_script(faults=[(503, {})] * 1000)
+    with serve(s) as url:
         assert interpret(run, tmp_path / "out", url, "--retry-deadline", "0.3",
                          report=report) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
@@ -257,10 +265,6 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_request(
     out = tmp_path / "out"
     argv = ["interpret", "--run", str(run), "--out", str(out), "--report", str(report),
             "--llm", "scripted", "--endpoint", url, *SMALL, "--concurrency", "1"]
-    code = ("import sys; from actstore.shell.main import build_parser; "
-            "from trainer.interpret.cli import COMMAND; "
-            "a = vars(build_parser([COMMAND]).parse_args(sys.argv[1:])); del a['command']; "
-            "sys.exit(COMMAND.run(a))")
     proc: subprocess.Popen[bytes] | None = None
 
     def killing(body: dict[str, Any]) -> dict[str, Any] | tuple[int, dict[str, str]]:
@@ -271,9 +275,7 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_request(
         return oracle(body)
 
     s.answer = killing
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = interpret_process(argv)
     assert proc.wait(timeout=240) == -signal.SIGKILL
     assert len(s.bodies) == 25
     assert not (out / "interpret.json").exists()
@@ -306,3 +308,33 @@ def test_a_scorer_that_guesses_by_position_is_at_chance(
                   if r[task] is not None]
         assert len(scores) >= 30
         assert float(np.mean(scores)) == pytest.approx(0.5, abs=0.1), task
+
+
+def test_a_rerun_reads_the_corpus_from_its_cache(scored: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    """The cached corpus is the corpus; a setting it depends on, or a dictionary's files
+    changed (bytes, not meaning), make another."""
+    run, report = scored
+    shutil.copytree(run, tmp_path / "run")
+    cfg = InterpretConfig(run=str(tmp_path / "run"), llm="x", out=str(tmp_path / "out"),
+                          report=str(report), latents=4, window=8, explain_examples=4,
+                          quantiles=3)
+    first = load_corpus(cfg)
+    cached = list((tmp_path / "out" / "cache").glob("corpus-*.safetensors"))
+    assert len(cached) == 1
+    again = load_corpus(cfg)
+    for field in dataclasses.fields(first.windows):
+        np.testing.assert_array_equal(getattr(again.windows, field.name),
+                                      getattr(first.windows, field.name))
+    assert len(again.methods) == len(first.methods) == 4
+    for a, b in zip(again.methods, first.methods, strict=True):
+        assert (a.name, a.kind, a.latents, a.total, a.eligible) == \
+            (b.name, b.kind, b.latents, b.total, b.eligible)
+        np.testing.assert_array_equal(a.acts, b.acts)
+    assert again.meta == first.meta
+    load_corpus(dataclasses.replace(cfg, window=4))
+    assert len(list((tmp_path / "out" / "cache").glob("corpus-*.safetensors"))) == 2
+    meta = tmp_path / "run" / "dictionaries" / "neurons-relu" / "cfg.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()), indent=3))
+    load_corpus(cfg)
+    assert len(list((tmp_path / "out" / "cache").glob("corpus-*.safetensors"))) == 3

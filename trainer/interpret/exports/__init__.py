@@ -1,0 +1,1 @@
+"""The interpreted latents' activations written in other tools' layouts (`delphi`)."""
