@@ -103,7 +103,8 @@ def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
         tmp_path: Path) -> None:
     """`torchrun … actstore eval`: the ranks split PCA's covariance (training rows), the
     dictionary's scores and top activations and the baselines' frontier (held-out rows); ICA is
-    fitted on rank 0. The report equals one process's."""
+    fitted on rank 0. The report equals one process's, a --dictionary from elsewhere (here
+    the run's own, read as a foreign folder) included."""
     import subprocess
     import sys
 
@@ -111,7 +112,7 @@ def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
 
     run, _, _ = _run(tmp_path, 0.5)
     args = ["eval", "--run-dir", str(run), "--ica-rows", "256", "--ks", "1", "3", "12",
-            "--top", "5"]
+            "--top", "5", "--dictionary", str(run / "dictionaries" / "neurons-relu")]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "actstore",
@@ -123,8 +124,11 @@ def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
         [(r["method"], r["k"]) for r in two["frontier"]]
     for a, b in zip(one["frontier"], two["frontier"], strict=True):
         assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-9, abs=1e-12)
-    for key, value in one["dictionaries"]["neurons-relu"].items():
-        assert two["dictionaries"]["neurons-relu"][key] == pytest.approx(value, rel=1e-9)
+    assert len(one["dictionaries"]) == 2  # the run's and the --dictionary
+    assert one["dictionaries"].keys() == two["dictionaries"].keys()
+    for name, scores in one["dictionaries"].items():
+        for key, value in scores.items():
+            assert two["dictionaries"][name][key] == pytest.approx(value, rel=1e-9), (name, key)
     tops = [json.loads((tmp_path / o / "latents.json").read_text()) for o in ("one", "two")]
     assert tops[0] == tops[1]  # the same top rows, values and texts for every latent shown
 

@@ -95,3 +95,18 @@ def test_a_tp2_skip_transcoder_equals_the_plain_run(store: str, tmp_path: Path,
     train(settings(store, tmp_path / "plain", **common))
     run_ranks(2, settings(store, tmp_path / "tp2", tp=2, **common))
     assert_close_weights(tmp_path / "plain", tmp_path / "tp2")
+
+
+def test_tp2_started_from_a_dictionary_equals_the_plain_run(store: str, tmp_path: Path) -> None:
+    """`--init-from` under `--tp 2`: each rank copies its slice of the latents, and the two
+    ranks train on as the plain run does from the same dictionary (its SAELens export)."""
+    train(settings(store, tmp_path / "first", k=(3,)))
+    (name,) = weights(tmp_path / "first")
+    source = str(tmp_path / "first" / "dictionaries" / name / "saelens")
+    train(settings(store, tmp_path / "plain", k=(3,), init_from=source))
+    run_ranks(2, settings(store, tmp_path / "tp2", k=(3,), tp=2, init_from=source))
+    assert_close_weights(tmp_path / "plain", tmp_path / "tp2")
+    fresh = tmp_path / "fresh"  # the start mattered: from scratch the run ends elsewhere
+    train(settings(store, fresh, k=(3,)))
+    assert not torch.allclose(weights(fresh)[name]["W_dec"],
+                              weights(tmp_path / "plain")[name]["W_dec"], atol=1e-3)
