@@ -73,7 +73,7 @@ class Server:
 
 
 @contextmanager
-def transformers_serve(model: str, *, log: Path, deadline: float = 180.0,
+def transformers_serve(model: str, *, log: Path, deadline: float = 300.0,
                        extra: tuple[str, ...] = ()) -> Iterator[Server]:
     """The server for `model` started (not yet waited for: `Server.ready()`), stopped when
     the block ends (see the module's docstring)."""
