@@ -10,7 +10,8 @@ from trainer.evaluation.config import EvalConfig
 
 #: The flags in --help's order: what to score, how many rows, the baselines, where it runs.
 _ORDER = ("run", "dictionary", "out", "store", "hook", "holdout", "any_hook", "ica_rows", "rows",
-          "fit_rows", "top", "show", "window", "splice_contexts", "seed", "ks", "ica",
+          "fit_rows", "top", "show", "window", "quantile_examples", "quantiles",
+          "logit_tokens", "splice_contexts", "seed", "ks", "ica",
           "on_training_rows", "device", "log", "wandb_project", "wandb_entity", "wandb_name")
 
 

@@ -1,0 +1,166 @@
+"""The browser's data: every latent of every dictionary in shards of `SHARD` latents, and an
+index of the tokens they fire on and promote, written as `.js` files beside index.html.
+
+    latents/index.js          actstore.index({shard, buckets, edges, methods: {name: {dir,
+                              latents, tokens, shards, ...}}, logit_lens, quantiles})
+    latents/d<i>/<k>.js       actstore.shard("d<i>", k, [record of latent k·SHARD + j, ...])
+    latents/tokens/<b>.js     actstore.tokens(b, {token: [[dir, latent, count, kind], ...]})
+    latents/interpret.js      actstore.interpret({...}): written by `actstore interpret`
+
+Why `.js` and not `.json`: browsers refuse fetch() of file:// URLs, and a report must open
+from disk; a <script> element may load a file:// script, which hands its data to a
+registered function (JSONP's trick). Only the index, the shard of the latent shown and the
+token bucket searched are loaded.
+
+A record: {"f": firings, "h": histogram counts, "top": top examples, "q": a random sample of
+firings, largest first, "up"/"down": [token, logit] promoted / suppressed}; an example is
+[value, store row, left text, token, right text]. Token keys are the activating token's text,
+stripped and lower-cased, bucketed by FNV-1a of its UTF-16 code units (the page hashes a query
+alike); kind "a": the latent fires on it (count: among its top examples), "p": promotes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.evaluation.config import EvalConfig
+from trainer.evaluation.examples import HIST_EDGES, Decode, render
+from trainer.evaluation.logit_lens import TokenEffects
+from trainer.evaluation.run import Evaluation
+
+#: Latents per shard: the page loads one shard (about a megabyte of examples) per latent shown.
+SHARD = 256
+#: Token index entries per bucket, about: the number of buckets follows.
+_PER_BUCKET = 8192
+
+Entry = list[Any]
+"""[dir, latent, count, kind] of the token index."""
+
+
+def bucket(text: str, buckets: int) -> int:
+    """FNV-1a (32 bits) over UTF-16 code units, as the page's script computes it."""
+    h = 0x811C9DC5
+    data = text.encode("utf-16-le")
+    for i in range(0, len(data), 2):
+        h = ((h ^ (data[i] | data[i + 1] << 8)) * 0x01000193) & 0xFFFFFFFF
+    return h % buckets
+
+
+def token_key(text: str) -> str:
+    return text.strip().lower()
+
+
+def _call(path: Path, fn: str, *args: Any) -> int:
+    """Write `actstore.fn(args...)` as one line of JSON-compatible JS; returns its size."""
+    text = f"actstore.{fn}({','.join(json.dumps(a, separators=(',', ':')) for a in args)});\n"
+    path.write_text(text)
+    return len(text.encode())
+
+
+def _texts(ev: Evaluation, store: Any, decode: Decode, window: int
+           ) -> dict[int, tuple[str, str, str] | None]:
+    """Every shown row's text, each rendered once (an example is a held-out row, so there are
+    at most --rows of them however many latents); None for rows without a context (toy)."""
+    rows: set[int] = set()
+    for top in ev.tops.values():
+        for t in (top.rows, top.sample_rows):
+            if t is not None:
+                rows.update(torch.unique(t[t >= 0]).tolist())
+    ordered = sorted(rows)
+    out: dict[int, tuple[str, str, str] | None] = {}
+    for e in render(store, ordered, [0.0] * len(ordered), decode, window):
+        real = not (e.token == f"(row {e.row})" and not e.left and not e.right)
+        out[e.row] = (e.left, e.token, e.right) if real else None
+    return out
+
+
+def _examples(rows: torch.Tensor, values: torch.Tensor, texts: dict[int, Any]) -> list[Entry]:
+    out = []
+    for r, v in zip(rows.tolist(), values.tolist(), strict=True):
+        if r < 0:
+            break
+        t = texts.get(r) or ("", f"(row {r})", "")
+        out.append([float(f"{v:.4g}"), r, *t])
+    return out
+
+
+def _effects(fx: TokenEffects | None, i: int, pieces: dict[int, str]) -> dict[str, Any]:
+    if fx is None:
+        return {}
+    return {key: [[pieces[t], float(f"{v:.4g}")] for t, v in zip(
+        ids[i].tolist(), vals[i].tolist(), strict=True)]
+        for key, ids, vals in (("up", fx.up_ids, fx.up_values),
+                               ("down", fx.down_ids, fx.down_values))}
+
+
+def _pieces(ev: Evaluation, decode: Decode) -> dict[int, str]:
+    """Each promoted or suppressed token's text, decoded alone."""
+    ids: set[int] = set()
+    for fx in ev.token_effects.values():
+        ids.update(torch.unique(fx.up_ids).tolist())
+        ids.update(torch.unique(fx.down_ids).tolist())
+    return {i: decode([i]) for i in sorted(ids)}
+
+
+def write_dictionary(folder: Path, name: str, n: int, ev: Evaluation, *,
+                     texts: dict[int, Any], pieces: dict[int, str],
+                     index: dict[str, list[Entry]]) -> dict[str, Any]:
+    """One dictionary's shards; its tokens added to `index`; returns its entry of index.js."""
+    top, fx = ev.tops[name], ev.token_effects.get(name)
+    d = f"d{n}"
+    (folder / d).mkdir(parents=True)
+    latents, size = top.fired.numel(), 0
+    fired, hist = top.fired.tolist(), top.histogram.tolist()
+    for k in range(0, latents, SHARD):
+        records = []
+        for i in range(k, min(k + SHARD, latents)):
+            rec: dict[str, Any] = {"f": fired[i]} | _effects(fx, i, pieces)
+            if fired[i]:
+                rec |= {"h": hist[i], "top": _examples(top.rows[i], top.values[i], texts)}
+                if top.sample_rows is not None and top.sample_values is not None:
+                    rec["q"] = _examples(top.sample_rows[i], top.sample_values[i], texts)
+                counts = Counter(token_key(e[3]) for e in rec["top"] if texts.get(e[1]))
+                for tok, c in counts.items():
+                    index[tok].append([d, i, c, "a"])
+            for tok, _ in rec.get("up", []):
+                index[token_key(tok)].append([d, i, 0, "p"])
+            records.append(rec)
+        size += _call(folder / d / f"{k // SHARD}.js", "shard", d, k // SHARD, records)
+    return {"dir": d, "kind": "dictionary", "latents": latents, "tokens": top.tokens,
+            "fired_on_slice": sum(f > 0 for f in fired), "shards": -(-latents // SHARD),
+            "effects": fx is not None, "bytes": size}
+
+
+def write_browser(ev: Evaluation, store: Any, cfg: EvalConfig, out: Path, decode: Decode
+                  ) -> dict[str, Any]:
+    """Write out/latents/ (the module's docstring); returns what index.js holds."""
+    folder = out / "latents"
+    shutil.rmtree(folder, ignore_errors=True)  # an older report's shards, or interpret's
+    folder.mkdir(parents=True)
+    texts = _texts(ev, store, decode, cfg.window)
+    pieces = _pieces(ev, decode)
+    index: dict[str, list[Entry]] = defaultdict(list)
+    methods = {name: write_dictionary(folder, name, n, ev, texts=texts, pieces=pieces,
+                                      index=index)
+               for n, name in enumerate(ev.tops)}
+    entries = sum(len(v) for v in index.values())
+    buckets = max(1, min(4096, -(-entries // _PER_BUCKET)))
+    parts: list[dict[str, list[Entry]]] = [{} for _ in range(buckets)]
+    for tok, found in index.items():
+        # fired on most first, then the promoters
+        found.sort(key=lambda e: (e[3] != "a", -e[2], e[0], e[1]))
+        parts[bucket(tok, buckets)][tok] = found
+    (folder / "tokens").mkdir()
+    token_bytes = sum(_call(folder / "tokens" / f"{b}.js", "tokens", b, part)
+                      for b, part in enumerate(parts))
+    meta = {"shard": SHARD, "buckets": buckets, "edges": HIST_EDGES.tolist(),
+            "methods": methods, "logit_lens": ev.meta.get("logit_lens", ""),
+            "quantiles": cfg.quantiles, "window": cfg.window, "token_bytes": token_bytes}
+    _call(folder / "index.js", "index", meta)
+    return meta
