@@ -123,7 +123,8 @@ function logits(box, rec) {
   for (const [key, title] of [['up', 'promotes'], ['down', 'suppresses']]) {
     const t = el('table', undefined, 'tokens-' + key);
     t.appendChild(row([title, 'logit'], true));
-    for (const [tok, v] of rec[key]) t.appendChild(row([JSON.stringify(tok), v.toFixed(3)]));
+    rec[key][0].forEach((tok, j) => t.appendChild(row([JSON.stringify(tok),
+      rec[key][1][j].toFixed(3)])));
     wrap.appendChild(t);
   }
   box.appendChild(el('h4', 'Tokens it promotes and suppresses: ' + A.meta.logit_lens));

@@ -13,7 +13,7 @@ registered function (JSONP's trick). Only the index, the shard of the latent sho
 token bucket searched are loaded.
 
 A record: {"f": firings, "h": histogram counts, "top": top examples, "q": a random sample of
-firings, largest first, "up"/"down": [token, logit] promoted / suppressed}; an example is
+firings, largest first, "up"/"down": [tokens, logits] promoted / suppressed}; an example is
 [value, store row, left text, token, right text]. Token keys are the activating token's text,
 stripped and lower-cased, bucketed by FNV-1a of its UTF-16 code units (the page hashes a query
 alike); kind "a": the latent fires on it (count: among its top examples), "p": promotes it.
@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainer.evaluation.config import EvalConfig
@@ -71,8 +72,8 @@ def _texts(ev: Evaluation, store: Any, decode: Decode, window: int
     for top in ev.tops.values():
         for t in (top.rows, top.sample_rows):
             if t is not None:
-                rows.update(torch.unique(t[t >= 0]).tolist())
-    ordered = sorted(rows)
+                rows.update(np.unique(t.numpy()).tolist())
+    ordered = sorted(rows - {-1})  # -1: no row (fewer firings than kept)
     out: dict[int, tuple[str, str, str] | None] = {}
     for e in render(store, ordered, [0.0] * len(ordered), decode, window):
         real = not (e.token == f"(row {e.row})" and not e.left and not e.right)
@@ -80,36 +81,48 @@ def _texts(ev: Evaluation, store: Any, decode: Decode, window: int
     return out
 
 
-def _examples(rows: torch.Tensor, values: torch.Tensor, texts: dict[int, Any]) -> list[Entry]:
+def _rounded(values: torch.Tensor) -> list[list[float]]:
+    """Values to 4 significant digits (shorter JSON), as nested lists."""
+    v = values.double().numpy()
+    scale = 10.0 ** (3 - np.floor(np.log10(np.maximum(np.abs(v), 1e-30))))
+    return (np.round(v * scale) / scale).tolist()  # type: ignore[no-any-return]
+
+
+def _examples(rows: list[int], values: list[float], texts: dict[int, Any]) -> list[Entry]:
     out = []
-    for r, v in zip(rows.tolist(), values.tolist(), strict=True):
+    for r, v in zip(rows, values, strict=True):
         if r < 0:
             break
         t = texts.get(r) or ("", f"(row {r})", "")
-        out.append([float(f"{v:.4g}"), r, *t])
+        out.append([v, r, *t])
     return out
 
 
-def _effects(fx: TokenEffects | None, i: int, pieces: dict[int, str]) -> dict[str, Any]:
+def _effects(fx: TokenEffects | None, lo: int, hi: int, pieces: np.ndarray
+             ) -> list[dict[str, Any]]:
+    """Per latent of lo:hi, {"up": [tokens, logits], "down": [...]} (nothing without)."""
     if fx is None:
-        return {}
-    return {key: [[pieces[t], float(f"{v:.4g}")] for t, v in zip(
-        ids[i].tolist(), vals[i].tolist(), strict=True)]
-        for key, ids, vals in (("up", fx.up_ids, fx.up_values),
-                               ("down", fx.down_ids, fx.down_values))}
+        return [{} for _ in range(lo, hi)]
+    parts = [(key, pieces[ids[lo:hi].numpy()].tolist(), _rounded(vals[lo:hi]))
+             for key, ids, vals in (("up", fx.up_ids, fx.up_values),
+                                    ("down", fx.down_ids, fx.down_values))]
+    return [{key: [toks[j], vals[j]] for key, toks, vals in parts} for j in range(hi - lo)]
 
 
-def _pieces(ev: Evaluation, decode: Decode) -> dict[int, str]:
-    """Each promoted or suppressed token's text, decoded alone."""
+def _pieces(ev: Evaluation, decode: Decode) -> np.ndarray:
+    """Each promoted or suppressed token's text, decoded alone, at its id (object array)."""
     ids: set[int] = set()
     for fx in ev.token_effects.values():
-        ids.update(torch.unique(fx.up_ids).tolist())
-        ids.update(torch.unique(fx.down_ids).tolist())
-    return {i: decode([i]) for i in sorted(ids)}
+        ids.update(np.unique(fx.up_ids.numpy()).tolist())
+        ids.update(np.unique(fx.down_ids.numpy()).tolist())
+    out = np.full(max(ids, default=-1) + 1, "", dtype=object)
+    for i in ids:
+        out[i] = decode([i])
+    return out
 
 
 def write_dictionary(folder: Path, name: str, n: int, ev: Evaluation, *,
-                     texts: dict[int, Any], pieces: dict[int, str],
+                     texts: dict[int, Any], pieces: np.ndarray,
                      index: dict[str, list[Entry]]) -> dict[str, Any]:
     """One dictionary's shards; its tokens added to `index`; returns its entry of index.js."""
     top, fx = ev.tops[name], ev.token_effects.get(name)
@@ -117,18 +130,24 @@ def write_dictionary(folder: Path, name: str, n: int, ev: Evaluation, *,
     (folder / d).mkdir(parents=True)
     latents, size = top.fired.numel(), 0
     fired, hist = top.fired.tolist(), top.histogram.tolist()
+    keys = {r: token_key(t[1]) for r, t in texts.items() if t is not None}
     for k in range(0, latents, SHARD):
+        hi = min(k + SHARD, latents)
+        rows, values = top.rows[k:hi].tolist(), _rounded(top.values[k:hi])
+        sample = (top.sample_rows[k:hi].tolist(), _rounded(top.sample_values[k:hi])) \
+            if top.sample_rows is not None and top.sample_values is not None else None
         records = []
-        for i in range(k, min(k + SHARD, latents)):
-            rec: dict[str, Any] = {"f": fired[i]} | _effects(fx, i, pieces)
+        for j, effects in enumerate(_effects(fx, k, hi, pieces)):
+            i = k + j
+            rec: dict[str, Any] = {"f": fired[i]} | effects
             if fired[i]:
-                rec |= {"h": hist[i], "top": _examples(top.rows[i], top.values[i], texts)}
-                if top.sample_rows is not None and top.sample_values is not None:
-                    rec["q"] = _examples(top.sample_rows[i], top.sample_values[i], texts)
-                counts = Counter(token_key(e[3]) for e in rec["top"] if texts.get(e[1]))
+                rec |= {"h": hist[i], "top": _examples(rows[j], values[j], texts)}
+                if sample is not None:
+                    rec["q"] = _examples(sample[0][j], sample[1][j], texts)
+                counts = Counter(keys[r] for r in rows[j] if r in keys)
                 for tok, c in counts.items():
                     index[tok].append([d, i, c, "a"])
-            for tok, _ in rec.get("up", []):
+            for tok in effects.get("up", [[]])[0]:
                 index[token_key(tok)].append([d, i, 0, "p"])
             records.append(rec)
         size += _call(folder / d / f"{k // SHARD}.js", "shard", d, k // SHARD, records)
