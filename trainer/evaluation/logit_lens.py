@@ -78,12 +78,13 @@ def unembedding(store: ActivationStore, d: int) -> tuple[torch.Tensor, str] | st
     centre = isinstance(norm, nn.LayerNorm)
     weight = getattr(norm, "weight", None)
     what = "decoder direction"
-    if centre:  # LayerNorm subtracts the mean of the features: the direction's too
-        w_u -= w_u.mean(0, keepdim=True)
-        what += " centred (LayerNorm)"
+    # logits = ((v − mean v) ⊙ weight) · W_U = v · C diag(weight) W_U, C the centring
     if isinstance(weight, torch.Tensor) and weight.shape == (d,):
         w_u *= weight.detach().float().unsqueeze(1)
         what += f" × {type(norm).__name__}'s weight"
+    if centre:  # LayerNorm subtracts the mean of the features: the direction's too
+        w_u -= w_u.mean(0, keepdim=True)
+        what = what.replace("decoder direction", "decoder direction centred (LayerNorm)")
     return w_u, f"{what} × unembedding of {spec.model} (direct path: later layers ignored)"
 
 
