@@ -24,8 +24,9 @@ def add_eval_parser(sub: Any) -> None:
         "(PCA from the streamed covariance, FastICA, the neuron basis, a random basis) on the "
         "held-out slice of its store at equal L0; MMCS against a toy store's ground truth and "
         "between dictionary sizes; loss recovered with each reconstruction spliced into the "
-        "model; the top-activating contexts of a sample of latents. Writes "
-        "eval.json, latents.json, report.md, frontier.png and a self-contained index.html.")
+        "model; a browser of every latent (top and quantile examples, histogram, promoted "
+        "tokens, search by token). Writes eval.json, latents.json, report.md, frontier.png, "
+        "index.html and its latents/ folder.")
     add_fields(e, EvalConfig, only=_ORDER, overrides={"run": Flag(
         names=("--run", "--run-dir"),
         help=field_help(EvalConfig, "run") + "; spell it --run-dir under torchrun, whose own "

@@ -17,7 +17,8 @@ class EvalConfig(TrackingConfig):
     with `--log`, the scores go to the run's trackers too (`TrackingConfig`'s fields)."""
 
     out: str
-    """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
+    """Report folder: eval.json, latents.json, report.md, frontier.png, index.html and the
+    browser's latents/ folder."""
     run: str | None = None
     """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/;
     default: none, the --dictionary dictionaries alone)."""
@@ -52,8 +53,8 @@ class EvalConfig(TrackingConfig):
     top: int = 16
     """Top activations kept per latent."""
     show: int = 64
-    """Latents per dictionary given a page of examples in index.html (a seeded sample of
-    those that fired on the slice)."""
+    """Latents per dictionary whose pages go into latents.json as plain JSON (a seeded sample
+    of those that fired; index.html's browser shows every latent)."""
     window: int = 12
     """Tokens shown either side of an activating token."""
     quantile_examples: int = 12
