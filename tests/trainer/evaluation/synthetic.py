@@ -51,7 +51,7 @@ def _sorted_examples(gen: np.random.Generator, latents: int, width: int, rows: i
 
 
 def synthetic_report(out: Path, latents: int, *, rows: int = 1 << 14, top: int = 16,
-                     sample: int = 12, vocab: int = 5000, seed: int = 0
+                     sample: int = 12, vocab: int = 5000, window: int = 12, seed: int = 0
                      ) -> tuple[Evaluation, EvalConfig, Any, int]:
     """(the evaluation, its config, the store, the token id only the last latent's top
     examples fire on: `vocab - 1`)."""
@@ -81,5 +81,6 @@ def synthetic_report(out: Path, latents: int, *, rows: int = 1 << 14, top: int =
     ev = Evaluation(meta, [{"method": NAME, "k": 32, "l0": 32.0, "fvu": 0.1}],
                     {NAME: {"fvu": 0.1, "l0": 32.0, "fired_fraction": 1.0}}, {}, [],
                     {NAME: tops}, [], {NAME: effects})
-    cfg = EvalConfig(run="synthetic", out=str(out), top=top, quantile_examples=sample)
+    cfg = EvalConfig(run="synthetic", out=str(out), top=top, quantile_examples=sample,
+                     window=window)
     return ev, cfg, StubStore(tokens), special

@@ -41,14 +41,15 @@ def test_bucket_is_fnv1a_of_utf16_code_units() -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium installed")
 def test_the_last_of_16k_latents_renders_and_is_found_by_token(tmp_path: Path) -> None:
     report = tmp_path / "report"
-    ev, cfg, store, special = synthetic_report(report, LATENTS, top=8, sample=8)
+    ev, cfg, store, special = synthetic_report(report, LATENTS, rows=4096, top=8,
+                                                 sample=8, window=4)
     write_report(ev, store, cfg)
     last = LATENTS - 1
     index = (report / "latents" / "index.js").read_text()
     assert json.loads(index[len("actstore.index("):-3])["methods"][NAME]["latents"] == LATENTS
     # an explanation, as actstore interpret leaves it
     result = Interpretation({"rows": 1}, {NAME: {"kind": "dictionary", "total": LATENTS}},
-                            {NAME: {str(last): {"explanation": "stripes of a Zebra",
+                            {NAME: {str(last): {"explanation": f"Zebra stripes, #{special}",
                                                 "detection": 0.875, "fuzzing": None,
                                                 "simulation": None}}})
     (report / "latents" / "interpret.js").write_text(
@@ -71,15 +72,16 @@ def test_the_last_of_16k_latents_renders_and_is_found_by_token(tmp_path: Path) -
     assert shown.count('class="ytick"') == shown.count('class="dtick"') == 3
     assert 'class="tokens-up"' in shown
     assert 'class="tokens-down"' in shown
-    assert "explanation: stripes of a Zebra" in shown
+    assert f"explanation: Zebra stripes, #{special}" in shown
     assert "detection 0.875" in shown
     # lazily: the one shard of the latent shown, none of the other 64
     assert shown.count('src="latents/d0/') == 1
     assert f'src="latents/d0/{last // SHARD}.js"' in shown
 
+    # its token: among the latents firing on it (the index), and in its explanation (words)
     found = dom(report, f"#search=%23{special}")
-    assert f'href="#dict={NAME}&amp;latent={last}"' in found
-    assert f"{len(top.rows[last])} of its top" in found
-    words = dom(report, "#search=zebra")
+    tokens, words = found.split("<h3>explanations containing")
+    assert f'href="#dict={NAME}&amp;latent={last}"' in tokens
+    assert f"{NAME} {last} ({len(top.rows[last])} of its top)" in tokens
     assert f'href="#dict={NAME}&amp;latent={last}"' in words
-    assert "explanations containing" in words
+    assert f"Zebra stripes, #{special}" in words

@@ -65,20 +65,19 @@ def _call(path: Path, fn: str, *args: Any) -> int:
 
 
 def _texts(ev: Evaluation, store: Any, decode: Decode, window: int
-           ) -> dict[int, tuple[str, str, str] | None]:
-    """Every shown row's text, each rendered once (an example is a held-out row, so there are
-    at most --rows of them however many latents); None for rows without a context (toy)."""
+           ) -> dict[int, tuple[int, str, str, str]]:
+    """Every shown row's (row, left, token, right), each rendered once (an example is a
+    held-out row, so there are at most --rows of them however many latents); rows without a
+    context (toy stores) are left out."""
     rows: set[int] = set()
     for top in ev.tops.values():
         for t in (top.rows, top.sample_rows):
             if t is not None:
                 rows.update(np.unique(t.numpy()).tolist())
     ordered = sorted(rows - {-1})  # -1: no row (fewer firings than kept)
-    out: dict[int, tuple[str, str, str] | None] = {}
-    for e in render(store, ordered, [0.0] * len(ordered), decode, window):
-        real = not (e.token == f"(row {e.row})" and not e.left and not e.right)
-        out[e.row] = (e.left, e.token, e.right) if real else None
-    return out
+    return {e.row: (e.row, e.left, e.token, e.right)
+            for e in render(store, ordered, [0.0] * len(ordered), decode, window)
+            if not (e.token == f"(row {e.row})" and not e.left and not e.right)}
 
 
 def _rounded(values: torch.Tensor) -> list[list[float]]:
@@ -88,13 +87,13 @@ def _rounded(values: torch.Tensor) -> list[list[float]]:
     return (np.round(v * scale) / scale).tolist()  # type: ignore[no-any-return]
 
 
-def _examples(rows: list[int], values: list[float], texts: dict[int, Any]) -> list[Entry]:
+def _examples(rows: list[int], values: list[float], texts: dict[int, tuple[Any, ...]]
+              ) -> list[tuple[Any, ...]]:
     out = []
     for r, v in zip(rows, values, strict=True):
         if r < 0:
             break
-        t = texts.get(r) or ("", f"(row {r})", "")
-        out.append([v, r, *t])
+        out.append((v, *(texts.get(r) or (r, "", f"(row {r})", ""))))
     return out
 
 
@@ -122,7 +121,7 @@ def _pieces(ev: Evaluation, decode: Decode) -> np.ndarray:
 
 
 def write_dictionary(folder: Path, name: str, n: int, ev: Evaluation, *,
-                     texts: dict[int, Any], pieces: np.ndarray,
+                     texts: dict[int, tuple[Any, ...]], pieces: np.ndarray,
                      index: dict[str, list[Entry]]) -> dict[str, Any]:
     """One dictionary's shards; its tokens added to `index`; returns its entry of index.js."""
     top, fx = ev.tops[name], ev.token_effects.get(name)
@@ -130,7 +129,7 @@ def write_dictionary(folder: Path, name: str, n: int, ev: Evaluation, *,
     (folder / d).mkdir(parents=True)
     latents, size = top.fired.numel(), 0
     fired, hist = top.fired.tolist(), top.histogram.tolist()
-    keys = {r: token_key(t[1]) for r, t in texts.items() if t is not None}
+    keys = {r: token_key(t[2]) for r, t in texts.items()}
     for k in range(0, latents, SHARD):
         hi = min(k + SHARD, latents)
         rows, values = top.rows[k:hi].tolist(), _rounded(top.values[k:hi])
