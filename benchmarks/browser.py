@@ -7,7 +7,7 @@ page from disk. Prints, in one process:
               encoder's matmul + top-k alone as the reference for the pass
     write     the browser of a synthetic report of --latents latents (written by the report's
               writer: tests/trainer/evaluation/synthetic.py): seconds and bytes
-    open      Chromium --dump-dom of the last latent's page, of a token search, and of a
+    open      Chromium --dump-dom of a latent's page, of a token search, and of a
               blank page (the browser's own start, the reference), interleaved, medians
 
     python -m benchmarks.browser [--latents 16391] [--rows 65536] [--rounds 5]
@@ -101,7 +101,7 @@ def main() -> None:
         write_report(ev, store, cfg)
         wrote = time.perf_counter() - start
         latents = report / "latents"
-        last = a.latents - 1
+        last = a.latents // 2  # in a full shard
         shard = latents / "d0" / f"{last // SHARD}.js"
         opened = [report / "index.html", latents / "index.js", shard]
         buckets = list((latents / "tokens").glob("*.js"))
@@ -119,6 +119,7 @@ def main() -> None:
         opens = medians({"blank": lambda: chromium(blank.as_uri()),
                          "latent": lambda: chromium(f"{url}#dict={NAME}&latent={last}"),
                          "search": lambda: chromium(f"{url}#search=%23{special}")}, a.rounds)
+        assert special  # the token only the last latent's top examples fire on
         print(f"open (Chromium --dump-dom, median of {a.rounds}): blank page "
               f"{opens['blank']:.2f} s; latent {last}'s page {opens['latent']:.2f} s "
               f"(x{opens['latent'] / opens['blank']:.2f} of blank, +"

@@ -45,7 +45,11 @@ def _batches(latents: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
     return out
 
 
-def test_sample_is_the_firings_of_largest_hash_however_the_rows_are_split() -> None:
+@pytest.mark.parametrize("packed", [True, False])
+def test_sample_is_the_firings_of_largest_hash_however_the_rows_are_split(
+        packed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not packed:  # the three-sort merge of dictionaries of >= 2^20 latents
+        monkeypatch.setattr(examples, "_PACKED", 0)
     latents, sample = 5, 6
     batches = _batches(latents, 1)
     whole = examples.TopCollector(latents, 3, buffer=16, sample=sample)
