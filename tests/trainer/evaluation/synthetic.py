@@ -69,11 +69,11 @@ def synthetic_report(out: Path, latents: int, *, rows: int = 1 << 14, top: int =
                            / np.exp(-0.5 * ((np.arange(bins) - 13) / 2.5) ** 2).sum())
     up = gen.integers(0, vocab, (latents, 10))
     down = gen.integers(0, vocab, (latents, 10))
-    logits = -np.sort(-gen.normal(size=(latents, 10)).astype(np.float32), axis=1)
+    logits = -np.sort(-np.abs(gen.normal(size=(latents, 10))).astype(np.float32), axis=1)
     t = torch.from_numpy
     tops = TopActivations(t(top_rows), t(top_values), t(fired), t(hist), rows,
                           t(sample_rows), t(sample_values))
-    effects = TokenEffects(t(up), t(np.abs(logits)), t(down), t(-np.abs(logits)))
+    effects = TokenEffects(t(up), t(logits), t(down), t(-logits))
     meta = {"run": "synthetic", "store": "memory://synthetic", "store_key": "synthetic",
             "hook": "h", "model": TOY_MODEL, "held_out": True, "rows": rows,
             "held_out_shards": [0], "ground_truth": False, "spliced": "skipped (synthetic)",
