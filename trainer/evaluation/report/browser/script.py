@@ -118,7 +118,11 @@ function example(e) {
   return line;
 }
 function logits(box, rec) {
-  if (!rec.up) return;
+  if (!rec.up) {  // why not: not a causal LM, no weights on disk, a toy store
+    if (A.meta && A.meta.logit_lens) box.appendChild(el('p', 'Tokens it promotes and ' +
+      'suppresses: ' + A.meta.logit_lens, 'missing'));
+    return;
+  }
   const wrap = el('div', undefined, 'logits');
   for (const [key, title] of [['up', 'promotes'], ['down', 'suppresses']]) {
     const t = el('table', undefined, 'tokens-' + key);
