@@ -10,7 +10,8 @@ from trainer.evaluation.config import EvalConfig
 
 #: The flags in --help's order: what to score, how many rows, the baselines, where it runs.
 _ORDER = ("run", "dictionary", "out", "store", "hook", "holdout", "any_hook", "ica_rows", "rows",
-          "fit_rows", "top", "show", "window", "splice_contexts", "seed", "ks", "ica",
+          "fit_rows", "top", "show", "window", "quantile_examples", "quantiles",
+          "logit_tokens", "splice_contexts", "seed", "ks", "ica",
           "on_training_rows", "device", "log", "wandb_project", "wandb_entity", "wandb_name")
 
 
@@ -23,8 +24,9 @@ def add_eval_parser(sub: Any) -> None:
         "(PCA from the streamed covariance, FastICA, the neuron basis, a random basis) on the "
         "held-out slice of its store at equal L0; MMCS against a toy store's ground truth and "
         "between dictionary sizes; loss recovered with each reconstruction spliced into the "
-        "model; the top-activating contexts of a sample of latents. Writes "
-        "eval.json, latents.json, report.md, frontier.png and a self-contained index.html.")
+        "model; a browser of every latent (top and quantile examples, histogram, promoted "
+        "tokens, search by token). Writes eval.json, latents.json, report.md, frontier.png, "
+        "index.html and its latents/ folder.")
     add_fields(e, EvalConfig, only=_ORDER, overrides={"run": Flag(
         names=("--run", "--run-dir"),
         help=field_help(EvalConfig, "run") + "; spell it --run-dir under torchrun, whose own "

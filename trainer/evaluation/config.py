@@ -17,7 +17,8 @@ class EvalConfig(TrackingConfig):
     with `--log`, the scores go to the run's trackers too (`TrackingConfig`'s fields)."""
 
     out: str
-    """Report folder: eval.json, latents.json, report.md, frontier.png, index.html."""
+    """Report folder: eval.json, latents.json, report.md, frontier.png, index.html and the
+    browser's latents/ folder."""
     run: str | None = None
     """Training run folder (the `--out` of actstore train: it holds dictionaries/<name>/;
     default: none, the --dictionary dictionaries alone)."""
@@ -52,10 +53,19 @@ class EvalConfig(TrackingConfig):
     top: int = 16
     """Top activations kept per latent."""
     show: int = 64
-    """Latents per dictionary given a page of examples in index.html (a seeded sample of
-    those that fired on the slice)."""
+    """Latents per dictionary whose pages go into latents.json as plain JSON (a seeded sample
+    of those that fired; index.html's browser shows every latent)."""
     window: int = 12
     """Tokens shown either side of an activating token."""
+    quantile_examples: int = 12
+    """Firings per latent kept at random (uniformly, in the same pass as the top ones) and
+    shown in the browser cut into --quantiles activation bands (0: none)."""
+    quantiles: int = 4
+    """Activation quantile bands of a latent's random firings in the browser."""
+    logit_tokens: int = 10
+    """Tokens the browser lists as each latent promotes and suppresses: its decoder direction
+    through the final norm's weight and the unembedding of the store's causal LM, when its
+    weights are on disk (0: skip)."""
     splice_contexts: int = 16
     """Held-out contexts run through the store's model with each dictionary's reconstruction,
     and each baseline's at the dictionaries' L0s, spliced in at the hook: loss recovered
@@ -70,10 +80,12 @@ class EvalConfig(TrackingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # --log's comma lists
-        if min(self.rows, self.fit_rows, self.ica_rows or 1, self.top, self.window) < 1 or \
-                min(self.show, self.splice_contexts) < 0:
-            raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window must be >= 1 "
-                             "and --show, --splice-contexts >= 0")
+        if min(self.rows, self.fit_rows, self.ica_rows or 1, self.top, self.window,
+               self.quantiles) < 1 or min(self.show, self.splice_contexts,
+                                          self.quantile_examples, self.logit_tokens) < 0:
+            raise ValueError("--rows, --fit-rows, --ica-rows, --top, --window, --quantiles must "
+                             "be >= 1 and --show, --splice-contexts, --quantile-examples, "
+                             "--logit-tokens >= 0")
         if not self.ks or min(self.ks) < 1:
             raise ValueError("--ks must be one or more values >= 1")
         if self.run is None and not self.dictionary:

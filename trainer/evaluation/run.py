@@ -33,6 +33,7 @@ from trainer.evaluation import baselines
 from trainer.evaluation.config import EvalConfig, Member
 from trainer.evaluation.examples import TopActivations, TopCollector
 from trainer.evaluation.ica import fast_ica
+from trainer.evaluation.logit_lens import TokenEffects, token_effects
 from trainer.evaluation.loss_recovered import splice_scores
 from trainer.evaluation.mmcs import absorption, mmcs, recovered
 from trainer.parallel import distributed
@@ -57,6 +58,9 @@ class Evaluation:
     spliced: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """`{"method", "k", "recovered", ...the splicer's metrics}` for every dictionary and every
     baseline at each dictionary's k: the model run with the reconstruction spliced in."""
+    token_effects: dict[str, TokenEffects] = dataclasses.field(default_factory=dict)
+    """Per dictionary of a causal LM's store: the tokens each latent promotes and suppresses
+    (`logit_lens`; what was done, or why not, in meta["logit_lens"])."""
 
 
 def load_run(run: str) -> list[Member]:
@@ -126,16 +130,16 @@ def fit_baselines(cfg: EvalConfig, store: ActivationStore, hook: str, part: hold
 
 
 def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: torch.device,
-          variance: float, *, targets: list[torch.Tensor] | None = None
+          variance: float, *, targets: list[torch.Tensor] | None = None, sample: int = 0
           ) -> tuple[dict[str, float], TopActivations]:
     """FVU (raw units), L0 and firing of one dictionary on the slice, and its top rows;
     `variance` is the slice's Σ‖y − mean‖², FVU's denominator for every method, where y is
     what the dictionary reconstructs: the rows themselves, or a transcoder's `targets` (one
     per batch of `held`). Under torchrun each rank scores its share of `held` (every
     world-th batch) and the sums and top lists are merged, so every rank returns what one
-    process would."""
+    process would. `sample`: random firings kept per latent as well (`TopCollector`)."""
     sae = member.sae.to(device)
-    collector = TopCollector(sae.cfg.latents, top)
+    collector = TopCollector(sae.cfg.latents, top, sample=sample)
     err, count = 0.0, 0
     pairs = list(zip(held, targets or [h.x for h in held], strict=True))
     for h, y in pairs[distributed.rank()::distributed.world_size()]:
@@ -148,7 +152,7 @@ def score(member: Member, held: list[holdout.HeldOutRows], top: int, device: tor
     if distributed.world_size() > 1:
         err, rows = distributed.sum_over_ranks([err, count])
         count = int(rows)
-        merged = TopCollector(sae.cfg.latents, top)
+        merged = TopCollector(sae.cfg.latents, top, sample=sample)
         for part in distributed.gather_objects(tops):
             merged.absorb(part)
         tops = merged.result()
@@ -176,7 +180,8 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
     bases = fit_baselines(cfg, store, hook, part, device)
     scores, tops, ks = {}, {}, set(cfg.ks)
     for m in members:
-        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance)
+        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance,
+                                             sample=cfg.quantile_examples)
         ks.add(m.sae.cfg.k or max(1, round(scores[m.name]["l0"])))
     share = x[distributed.rank()::distributed.world_size()]  # rows, each rank its own
     frontier = baselines.frontier(bases, share, sorted(k for k in ks if k <= x.shape[1]),
@@ -197,12 +202,15 @@ def evaluate(cfg: EvalConfig, members: list[Member] | None = None) -> Evaluation
             scores[m.name] |= _absorption(m, held, full, device)
     spliced, why = splice_scores(cfg, store, part, members, bases, device=device, ks={
         m.name: m.sae.cfg.k or max(1, round(scores[m.name]["l0"])) for m in members})
+    effects, lens = token_effects(members, store, cfg.logit_tokens) if distributed.rank() == 0 \
+        else ({}, "")  # only rank 0 writes the report
     meta = {"run": cfg.run, "store": store.url, "store_key": store.key, "hook": hook,
             "model": store.spec.model, "held_out": held_out, "rows": len(x),
             "held_out_shards": list(part.held_out), "ground_truth": truth is not None,
-            "spliced": why, "imported": imported_meta(members),
+            "spliced": why, "imported": imported_meta(members), "logit_lens": lens,
             "settings": {k: v for k, v in vars(cfg).items() if k not in ("run", "out")}}
-    return Evaluation(meta, frontier, scores, base_scores, mmcs_between(members), tops, spliced)
+    return Evaluation(meta, frontier, scores, base_scores, mmcs_between(members), tops, spliced,
+                      effects)
 
 
 def imported_meta(members: list[Member]) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,9 @@
     <out>/scores.svg       the score distributions per method (the seed paper's figure)
     <report>/latents.json  eval's latent pages, each interpreted latent's explanation and
                            scores added (and a page for those eval's sample lacked)
-    <report>/index.html    eval's page again, with the distributions and the explanations
+    <report>/latents/interpret.js  the browser's overlay: per method, per interpreted latent,
+                           its explanation and scores and a page (baselines have no shards)
+    <report>/index.html    eval's page again, with the distributions, loading the overlay
 """
 
 from __future__ import annotations
@@ -126,6 +128,18 @@ def browser_data(result: Interpretation, latents: dict[str, Any]) -> dict[str, A
     return latents
 
 
+def overlay(result: Interpretation) -> dict[str, Any]:
+    """latents/interpret.js's data (trainer.evaluation.report.browser.script reads it)."""
+    return {"methods": {name: {"kind": m["kind"], "total": m["total"],
+                               "tokens": result.meta["rows"]}
+                        for name, m in result.methods.items()},
+            "latents": {method: {latent: {"interpret": {k: r.get(k) for k in
+                                                        ("explanation", *TASKS)},
+                                          "page": result.pages.get(method, {}).get(latent)}
+                                 for latent, r in found.items()}
+                        for method, found in result.latents.items()}}
+
+
 def write_results(result: Interpretation, cfg: InterpretConfig) -> Path:
     """Write the files above; returns --out."""
     out, report = Path(cfg.out), Path(cfg.report_dir)
@@ -142,9 +156,11 @@ def write_results(result: Interpretation, cfg: InterpretConfig) -> Path:
     latents = browser_data(result, latents)
     with _whole(pages_path) as f:
         dump(f, latents)
+    (report / "latents").mkdir(exist_ok=True)
+    with _whole(report / "latents" / "interpret.js") as f:
+        f.write_text(f"actstore.interpret({json.dumps(overlay(result))});\n")
     frontier = report / "frontier.png"
     png = base64.b64encode(frontier.read_bytes()).decode() if frontier.exists() else ""
     with _whole(report / "index.html") as f:
-        f.write_text(page(json.dumps(summary), json.dumps(latents), png,
-                          extra=_extra_html(result)))
+        f.write_text(page(json.dumps(summary), png, extra=_extra_html(result), interpreted=True))
     return out

@@ -42,7 +42,9 @@ def test_index_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     for e in page["examples"]:
         assert f'data-row="{e["row"]}"' in shown
         assert f'<span class="tok">{e["token"]}</span>' in shown
+    assert "Tokens it promotes and suppresses: skipped (the weights of tiny-random did not " \
+        "load" in shown  # the store's model is a name with no weights on disk
     assert "neurons-relu</td>" in shown  # the metrics table
     assert shown.count("<tr>") >= 3
     missing = dom(f"#dict={name}&latent=99999")
-    assert "latent 99999 of neurons-relu has no page" in missing
+    assert "latent 99999 of neurons-relu has no page: it has 12 latents" in missing

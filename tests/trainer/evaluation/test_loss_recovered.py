@@ -67,3 +67,10 @@ def test_loss_recovered_spliced_for_dictionaries_and_baselines(tmp_path: Path) -
     assert "## Loss recovered, the reconstruction spliced into the model (8 held-out" in \
         (report / "report.md").read_text()
     assert json.loads((report / "eval.json").read_text())["spliced"] == ev.spliced
+    # the browser: every latent, with the tokens its direction promotes (a causal LM's store)
+    assert "unembedding" in ev.meta["logit_lens"]
+    assert {n: fx.up_ids.shape for n, fx in ev.token_effects.items()} == dict.fromkeys(
+        ("topk-n64-k4", "topk-n64-k32", "saelens"), (64, cfg.logit_tokens))
+    index = (report / "latents" / "index.js").read_text()
+    methods = json.loads(index[len("actstore.index("):-3])["methods"]
+    assert all(m["effects"] and m["latents"] == 64 for m in methods.values())

@@ -131,6 +131,12 @@ def test_torchrun_ranks_split_the_work_and_report_what_one_process_does(
             assert two["dictionaries"][name][key] == pytest.approx(value, rel=1e-9), (name, key)
     tops = [json.loads((tmp_path / o / "latents.json").read_text()) for o in ("one", "two")]
     assert tops[0] == tops[1]  # the same top rows, values and texts for every latent shown
+    # the browser's shards: every latent's top and sampled (quantile) firings, alike
+    shards = [{f.name: f.read_text() for f in (tmp_path / o / "latents" / "d0").glob("*.js")}
+              for o in ("one", "two")]
+    assert shards[0]
+    assert shards[0] == shards[1]
+    assert '"q":[[' in next(iter(shards[0].values()))
 
 
 def test_eval_reads_a_store_on_every_backend(tmp_path: Path, store_url: str) -> None:

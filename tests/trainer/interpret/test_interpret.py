@@ -100,7 +100,8 @@ def test_scores_of_a_perfect_scorer_and_malformed_answers(
         assert m["latents"] == len(result["latents"][name]) == min(4, m["eligible"])
     html = (report / "index.html").read_text()
     assert "Automated interpretability" in html
-    assert "tokens of residue" in html
+    assert "latents/interpret.js" in html  # the browser's overlay: explanations and pages
+    assert "tokens of residue" in (report / "latents" / "interpret.js").read_text()
     pages = json.loads((report / "latents.json").read_text())["dictionaries"]
     for method, found in result["latents"].items():
         for j, r in found.items():

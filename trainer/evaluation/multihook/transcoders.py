@@ -131,7 +131,8 @@ def evaluate_transcoders(cfg: EvalConfig, members: list[Member]) -> Evaluation:
     variance = baselines.total_variance(y)
     scores, tops = {}, {}
     for m in members:
-        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance, targets=targets)
+        scores[m.name], tops[m.name] = score(m, held, cfg.top, device, variance, targets=targets,
+                                             sample=cfg.quantile_examples)
     w, b = fit_linear(store, hooks, part, cfg.fit_rows)
     share = pairs[distributed.rank()::distributed.world_size()]
     err = sum(float((t - (h.x @ w + b)).double().pow(2).sum()) for h, t in share)

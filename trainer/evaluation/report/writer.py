@@ -3,9 +3,11 @@
     eval.json      meta, the frontier ({"method", "k", "l0", "fvu"} rows), per-dictionary
                    and per-baseline scores, MMCS between dictionary sizes
     latents.json   per dictionary, for a sample of latents: firing, histogram, top examples
+    latents/       the browser's data: every latent of every dictionary in .js shards
+                   (`browser.shards`), and an index of the tokens they fire on and promote
     report.md      the same as tables
     frontier.png   FVU against L0 for every method
-    index.html     all of it in one self-contained page (opens from disk, no server)
+    index.html     the scores, and the browser of latents/ (opens from disk, no server)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from trainer.evaluation.examples import (
     sample_latents,
     token_ids_text,
 )
+from trainer.evaluation.report.browser import write_browser
 from trainer.evaluation.report.html import page
 from trainer.evaluation.run import Evaluation, dump
 
@@ -56,11 +59,10 @@ def decoder_of(store: ActivationStore) -> Decode:
     return lambda ids: str(tok.decode(list(ids)))
 
 
-def latent_pages(ev: Evaluation, store: ActivationStore, cfg: EvalConfig
+def latent_pages(ev: Evaluation, store: ActivationStore, cfg: EvalConfig, decode: Decode
                  ) -> dict[str, Any]:
     """latents.json: for each dictionary, a sample of latents with their examples as text
     (every example of a dictionary rendered in one call: one read of the contexts table)."""
-    decode = decoder_of(store)
     out: dict[str, Any] = {"histogram_edges": HIST_EDGES.tolist(), "dictionaries": {}}
     for name, top in ev.tops.items():
         # and the latents an evaluation asks to show (a crosscoder's groups)
@@ -213,9 +215,11 @@ def write_report(ev: Evaluation, store: ActivationStore, cfg: EvalConfig) -> Pat
     summary = {"meta": ev.meta, "frontier": ev.frontier, "dictionaries": ev.dictionaries,
                "baselines": ev.baselines, "mmcs_between": ev.mmcs_between,
                "spliced": ev.spliced}
-    latents = latent_pages(ev, store, cfg)
+    decode = decoder_of(store)
+    latents = latent_pages(ev, store, cfg, decode)
     with _whole(out / "latents.json") as f:
         dump(f, latents)
+    write_browser(ev, store, cfg, out, decode)
     with _whole(out / "report.md") as f:
         f.write_text(markdown(ev))
     with _whole(out / "frontier.png") as f:
@@ -224,7 +228,7 @@ def write_report(ev: Evaluation, store: ActivationStore, cfg: EvalConfig) -> Pat
     with _whole(out / "eval.json") as f:
         dump(f, summary)
     with _whole(out / "index.html") as f:
-        f.write_text(page(json.dumps(summary), json.dumps(latents), png))
+        f.write_text(page(json.dumps(summary), png))
     return out
 
 
