@@ -22,10 +22,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib as mpl
-
-mpl.use("Agg")
-import matplotlib.pyplot as plt
 import transformers
 
 from actstore.loader.ground_truth import TOY_MODEL
@@ -86,6 +82,11 @@ def latent_pages(ev: Evaluation, store: ActivationStore, cfg: EvalConfig, decode
 
 def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """FVU against L0, log-log: a line per baseline, a point per dictionary."""
+    import matplotlib as mpl  # here: pyplot's import is ~2 s of every command that imports this
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     methods = sorted({r["method"] for r in rows}, key=lambda m: (m not in BASELINES, m))
     for m in methods:
