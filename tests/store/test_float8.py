@@ -191,3 +191,20 @@ def test_the_cpu_decoding_is_exact_with_subnormals_flushed(dtype: str) -> None:
     finally:
         torch.set_flush_denormal(False)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cpu_quantiser_matches_the_device_one(dtype: str) -> None:
+    """numpy on a CPU, torch elsewhere: the same codes, scales and error, outliers included
+    (the device path is run here on the CPU, as it runs on a GPU)."""
+    from actstore.store.quant import float8
+
+    x = torch.cat([outlier_rows(), torch.randn(3000, 64, generator=torch.Generator()
+                                               .manual_seed(2))])
+    fmt = FLOAT8_DTYPES[dtype]
+    codes, scales = torch.empty(x.shape, dtype=torch.uint8), torch.empty(len(x))
+    err = float(float8._quantise_block(x, fmt, codes, scales))
+    got = quantise(x, dtype)
+    assert torch.equal(got.codes, codes)
+    assert torch.equal(got.scales, scales)
+    assert got.sq_error == pytest.approx(err, rel=1e-12)

@@ -67,6 +67,9 @@ FLOAT8_DTYPES: dict[str, Float8Format] = {
 BLOCK = 8192
 """Rows quantised at a time: a few MiB of float32 temporaries, whatever the shard's size."""
 
+CPU_BLOCK = 1024
+"""Rows quantised at a time on a CPU: the temporaries stay in the caches."""
+
 
 def is_float8(dtype: str) -> bool:
     return dtype in FLOAT8_DTYPES
@@ -97,12 +100,46 @@ def quantise(x: torch.Tensor, dtype: str) -> Quantised:
     fmt = float8_format(dtype)
     if x.ndim != 2:
         raise ValueError(f"expected (rows, d_model) activations, got shape {tuple(x.shape)}")
+    if x.device.type == "cpu":
+        return _quantise_numpy(x, fmt)
     codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     scales = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     err = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], BLOCK):
         err += _quantise_block(x[i:i + BLOCK], fmt, codes[i:i + BLOCK], scales[i:i + BLOCK])
     return Quantised(codes, scales, float(err))
+
+
+def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
+    """`quantise` on a CPU: the same codes, scales and error (the same IEEE float32 operations
+    as `_quantise_block`, and torch's float8 rounding), with numpy on cache-sized blocks of
+    rows and a single torch call. torch's kernels, multithreaded, cost several times the CPU
+    here, and each call stalls when the machine is loaded (benchmarks/README.md,
+    `fp8_store.py`)."""
+    x32 = x.detach().to(torch.float32).numpy()
+    n = x32.shape[0]
+    y = np.empty(x32.shape, np.float32)
+    scales = np.empty(n, np.float32)
+    for i in range(0, n, CPU_BLOCK):
+        rows = slice(i, i + CPU_BLOCK)
+        absmax = np.abs(x32[rows]).max(axis=1, initial=np.float32(0))
+        if not np.isfinite(absmax).all():
+            bad = int((~np.isfinite(x32).all(axis=1)).sum())
+            raise ValueError(f"{bad} rows hold inf or NaN: 8-bit stores need finite "
+                             "activations")
+        scale = absmax / np.float32(fmt.max)
+        scale[~(scale > 0)] = 1.0  # all-zero rows, as in `_quantise_block`
+        scales[rows] = scale
+        np.clip(np.divide(x32[rows], scale[:, None], out=y[rows]), -fmt.max, fmt.max,
+                out=y[rows])
+    codes = torch.from_numpy(y).to(fmt.torch_dtype).view(torch.uint8).numpy()
+    err = 0.0
+    for i in range(0, n, CPU_BLOCK):
+        rows = slice(i, i + CPU_BLOCK)
+        diff = (x32[rows] - dequantise_numpy(codes[rows], scales[rows], fmt.name))
+        flat = diff.astype(np.float64).reshape(-1)
+        err += float(np.einsum("i,i", flat, flat))  # not BLAS: its threads stall when loaded
+    return Quantised(torch.from_numpy(codes), torch.from_numpy(scales), err)
 
 
 def _quantise_block(x: torch.Tensor, fmt: Float8Format, codes: torch.Tensor,
