@@ -78,7 +78,7 @@ def print_plan(cfg: TrainConfig) -> int:
     from actstore.store.format import storage_numpy_dtype
     from trainer.parallel.distributed import World, wants_cuda
     from trainer.parallel.mesh import data_parallel
-    from trainer.training.memory import describe
+    from trainer.training.memory import describe, scale_bytes_of
     from trainer.training.resolve import resolve
     from trainer.training.train import check_against, widths
 
@@ -91,7 +91,7 @@ def print_plan(cfg: TrainConfig) -> int:
     d_model, d_out, sites = widths(cfg, store)
     print(describe(cfg, d_model, storage_numpy_dtype(store.spec.dtype).itemsize,
                    data_parallel(world.size, cfg.tp), device, d_out=d_out,
-                   sites=sites))
+                   sites=sites, scale_bytes=scale_bytes_of(store.spec.dtype)))
     return 0
 
 

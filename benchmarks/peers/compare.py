@@ -3,7 +3,7 @@ token ids, the same dictionary settings, each tool at its default flags; every d
 scored by the same code (`scoring.score_rows`) on held-out rows no tool trained on.
 
     bash benchmarks/peers/setup.sh                  # once: the peers in .peers-venv
-    python -m benchmarks.peers.compare [--tokens 524288] [--rounds 3]
+    python -m benchmarks.peers.compare [--tokens 524288] [--rounds 3] [--store-dtype float8_e4m3]
     python -m benchmarks.peers.compare --transcoder [--tokens 262144]   # compare_transcoders.py
 
 Work: a random-initialised GPT-2 shape (4 blocks, d=256, 4 heads, context 128, MiniLM's
@@ -99,14 +99,14 @@ def corpus(root: Path, chars: int) -> tuple[str, str]:
     return str(train), str(held)
 
 
-def generate(model: str, hook: str | tuple[str, ...], dataset: str, out: Path, tokens: int
-             ) -> tuple[dict[str, Any], str]:
+def generate(model: str, hook: str | tuple[str, ...], dataset: str, out: Path, tokens: int, *,
+             dtype: str = "bfloat16") -> tuple[dict[str, Any], str]:
     """`actstore generate` of one hook or several into one store, timed as a whole command."""
     hooks = (hook,) if isinstance(hook, str) else hook
     run = measured([sys.executable, "-m", "actstore", "generate", "--model", model,
                     *(f for h in hooks for f in ("--hook", h)), "--dataset", dataset,
                     "--context-length", str(CTX), "--max-tokens", str(tokens),
-                    "--out", str(out), "--no-progress"])
+                    "--out", str(out), "--no-progress", "--store-dtype", dtype])
     found = re.search(r"^done: (\S+): ", run["out"], re.M)
     assert found, run["out"]
     return run, found.group(1)
@@ -138,7 +138,8 @@ def one_round(work: Path, model: str, data: tuple[str, str], a: argparse.Namespa
     from actstore import ActivationStore
 
     r: dict[str, Any] = {}
-    gen, url = generate(model, f"transformer.h.{LAYER}", data[0], work / "stores", a.tokens)
+    gen, url = generate(model, f"transformer.h.{LAYER}", data[0], work / "stores", a.tokens,
+                        dtype=a.store_dtype)
     store = ActivationStore.open(url)
     tokens = np.array([t for t in store.read_contexts(["tokens"]).column("tokens").to_pylist()
                        if len(t) == CTX], dtype=np.int32)
@@ -326,6 +327,10 @@ def main() -> None:
     p.add_argument("--transcoder", action="store_true",
                    help="transcoders of block 2's MLP beside sparsify's instead "
                         "(compare_transcoders.py)")
+    p.add_argument("--store-dtype", default="bfloat16",
+                   choices=("bfloat16", "float16", "float32", "float8_e4m3", "float8_e5m2"),
+                   help="dtype of actstore's own cache in task 1 (caching, and training from "
+                        "it; held-out rows and task 2's shared MiniLM rows stay bfloat16)")
     a = p.parse_args()
     a.out = a.out or f"bench-out/peers{'-transcoders' if a.transcoder else ''}.json"
     os.environ.update(HF_HUB_OFFLINE="1", RAY_ADDRESS="", WANDB_MODE="disabled")
@@ -351,6 +356,7 @@ def main() -> None:
     print(table(rounds))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "tokens": a.tokens,
+                                       "store_dtype": a.store_dtype,
                                        "rounds": rounds, "table": table(rounds)}, indent=1))
 
 

@@ -155,13 +155,56 @@ def test_lossless_stores_keep_their_markers(tmp_path: Path) -> None:
     assert not store.location.exists(f"scales/{HOOKS[0]}/zarr.json")
 
 
+def written_codes(dtype: str) -> torch.Tensor:
+    """Every code a writer may store: all but NaN (e4m3) and the all-ones exponent (e5m2),
+    which FORMAT.md says are never written."""
+    finite = np.flatnonzero(np.isfinite(decoded_by_bits(dtype)))
+    return torch.from_numpy(finite.astype(np.uint8))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("width", [256, 255])  # pairs of codes per lookup, and an odd width
-def test_the_cpu_table_lookup_gives_torchs_float8_values(dtype: str, width: int) -> None:
+@pytest.mark.parametrize("width", [256, 255])  # an even and an odd width
+def test_the_cpu_decoding_gives_torchs_float8_values(dtype: str, width: int) -> None:
     g = torch.Generator().manual_seed(1)
-    codes = torch.randint(0, 256, (7, width), generator=g, dtype=torch.int32).to(torch.uint8)
-    codes[0] = torch.arange(width, dtype=torch.int32).to(torch.uint8)  # every code
-    scales = torch.rand(7, generator=g) * 10.0 ** torch.arange(-3, 4).float()
+    valid = written_codes(dtype)
+    codes = valid[torch.randint(0, len(valid), (9, width), generator=g)]
+    codes[0] = valid.repeat(2)[:width]  # every code, subnormal ones included
+    # scales from a subnormal float32 to a row's near float32's largest: the last rows' are too
+    # large to fold 2**k into, and take the other path
+    scales = torch.rand(9, generator=g) * 10.0 ** torch.tensor(
+        [-3, 0, 2, 4, -40, -30, 9, 30, 33], dtype=torch.float64)
+    scales = scales.float()
     want = codes.view(FLOAT8_DTYPES[dtype].torch_dtype).float() * scales[:, None]
-    torch.testing.assert_close(dequantise(codes, scales, dtype), want, rtol=0, atol=0,
-                               equal_nan=True)
+    got = dequantise(codes, scales, dtype)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # the bits, signs of 0 too
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cpu_decoding_is_exact_with_subnormals_flushed(dtype: str) -> None:
+    codes = written_codes(dtype)[None, :].repeat(2, 1)
+    scales = torch.tensor([1.0, 3.7], dtype=torch.float32)
+    want = codes.view(FLOAT8_DTYPES[dtype].torch_dtype).float() * scales[:, None]
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        got = dequantise(codes, scales, dtype)
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cpu_quantiser_matches_the_device_one(dtype: str) -> None:
+    """numpy on a CPU, torch elsewhere: the same codes, scales and error, outliers included
+    (the device path is run here on the CPU, as it runs on a GPU)."""
+    from actstore.store.quant import float8
+
+    x = torch.cat([outlier_rows(), torch.randn(3000, 64, generator=torch.Generator()
+                                               .manual_seed(2))])
+    fmt = FLOAT8_DTYPES[dtype]
+    codes, scales = torch.empty(x.shape, dtype=torch.uint8), torch.empty(len(x))
+    err = float(float8._quantise_block(x, fmt, codes, scales))
+    got = quantise(x, dtype)
+    assert torch.equal(got.codes, codes)
+    assert torch.equal(got.scales, scales)
+    assert got.sq_error == pytest.approx(err, rel=1e-12)

@@ -34,6 +34,8 @@ from typing import Literal
 
 import torch
 
+from actstore.store.format import is_float8
+from actstore.store.spec import StorageDtype
 from trainer.dictionary.dictionaries import resolve_kernel
 from trainer.dictionary.kernels import selection
 from trainer.training.config import TrainConfig
@@ -136,14 +138,22 @@ def run_memory(cfg: TrainConfig, d_model: int, dp: int = 1, tp: int | None = Non
 
 
 def loader_bytes(cfg: TrainConfig, d_model: int, itemsize: int, dp: int = 1,
-                 d_out: int | None = None) -> int:
+                 d_out: int | None = None, *, scale_bytes: int = 0) -> int:
     """Host memory of one rank's loader: the window being served and the next one, decoded
     into the store's dtype (a transcoder's: both hooks; a CLT's: all of them; a crosscoder's
-    sites: d_model in all)."""
+    sites: d_model in all), and an 8-bit store's row scales beside them (`scale_bytes` per
+    row and hook read)."""
     per_rank = cfg.batch_size // dp
     window = max(per_rank, cfg.shuffle_buffer - cfg.shuffle_buffer % per_rank)
     row = d_model if cfg.kind == "crosscoder" else len(cfg.hook) * (d_model + (d_out or 0))
-    return 2 * window * row * itemsize
+    arrays = len(cfg.hook) * (2 if d_out and cfg.kind != "crosscoder" else 1)
+    return 2 * window * (row * itemsize + arrays * scale_bytes)
+
+
+def scale_bytes_of(dtype: StorageDtype) -> int:
+    """Bytes of row scales per row and hook in a store of `dtype` (a float32 per row in
+    8-bit stores, none otherwise)."""
+    return 4 if is_float8(dtype) else 0
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -160,10 +170,10 @@ def available_bytes(device: torch.device) -> int | None:
 
 def describe(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
              device: torch.device, *, d_out: int | None = None,
-             sites: tuple[int, ...] = ()) -> str:
+             sites: tuple[int, ...] = (), scale_bytes: int = 0) -> str:
     """What `actstore train --plan` prints: the prediction, what is free, and what fits."""
     need = run_memory(cfg, d_model, dp, d_out=d_out, sites=sites)
-    host = loader_bytes(cfg, d_model, itemsize, dp, d_out)
+    host = loader_bytes(cfg, d_model, itemsize, dp, d_out, scale_bytes=scale_bytes)
     lines = [f"memory per device ({device.type}, dp={dp}, tp={cfg.tp}, batch {cfg.batch_size}, "
              f"{len(cfg.dictionaries(d_model, d_out, sites))} dictionaries):", need.table(),
              f"  host: the loader's two shuffle windows, {gib(host)}"]
@@ -178,7 +188,8 @@ def describe(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
     free = available_bytes(device)
     lines.append(f"free on {device.type}: " + (gib(free) if free is not None
                                                  else "unknown on this machine"))
-    problem = fit_problem(cfg, d_model, itemsize, dp, device, d_out=d_out, sites=sites)
+    problem = fit_problem(cfg, d_model, itemsize, dp, device, d_out=d_out, sites=sites,
+                          scale_bytes=scale_bytes)
     if problem or free is not None:
         lines.append(problem or "fits")
     return "\n".join(lines)
@@ -192,14 +203,15 @@ def sharing(device: torch.device) -> int:
 
 def fit_problem(cfg: TrainConfig, d_model: int, itemsize: int, dp: int,
                 device: torch.device, *, d_out: int | None = None,
-                sites: tuple[int, ...] = ()) -> str | None:
+                sites: tuple[int, ...] = (), scale_bytes: int = 0) -> str | None:
     """Why the run cannot fit on `device`, naming the smallest latent sharding (tp) and the
     largest batch that would; None when it fits."""
     free = available_bytes(device)
     if free is None:
         return None  # cannot tell here: the run finds out
     free //= sharing(device)
-    host = loader_bytes(cfg, d_model, itemsize, dp, d_out) if device.type == "cpu" else 0
+    host = (loader_bytes(cfg, d_model, itemsize, dp, d_out, scale_bytes=scale_bytes)
+            if device.type == "cpu" else 0)
     def total(tp: int | None = None, batch: int | None = None) -> int:
         return run_memory(cfg, d_model, dp, tp, batch, d_out=d_out, sites=sites).total + host
     need = total()

@@ -138,9 +138,10 @@ class _Run:
         d_model, d_out, sites = widths(cfg, self.store)
         self.members = cfg.dictionaries(d_model, d_out, sites)
         self.mesh = make_mesh(world, cfg.tp)
-        problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(self.store.spec.dtype)
-                                   .itemsize, self.mesh.dp, world.device, d_out=d_out,
-                                   sites=sites)
+        dtype = self.store.spec.dtype
+        problem = plan.fit_problem(cfg, d_model, storage_numpy_dtype(dtype).itemsize,
+                                   self.mesh.dp, world.device, d_out=d_out, sites=sites,
+                                   scale_bytes=plan.scale_bytes_of(dtype))
         if problem:
             raise ValueError(f"this run does not fit in memory: {problem}")
         self.steps = cfg.steps

@@ -36,6 +36,23 @@ class Float8Format:
     """Exponent of the smallest normal value; below it the spacing is fixed (subnormals)."""
 
     @property
+    def shift(self) -> int:
+        """Left shift putting a code's exponent field at float32's exponent field."""
+        return 23 - self.mantissa_bits
+
+    @property
+    def bit_mask(self) -> np.int32:
+        """After the shift of a sign-extended code: float32's sign bit and the code's 7
+        exponent and mantissa bits."""
+        return np.uint32(0x80000000 | (0x7F << self.shift)).view(np.int32)
+
+    @property
+    def exponent_offset(self) -> int:
+        """float32's exponent bias minus the format's (a shifted code is 2**-offset times
+        its value)."""
+        return 127 - (1 - self.min_exponent)
+
+    @property
     def subnormal_step(self) -> float:
         """Spacing of the subnormal values (also the smallest non-zero magnitude)."""
         return float(2.0 ** (self.min_exponent - self.mantissa_bits))
@@ -49,6 +66,9 @@ FLOAT8_DTYPES: dict[str, Float8Format] = {
 
 BLOCK = 8192
 """Rows quantised at a time: a few MiB of float32 temporaries, whatever the shard's size."""
+
+CPU_BLOCK = 1024
+"""Rows quantised at a time on a CPU: the temporaries stay in the caches."""
 
 
 def is_float8(dtype: str) -> bool:
@@ -80,12 +100,46 @@ def quantise(x: torch.Tensor, dtype: str) -> Quantised:
     fmt = float8_format(dtype)
     if x.ndim != 2:
         raise ValueError(f"expected (rows, d_model) activations, got shape {tuple(x.shape)}")
+    if x.device.type == "cpu":
+        return _quantise_numpy(x, fmt)
     codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     scales = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     err = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], BLOCK):
         err += _quantise_block(x[i:i + BLOCK], fmt, codes[i:i + BLOCK], scales[i:i + BLOCK])
     return Quantised(codes, scales, float(err))
+
+
+def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
+    """`quantise` on a CPU: the same codes, scales and error (the same IEEE float32 operations
+    as `_quantise_block`, and torch's float8 rounding), with numpy on cache-sized blocks of
+    rows and a single torch call. torch's kernels, multithreaded, cost several times the CPU
+    here, and each call stalls when the machine is loaded (benchmarks/README.md,
+    `fp8_store.py`)."""
+    x32 = x.detach().to(torch.float32).numpy()
+    n = x32.shape[0]
+    y = np.empty(x32.shape, np.float32)
+    scales = np.empty(n, np.float32)
+    for i in range(0, n, CPU_BLOCK):
+        rows = slice(i, i + CPU_BLOCK)
+        absmax = np.abs(x32[rows]).max(axis=1, initial=np.float32(0))
+        if not np.isfinite(absmax).all():
+            bad = int((~np.isfinite(x32).all(axis=1)).sum())
+            raise ValueError(f"{bad} rows hold inf or NaN: 8-bit stores need finite "
+                             "activations")
+        scale = absmax / np.float32(fmt.max)
+        scale[~(scale > 0)] = 1.0  # all-zero rows, as in `_quantise_block`
+        scales[rows] = scale
+        np.clip(np.divide(x32[rows], scale[:, None], out=y[rows]), -fmt.max, fmt.max,
+                out=y[rows])
+    codes = torch.from_numpy(y).to(fmt.torch_dtype).view(torch.uint8).numpy()
+    err = 0.0
+    for i in range(0, n, CPU_BLOCK):
+        rows = slice(i, i + CPU_BLOCK)
+        diff = (x32[rows] - dequantise_numpy(codes[rows], scales[rows], fmt.name))
+        flat = diff.astype(np.float64).reshape(-1)
+        err += float(np.einsum("i,i", flat, flat))  # not BLAS: its threads stall when loaded
+    return Quantised(torch.from_numpy(codes), torch.from_numpy(scales), err)
 
 
 def _quantise_block(x: torch.Tensor, fmt: Float8Format, codes: torch.Tensor,
@@ -116,8 +170,9 @@ def dequantise(codes: torch.Tensor, scales: torch.Tensor, dtype: str) -> torch.T
     copy, so a batch crosses PCIe at a byte per value)."""
     fmt = float8_format(dtype)
     if codes.device.type == "cpu":
-        # torch converts float8 on a CPU one value at a time, several times slower than a
-        # table lookup (benchmarks/README.md, `fp8_store.py`); the values are the same bits.
+        # torch converts float8 on a CPU one value at a time, and its multithreaded kernels
+        # stall on a loaded machine: numpy bit arithmetic gives the same bits several times
+        # faster (benchmarks/README.md, `fp8_store.py`).
         return torch.from_numpy(dequantise_numpy(codes.numpy(), scales.numpy(), dtype))
     return codes.view(fmt.torch_dtype).to(torch.float32) * scales.to(torch.float32)[:, None]
 
@@ -132,26 +187,41 @@ def code_values(dtype: str) -> NDArray[np.float32]:
     return values
 
 
-@cache
-def _pair_values(dtype: str) -> NDArray[np.uint64]:
-    """The values of every pair of codes (a little-endian uint16) as two float32 held in one
-    uint64: one lookup decodes two values (512 KiB, cache-resident)."""
-    table = code_values(dtype)
-    pairs = np.arange(1 << 16)
-    both = np.stack([table[pairs & 0xFF], table[pairs >> 8]], axis=1)
-    out: NDArray[np.uint64] = np.ascontiguousarray(both).view(np.uint64).reshape(-1)
-    out.flags.writeable = False
-    return out
-
-
 def dequantise_numpy(codes: NDArray[Any], scales: NDArray[Any], dtype: str
                      ) -> NDArray[np.float32]:
-    """The same float32 values as `dequantise`, with numpy alone."""
+    """The same float32 values as `dequantise`, with numpy alone, for every code a writer
+    stores (never the codes FORMAT.md says are never written: NaN, and e5m2's infinities).
+
+    No table lookup (a gather per value): four vectorised passes. A code's sign moved to
+    bit 31 and its other 7 bits shifted to the top of float32's mantissa make a float32 whose
+    value is the code's times 2**-k, k = 127 - bias (subnormal codes become float32
+    subnormals, exactly). One float32 multiply by scale * 2**k (exact: a power of two) then
+    rounds the same real number float32(code) * scale rounds, so the bits are the same.
+    """
+    fmt = float8_format(dtype)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.ndim == 2 and codes.shape[1] % 2 == 0:
-        flat = np.take(_pair_values(dtype), codes.view("<u2"))
-        values: NDArray[np.float32] = flat.view(np.float32).reshape(codes.shape)
-    else:
-        values = code_values(dtype)[codes]
-    values *= np.asarray(scales, np.float32)[:, None]
+    scales = np.asarray(scales, np.float32)
+    if not _subnormals_work():  # flush-to-zero set in this thread: subnormal codes would be 0
+        table: NDArray[np.float32] = code_values(dtype)[codes] * scales[:, None]
+        return table
+    bits = codes.view(np.int8).astype(np.int32)  # sign-extended: bits 7..31 copy the sign
+    np.left_shift(bits, fmt.shift, out=bits)
+    np.bitwise_and(bits, fmt.bit_mask, out=bits)  # keeps bit 31 and the 7 bits below the exponent
+    values: NDArray[np.float32] = bits.view(np.float32)
+    factor = scales.astype(np.float64) * 2.0 ** fmt.exponent_offset
+    fits = factor <= np.finfo(np.float32).max
+    if fits.all():
+        np.multiply(values, factor.astype(np.float32)[:, None], out=values)
+        return values
+    # A row whose scale is too large to fold 2**k into: the codes' own values first (exact),
+    # then the scale.
+    big = ~fits
+    values[big] = values[big] * np.float32(2.0 ** fmt.exponent_offset) * scales[big, None]
+    values[fits] *= factor[fits].astype(np.float32)[:, None]
     return values
+
+
+def _subnormals_work() -> bool:
+    """False where this thread's float unit treats subnormals as zero
+    (`torch.set_flush_denormal(True)`)."""
+    return bool(np.float32(1e-45) * np.float32(2.0) != 0)

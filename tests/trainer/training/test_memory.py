@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import torch
 
+from actstore.loader.loader import EpochPlan, Loader, LoaderConfig
 from actstore.shell.main import main
-from tests.helpers import HOOKS
+from tests.helpers import HOOKS, fill_store, new_store
 from trainer.training import memory as plan
 from trainer.training.config import TrainConfig
 from trainer.training.train import train
@@ -64,6 +65,29 @@ def test_the_largest_batch_that_fits_is_named(store: str, tmp_path: Path,
     problem = plan.fit_problem(cfg, 12, 2, 1, torch.device("cuda"))
     assert problem is not None
     assert "--batch-size 1024" in problem
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3"])
+def test_the_loader_windows_in_the_plan_are_what_the_loader_allocates(tmp_path: Path,
+                                                                      dtype: str) -> None:
+    """Against the buffers of a real window: an 8-bit store's row scales are counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = new_store(str(tmp_path / "s"), dtype)  # type: ignore[arg-type]
+    fill_store(store)
+    cfg = TrainConfig(store=store.url, hook=HOOKS[0], arch="topk", latents=(64,), k=(4,),
+                      tokens=64, batch_size=8, shuffle_buffer=32, out=str(tmp_path / "run"))
+    loader = Loader(LoaderConfig(hooks=(HOOKS[0],), batch_size=8, shuffle_buffer=32),
+                    store=store)
+    with ThreadPoolExecutor(1) as pool:
+        _, window, futures = loader._read_window(EpochPlan(store, 0, 0, 0, 1), pool, 0)
+        for f in futures:
+            f.result()
+    allocated = sum(t.nbytes for t in window[HOOKS[0]])
+    d = store.layout.d_model[HOOKS[0]]
+    itemsize = 1 if dtype == "float8_e4m3" else 2
+    assert plan.loader_bytes(cfg, d, itemsize, scale_bytes=plan.scale_bytes_of(
+        store.spec.dtype)) == 2 * allocated  # the window served and the next one
 
 
 @pytest.mark.parametrize(("kernel", "batch"), [("sparse", 1024), ("dense", 512)])
