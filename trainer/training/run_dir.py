@@ -15,11 +15,25 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from actstore.loader.loader import Normalizer
+from actstore.loader.paired import PairedStore
 from actstore.store import format as fmt
+from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import full_disk
 from actstore.store.location import Location
 from actstore.store.lock import JobLock
+from trainer.dictionary.clt import CrossLayerTranscoder
+from trainer.dictionary.clt_export import export_circuit_tracer_clt, save_clt
+from trainer.dictionary.dictionaries import SparseDictionary
+from trainer.dictionary.export import (
+    CIRCUIT_TRACER_ARCHS,
+    export_saelens,
+    export_sparsify,
+    save_crosscoder,
+    save_dictionary,
+)
 from trainer.training import checkpoint
 from trainer.training.config import TrainConfig
 
@@ -104,3 +118,43 @@ def _check_contents(cfg: TrainConfig, out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             os.unlink(path)
+
+
+def save_formats(d: Path, member: SparseDictionary, source: dict[str, Any],
+                 norms: list[Normalizer], target_norms: list[Normalizer]) -> None:
+    """A trained dictionary into its folder `d`: ours, and each peer's format that can hold
+    it (`norms`, `target_norms`: the normalisers of the sites it reads and writes)."""
+    cfg = member.cfg
+    if isinstance(member, CrossLayerTranscoder):
+        save_clt(d, member, norms, target_norms, source)
+        if cfg.arch in CIRCUIT_TRACER_ARCHS and cfg.out_width == cfg.d_model:
+            export_circuit_tracer_clt(d / "circuit_tracer", member, norms, target_norms,
+                                      model_name=source["model"])
+        return
+    if cfg.kind == "crosscoder":  # no peer has a crosscoder format
+        save_crosscoder(d, member, norms, source)
+        return
+    target = target_norms[0] if cfg.kind == "transcoder" else None
+    save_dictionary(d, member, norms[0], source, target)
+    if not (cfg.kind == "transcoder" and cfg.arch == "topk"):
+        export_saelens(d / "saelens", member, norms[0], source, target)
+    if cfg.arch == "topk" and cfg.out_width == cfg.d_model:
+        export_sparsify(d / "sparsify", member, norms[0], target)
+
+
+def source(cfg: TrainConfig, store: ActivationStore | PairedStore, step: int) -> dict[str, Any]:
+    """What produced a run's dictionaries, saved beside each: the store(s), hooks, model,
+    corpus and the run's settings."""
+    spec = store.spec
+    # one hook by name (as runs before CLTs wrote it), a CLT's as lists in layer order
+    hooks: dict[str, Any] = ({"hook": list(cfg.hook), "target_hook": list(cfg.target_hook)}
+                             if cfg.kind == "clt" else {"hook": list(cfg.sites)}
+                             if cfg.kind == "crosscoder" else {"hook": cfg.hook[0]})
+    if cfg.kind == "transcoder":
+        hooks["target_hook"] = cfg.target_hook[0]
+    urls = store.urls if isinstance(store, PairedStore) else store.url
+    return {"store": urls, "store_key": store.key, **hooks,
+            "model": spec.model, "model_revision": spec.model_revision,
+            "dataset": spec.dataset, "context_length": spec.context_length,
+            "bos_policy": spec.bos_policy, "tokens_trained": step * cfg.batch_size,
+            "train_config": cfg.to_dict()}

@@ -27,21 +27,12 @@ from tqdm import tqdm
 from actstore.loader import holdout
 from actstore.loader.ground_truth import TOY_MODEL, load_ground_truth
 from actstore.loader.loader import Loader, LoaderConfig
-from actstore.loader.paired import PairedStore, open_stores
+from actstore.loader.paired import open_stores
 from actstore.store.activation_store import ActivationStore
 from actstore.store.errors import StoreError
 from actstore.store.format import storage_numpy_dtype
 from actstore.store.lock import JobLock
-from trainer.dictionary.clt import CrossLayerTranscoder
-from trainer.dictionary.clt_export import export_circuit_tracer_clt, save_clt
-from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
-from trainer.dictionary.export import (
-    CIRCUIT_TRACER_ARCHS,
-    export_saelens,
-    export_sparsify,
-    save_crosscoder,
-    save_dictionary,
-)
+from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.dictionary.foreign import start_from
 from trainer.dictionary.gather import gathered
 from trainer.evaluation.mmcs import recovery
@@ -365,10 +356,10 @@ class _Run:
                       for i, (m, w) in enumerate(zip(last, whole, strict=True)))
         dirs = tuple(Path(self.cfg.out) / "dictionaries" / n for n in self.names)
         if self.world.is_main:
-            source = self._source()
+            source = run_dir.source(self.cfg, self.store, self.step)
             for d, member, dens in zip(dirs, whole, densities, strict=True):
                 assert member is not None  # rank 0 is tp rank 0 of dp row 0
-                self._save_dictionary(d, member, source)
+                run_dir.save_formats(d, member, source, self.norms, self.target_norms)
                 torch.save(dens, d / "latent_density.pt")
             if self.cfg.plots:
                 self.log.images(self.step, plot_run(Path(self.cfg.out), self.names, densities))
@@ -376,43 +367,8 @@ class _Run:
         distributed.barrier()
         return dirs, final
 
-    def _save_dictionary(self, d: Path, member: SparseDictionary, source: dict[str, Any]
-                         ) -> None:
-        """Ours, and each peer's format that can hold this dictionary."""
-        cfg = member.cfg
-        if isinstance(member, CrossLayerTranscoder):
-            save_clt(d, member, self.norms, self.target_norms, source)
-            if cfg.arch in CIRCUIT_TRACER_ARCHS and cfg.out_width == cfg.d_model:
-                export_circuit_tracer_clt(d / "circuit_tracer", member, self.norms,
-                                          self.target_norms, model_name=source["model"])
-            return
-        if cfg.kind == "crosscoder":  # no peer has a crosscoder format
-            save_crosscoder(d, member, self.norms, source)
-            return
-        target = self.target_norm if member.cfg.kind == "transcoder" else None
-        save_dictionary(d, member, self.norm, source, target)
-        if not (member.cfg.kind == "transcoder" and member.cfg.arch == "topk"):
-            export_saelens(d / "saelens", member, self.norm, source, target)
-        if member.cfg.arch == "topk" and member.cfg.out_width == member.cfg.d_model:
-            export_sparsify(d / "sparsify", member, self.norm, target)
-
     def _tracker_config(self) -> dict[str, Any]:
         """The run's settings and the store it reads, as a tracker's run config."""
         return {"train": self.cfg.to_dict(), "store": {
             "url": self.store.url, "key": self.store.key,
             **dataclasses.asdict(self.store.spec)}}
-
-    def _source(self) -> dict[str, Any]:
-        spec, cfg = self.store.spec, self.cfg
-        # one hook by name (as runs before CLTs wrote it), a CLT's as lists in layer order
-        hooks: dict[str, Any] = ({"hook": list(cfg.hook), "target_hook": list(cfg.target_hook)}
-                                 if cfg.kind == "clt" else {"hook": list(cfg.sites)}
-                                 if cfg.kind == "crosscoder" else {"hook": cfg.hook[0]})
-        if cfg.kind == "transcoder":
-            hooks["target_hook"] = cfg.target_hook[0]
-        urls = self.store.urls if isinstance(self.store, PairedStore) else self.store.url
-        return {"store": urls, "store_key": self.store.key, **hooks,
-                "model": spec.model, "model_revision": spec.model_revision,
-                "dataset": spec.dataset, "context_length": spec.context_length,
-                "bos_policy": spec.bos_policy, "tokens_trained": self.step * self.cfg.batch_size,
-                "train_config": self.cfg.to_dict()}

@@ -103,7 +103,7 @@ def test_a_full_disk_while_the_dictionaries_are_written_resumes_to_write_them(
         raise OSError(errno.ENOSPC, "No space left on device", "cfg.json")
 
     with monkeypatch.context() as m:
-        m.setattr("trainer.training.train.export_saelens", full)
+        m.setattr("trainer.training.run_dir.export_saelens", full)
         with pytest.raises(StoreFullError, match=r"no space left on the device \(cfg.json\); its"
                                                  r" last checkpoint .* is intact: free space and "
                                                  r"rerun with --resume"):
