@@ -82,6 +82,9 @@ class DictionaryConfig:
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefixes, increasing, the last = latents (default: doubling from
     latents / 16, `matryoshka.default_widths`)."""
+    prefix_weight: float = 1.0
+    """Weight of each inner prefix's squared error in Matryoshka's loss, the full
+    reconstruction's being 1 (1: SAELens' and dictionary_learning's sum)."""
     sites: tuple[int, ...] = ()
     """A crosscoder's site widths in the order of its input's blocks (summing to d_model);
     empty for the other kinds."""
@@ -111,6 +114,8 @@ class DictionaryConfig:
             raise ValueError("--widths are Matryoshka's (--arch matryoshka)")
         else:
             object.__setattr__(self, "widths", ())  # cfg.json holds a list
+        if self.prefix_weight < 0:
+            raise ValueError(f"--prefix-weight must be >= 0, got {self.prefix_weight}")
         if self.arch in SELECTED and (self.k is None
                                                    or not 1 <= self.k <= self.latents):
             raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "
