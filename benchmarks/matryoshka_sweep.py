@@ -42,8 +42,10 @@ ROWS: dict[str, tuple[str, tuple[int, ...], float | None]] = {
     "1/4,1/2,1, w=1": ("matryoshka", (4, 2, 1), 1.0),
     "1/4,1/2,1, w=0.5": ("matryoshka", (4, 2, 1), 0.5),
     "1/4,1/2,1, w=0.25": ("matryoshka", (4, 2, 1), 0.25),
+    "1/4,1/2,1, w=0.1": ("matryoshka", (4, 2, 1), 0.1),
     "1/4,1, w=1": ("matryoshka", (4, 1), 1.0),
     "1/4,1, w=0.5": ("matryoshka", (4, 1), 0.5),
+    "1/4,1, w=0.25": ("matryoshka", (4, 1), 0.25),
 }
 
 

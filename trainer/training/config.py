@@ -169,10 +169,10 @@ class TrainConfig(TrackingConfig):
     """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
-    last (default: doubling, latents/16, /8, /4, /2 and all)."""
+    last (default: latents/4 and all, from benchmarks/matryoshka_sweep.py)."""
     prefix_weight: float | None = None
     """Weight of each inner prefix's loss in Matryoshka's, the full reconstruction's being 1
-    (default: 1, SAELens' sum)."""
+    (default: 0.25, from benchmarks/matryoshka_sweep.py; SAELens sums them: 1)."""
     init_from: str | None = None
     """A dictionary's folder to start from instead of a random one (fine-tuning): ours, or
     saved by SAELens or sparsify, as `actstore eval --dictionary` reads them. An SAE of this
