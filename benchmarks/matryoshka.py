@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--toy-tokens", type=int, default=1 << 21)
     p.add_argument("--real-tokens", type=int, default=1 << 18)
     p.add_argument("--toy-widths", type=int, nargs="*", default=[],
-                   help="the toy Matryoshka's prefixes (default: the trainer's doubling)")
+                   help="the toy Matryoshka's prefixes (default: the trainer's)")
     p.add_argument("--only", choices=["toy", "real"], help="run one of the two parts")
     p.add_argument("--out", default="bench-out/matryoshka")
     a = p.parse_args()

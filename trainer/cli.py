@@ -22,9 +22,9 @@ _ORDER = ("store", "hook", "kind", "target_hook", "arch", "latents", "k", "l1", 
           "batch_size", "lr", "warmup_steps", "decay_start", "grad_clip", "seed", "init_rows",
           "aux_coef", "dead_after_tokens", "log_every", "checkpoint_every", "eval_every",
           "eval_contexts", "shuffle_buffer", "read_threads", "tp", "holdout", "out", "normalize",
-          "bias_init", "init_from", "kernel", "device", "widths", "log", "wandb_project",
-          "wandb_entity", "wandb_name", "skip", "resume", "overwrite", "autocast", "progress",
-          "plots")
+          "bias_init", "init_from", "kernel", "device", "widths", "prefix_weight", "log",
+          "wandb_project", "wandb_entity", "wandb_name", "skip", "resume", "overwrite",
+          "autocast", "progress", "plots")
 #: The fields whose several values are a sweep (one dictionary per combination).
 _SWEEPS = ("latents", "k", "l1", "l0")
 _SWEEP = Flag(extra="; several values: a sweep, one dictionary each")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from trainer.dictionary.matryoshka import check_widths, default_widths
+from trainer.dictionary.matryoshka import PREFIX_WEIGHT, check_widths, default_widths
 
 __all__ = ["BATCH", "ENCODER_SEED", "RECONSTRUCTS", "SELECTED", "Arch", "DictionaryConfig",
            "Kernel", "Kind", "resolve_kernel"]
@@ -80,8 +80,11 @@ class DictionaryConfig:
     layers: int = 1
     """A cross-layer transcoder's layers (its input and target hooks); 1 for the others."""
     widths: tuple[int, ...] = ()
-    """Matryoshka's nested prefixes, increasing, the last = latents (default: doubling from
-    latents / 16, `matryoshka.default_widths`)."""
+    """Matryoshka's nested prefixes, increasing, the last = latents (default: latents / 4
+    and all, `matryoshka.default_widths`)."""
+    prefix_weight: float = PREFIX_WEIGHT
+    """Weight of each inner prefix's squared error in Matryoshka's loss, the full
+    reconstruction's being 1 (1: SAELens' sum; default `matryoshka.PREFIX_WEIGHT`)."""
     sites: tuple[int, ...] = ()
     """A crosscoder's site widths in the order of its input's blocks (summing to d_model);
     empty for the other kinds."""
@@ -111,6 +114,8 @@ class DictionaryConfig:
             raise ValueError("--widths are Matryoshka's (--arch matryoshka)")
         else:
             object.__setattr__(self, "widths", ())  # cfg.json holds a list
+        if self.prefix_weight < 0:
+            raise ValueError(f"--prefix-weight must be >= 0, got {self.prefix_weight}")
         if self.arch in SELECTED and (self.k is None
                                                    or not 1 <= self.k <= self.latents):
             raise ValueError(f"--k must be in [1, latents={self.latents}] for {self.arch}, "

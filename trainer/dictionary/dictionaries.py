@@ -210,7 +210,7 @@ class SparseDictionary(nn.Module):
         else:
             terms["aux_loss"] = self.cfg.aux_coef * self._aux_loss(target, x_hat, pre)
         if arch == "matryoshka":
-            terms["prefix_loss"] = matryoshka.prefix_loss(
+            terms["prefix_loss"] = self.cfg.prefix_weight * matryoshka.prefix_loss(
                 z, self.W_dec, self.b_dec + self.skip_term(x), target, widths=self.cfg.widths,
                 start=self.start, over_slices=self.over_slices)
         self._track(fired, x.shape[0])
@@ -274,7 +274,7 @@ class SparseDictionary(nn.Module):
             terms["aux_loss"] = cfg.aux_coef * (aux_err ** 2).sum(-1).mean()
         sel, z = sels[0], codes[0]
         if cfg.arch == "matryoshka":
-            terms["prefix_loss"] = matryoshka.sparse_prefix_loss(
+            terms["prefix_loss"] = cfg.prefix_weight * matryoshka.sparse_prefix_loss(
                 sel, z, self.W_dec, self.b_dec + self.skip_term(x), target, widths=cfg.widths,
                 start=self.start, stop=self.stop, over_slices=self.over_slices)
         fired = selection_counts(sel.cols, z.detach() > 0, n)

@@ -169,7 +169,10 @@ class TrainConfig(TrackingConfig):
     """A transcoder's learned linear skip from --hook to --target-hook (skip transcoder)."""
     widths: tuple[int, ...] = ()
     """Matryoshka's nested prefix widths in latents, increasing; --latents is added as the
-    last (default: doubling, latents/16, /8, /4, /2 and all)."""
+    last (default: latents/4 and all, from benchmarks/matryoshka_sweep.py)."""
+    prefix_weight: float | None = None
+    """Weight of each inner prefix's loss in Matryoshka's, the full reconstruction's being 1
+    (default: 0.25, from benchmarks/matryoshka_sweep.py; SAELens sums them: 1)."""
     init_from: str | None = None
     """A dictionary's folder to start from instead of a random one (fine-tuning): ours, or
     saved by SAELens or sparsify, as `actstore eval --dictionary` reads them. An SAE of this
@@ -222,6 +225,7 @@ class TrainConfig(TrackingConfig):
         if self.kind not in get_args(Kind):
             raise ValueError(f"--kind must be one of {get_args(Kind)}")
         self._check_hooks()
+        self._check_second_store()
         resolve_kernel(self.arch, self.kernel)  # refuses sparse for relu / jumprelu
 
     def _check_sparsity(self) -> None:
@@ -240,8 +244,16 @@ class TrainConfig(TrackingConfig):
                 raise ValueError(f"--k {k}{default} must be in [1, latents={n}]")
         if self.widths and self.arch != "matryoshka":
             raise ValueError("--widths are Matryoshka's: add --arch matryoshka")
+        if self.prefix_weight is not None and self.arch != "matryoshka":
+            raise ValueError("--prefix-weight is Matryoshka's: add --arch matryoshka")
         for n in self.latents if self.widths else ():
             check_widths(self.widths, n)
+
+    def _check_second_store(self) -> None:
+        for h in self.hook if len(self.store) == 1 else ():
+            if h.endswith(SECOND):
+                raise ValueError(f"--hook {h} names a hook of a second store ({SECOND}: model "
+                                 "diffing): give two --store, or the hook without it")
 
     def _check_hooks(self) -> None:
         if not self.hook or not all(self.hook) or not all(self.target_hook):
@@ -290,6 +302,8 @@ class TrainConfig(TrackingConfig):
             else {"kind": "crosscoder", "sites": sites} if self.kind == "crosscoder" else {})
         if self.widths:
             shape["widths"] = self.widths
+        if self.prefix_weight is not None:
+            shape["prefix_weight"] = self.prefix_weight
         # jumprelu's settings as given (None: DictionaryConfig's defaults, which are ours)
         jump: dict[str, Any] = {name: getattr(self, name) for name in JUMP
                                 if getattr(self, name) is not None}

@@ -175,3 +175,22 @@ def test_bad_configs_are_refused() -> None:
         DictionaryConfig(arch="batchtopk", d_model=4, latents=6)
     with pytest.raises(ValueError, match="l1"):
         DictionaryConfig(arch="relu", d_model=4, latents=6, l1=-1)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_matryoshka_prefix_weight_scales_each_inner_prefix_loss(kernel: str) -> None:
+    """`prefix_weight` w: loss = ‖x − x̂‖² + w Σ_{inner prefixes} ‖x − x̂_prefix‖², each prefix's
+    error from a loop over its latents (AuxK is 0: nothing is dead yet)."""
+    for w in (1.0, 0.25, 0.0):
+        sae, x = make("matryoshka", kernel, k=2, widths=(2, 4), prefix_weight=w)
+        out = sae(x)
+        z = (out.z.to_dense() if out.z.is_sparse else out.z).detach()
+        inner = sum(((x - (sae.b_dec + z[:, :m] @ sae.W_dec[:m])) ** 2).sum(-1).mean()
+                    for m in (2, 4))
+        assert float(out.terms["aux_loss"]) == 0
+        torch.testing.assert_close(out.terms["prefix_loss"], w * inner.detach())
+        torch.testing.assert_close(out.loss, out.terms["mse"] + w * inner)
+    default = DictionaryConfig(arch="matryoshka", d_model=D, latents=512, k=2)
+    assert (default.widths, default.prefix_weight) == ((128, 512), 0.25)  # the swept defaults
+    with pytest.raises(ValueError, match="--prefix-weight must be >= 0"):
+        DictionaryConfig(arch="matryoshka", d_model=D, latents=N, k=2, prefix_weight=-1)

@@ -167,7 +167,8 @@ def test_matryoshka_loss_and_gradients_equal_saelens_training_sae(tmp_path: Path
     from trainer.dictionary.dictionaries import DictionaryConfig
 
     assert PYTHON is not None
-    cfg = DictionaryConfig(arch="matryoshka", d_model=12, latents=48, k=4, widths=(6, 12, 24))
+    cfg = DictionaryConfig(arch="matryoshka", d_model=12, latents=48, k=4, widths=(6, 12, 24),
+                           prefix_weight=1.0)  # SAELens sums the prefixes' losses
     for kernel in ("dense", "sparse"):
         sae = SparseDictionary(cfg, torch.Generator().manual_seed(3), kernel).double()
         g = torch.Generator().manual_seed(4)

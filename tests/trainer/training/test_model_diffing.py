@@ -24,11 +24,11 @@ from trainer.training.train import train
 HOOK = "transformer.h.2"
 
 
-def _store(model: str, root: Path, name: str) -> str:
+def _store(model: str, root: Path, name: str, hook: str = HOOK) -> str:
     from actstore.generate.config import GenerateConfig
     from actstore.generate.pipeline import generate
 
-    return generate(GenerateConfig(model=model, hooks=(HOOK,), dataset="builtin:pydoc",
+    return generate(GenerateConfig(model=model, hooks=(hook,), dataset="builtin:pydoc",
                                    out=str(root / name), context_length=32, max_tokens=4096,
                                    executor="local", progress=False)).url
 
@@ -144,6 +144,35 @@ def test_two_different_models_end_to_end(stores: dict[str, str], tmp_path: Path)
     assert sum(ev.meta["crosscoder"][name]["histograms"][1]) == 64
     out = write_report(ev, ActivationStore.open(stores["a"]), _eval_cfg(tmp_path))
     assert "## Crosscoder sites" in (out / "report.md").read_text()
+
+
+def test_a_hook_of_store_b_named_apart(stores: dict[str, str], tmp_path: Path) -> None:
+    """`--hook H --hook X@B`: store B's own hook X (a model whose modules are named apart),
+    read beside A's H; `X@B` with one store is refused in one line."""
+    from tests.gen_fixtures import save_tiny
+
+    other = _store(save_tiny("gpt2-4", tmp_path / "models"), tmp_path, "b", "transformer.h.3")
+    cfg = diffing((stores["a"], other), tmp_path / "run", tokens=4096,
+                  hook=(HOOK, "transformer.h.3" + SECOND))
+    assert cfg.sites == (HOOK, "transformer.h.3@B")
+    train(cfg)
+    _, _, ev = b_only(tmp_path / "run")
+    assert ev.meta["sites"] == [{"store": stores["a"], "hook": HOOK},
+                                {"store": other, "hook": "transformer.h.3"}]
+    (score,) = ev.dictionaries.values()
+    assert score["fvu_site_1"] < 1
+    # row by row: B's site is B's hook at A's rows' (context, position)
+    paired = pair(stores["a"], other)
+    ia, ib = (ActivationStore.open(u).read_index(0, paired.num_rows) for u in (stores["a"], other))
+    where = {(int(c), int(p)): i for i, (c, p) in enumerate(zip(ib.context, ib.position,
+                                                                 strict=True))}
+    want = [where[int(c), int(p)] for c, p in zip(ia.context, ia.position, strict=True)]
+    np.testing.assert_array_equal(paired.read_float32("transformer.h.3@B", 0, 64),
+                                  ActivationStore.open(other).read_float32(
+                                      "transformer.h.3", 0, paired.num_rows)[want[:64]])
+    with pytest.raises(ValueError, match=r"--hook transformer.h.3@B names a hook of a second "
+                                         r"store"):
+        diffing((stores["a"],), tmp_path / "one", hook=(HOOK, "transformer.h.3@B"))
 
 
 def _eval_cfg(tmp_path: Path) -> Any:

@@ -126,6 +126,11 @@ def test_eval_scores_every_site_and_where_the_latents_live(store: str, tmp_path:
     cfg = EvalConfig(run=str(tmp_path / "run"), out=str(tmp_path / "report"), ica="none")
     ev = evaluate_run(cfg)
     assert (ev.meta["kind"], ev.meta["held_out"]) == ("crosscoder", True)
+    # loss recovered is not computed for a crosscoder (its sites are not spliced): said, and
+    # no such score
+    assert ev.meta["spliced"].startswith("skipped")
+    assert not {"loss_recovered", "final_state_recovered", "kl"} & {
+        k for s in ev.dictionaries.values() for k in s}
     s = ActivationStore.open(store)
     part = holdout.partition(s, 0.25)
     rows = torch.cat([h.rows for h in holdout.held_out_batches(s, HOOKS[0], part, cfg.rows)])
