@@ -89,7 +89,7 @@ def load_clt(path: str | Path) -> tuple[CrossLayerTranscoder, list[Normalizer],
     meta = json.loads((path / "cfg.json").read_text())
     if meta.get("format") != FORMAT or meta["dictionary"].get("kind") != "clt":
         raise ValueError(f"{path} is not an actstore cross-layer transcoder")
-    cfg = DictionaryConfig(**meta["dictionary"])
+    cfg = DictionaryConfig.from_saved(meta["dictionary"])
     t = load_file(path / "model.safetensors")
     clt = CrossLayerTranscoder(cfg, torch.Generator().manual_seed(0))
     state = {"b_dec": t["b_dec"], "threshold": t.get("threshold", clt.threshold),

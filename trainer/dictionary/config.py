@@ -5,7 +5,7 @@ module."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from trainer.dictionary.matryoshka import PREFIX_WEIGHT, check_widths, default_widths
 
@@ -125,6 +125,12 @@ class DictionaryConfig:
         if self.arch == "jumprelu" and (self.l0 < 0 or self.jump_bandwidth <= 0):
             raise ValueError("l0 must be >= 0 and jump_bandwidth > 0")
 
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> DictionaryConfig:
+        """A config as a dictionary's files record it; one saved before `prefix_weight`
+        existed summed its prefixes' losses (weight 1), whatever today's default."""
+        return cls(**{**({"prefix_weight": 1.0} if d.get("arch") == "matryoshka" else {}),
+                      **d})
 
     @property
     def out_width(self) -> int:

@@ -418,6 +418,8 @@ class TrainConfig(TrackingConfig):
                   if k in ("latents", "k", "l1", "l0", "store", "hook", "widths", "log")}
         if d.get("target_hook") is None:  # runs before CLTs saved "no target" as None
             tuples["target_hook"] = ()
+        if d.get("arch") == "matryoshka" and "prefix_weight" not in d:
+            d = {**d, "prefix_weight": 1.0}  # runs before --prefix-weight summed the prefixes
         return cls(**{**d, **tuples})
 
     @classmethod

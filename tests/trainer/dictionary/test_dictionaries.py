@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -194,3 +195,21 @@ def test_matryoshka_prefix_weight_scales_each_inner_prefix_loss(kernel: str) -> 
     assert (default.widths, default.prefix_weight) == ((128, 512), 0.25)  # the swept defaults
     with pytest.raises(ValueError, match="--prefix-weight must be >= 0"):
         DictionaryConfig(arch="matryoshka", d_model=D, latents=N, k=2, prefix_weight=-1)
+
+
+def test_a_matryoshka_saved_before_prefix_weight_loads_with_the_sum() -> None:
+    """Files written before `prefix_weight` existed trained with every prefix at weight 1
+    (the sum): loading them, and resuming their runs, keeps that, not today's default."""
+    from trainer.training.config import TrainConfig
+
+    saved = dataclasses.asdict(DictionaryConfig(arch="matryoshka", d_model=8, latents=16, k=2))
+    del saved["prefix_weight"]
+    assert DictionaryConfig.from_saved(saved).prefix_weight == 1.0
+    assert DictionaryConfig.from_saved({**saved, "prefix_weight": 0.5}).prefix_weight == 0.5
+    fresh = DictionaryConfig(arch="matryoshka", d_model=8, latents=16, k=2)
+    assert fresh.prefix_weight != 1.0  # today's default differs: the test means something
+    run = TrainConfig(store=("s",), hook=("h",), out="o", arch="matryoshka",
+                      latents=(64,)).to_dict()
+    del run["prefix_weight"]
+    assert TrainConfig.from_dict(run).prefix_weight == 1.0
+    assert TrainConfig.from_dict({**run, "prefix_weight": None}).prefix_weight is None
