@@ -4,8 +4,10 @@ its own message ("Failed to connect to GCS within 60 seconds"), and calls made m
 block until then.
 
 `HeadWatch` probes the head's port (the GCS) from a thread: a refused or timed-out connection
-every probe for `grace_s` means the head is gone. A busy head still accepts connections (the
-kernel completes the handshake), so load alone does not look like a loss. On a loss the
+every probe for `grace_s`, and at least `PROBES` probes in a row, means the head is gone. A
+busy head still accepts connections (the kernel completes the handshake), so load alone does
+not look like a loss; and a watch thread that a saturated machine left unscheduled for longer
+than the grace still needs that many failed probes, not two failures far apart. On a loss the
 driver exits at once (`os._exit`): the calls into Ray it might still be in would hang, and
 what it leaves behind is what any killed driver leaves (its lock's lease expires, its
 unfinished shards are not committed), which the rerun takes over.
@@ -18,6 +20,9 @@ import socket
 import sys
 import threading
 import time
+
+#: Failed probes in a row, besides the grace period, before the head counts as lost.
+PROBES = 3
 
 
 class HeadWatch:
@@ -41,14 +46,16 @@ class HeadWatch:
 
     def _watch(self) -> None:
         since: float | None = None  # when the head stopped answering
+        failed = 0  # probes in a row that found it unreachable
         while not self._stop.wait(self.every_s):
             if self.reachable():
-                since = None
+                since, failed = None, 0
                 continue
             now = time.monotonic()
-            since = now if since is None else since
-            if now - since >= self.grace_s and not self._stop.is_set():
+            since, failed = (now if since is None else since), failed + 1
+            if now - since >= self.grace_s and failed >= PROBES and not self._stop.is_set():
                 self.lost()
+                return
 
     def lost(self) -> None:
         print(f"actstore generate: error: lost the Ray head node at {self.address} "
