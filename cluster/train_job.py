@@ -29,8 +29,16 @@ def _worker(config: dict[str, Any]) -> None:
     train(TrainConfig.from_dict(config))
 
 
+#: Ray Train's limit on its workers' start (each imports torch and joins the process group):
+#: its default, 60 s, is passed on a saturated machine, and the job then fails or restarts. A
+#: Ray started by this process inherits the value; a cluster started apart takes it from the
+#: job's environment (`ray job submit --runtime-env-json '{"env_vars": {...}}'`).
+START_TIMEOUT = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+
+
 def run(cfg: TrainConfig, workers: int, gpu: bool, storage: str | None = None) -> None:
     """Fit `cfg` on `workers` Ray Train workers (blocks until done; raises on failure)."""
+    os.environ.setdefault(*START_TIMEOUT)  # before Ray starts: its processes inherit it
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
