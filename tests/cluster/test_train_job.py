@@ -19,7 +19,9 @@ from tests.trainer.helpers import (
 )
 from trainer.training.train import train
 
-pytestmark = pytest.mark.slow
+# Each command is seconds on an idle machine; on a saturated one Ray Train's workers alone
+# take minutes to start (cluster.train_job allows them 600 s): the limits guard a hung run only.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 def flags(store: str, out: Path) -> list[str]:
     return ["--store", store, "--hook", HOOKS[0], "--arch", "topk", "--latents", "24",
@@ -40,12 +42,12 @@ def test_torchrun_and_ray_train_run_the_same_training(tmp_path: Path) -> None:
     for n, out in ((1, "tr1"), (2, "tr2")):
         subprocess.run([str(bin_dir / "torchrun"), "--standalone", f"--nproc-per-node={n}",
                         "-m", "trainer.cli", *flags(store, tmp_path / out)], check=True,
-                       env=env(), timeout=300)
+                       env=env(), timeout=900)
     assert_same_weights(plain, tmp_path / "tr1")
     assert curves(plain) == curves(tmp_path / "tr1")
     subprocess.run([sys.executable, "-m", "cluster.train_job", "--workers", "2",
                     "--ray-storage", str(tmp_path / "ray"), *flags(store, tmp_path / "ray2")],
-                   check=True, env=env(), timeout=300)
+                   check=True, env=env(), timeout=900)
     assert_same_weights(tmp_path / "tr2", tmp_path / "ray2")
     assert curves(tmp_path / "tr2") == curves(tmp_path / "ray2")
     # the two ranks really split the data: not the single-rank run
@@ -62,12 +64,12 @@ def test_torchrun_and_ray_train_with_tp(store: str, tmp_path: Path) -> None:
              "--checkpoint-every", "10"]
     subprocess.run([str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node=2",
                     "-m", "trainer.cli", *flags, "--tp", "2", "--out",
-                    str(tmp_path / "tp2")], check=True, env=env(), timeout=300)
+                    str(tmp_path / "tp2")], check=True, env=env(), timeout=900)
     subprocess.run([sys.executable, "-m", "trainer.cli", *flags, "--out",
-                    str(tmp_path / "one")], check=True, env=env(), timeout=300)
+                    str(tmp_path / "one")], check=True, env=env(), timeout=900)
     subprocess.run([sys.executable, "-m", "cluster.train_job", "--workers", "2",
                     "--ray-storage", str(tmp_path / "ray"), *flags, "--tp", "2", "--out",
-                    str(tmp_path / "ray-tp2")], check=True, env=env(), timeout=300)
+                    str(tmp_path / "ray-tp2")], check=True, env=env(), timeout=900)
     assert_close_weights(tmp_path / "one", tmp_path / "tp2")
     assert_close_weights(tmp_path / "one", tmp_path / "ray-tp2")  # Ray Train, the same
     for out in ("one", "tp2", "ray-tp2"):
