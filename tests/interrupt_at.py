@@ -128,8 +128,8 @@ def install(point: str, n: int) -> None:
     elif point == "torch-save":
         _patch_torch_save(n)
     elif point == "dictionaries":
-        from trainer.training import train
-        _patch(train, "export_saelens", _nth(n, vars(train)["export_saelens"]))
+        from trainer.training import run_dir
+        _patch(run_dir, "export_saelens", _nth(n, vars(run_dir)["export_saelens"]))
     elif point == "report":
         from trainer.evaluation.report import writer
         _patch(writer, "plot_frontier", _nth(n, writer.plot_frontier))
