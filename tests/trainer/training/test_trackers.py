@@ -79,7 +79,9 @@ def test_both_trackers_log_what_metrics_jsonl_holds_also_across_a_resume(
     assert_same(cut)
     assert jsonl_values(cut) == jsonl_values(tmp_path / "whole")
     # one W&B run across both processes, the plots logged as images at the end
-    runs = {p.name.rsplit("-", 1)[1] for p in (cut / "wandb").glob("offline-run-*")}
+    # named by each run's transaction log: wandb suffixes a folder name that would repeat
+    # (a resume within the same second) with "-1", so the folder's name is not the id
+    runs = {p.stem.removeprefix("run-") for p in (cut / "wandb").glob("offline-run-*/run-*.wandb")}
     assert runs == {(cut / "wandb" / "run_id").read_text().strip()}
     assert any(k.startswith("plots/curves/") for r in history(cut / "wandb") for k in r)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
