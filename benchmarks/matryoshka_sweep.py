@@ -4,7 +4,11 @@
 - real: MiniLM `encoder.layer.3` (the quickstart's store, 10% held out): held-out FVU and L0,
   and FVU's ratio to BatchTopK's (the issue's bound: at most 1.05);
 - toy: the hierarchical toy store of `benchmarks/matryoshka.py` (128 parents with 2 children
-  each, 512 latents, k = 8): absorption and MMCS to the parents, beside BatchTopK's.
+  each in 64 dimensions, 512 latents, k = 8; `--toy-*` for another shape, e.g. `--toy-d 256
+  --toy-features 192 --toy-active 4 --toy-latents 256`: fewer features than dimensions):
+  absorption, MMCS to the parents and to the children, and the decoder's mixtures (hedging:
+  the parents' latents' cosine with their children; the children's latents' with their
+  parent), beside BatchTopK's.
 
     python -m benchmarks.matryoshka_sweep [--part real toy] [--rows NAME ...]
         [--latents 1024] [--tokens 262144] [--toy-tokens 2097152]
@@ -74,24 +78,27 @@ def real(a: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def toy(a: argparse.Namespace) -> dict[str, dict[str, float]]:
-    url = make_toy_store(ToyConfig(out=a.stores, d=64, features=384, hierarchy=2, active=8,
-                                   decay=0.995, rows=1 << 21)).url
+    url = make_toy_store(ToyConfig(out=a.stores, d=a.toy_d, features=a.toy_features,
+                                   hierarchy=2, active=a.toy_active, decay=0.995,
+                                   rows=1 << 21)).url
     out = {}
     for name in a.rows:
-        arch, given = settings(name, 512)
+        arch, given = settings(name, a.toy_latents)
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             train(TrainConfig(store=(url,), hook=(TOY_HOOK,), arch=arch,  # type: ignore[arg-type]
-                              latents=(512,), k=(8,), tokens=a.toy_tokens, batch_size=4096,
+                              latents=(a.toy_latents,), k=(a.toy_k,), tokens=a.toy_tokens,
+                              batch_size=4096,
                               holdout=HOLDOUT, out=str(run), eval_contexts=0, progress=False,
                               plots=False, **given))
-            ev = evaluate(EvalConfig(run=str(run), out=str(Path(tmp) / "report"), ks=(8,),
+            ev = evaluate(EvalConfig(run=str(run), out=str(Path(tmp) / "report"), ks=(a.toy_k,),
                                      splice_contexts=0, ica="none"))
         (s,) = ev.dictionaries.values()
         out[name] = s
         print(f"toy  {name:<20} absorption {s['absorption']:.4f}  MMCS parents "
-              f"{s['mmcs_parents']:.4f}  MMCS all {s['mmcs']:.4f}  L0 {s['l0']:.2f}  "
-              f"FVU {s['fvu']:.4f}", flush=True)
+              f"{s['mmcs_parents']:.4f}  children {s['mmcs_children']:.4f}  hedging "
+              f"{s['hedging']:.4f}  child-parent cos {s['child_parent_cos']:.4f}  MMCS all "
+              f"{s['mmcs']:.4f}  L0 {s['l0']:.2f}  FVU {s['fvu']:.4f}", flush=True)
     return out
 
 
@@ -103,11 +110,13 @@ def table(result: dict[str, dict[str, dict[str, float]]]) -> None:
         for name, s in r.items():
             print(f"| {name} | {s['fvu']:.4f} | {s['l0']:.2f} | {s['fvu'] / ref:.3f} |")
     if "toy" in result:
-        print("| row | absorption | MMCS to parents | MMCS, all | L0 | FVU |\n"
-              "| --- | --- | --- | --- | --- | --- |")
+        print("| row | absorption | MMCS to parents | to children | hedging | child-parent cos "
+              "| MMCS, all | L0 | FVU |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, s in result["toy"].items():
             print(f"| {name} | {s['absorption']:.4f} | {s['mmcs_parents']:.4f} | "
-                  f"{s['mmcs']:.4f} | {s['l0']:.2f} | {s['fvu']:.4f} |")
+                  f"{s['mmcs_children']:.4f} | {s['hedging']:.4f} | "
+                  f"{s['child_parent_cos']:.4f} | {s['mmcs']:.4f} | {s['l0']:.2f} | "
+                  f"{s['fvu']:.4f} |")
 
 
 def main() -> None:
@@ -119,6 +128,11 @@ def main() -> None:
     p.add_argument("--latents", type=int, default=1024, help="real part's size")
     p.add_argument("--tokens", type=int, default=1 << 18, help="real part's tokens")
     p.add_argument("--toy-tokens", type=int, default=1 << 21)
+    p.add_argument("--toy-d", type=int, default=64, help="toy width (64: in superposition)")
+    p.add_argument("--toy-features", type=int, default=384, help="parents and children")
+    p.add_argument("--toy-active", type=float, default=8, help="features active per row")
+    p.add_argument("--toy-latents", type=int, default=512)
+    p.add_argument("--toy-k", type=int, default=8)
     p.add_argument("--stores", default="bench-out/stores")
     p.add_argument("--out", default="bench-out/matryoshka_sweep.json")
     a = p.parse_args()

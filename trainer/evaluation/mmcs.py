@@ -46,7 +46,8 @@ def absorption(fired: torch.Tensor, active: torch.Tensor, learned: torch.Tensor,
     stays silent while the latent of one of its active children fires, pooled over parents.
     `fired` (rows, n) and `active` (rows, G) are the same rows' learned and true activity;
     `parents` (G,) each feature's parent (-1: a root). Also MMCS over the parents alone (the
-    general features absorption takes)."""
+    general features absorption takes) and over the children, and the two decoder mixtures
+    (`mixtures`)."""
     t = torch.nn.functional.normalize(truth.double(), dim=1)
     match = (t @ torch.nn.functional.normalize(learned.double().cpu(), dim=1).T).argmax(1)
     children = torch.nonzero(parents >= 0).flatten()
@@ -57,4 +58,28 @@ def absorption(fired: torch.Tensor, active: torch.Tensor, learned: torch.Tensor,
     child_fires = (active[:, kids] & fired[:, match[kids]]).any(2)
     occurrences = int(on.sum())
     return {"absorption": float((on & silent & child_fires).sum()) / max(occurrences, 1),
-            "parent_occurrences": float(occurrences), "mmcs_parents": mmcs(truth[tops], learned)}
+            "parent_occurrences": float(occurrences), "mmcs_parents": mmcs(truth[tops], learned),
+            "mmcs_children": mmcs(truth[children], learned),
+            **mixtures(learned, truth, parents)}
+
+
+def mixtures(learned: torch.Tensor, truth: torch.Tensor, parents: torch.Tensor
+             ) -> dict[str, float]:
+    """How a hierarchy's features mix in the decoder, each feature matched to its closest
+    learned direction as in `absorption`:
+
+    - `hedging`: the mean cosine of a parent's latent with each of its children (Chanin et
+      al. 2025's feature hedging: a latent that must reconstruct its parent's occurrences
+      without its children's latents takes in their average; 0 when the parent is learned
+      alone, for orthogonal features);
+    - `child_parent_cos`: the mean cosine of a child's latent with its parent; positive where
+      the child's latent carries its parent (absorption's decoder side), negative where it
+      subtracts what a hedged parent latent adds.
+    """
+    t = torch.nn.functional.normalize(truth.double(), dim=1)
+    w = torch.nn.functional.normalize(learned.double().cpu(), dim=1)
+    match = (t @ w.T).argmax(1)
+    children = torch.nonzero(parents >= 0).flatten()
+    mine = w[match[parents[children]]]  # each child's parent's latent
+    return {"hedging": float((mine * t[children]).sum(1).mean()),
+            "child_parent_cos": float((w[match[children]] * t[parents[children]]).sum(1).mean())}

@@ -43,3 +43,21 @@ def test_absorption_counts_parent_occurrences_taken_by_a_child() -> None:
     assert out["mmcs_parents"] == pytest.approx(1.0)
     assert absorption(active[:, [5, 4, 3, 2, 1, 0]], active, learned, truth,
                       parents)["absorption"] == 0
+
+
+def test_hedging_and_a_childs_parent_component_are_read_off_the_decoder() -> None:
+    """Orthogonal features; a parent latent that took in half of each child (hedging
+    0.5 / sqrt(1.5)) and child latents that subtract 0.3 of their parent."""
+    from trainer.evaluation.mmcs import mixtures
+
+    truth = torch.eye(6)  # parents 0, 1; children 2, 3 (of 0) and 4, 5 (of 1)
+    parents = torch.tensor([-1, -1, 0, 0, 1, 1])
+    learned = truth.clone()
+    assert mixtures(learned, truth, parents) == {"hedging": 0.0, "child_parent_cos": 0.0}
+    learned[0] = truth[0] + 0.5 * (truth[2] + truth[3])
+    learned[1] = truth[1] + 0.5 * (truth[4] + truth[5])
+    for c, p in ((2, 0), (3, 0), (4, 1), (5, 1)):
+        learned[c] = truth[c] - 0.3 * truth[p]
+    out = mixtures(learned * 2.0, truth, parents)  # scale-free
+    assert out["hedging"] == pytest.approx(0.5 / 1.5 ** 0.5)
+    assert out["child_parent_cos"] == pytest.approx(-0.3 / 1.09 ** 0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -135,6 +136,25 @@ def test_trains_on_cuda_with_bf16_autocast(store: str, tmp_path: Path) -> None:
     w = weights(tmp_path)["jumprelu-n24-l0-0.01"]
     assert all(t.dtype == torch.float32 for t in w.values())  # autocast left params in fp32
     assert result.steps == 40
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("settings", [
+    {"arch": "matryoshka", "k": (3,)},
+    {"kind": "crosscoder", "hook": HOOKS, "k": (3,)},
+    {"kind": "transcoder", "target_hook": HOOKS[1], "k": (3,)},
+], ids=["matryoshka", "crosscoder", "transcoder"])
+def test_the_newer_dictionaries_train_on_cuda(store: str, tmp_path: Path,
+                                               settings: dict[str, Any]) -> None:
+    """On the GPU as on the CPU: the same run ends at a close FVU (CUDA runs under bf16
+    autocast, and its sums run in another order), having lowered it."""
+    on = {d: train(config(store, tmp_path / d, device=d, **settings)) for d in ("cpu", "cuda")}
+    assert on["cuda"].steps == on["cpu"].steps == 40
+    fvu = {d: [next(iter(r["dictionaries"].values()))["fvu"] for r in read_metrics(tmp_path / d)
+               if "dictionaries" in r] for d in on}
+    assert fvu["cuda"][-1] < fvu["cuda"][0]
+    assert fvu["cuda"][-1] == pytest.approx(fvu["cpu"][-1], rel=0.1, abs=0.02)
 
 
 @pytest.mark.parametrize("store_url", ["memory", "local", "s3", "gs"], indirect=True)
