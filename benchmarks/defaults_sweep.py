@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from actstore.loader import holdout
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.evaluation import baselines
+from trainer.evaluation.config import Member
 from trainer.evaluation.run import load_run, score
 from trainer.training.config import TrainConfig, default_lr
 from trainer.training.defaults import LR_SCALE
@@ -82,10 +84,31 @@ class HeldOut:
         self.rows = list(holdout.held_out_batches(store, HOOK, part, 1 << 30))
         self.variance = baselines.total_variance(torch.cat([h.x for h in self.rows]))
 
-    def scores(self, run: Path) -> dict[str, dict[str, float]]:
-        """Per dictionary of the run: L0, FVU and the fraction of latents that fired."""
-        return {m.name: score(m, self.rows, 1, torch.device("cpu"), self.variance)[0]
-                for m in load_run(str(run))}
+    def scores(self, run: Path, match_l0: float | None = None) -> dict[str, dict[str, float]]:
+        """Per dictionary of the run: L0, FVU and the fraction of latents that fired; with
+        `match_l0`, a thresholded dictionary's FVU at that L0 too (`fvu_at_l0`)."""
+        out = {}
+        for m in load_run(str(run)):
+            out[m.name] = score(m, self.rows, 1, torch.device("cpu"), self.variance)[0]
+            if match_l0 is not None and m.sae.cfg.arch in {"batchtopk", "matryoshka"}:
+                out[m.name]["fvu_at_l0"] = self.fvu_at_l0(m, match_l0)
+        return out
+
+    def fvu_at_l0(self, member: Member, l0: float, steps: int = 24) -> float:
+        """FVU with the inference threshold moved (bisection in log space) until the
+        dictionary's held-out L0 is `l0`: the comparison at equal L0."""
+        threshold = member.sae.threshold
+        learned = float(threshold)
+        lo, hi = math.log(learned) - 3.0, math.log(learned) + 3.0
+        try:
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                threshold.fill_(math.exp(mid))
+                s = score(member, self.rows, 1, torch.device("cpu"), self.variance)[0]
+                lo, hi = (mid, hi) if s["l0"] > l0 else (lo, mid)
+            return float(s["fvu"])
+        finally:
+            threshold.fill_(learned)
 
 
 @dataclass(frozen=True)
@@ -110,8 +133,9 @@ class Row:
         return text if self.settings else f"**defaults**: {text}"
 
 
-def run_row(url: str, held: HeldOut, row: Row) -> dict[str, dict[str, float]]:
-    """Train one row and score its dictionaries."""
+def run_row(url: str, held: HeldOut, row: Row, match_l0: float | None = None
+            ) -> dict[str, dict[str, float]]:
+    """Train one row and score its dictionaries (`HeldOut.scores`)."""
     given = dict(row.settings)
     if "lr" in given:
         given["lr"] = given["lr"] * default_lr(row.latents)
@@ -120,7 +144,7 @@ def run_row(url: str, held: HeldOut, row: Row) -> dict[str, dict[str, float]]:
                           latents=(row.latents,), out=out, tokens=row.tokens, batch_size=BATCH,
                           holdout=HOLDOUT, eval_contexts=0, progress=False, plots=False,
                           **given))
-        return held.scores(Path(out))
+        return held.scores(Path(out), match_l0)
 
 
 def main() -> None:

@@ -172,7 +172,7 @@ class TrainConfig(TrackingConfig):
     last (default: latents/4 and all, from benchmarks/matryoshka_sweep.py)."""
     prefix_weight: float | None = None
     """Weight of each inner prefix's loss in Matryoshka's, the full reconstruction's being 1
-    (default: 0.25, from benchmarks/matryoshka_sweep.py; SAELens sums them: 1)."""
+    (default: 0.1, from benchmarks/matryoshka_sweep.py; SAELens sums them: 1)."""
     init_from: str | None = None
     """A dictionary's folder to start from instead of a random one (fine-tuning): ours, or
     saved by SAELens or sparsify, as `actstore eval --dictionary` reads them. An SAE of this

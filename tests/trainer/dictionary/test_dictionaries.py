@@ -192,7 +192,7 @@ def test_matryoshka_prefix_weight_scales_each_inner_prefix_loss(kernel: str) -> 
         torch.testing.assert_close(out.terms["prefix_loss"], w * inner.detach())
         torch.testing.assert_close(out.loss, out.terms["mse"] + w * inner)
     default = DictionaryConfig(arch="matryoshka", d_model=D, latents=512, k=2)
-    assert (default.widths, default.prefix_weight) == ((128, 512), 0.25)  # the swept defaults
+    assert (default.widths, default.prefix_weight) == ((128, 512), 0.1)  # the swept defaults
     with pytest.raises(ValueError, match="--prefix-weight must be >= 0"):
         DictionaryConfig(arch="matryoshka", d_model=D, latents=N, k=2, prefix_weight=-1)
 
