@@ -316,7 +316,7 @@ def main() -> None:
     p.add_argument("--train-tokens", type=int, default=1 << 18)
     p.add_argument("--latents", type=int, default=1536)
     p.add_argument("--l1", type=float, default=2.0)
-    p.add_argument("--loader-rows", type=int, default=1 << 18)
+    p.add_argument("--loader-rows", type=int, default=1 << 20)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default="bench-out")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),

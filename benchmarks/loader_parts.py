@@ -1,0 +1,110 @@
+"""Where a loader epoch's CPU goes, bf16 store against e4m3, in one process.
+
+    python -m benchmarks.loader_parts [--rows 1048576] [--rounds 3] [--tokens 32768]
+
+The MiniLM `encoder.layer.3` stores of `fp8_store.py` (bf16 and e4m3, generated from the same
+contexts) are tiled to `--rows` rows; each round runs one warm epoch of each, delivering
+float32 batches as the trainer asks, with the loader's stages wrapped to add up the CPU time
+of the thread that runs them (`time.thread_time`): decoding chunks (`read_into`), the row
+scales of an 8-bit store (`read_scales_into`), scattering decoded rows into the shuffled
+window (`_read_scattered` less the two reads), and delivery (`_deliver`: the bf16 cast or the
+dequantisation). Prints nanoseconds of CPU per row for each stage (best round), the epoch's
+wall and process CPU time, and e4m3's ratios to bf16; writes `<out>/loader_parts.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from actstore import ActivationStore
+from actstore.bench.storage import tiled_store
+from actstore.loader.loader import Loader
+from benchmarks.fp8_store import MINILM, MINILM_HOOK, epoch_fn, generate_stores
+
+STAGES = (("read_into", ActivationStore), ("read_scales_into", ActivationStore),
+          ("_read_scattered", Loader), ("_deliver", Loader))
+
+
+@contextmanager
+def stage_clock() -> Iterator[dict[str, float]]:
+    """CPU seconds of each stage while inside, summed over the threads that run it."""
+    spent: dict[str, float] = dict.fromkeys((name for name, _ in STAGES), 0.0)
+    lock = threading.Lock()
+    saved = {name: getattr(owner, name) for name, owner in STAGES}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    spent[name] += time.thread_time() - t0
+        return timed
+    for name, owner in STAGES:
+        setattr(owner, name, wrap(name, saved[name]))
+    try:
+        yield spent
+    finally:
+        for name, owner in STAGES:
+            setattr(owner, name, saved[name])
+
+
+def one_epoch(store: ActivationStore, rows: int) -> dict[str, float]:
+    """ns of CPU per row by stage, and the epoch's wall and CPU ns per row."""
+    epoch = epoch_fn(store)
+    with stage_clock() as spent:
+        wall, cpu = time.perf_counter(), time.process_time()
+        assert epoch() == rows
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    reads = spent["read_into"] + spent["read_scales_into"]
+    per_row = {"decode chunks": spent["read_into"], "row scales": spent["read_scales_into"],
+               "scatter into the window": spent["_read_scattered"] - reads,
+               "deliver (cast or dequantise)": spent["_deliver"],
+               "epoch CPU, all threads": cpu, "epoch wall": wall}
+    return {k: 1e9 * v / rows for k, v in per_row.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1 << 20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=32768, help="MiniLM tokens generated")
+    p.add_argument("--out", default="bench-out")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=a.out) as tmp:
+        work = Path(tmp)
+        stores = generate_stores(MINILM, MINILM_HOOK, a.tokens, work, 128)
+        tiled = {d: tiled_store(str(work / f"tiled-{d}"), stores[d], a.rows,
+                                min(4, os.cpu_count() or 1))[0]
+                 for d in ("bfloat16", "float8_e4m3")}
+        for store in tiled.values():
+            epoch_fn(store)()  # warm: the files in the page cache
+        rounds: dict[str, list[dict[str, float]]] = {d: [] for d in tiled}
+        for _ in range(a.rounds):
+            for d, store in tiled.items():
+                rounds[d].append(one_epoch(store, a.rows))
+    best = {d: min(r, key=lambda x: x["epoch wall"]) for d, r in rounds.items()}
+    print(f"ns of CPU per row, warm epoch of {a.rows:,} rows, float32 batches (best of "
+          f"{a.rounds}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    print("| stage | bf16 | e4m3 | e4m3 / bf16 |\n| --- | --- | --- | --- |")
+    for stage in best["bfloat16"]:
+        b, e = best["bfloat16"][stage], best["float8_e4m3"][stage]
+        print(f"| {stage} | {b:.0f} | {e:.0f} | {e / b if b else float('nan'):.2f} |")
+    Path(a.out, "loader_parts.json").write_text(
+        json.dumps({"args": vars(a), "rounds": rounds, "best": best}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
