@@ -239,6 +239,7 @@ def test_workers_that_never_start_are_reported_and_given_up(
                        r"start within --worker-start-s 0\.4$"):
         never.run([0, 1], progress=False, desc="test")
     assert len(never.stopped) == 3  # the first two, then the first of their replacements
+    assert set(never.since) == set(never.starting.values())  # only those still starting
     err = capsys.readouterr().err
     assert "worker(s) to start (to be placed by Ray and load the model" in err
     assert "--worker-start-s 0.4 bounds it" in err

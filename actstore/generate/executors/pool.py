@@ -50,7 +50,7 @@ class ShardPool(ABC):
         self.workers: dict[int, Any] = {}
         self.ready: set[int] = set()  # keys of the workers that can take shards
         self.starting: dict[Any, int] = {}  # readiness handle -> worker key
-        self.since: dict[int, float] = {}  # worker key -> when it was asked to start
+        self.since: dict[int, float] = {}  # a starting worker's key -> when it was asked
         self.reported = 0.0  # the start wait (seconds) last reported
         self.next_id, self.lost, self.died_starting = 0, 0, 0
         self.in_flight: dict[Any, tuple[int, int]] = {}  # handle -> (worker key, shard)
@@ -196,6 +196,7 @@ class ShardPool(ABC):
 
     def _started(self, handle: Any) -> None:
         key = self.starting.pop(handle)
+        del self.since[key]
         try:
             self._result(handle)
         except WorkerDiedError as e:  # its node went, or it could not load the model
@@ -227,7 +228,7 @@ class ShardPool(ABC):
                   f"--worker-start-s {self.start_s:g} bounds it)", file=sys.stderr)
         for handle, key in list(self.starting.items()):
             if now - self.since[key] > self.start_s:
-                del self.starting[handle]
+                del self.starting[handle], self.since[key]
                 self._stop(self.workers[key])
                 self._failed_start(key, TimeoutError(
                     f"a worker did not start within --worker-start-s {self.start_s:g}"))
