@@ -33,11 +33,11 @@ from actstore.generate.toy import ToyConfig, make_toy_store
 from benchmarks.defaults_sweep import HOLDOUT, HeldOut, Row, quickstart_store, run_row
 from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.run import evaluate
-from trainer.training.config import TrainConfig
+from trainer.training.config import TrainConfig, default_lr
 from trainer.training.train import train
 
 #: name: (arch, widths as divisors of n (n // w for each; () = the trainer's default),
-#: prefix weight (None: the trainer's default)).
+#: prefix weight (None: the trainer's default)); `LR` gives some rows a learning rate.
 ROWS: dict[str, tuple[str, tuple[int, ...], float | None]] = {
     "batchtopk": ("batchtopk", (), None),
     "default": ("matryoshka", (), None),
@@ -54,7 +54,12 @@ ROWS: dict[str, tuple[str, tuple[int, ...], float | None]] = {
     "1/4,1, w=0.1": ("matryoshka", (4, 1), 0.1),
     "1/2,1, w=0.25": ("matryoshka", (2, 1), 0.25),
     "1/8,1, w=0.25": ("matryoshka", (8, 1), 0.25),
+    "default, lr x0.5": ("matryoshka", (), None),
+    "default, lr x2": ("matryoshka", (), None),
+    "batchtopk, lr x2": ("batchtopk", (), None),
 }
+#: name: the row's learning rate as a multiple of the default (`default_lr` of its size).
+LR: dict[str, float] = {"default, lr x0.5": 0.5, "default, lr x2": 2.0, "batchtopk, lr x2": 2.0}
 
 
 def settings(name: str, latents: int) -> tuple[str, dict[str, Any]]:
@@ -65,6 +70,8 @@ def settings(name: str, latents: int) -> tuple[str, dict[str, Any]]:
         given["widths"] = tuple(latents // d for d in divisors)
     if weight is not None:
         given["prefix_weight"] = weight
+    if name in LR:
+        given["lr"] = LR[name]  # a multiple, as `run_row` takes it
     return arch, given
 
 
@@ -93,6 +100,8 @@ def toy(a: argparse.Namespace) -> dict[str, dict[str, float]]:
     out = {}
     for name in a.rows:
         arch, given = settings(name, a.toy_latents)
+        if "lr" in given:
+            given["lr"] *= default_lr(a.toy_latents)
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             train(TrainConfig(store=(url,), hook=(TOY_HOOK,), arch=arch,  # type: ignore[arg-type]
