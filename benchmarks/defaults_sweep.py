@@ -106,6 +106,9 @@ class HeldOut:
                 threshold.fill_(math.exp(mid))
                 s = score(member, self.rows, 1, torch.device("cpu"), self.variance)[0]
                 lo, hi = (mid, hi) if s["l0"] > l0 else (lo, mid)
+            if abs(s["l0"] - l0) > 0.01 * l0:  # the target outside e**±3 of the threshold
+                raise RuntimeError(f"{member.name}: L0 {s['l0']:.2f} at the bisection's end, "
+                                   f"not {l0:.2f}")
             return float(s["fvu"])
         finally:
             threshold.fill_(learned)

@@ -30,7 +30,8 @@ __all__ = ["bands", "default_widths", "prefix_loss", "sparse_prefix_loss"]
 #: (benchmarks/matryoshka_sweep.py; the table in trainer/README.md).
 DEFAULT_PREFIX = 4
 #: Each inner prefix's loss weight, the full reconstruction's being 1 (SAELens: 1). 0.1 keeps
-#: the toy's absorption where 0.25 had it at 4x the training (and 0.25 misses the FVU bound).
+#: the toy's absorption where 0.25 had it, and at 4x the training steps 0.25 misses the FVU
+#: bound where 0.1 stays within it.
 PREFIX_WEIGHT = 0.1
 
 

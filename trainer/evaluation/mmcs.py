@@ -48,8 +48,7 @@ def absorption(fired: torch.Tensor, active: torch.Tensor, learned: torch.Tensor,
     `parents` (G,) each feature's parent (-1: a root). Also MMCS over the parents alone (the
     general features absorption takes) and over the children, and the two decoder mixtures
     (`mixtures`)."""
-    t = torch.nn.functional.normalize(truth.double(), dim=1)
-    match = (t @ torch.nn.functional.normalize(learned.double().cpu(), dim=1).T).argmax(1)
+    t, w, best, match = _matched(learned, truth)
     children = torch.nonzero(parents >= 0).flatten()
     tops = torch.unique(parents[children])
     kids = torch.stack([children[parents[children] == p] for p in tops])  # (P, C), equal C
@@ -58,9 +57,18 @@ def absorption(fired: torch.Tensor, active: torch.Tensor, learned: torch.Tensor,
     child_fires = (active[:, kids] & fired[:, match[kids]]).any(2)
     occurrences = int(on.sum())
     return {"absorption": float((on & silent & child_fires).sum()) / max(occurrences, 1),
-            "parent_occurrences": float(occurrences), "mmcs_parents": mmcs(truth[tops], learned),
-            "mmcs_children": mmcs(truth[children], learned),
-            **mixtures(learned, truth, parents)}
+            "parent_occurrences": float(occurrences), "mmcs_parents": float(best[tops].mean()),
+            "mmcs_children": float(best[children].mean()), **_mixtures(t, w, match, parents)}
+
+
+def _matched(learned: torch.Tensor, truth: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit truth (G, d) and learned (n, d) rows, and for each feature the cosine of its
+    closest learned direction and that direction's index (one (G, n) product, as `mmcs`'s)."""
+    t = torch.nn.functional.normalize(truth.double(), dim=1)
+    w = torch.nn.functional.normalize(learned.double().cpu(), dim=1)
+    best, match = (t @ w.T).max(1)
+    return t, w, best, match
 
 
 def mixtures(learned: torch.Tensor, truth: torch.Tensor, parents: torch.Tensor
@@ -76,9 +84,12 @@ def mixtures(learned: torch.Tensor, truth: torch.Tensor, parents: torch.Tensor
       the child's latent carries its parent (absorption's decoder side), negative where it
       subtracts what a hedged parent latent adds.
     """
-    t = torch.nn.functional.normalize(truth.double(), dim=1)
-    w = torch.nn.functional.normalize(learned.double().cpu(), dim=1)
-    match = (t @ w.T).argmax(1)
+    t, w, _, match = _matched(learned, truth)
+    return _mixtures(t, w, match, parents)
+
+
+def _mixtures(t: torch.Tensor, w: torch.Tensor, match: torch.Tensor, parents: torch.Tensor
+              ) -> dict[str, float]:
     children = torch.nonzero(parents >= 0).flatten()
     mine = w[match[parents[children]]]  # each child's parent's latent
     return {"hedging": float((mine * t[children]).sum(1).mean()),

@@ -61,3 +61,19 @@ def test_hedging_and_a_childs_parent_component_are_read_off_the_decoder() -> Non
     out = mixtures(learned * 2.0, truth, parents)  # scale-free
     assert out["hedging"] == pytest.approx(0.5 / 1.5 ** 0.5)
     assert out["child_parent_cos"] == pytest.approx(-0.3 / 1.09 ** 0.5)
+
+
+def test_absorption_reports_the_mmcs_and_mixtures_computed_alone() -> None:
+    """Its MMCS over parents and children, and its mixtures, from one shared cosine matrix,
+    equal `mmcs` and `mixtures` run on their own (random directions, other widths)."""
+    from trainer.evaluation.mmcs import absorption, mixtures
+
+    g = torch.Generator().manual_seed(3)
+    truth, learned = torch.randn(9, 5, generator=g), torch.randn(14, 5, generator=g)
+    parents = torch.tensor([-1, -1, -1, 0, 0, 1, 1, 2, 2])
+    out = absorption(torch.zeros(4, 14, dtype=torch.bool), torch.zeros(4, 9, dtype=torch.bool),
+                     learned, truth, parents)
+    assert out["mmcs_parents"] == pytest.approx(mmcs(truth[:3], learned), rel=1e-12)
+    assert out["mmcs_children"] == pytest.approx(mmcs(truth[3:], learned), rel=1e-12)
+    assert {k: out[k] for k in ("hedging", "child_parent_cos")} == \
+        mixtures(learned, truth, parents)
