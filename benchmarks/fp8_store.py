@@ -222,8 +222,7 @@ def decode_section(store: ActivationStore, rounds: int = 30) -> dict[str, Any]:
 
 def epoch_fn(store: ActivationStore) -> Callable[[], int]:
     hook = store.hooks[0]
-    cfg = LoaderConfig(hooks=(hook,), batch_size=4096, shuffle_buffer=1 << 16,
-                       dtype="float32")  # what the trainer asks for
+    cfg = LoaderConfig(hooks=(hook,), dtype="float32")  # defaults; float32 as the trainer asks
 
     def epoch() -> int:
         return sum(len(b.x[hook]) for b in Loader(cfg, store=store))
