@@ -294,7 +294,7 @@ class Loader:
                     batches = []  # rows are already in shuffled order: batches are slices
                     for a in range(max(start, w0), min(w0 + w, end), b):
                         cut = slice(a - w0, min(a + b, end) - w0)
-                        batches.append((rows[cut], {h: self._to_tensor(tuple(p[cut] for p in v))
+                        batches.append((rows[cut], {h: tuple(p[cut] for p in v)
                                                     for h, v in data.items()}))
                     ready.put(batches)
             ready.put(None)
@@ -346,14 +346,22 @@ class Loader:
                             dtype=buf.dtype)
             setattr(self._scratch, name, temp)
         read(hook, start, stop, temp[:stop - start])
-        buf[slots] = temp[:stop - start]
+        _whole_rows(buf)[slots] = _whole_rows(temp[:stop - start])
 
-    def _to_tensor(self, raw: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Stored bits as the logical dtype (bf16 is kept as uint16 on disk; 8-bit codes stay
-        codes, with their scales, until they reach the device)."""
-        if self.store.spec.dtype == "bfloat16":
-            return (raw[0].view(torch.bfloat16),)
-        return raw
+    def _values(self, host: tuple[torch.Tensor, ...], device: torch.device, float32: bool
+                ) -> torch.Tensor:
+        """A batch's stored bits as values on `device` (8-bit codes stay codes, with their
+        scales, until they reach it). On a CPU, float32 comes from numpy bit arithmetic in
+        this thread: the read threads are the loader's parallelism, and torch's intra-op
+        threads, spinning between calls, took CPU from them (`benchmarks/loader_parts.py`)."""
+        dtype = self.store.spec.dtype
+        if device.type == "cuda":  # pinned host memory: the copy runs asynchronously
+            parts = tuple(p.pin_memory().to(device, non_blocking=True) for p in host)
+            return parts[0] if len(parts) == 1 else quant.dequantise(parts[0], parts[1], dtype)
+        if len(host) == 2 or (float32 and dtype == "bfloat16"):
+            scales = host[1].numpy() if len(host) == 2 else None
+            return torch.from_numpy(fmt.to_float32(host[0].numpy(), dtype, scales))
+        return host[0].view(torch.bfloat16) if dtype == "bfloat16" else host[0]
 
     def _deliver(self, x: dict[str, tuple[torch.Tensor, ...]], rows: NDArray[np.int64]
                  ) -> Batch:
@@ -361,15 +369,20 @@ class Loader:
         device = torch.device(cfg.device)
         out = {}
         for hook, host in x.items():
-            parts = host
-            if device.type == "cuda":  # pinned host memory: the copy runs asynchronously
-                parts = tuple(p.pin_memory().to(device, non_blocking=True) for p in host)
-            t = parts[0] if len(parts) == 1 else quant.dequantise(parts[0], parts[1],
-                                                                  self.store.spec.dtype)
-            dtype = fmt.torch_dtype(cfg.dtype) if cfg.dtype else t.dtype
             norm = self._scale[hook]
-            if norm.mean is None and norm.scale == 1.0:
+            plain = norm.mean is None and norm.scale == 1.0
+            t = self._values(host, device, cfg.dtype == "float32" or not plain)
+            dtype = fmt.torch_dtype(cfg.dtype) if cfg.dtype else t.dtype
+            if plain:
                 out[hook] = t.to(dtype)
             else:  # normalise in float32, then cast: bf16 arithmetic would add error
                 out[hook] = norm.apply(t.float()).to(dtype)
         return Batch(out, torch.from_numpy(rows) if cfg.with_rows else None)
+
+
+def _whole_rows(a: NDArray[Any]) -> NDArray[Any]:
+    """A C-contiguous (n, ...) array as n opaque items of one row each: numpy then copies a
+    selected row with one memcpy rather than an element loop (`benchmarks/loader_parts.py`)."""
+    if a.ndim == 1:
+        return a
+    return a.view(np.dtype((np.void, a.strides[0]))).reshape(len(a))

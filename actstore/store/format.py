@@ -129,7 +129,8 @@ def to_float32(raw: NDArray[Any], dtype: StorageDtype,
     if is_float8(dtype):
         return quant.dequantise_numpy(raw, _need_scales(scales, dtype), dtype)
     if dtype == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        bits: NDArray[np.uint32] = np.left_shift(raw, np.uint32(16), dtype=np.uint32)
+        return bits.view(np.float32)
     return raw.astype(np.float32, copy=False)
 
 

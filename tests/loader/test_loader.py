@@ -39,6 +39,17 @@ def test_every_row_once_per_epoch_across_ranks(store_url: str, world_size: int) 
     assert len(delivered) == store.num_rows - store.num_rows % world_size  # only the cut tail
 
 
+def test_float32_batches_of_a_bf16_store_are_torchs_cast_of_its_rows(tmp_path: Path) -> None:
+    # the loader widens bf16 with numpy bit arithmetic: torch's own cast is the reference
+    store = new_store(str(tmp_path / "s"))
+    want = fill_store(store)
+    for b in Loader(dataclasses.replace(CFG, dtype="float32"), store=store):
+        assert b.rows is not None
+        for hook in HOOKS:
+            assert b.x[hook].dtype == torch.float32
+            assert torch.equal(b.x[hook], want.activations[hook][b.rows].bfloat16().float())
+
+
 def test_same_seed_same_batches_other_seed_other_order(tmp_path: Path) -> None:
     store = new_store(str(tmp_path / "s"))
     fill_store(store)
