@@ -17,9 +17,11 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,30 +162,54 @@ def bench_s3(acts: NDArray[np.float32], codec: Codec, chunk_bytes: int,
                   raw / tw / 1e6, raw / tr / 1e6, cw / tw, cr / tr)
 
 
-def codec_speeds(acts: NDArray[np.float32], chunk_bytes: int) -> None:
-    """Single-thread encode/decode MB/s of each codec on the same chunks (the per-core bound),
-    beside a plain memory copy of the same bytes."""
+def codec_speeds(acts: NDArray[np.float32], chunk_bytes: int,
+                 dtypes: list[str] | None = None) -> None:
+    """Single-thread encode/decode speeds of each codec on the same chunks (the per-core
+    bound): CPU time of this thread with blosc held to one thread (it would otherwise add its
+    own threads when called from the main thread), beside a plain memory copy of the bytes.
+    8-bit codes come from `quantise`; ns/row compares dtypes, whose rows differ in bytes."""
+    import numcodecs
+
     from actstore.store.shard_codec import compressor
 
-    raw = to_storage(acts, "bfloat16")
-    per = max(1, chunk_bytes // raw[0].nbytes)
-    chunks = [raw[i:i + per].tobytes() for i in range(0, len(raw), per)]
-    t_copy = timed(lambda: [bytearray(c) for c in chunks])
-    print(f"# memory copy: {raw.nbytes / t_copy / 1e6:.0f} MB/s")
-    for codec in CODECS:
-        c = compressor(codec, 2)
-        if c is None:
-            continue
-        t0 = time.perf_counter()
-        encoded = [c.encode(x) for x in chunks]
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for e in encoded:
-            c.decode(e)
-        t_dec = time.perf_counter() - t0
-        print(f"# 1 thread {codec_name(codec):28} encode {raw.nbytes / t_enc / 1e6:5.0f} MB/s, "
-              f"decode {raw.nbytes / t_dec / 1e6:5.0f} MB/s "
-              f"({t_copy / t_enc:.3f}x / {t_copy / t_dec:.3f}x a memory copy)")
+    stored = {"bfloat16": to_storage(acts, "bfloat16")}
+    for dtype in ("float8_e4m3", "float8_e5m2"):
+        if dtypes is None or dtype in dtypes:
+            stored[dtype] = quantise(torch.from_numpy(acts), dtype).codes.numpy()
+    threads = numcodecs.blosc.get_nthreads()
+    numcodecs.blosc.set_nthreads(1)
+    try:
+        for dtype, raw in stored.items():
+            per = max(1, chunk_bytes // raw[0].nbytes)
+            chunks = [raw[i:i + per].tobytes() for i in range(0, len(raw), per)]
+            t_copy, _ = _thread_seconds(bytearray, chunks)
+            print(f"# {dtype}: memory copy {raw.nbytes / t_copy / 1e6:.0f} MB/s")
+            for codec in CODECS if dtype == "bfloat16" else FLOAT8_CODECS:
+                c = compressor(codec, raw.dtype.itemsize)
+                if c is None:
+                    continue
+                t_enc, encoded = _thread_seconds(c.encode, chunks)
+                t_dec, _ = _thread_seconds(c.decode, encoded)
+                size = sum(len(e) for e in encoded) / len(raw)
+                print(f"# 1 thread {dtype:11} {codec_name(codec):28} {size:6.1f} B/row, "
+                      f"encode {raw.nbytes / t_enc / 1e6:5.0f} MB/s, decode "
+                      f"{raw.nbytes / t_dec / 1e6:5.0f} MB/s = {1e9 * t_dec / len(raw):4.0f} "
+                      f"ns/row ({t_copy / t_enc:.3f}x / {t_copy / t_dec:.3f}x a memory copy)",
+                      flush=True)
+    finally:
+        numcodecs.blosc.set_nthreads(threads)
+
+
+def _thread_seconds(fn: Callable[[Any], Any], items: list[Any], repeats: int = 3
+                    ) -> tuple[float, list[Any]]:
+    """Best CPU seconds of this thread over `repeats` passes of fn over items, and the last
+    pass's results."""
+    best, out = float("inf"), []
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        out = [fn(x) for x in items]
+        best = min(best, time.thread_time() - t0)
+    return best, out
 
 
 def codec_name(c: Codec) -> str:
@@ -208,7 +234,7 @@ def main() -> None:
                    help="only the single-thread encode/decode speeds of each codec")
     args = p.parse_args()
     acts = np.tile(minilm_activations(args.rows), (args.tile, 1))
-    codec_speeds(acts[:args.rows], 2 << 20)
+    codec_speeds(acts[:args.rows], 2 << 20, args.dtypes)
     if args.codec_speeds_only:
         return
     shard_bytes, chunk = args.shard_mib << 20, 2 << 20

@@ -194,7 +194,7 @@ class Layout:
 
         Defaults come from benchmarks/store_codecs.py: ~2 MiB chunks keep random reads cheap
         while compressing as well as larger ones; ~256 MiB shards are large objects for S3.
-        8-bit stores default to byte shuffle (measured smaller than bit-shuffle on 8-bit codes).
+        The codec comes from `default_codec`.
         """
         row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[dtype]
         chunk_rows = max(1, chunk_bytes // row_bytes)
@@ -205,5 +205,9 @@ class Layout:
 
 
 def default_codec(dtype: StorageDtype) -> Codec:
-    """The activations' compressor when none is asked for (benchmarks/store_codecs.py)."""
-    return Codec(shuffle="shuffle") if DTYPE_ITEMSIZE[dtype] == 1 else Codec()
+    """The activations' compressor when none is asked for (benchmarks/store_codecs.py).
+
+    e5m2 codes take no filter (byte shuffle is a no-op at one byte): bit-shuffle made them 11%
+    larger for 16% less decoding. e4m3 codes are bit-shuffled like the 16-bit dtypes: 7%
+    larger, but decoded in half the CPU time, which is what bounds the loader on a CPU."""
+    return Codec(shuffle="shuffle") if dtype == "float8_e5m2" else Codec()
