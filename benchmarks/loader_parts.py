@@ -8,8 +8,8 @@ defaults (batches of 4,096, a 262,144-row shuffle window, 4 read threads), deliv
 batches as the trainer asks, with the loader's stages wrapped to add up the CPU time
 of the thread that runs them (`time.thread_time`): decoding chunks (`read_into`), the row
 scales of an 8-bit store (`read_scales_into`), scattering decoded rows into the shuffled
-window (`_read_scattered` less the two reads), and delivery (`_deliver`: the bf16 cast or the
-dequantisation). Prints nanoseconds of CPU per row for each stage (best round), the epoch's
+window (`_read_scattered` less the two reads), and delivery (`_deliver`: the bf16 widening
+or the dequantisation). Prints nanoseconds of CPU per row for each stage (best round), the epoch's
 wall and process CPU time, and e4m3's ratios to bf16; writes `<out>/loader_parts.json`.
 """
 
@@ -75,7 +75,7 @@ def one_epoch(store: ActivationStore, rows: int) -> dict[str, float]:
     reads = spent["read_into"] + spent["read_scales_into"]
     per_row = {"decode chunks": spent["read_into"], "row scales": spent["read_scales_into"],
                "scatter into the window": spent["_read_scattered"] - reads,
-               "deliver (cast or dequantise)": spent["_deliver"],
+               "deliver (widen or dequantise)": spent["_deliver"],
                "epoch CPU, all threads": cpu, "epoch wall": wall}
     return {k: 1e9 * v / rows for k, v in per_row.items()}
 
