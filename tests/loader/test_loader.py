@@ -166,14 +166,17 @@ def test_an_8bit_store_delivers_its_dequantised_rows(tmp_path: Path, dtype: str)
     store = ActivationStore.create(str(tmp_path / "s"), make_spec(dtype), make_layout())
     fill_store(store)
     every = {h: store.read_torch(h, 0, store.num_rows) for h in HOOKS}  # float32 values
-    seen = 0
-    for b in Loader(CFG, store=store):
-        assert b.rows is not None
-        for hook in HOOKS:  # codes and scales of a row travel together through the shuffle
-            assert b.x[hook].dtype == torch.float32
-            assert torch.equal(b.x[hook], every[hook][b.rows])
-        seen += len(b.rows)
-    assert seen == store.num_rows
+    # windows of 3 and of 13 chunks (the last): several chunks of one shard in a window, not
+    # adjacent, whose scales are read as one span
+    for cfg in (CFG, dataclasses.replace(CFG, shuffle_buffer=104)):
+        seen = 0
+        for b in Loader(cfg, store=store):
+            assert b.rows is not None
+            for hook in HOOKS:  # codes and scales of a row travel together through the shuffle
+                assert b.x[hook].dtype == torch.float32
+                assert torch.equal(b.x[hook], every[hook][b.rows])
+            seen += len(b.rows)
+        assert seen == store.num_rows
     cfg = dataclasses.replace(CFG, normalize="center_scale", dtype="bfloat16")
     loader = Loader(cfg, store=store)
     b = next(iter(loader))
