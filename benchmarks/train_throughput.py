@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from benchmarks.decode_probe import probe_decoding
 from benchmarks.loader_throughput import TopKStep
 from trainer.training.config import TrainConfig

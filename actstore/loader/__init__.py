@@ -3,7 +3,8 @@ it), and the held-out slice.
 
     store ──▶ loader.EpochPlan: seeded chunk order ──▶ this rank's rows ──▶ windows of
               `shuffle_buffer` rows, each permuted ──▶ read-ahead threads decode chunk runs
-          ──▶ loader.Loader: Batch(x={hook: (B, d)}, ...) normalised (Normalizer), state_dict()
+          ──▶ loader.Loader: Batch(x={hook: (B, d)}, ...), state_dict()
+    delivery.py: a batch's stored bits as values on its device, normalised (Normalizer)
     holdout.py: the train / held-out partition by whole shards, the held-out rows
     shuffle_quality.py: how well a window mixes contexts (bench and tests)
     ground_truth.py: the feature directions a toy store was made from (for MMCS)
@@ -12,13 +13,13 @@ Public names (what `actstore.loader` has always exported): `Batch`, `EpochPlan`,
 `LoaderConfig`, `Normalizer`, `STATE_VERSION`, `selected_chunks`, `selected_rows`.
 """
 
+from actstore.loader.delivery import Normalizer
 from actstore.loader.loader import (
     STATE_VERSION,
     Batch,
     EpochPlan,
     Loader,
     LoaderConfig,
-    Normalizer,
     selected_chunks,
     selected_rows,
 )

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from actstore.loader.delivery import Normalizer, on_cpu, on_cuda
 from actstore.store import format as fmt
-from actstore.store import quant
 from actstore.store.activation_store import ActivationStore
 from actstore.store.spec import derived_seed
 
@@ -78,37 +78,6 @@ class LoaderConfig:
             raise ValueError("prefetch_windows and read_threads must be >= 1")
         if self.shards is not None and not self.shards:
             raise ValueError("LoaderConfig.shards is empty: name at least one shard, or None")
-
-
-class Normalizer(NamedTuple):
-    """x -> (x - mean) * scale, from a store's statistics; `mean` is None when not centering."""
-
-    mean: torch.Tensor | None
-    """Per-dimension mean subtracted first (float32), or None."""
-    scale: float
-    """Factor making E||x||^2 = d_model afterwards."""
-
-    @classmethod
-    def of(cls, store: ActivationStore, hook: str,
-           mode: Literal["none", "scale", "center_scale"],
-           shards: tuple[int, ...] | None = None) -> Normalizer:
-        """From the statistics of the given shards (all when None)."""
-        if mode == "none":
-            return cls(None, 1.0)
-        stats = store.stats(hook, shards)
-        d = store.layout.d_model[hook]
-        if mode == "scale":
-            return cls(None, float(np.sqrt(d / stats.mean_sq_norm)))
-        variance = stats.mean_sq_norm - float(stats.mean @ stats.mean)
-        return cls(torch.from_numpy(stats.mean).float(), float(np.sqrt(d / variance)))
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        y = x if self.mean is None else x - self.mean.to(x.device)
-        return y * self.scale
-
-    def invert(self, y: torch.Tensor) -> torch.Tensor:
-        x = y / self.scale
-        return x if self.mean is None else x + self.mean.to(x.device)
 
 
 class Batch(NamedTuple):
@@ -364,35 +333,15 @@ class Loader:
         self.store.read_scales_into(hook, lo, hi, span)
         buf[slots] = span[rows - lo]
 
-    def _values(self, host: tuple[torch.Tensor, ...], device: torch.device, float32: bool
-                ) -> torch.Tensor:
-        """A batch's stored bits as values on `device` (8-bit codes stay codes, with their
-        scales, until they reach it). On a CPU, float32 comes from numpy bit arithmetic in
-        this thread: the read threads are the loader's parallelism, and torch's intra-op
-        threads, spinning between calls, took CPU from them (`benchmarks/loader_parts.py`)."""
-        dtype = self.store.spec.dtype
-        if device.type == "cuda":  # pinned host memory: the copy runs asynchronously
-            parts = tuple(p.pin_memory().to(device, non_blocking=True) for p in host)
-            return parts[0] if len(parts) == 1 else quant.dequantise(parts[0], parts[1], dtype)
-        if len(host) == 2 or (float32 and dtype == "bfloat16"):
-            scales = host[1].numpy() if len(host) == 2 else None
-            return torch.from_numpy(fmt.to_float32(host[0].numpy(), dtype, scales))
-        return host[0].view(torch.bfloat16) if dtype == "bfloat16" else host[0]
-
     def _deliver(self, x: dict[str, tuple[torch.Tensor, ...]], rows: NDArray[np.int64]
                  ) -> Batch:
         cfg = self.config
         device = torch.device(cfg.device)
-        out = {}
-        for hook, host in x.items():
-            norm = self._scale[hook]
-            plain = norm.mean is None and norm.scale == 1.0
-            t = self._values(host, device, cfg.dtype == "float32" or not plain)
-            dtype = fmt.torch_dtype(cfg.dtype) if cfg.dtype else t.dtype
-            if plain:
-                out[hook] = t.to(dtype)
-            else:  # normalise in float32, then cast: bf16 arithmetic would add error
-                out[hook] = norm.apply(t.float()).to(dtype)
+        want = fmt.torch_dtype(cfg.dtype) if cfg.dtype else None
+        stored = self.store.spec.dtype
+        out = {hook: on_cuda(host, stored, self._scale[hook], want, device)
+               if device.type == "cuda" else on_cpu(host, stored, self._scale[hook], want)
+               for hook, host in x.items()}
         return Batch(out, torch.from_numpy(rows) if cfg.with_rows else None)
 
 

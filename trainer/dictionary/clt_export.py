@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.clt import CrossLayerTranscoder
 from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.dictionary.export import CIRCUIT_TRACER_ARCHS, FORMAT, _contiguous, _write_json

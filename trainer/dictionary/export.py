@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.store.location import Location
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 

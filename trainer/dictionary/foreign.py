@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.dictionaries import Arch, DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import folded, load_with_target
 

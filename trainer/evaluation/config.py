@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.dictionaries import SparseDictionary
 from trainer.tracking.config import TrackingConfig
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from actstore.loader import holdout
+from actstore.loader.delivery import Normalizer
 from actstore.loader.ground_truth import TOY_MODEL
-from actstore.loader.loader import Normalizer
 from actstore.model.hooks import Replace
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import SparseDictionary

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from actstore.loader.delivery import Normalizer
 from actstore.loader.holdout import held_out_contexts
-from actstore.loader.loader import Normalizer
 from actstore.model.capture import load_model
 from actstore.model.hooks import Replace, recording, replaced_at
 from actstore.store.activation_store import ActivationStore

@@ -15,7 +15,8 @@ import torch
 
 from actstore.bench.config import BenchSetup
 from actstore.bench.storage import rows_of, window_rows
-from actstore.loader.loader import Loader, LoaderConfig, Normalizer
+from actstore.loader.delivery import Normalizer
+from actstore.loader.loader import Loader, LoaderConfig
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.dictionaries import DictionaryConfig
 from trainer.training.ensemble import Ensemble, adam

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.loader.paired import PairedStore
 from actstore.store import format as fmt
 from actstore.store.activation_store import ActivationStore

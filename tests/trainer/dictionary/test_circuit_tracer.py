@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from tests.trainer.dictionary.helpers import trained_like
 from trainer.dictionary.dictionaries import SparseDictionary
 from trainer.dictionary.export import export_circuit_tracer

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.clt import CrossLayerTranscoder
 from trainer.dictionary.clt_export import export_circuit_tracer_clt, load_clt, save_clt
 from trainer.dictionary.dictionaries import DictionaryConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.crosscoder import relative_norms, site_norms
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import load_crosscoder, load_dictionary, save_crosscoder

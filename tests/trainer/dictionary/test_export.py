@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import export_saelens, load_dictionary, save_dictionary
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.dictionary.dictionaries import DictionaryConfig, SparseDictionary
 from trainer.dictionary.export import folded, load_dictionary, save_dictionary, target_normalizer
 from trainer.training.ensemble import adam, train_step

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.store.activation_store import ActivationStore
 from actstore.store.spec import StorageDtype
 from tests.helpers import HOOKS, Expected, fill_store, straddling_store

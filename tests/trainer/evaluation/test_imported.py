@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.shell.main import main
 from tests.helpers import fill_store, straddling_store
 from tests.trainer.evaluation.helpers import HOOK, _run

@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers
 
+from actstore.loader.delivery import Normalizer
 from actstore.loader.ground_truth import TOY_MODEL
-from actstore.loader.loader import Normalizer
 from tests.gen_fixtures import save_tiny, save_tiny_encoder
 from trainer.evaluation.config import Member
 from trainer.evaluation.logit_lens import token_effects

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.shell.main import main
 from tests.helpers import fill_store, straddling_store
 from tests.trainer.evaluation.helpers import HOOK, _run

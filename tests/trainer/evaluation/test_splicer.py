@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from actstore import ActivationStore
 from actstore.generate.config import GenerateConfig
 from actstore.generate.pipeline import generate
+from actstore.loader.delivery import Normalizer
 from actstore.loader.holdout import held_out_contexts
-from actstore.loader.loader import Normalizer
 from actstore.model.capture import load_model
 from tests.gen_fixtures import save_tiny, save_tiny_encoder
 from tests.trainer.helpers import config

@@ -12,7 +12,7 @@ import transformers
 
 from actstore import ActivationStore
 from actstore.loader import holdout
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from trainer.evaluation.config import EvalConfig
 from trainer.evaluation.multihook.transcoders import evaluate_run, projection_of
 from trainer.evaluation.report import write_report

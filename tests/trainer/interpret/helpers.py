@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 
 from actstore import CONTEXT_SCHEMA, ActivationStore, Layout, RowIndex, write_shard
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from tests.helpers import HOOKS, make_spec
 from tests.trainer.evaluation.helpers import _neuron_dictionary
 from trainer.dictionary.export import save_dictionary

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.model.hooks import added
 from actstore.shell.main import main
 from tests.gen_fixtures import save_tiny, save_tiny_encoder

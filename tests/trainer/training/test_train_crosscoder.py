@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from actstore import ActivationStore
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from tests.helpers import HOOKS
 from tests.trainer.helpers import (
     assert_close_weights,

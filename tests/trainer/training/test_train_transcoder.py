@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actstore import ActivationStore
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from tests.helpers import HOOKS
 from tests.trainer.helpers import assert_same_weights, config, curves, die_at_step
 from trainer.dictionary.export import load_dictionary, target_normalizer

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from actstore.loader import holdout
+from actstore.loader.delivery import Normalizer
 from actstore.loader.ground_truth import TOY_MODEL
-from actstore.loader.loader import Normalizer
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
 from trainer.dictionary.clt_export import load_clt

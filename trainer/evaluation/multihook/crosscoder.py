@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from actstore.loader import holdout
-from actstore.loader.loader import Normalizer
+from actstore.loader.delivery import Normalizer
 from actstore.loader.paired import SECOND, PairedStore
 from actstore.model.device import resolve_device
 from actstore.store.activation_store import ActivationStore
