@@ -3,7 +3,8 @@
 # torch but neither Ray nor a network (the `device` tool's machines), in under 10 minutes on an
 # H100 (the steps' timeouts add up to 580 s, under the device tool's 600 s per call):
 #   1. the CUDA tests (pytest -m gpu, on the test modules that need no Ray: the kernels, the
-#      loader's pinned and 8-bit delivery, training of every architecture and kind on the
+#      loader's pinned and 8-bit delivery, 8-bit generation quantised on the GPU (bit for
+#      bit the CPU's quantisation), training of every architecture and kind on the
 #      GPU beside the CPU: JumpReLU, Matryoshka, crosscoder, transcoder)
 #   2. actstore bench --device cuda   (random GPT-2-small shape, block 6, context 1024)
 #   3. benchmarks.large_dictionary    (dense vs sparse TopK step at 131,072 and 1,048,576
@@ -48,15 +49,15 @@ log() { echo "[gpu.sh $(date +%H:%M:%S)] $*" | tee -a "$RESULTS/gpu.log"; }
 status=0
 log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no nvidia-smi)"
 log "1/4 CUDA tests"
-timeout 100 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
+timeout 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
     tests/trainer/dictionary/test_kernels.py tests/loader/test_loader.py \
-    tests/trainer/training/test_train.py \
+    tests/trainer/training/test_train.py tests/generate/test_float8_generate.py \
     >"$RESULTS/tests.log" 2>&1 || { status=1; log "CUDA tests failed (tests.log)"; }
 tail -3 "$RESULTS/tests.log" | tee -a "$RESULTS/gpu.log"
 log "2/4 actstore bench --device cuda"
 # scratch stores (~2 GB) on local disk, not in the results folder that travels back
 SCRATCH=$(mktemp -d /tmp/actstore-bench.XXXXXX)
-timeout 160 "$PY" -m actstore bench --device cuda --out "$SCRATCH" \
+timeout 140 "$PY" -m actstore bench --device cuda --out "$SCRATCH" \
     >>"$RESULTS/gpu.log" 2>&1 || { status=1; log "bench failed"; }
 cp "$SCRATCH/bench.md" "$SCRATCH/bench.json" "$RESULTS/" 2>/dev/null
 rm -rf "$SCRATCH"

@@ -23,10 +23,12 @@ from numpy.typing import NDArray
 from actstore.model.capture import Capture, load_model
 from actstore.store import format as fmt
 from actstore.store.activation_store import ActivationStore, RowIndex, stored_row_counts
-from actstore.store.errors import ShardLeaseError
+from actstore.store.errors import FormatError, ShardLeaseError
 from actstore.store.lock import holder_is_dead, read_lock
+from actstore.store.quant.float8 import NonFiniteRowsError, quantise_on_device
 from actstore.store.spec import derived_seed
-from actstore.store.writer import write_shard
+from actstore.store.stats import RowSums
+from actstore.store.writer import QuantisedRows, write_shard
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class ShardWorker:
         self.model = load_model(model, revision, getattr(torch, model_dtype), self.device)
         self.capture = Capture(self.model, self.store.hooks)
         self.batch_size = batch_size
+        self.quantise_here = fmt.is_float8(self.store.spec.dtype) and self.device.type == "cuda"
+        """8-bit store on a GPU: each batch is quantised on the GPU and only codes and scales
+        cross to the host (a quarter of the float32 bytes; the CPU quantises nothing). Tests
+        set it on a CPU, where the writer quantises otherwise, to check it makes the same
+        shard."""
         self.job_id, self.writer_id = job_id, f"{job_id}/{os.getpid()}"
         self._compute_lock = threading.Lock()
         self._cancelled = threading.Event()
@@ -116,26 +123,55 @@ class ShardWorker:
         Ctrl-C: its threads must not run a whole shard first)."""
         self._cancelled.set()
 
-    def compute(self, shard: int) -> tuple[dict[str, torch.Tensor], RowIndex]:
-        """Rows of `shard`, shuffled: {hook: (rows, d) in storage dtype on CPU}, row index."""
+    def compute(self, shard: int) -> tuple[dict[str, torch.Tensor | QuantisedRows], RowIndex]:
+        """Rows of `shard`, shuffled, and its row index: {hook: (rows, d) in the storage dtype
+        on the CPU}, or for an 8-bit store on a GPU {hook: QuantisedRows}."""
         a, b = self.store.layout.shard_rows_range(shard)
         ctx = self.rows.contexts_of(a, b)
-        parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.store.hooks}
+        lo = a - int(self.rows.offsets[ctx[0]])  # the shard's rows: [lo, lo + b - a) of the run
+        parts: dict[str, list[Any]] = {h: [] for h in self.store.hooks}
+        sums = {h: RowSums() for h in self.store.hooks}
+        done = 0
         for i in range(0, len(ctx), self.batch_size):
             if self._cancelled.is_set():
                 raise ShardCancelledError(f"shard {shard}: the run was stopped")
-            for hook, rows in self._run_batch(list(ctx[i:i + self.batch_size])).items():
-                parts[hook].append(rows)
+            out = self._run_batch(list(ctx[i:i + self.batch_size]))
+            width = len(next(iter(out.values())))
+            kept = slice(min(max(lo - done, 0), width), min(max(lo + b - a - done, 0), width))
+            done += width
+            for hook, rows in out.items():
+                parts[hook].append(self._quantised(rows[kept], sums[hook])
+                                   if self.quantise_here else self._to_host(rows))
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the copies have landed
-        lo = a - int(self.rows.offsets[ctx[0]])
         perm = torch.from_numpy(shard_permutation(self.store.key, shard, b - a))
-        acts = {h: torch.cat(p)[lo:lo + b - a][perm] for h, p in parts.items()}
         index = self._index(ctx, lo, b - a)
+        acts: dict[str, torch.Tensor | QuantisedRows] = {
+            h: self._shard_rows(h, shard, p, sums[h], perm) if self.quantise_here
+            else torch.cat(p)[lo:lo + b - a][perm] for h, p in parts.items()}
         return acts, RowIndex(*(col[perm.numpy()] for col in index))
 
+    def _shard_rows(self, hook: str, shard: int, parts: list[Any], sums: RowSums,
+                    perm: torch.Tensor) -> QuantisedRows:
+        """A hook's quantised rows of the shard, shuffled; raises on non-finite rows."""
+        nonfinite = int(sum(int(bad) for _, _, bad in parts))
+        if nonfinite:
+            raise FormatError(f"hook {hook}: shard {shard}: {NonFiniteRowsError(nonfinite)}")
+        codes = torch.cat([c for c, _, _ in parts])[perm]
+        scales = torch.cat([s for _, s, _ in parts])[perm]
+        return QuantisedRows(codes, scales, sums.stats(self.store.layout.d_model[hook]))
+
+    def _quantised(self, rows: torch.Tensor, sums: RowSums
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch's kept rows quantised where they are; codes and scales copied to the host
+        (a byte per value crosses PCIe), statistics summed on the device."""
+        q = quantise_on_device(rows, self.store.spec.dtype)
+        sums.add(rows, q.sq_error)
+        return self._to_host(q.codes), self._to_host(q.scales), q.nonfinite
+
     def _run_batch(self, batch: list[int]) -> dict[str, torch.Tensor]:
-        """Stored rows of these contexts, in context order, cast to the storage dtype on CPU."""
+        """Stored rows of these contexts, in context order, on the model's device: cast to
+        the storage dtype there (8-bit stores: the exact float rows)."""
         seqs = [self.rows.tokens[c] for c in batch]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -152,18 +188,18 @@ class ShardWorker:
             keep[j, int(self.rows.starts[c]):len(seqs[j])] = True
         keep = keep.to(self.device)
         if fmt.is_float8(self.store.spec.dtype):
-            # Quantised and measured against these exact rows in the writer: no cast here.
-            rows = {h: v[keep] for h, v in out.items()}
-        else:
-            dtype = fmt.torch_dtype(self.store.spec.dtype)
-            rows = {h: v[keep].to(dtype) for h, v in out.items()}  # cast on the device
+            # Quantised and measured against these exact rows (here or in the writer): no cast.
+            return {h: v[keep] for h, v in out.items()}
+        dtype = fmt.torch_dtype(self.store.spec.dtype)
+        return {h: v[keep].to(dtype) for h, v in out.items()}  # cast on the device
+
+    def _to_host(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` on the CPU. From a GPU: into pinned memory without waiting, so the host thread
+        goes on queuing forward passes; `compute` syncs once per shard."""
         if self.device.type != "cuda":
-            return rows
-        # Pinned buffers and non-blocking copies: the host thread goes on queuing forward
-        # passes instead of waiting for each copy; `compute` syncs once per shard.
-        host = {h: torch.empty(r.shape, dtype=r.dtype, pin_memory=True) for h, r in rows.items()}
-        for h, r in rows.items():
-            host[h].copy_(r, non_blocking=True)
+            return t
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
         return host
 
     def _index(self, ctx: range, lo: int, n: int) -> RowIndex:

@@ -102,3 +102,36 @@ class HookStats:
         return cls(count=int(d["count"]), mean=np.asarray(d["mean"], dtype=np.float64),
                    mean_sq_norm=float(d["mean_sq_norm"]),
                    mean_sq_error=None if error is None else float(error))
+
+
+class RowSums:
+    """`HookStats`' sums, added batch by batch on the rows' own device: a GPU worker's exact
+    rows never leave it for their statistics, and nothing waits until `stats()`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def add(self, rows: torch.Tensor, sq_error: torch.Tensor, block: int = 8192) -> None:
+        """Rows (n, d) of any float dtype, and their quantisation's Σ‖x − q(x)‖² (float64)."""
+        n, d = rows.shape
+        if self._sums is None:
+            zeros = torch.zeros(d, dtype=torch.float64, device=rows.device)
+            self._sums = (zeros, zeros.new_zeros(()), zeros.new_zeros(()))
+        total, sq, err = self._sums
+        for i in range(0, n, block):  # float64 copies of a block at a time
+            b = rows[i:i + block].to(torch.float64)
+            total += b.sum(dim=0)
+            flat = b.reshape(-1)
+            sq += torch.dot(flat, flat)
+        err += sq_error
+        self.count += n
+
+    def stats(self, d_model: int) -> HookStats:
+        """The statistics of every row added (waits for the device)."""
+        if self._sums is None or self.count == 0:
+            return HookStats.empty(d_model)
+        total, sq, err = (t.cpu() for t in self._sums)
+        return HookStats(count=self.count, mean=(total / self.count).numpy(),
+                         mean_sq_norm=float(sq) / self.count,
+                         mean_sq_error=float(err) / self.count)

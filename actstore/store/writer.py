@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +37,19 @@ from actstore.store.lock import group_bytes, owner, read_attrs
 from actstore.store.quant import quantise
 from actstore.store.shard_codec import run_in_pool
 from actstore.store.stats import HookStats
+
+
+class QuantisedRows(NamedTuple):
+    """One hook's rows of a shard for an 8-bit store, quantised where they were computed
+    (`quant.quantise_on_device`), with the statistics of the exact rows they came from: what a
+    GPU worker hands the writer instead of the float32 rows."""
+
+    codes: torch.Tensor
+    """(rows, d_model) uint8 on the CPU."""
+    scales: torch.Tensor
+    """(rows,) float32 on the CPU."""
+    stats: HookStats
+    """Of the exact rows, with `mean_sq_error` (the shard's noise floor)."""
 
 
 class ShardWriter:
@@ -96,9 +109,10 @@ class ShardWriter:
         stats: dict[str, Future[HookStats]] = {}
         for hook, values in activations.items():
             want = (n, self.store.layout.d_model[hook])
-            if tuple(np.shape(values)) != want:
+            shape = values.codes.shape if isinstance(values, QuantisedRows) else np.shape(values)
+            if tuple(shape) != want:
                 raise FormatError(f"hook {hook}: shard {self.shard} needs shape {want}, "
-                                  f"got {tuple(np.shape(values))}")
+                                  f"got {tuple(shape)}")
             arrays.update(self._encode_rows(hook, values, stats))
         for name, values in zip(fmt.INDEX_ARRAYS, index, strict=True):
             column = np.asarray(values, dtype=fmt.INDEX_ARRAYS[name])
@@ -127,6 +141,8 @@ class ShardWriter:
         """One hook's stored arrays (path -> array); starts its statistics in `stats`, which
         overlap the encoding of the other arrays."""
         dtype = self.store.spec.dtype
+        if isinstance(values, QuantisedRows):
+            return self._quantised_rows(hook, values, stats)
         if not fmt.is_float8(dtype):
             stored = fmt.to_storage(values, dtype)
             stats[hook] = run_in_pool(HookStats.of, fmt.from_storage(stored, dtype))
@@ -141,6 +157,26 @@ class ShardWriter:
             q.sq_error / max(1, exact.shape[0])))
         return {fmt.activation_path(hook): q.codes.cpu().numpy(),
                 fmt.scale_path(hook): q.scales.cpu().numpy()}
+
+    def _quantised_rows(self, hook: str, q: QuantisedRows, stats: dict[str, Future[HookStats]]
+                        ) -> dict[str, NDArray[Any]]:
+        """The arrays of rows quantised elsewhere, checked as far as bits can be."""
+        dtype, n = self.store.spec.dtype, self.rows[1] - self.rows[0]
+        checks = [(fmt.is_float8(dtype), f"a {dtype} store takes exact rows, not 8-bit codes"),
+                  (q.codes.dtype == torch.uint8, f"codes must be uint8, got {q.codes.dtype}"),
+                  (q.scales.shape == (n,) and q.scales.dtype == torch.float32,
+                   f"scales must be ({n},) float32, got {tuple(q.scales.shape)} "
+                   f"{q.scales.dtype}"),
+                  (q.stats.count == n and q.stats.mean_sq_error is not None,
+                   f"statistics must cover the {n} exact rows and their error")]
+        for ok, why in checks:
+            if not ok:
+                raise FormatError(f"hook {hook}: shard {self.shard}: {why}")
+        done: Future[HookStats] = Future()
+        done.set_result(q.stats)
+        stats[hook] = done
+        return {fmt.activation_path(hook): q.codes.cpu().contiguous().numpy(),
+                fmt.scale_path(hook): q.scales.cpu().contiguous().numpy()}
 
     def commit(self) -> None:
         """Publish the commit marker (exclusively), then drop the lease."""

@@ -102,12 +102,44 @@ def quantise(x: torch.Tensor, dtype: str) -> Quantised:
         raise ValueError(f"expected (rows, d_model) activations, got shape {tuple(x.shape)}")
     if x.device.type == "cpu":
         return _quantise_numpy(x, fmt)
+    q = quantise_on_device(x, dtype)
+    if int(q.nonfinite):
+        raise NonFiniteRowsError(int(q.nonfinite))
+    return Quantised(q.codes, q.scales, float(q.sq_error))
+
+
+class NonFiniteRowsError(ValueError):
+    """Rows holding inf or NaN: a scale cannot represent them."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(f"{rows} rows hold inf or NaN: 8-bit stores need finite activations")
+
+
+class DeviceQuantised(NamedTuple):
+    """`quantise`'s results left on the rows' device (nothing waits for it)."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    sq_error: torch.Tensor
+    """float64 scalar: Σ‖x − dequantise(codes, scales)‖²."""
+    nonfinite: torch.Tensor
+    """int64 scalar: rows holding inf or NaN (their codes mean nothing; the caller raises)."""
+
+
+def quantise_on_device(x: torch.Tensor, dtype: str) -> DeviceQuantised:
+    """`quantise` with torch kernels on x's own device, without waiting for it: a GPU worker
+    quantises each batch where the model ran and waits once per shard."""
+    fmt = float8_format(dtype)
+    if x.ndim != 2:
+        raise ValueError(f"expected (rows, d_model) activations, got shape {tuple(x.shape)}")
     codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     scales = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     err = torch.zeros((), dtype=torch.float64, device=x.device)
+    bad = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, x.shape[0], BLOCK):
-        err += _quantise_block(x[i:i + BLOCK], fmt, codes[i:i + BLOCK], scales[i:i + BLOCK])
-    return Quantised(codes, scales, float(err))
+        err += _quantise_block(x[i:i + BLOCK], fmt, codes[i:i + BLOCK], scales[i:i + BLOCK],
+                               bad)
+    return DeviceQuantised(codes, scales, err, bad)
 
 
 def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
@@ -124,9 +156,7 @@ def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
         rows = slice(i, i + CPU_BLOCK)
         absmax = np.abs(x32[rows]).max(axis=1, initial=np.float32(0))
         if not np.isfinite(absmax).all():
-            bad = int((~np.isfinite(x32).all(axis=1)).sum())
-            raise ValueError(f"{bad} rows hold inf or NaN: 8-bit stores need finite "
-                             "activations")
+            raise NonFiniteRowsError(int((~np.isfinite(x32).all(axis=1)).sum()))
         scale = absmax / np.float32(fmt.max)
         scale[~(scale > 0)] = 1.0  # all-zero rows, as in `_quantise_block`
         scales[rows] = scale
@@ -143,14 +173,21 @@ def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
 
 
 def _quantise_block(x: torch.Tensor, fmt: Float8Format, codes: torch.Tensor,
-                    scales: torch.Tensor) -> torch.Tensor:
-    """Fill `codes` and `scales` for rows `x`; returns their squared error (float64)."""
+                    scales: torch.Tensor, nonfinite: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Fill `codes` and `scales` for rows `x`; returns their squared error (float64). Rows
+    with inf or NaN raise here, or, given `nonfinite`, are counted into it (no wait for the
+    device; the caller raises)."""
     x32 = x.to(torch.float32)
     absmax = (torch.linalg.vector_norm(x32, ord=float("inf"), dim=1) if x32.shape[1]
               else x32.new_zeros(x32.shape[0]))
-    if not bool(torch.isfinite(absmax).all()):
-        bad = int((~torch.isfinite(absmax)).sum())
-        raise ValueError(f"{bad} rows hold inf or NaN: 8-bit stores need finite activations")
+    if nonfinite is not None:  # such rows become zeros here: never stored, the caller raises
+        finite = torch.isfinite(absmax)
+        nonfinite += (~finite).sum()
+        absmax = torch.where(finite, absmax, 0.0)
+        x32 = torch.where(finite[:, None], x32, 0.0)
+    elif not bool(torch.isfinite(absmax).all()):
+        raise NonFiniteRowsError(int((~torch.isfinite(absmax)).sum()))
     scale = absmax / fmt.max
     # An all-zero row (or one so small its scale underflows) gets scale 1: codes 0, values 0.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
