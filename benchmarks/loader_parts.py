@@ -5,12 +5,14 @@
 The MiniLM `encoder.layer.3` stores of `fp8_store.py` (bf16 and e4m3, generated from the same
 contexts) are tiled to `--rows` rows; each round runs one warm epoch of each at the loader's
 defaults (batches of 4,096, a 262,144-row shuffle window, 4 read threads), delivering float32
-batches as the trainer asks, with the loader's stages wrapped to add up the CPU time
-of the thread that runs them (`time.thread_time`): decoding chunks (`read_into`), the row
-scales of an 8-bit store (`read_scales_into`), scattering decoded rows into the shuffled
-window (`_read_scattered` less the two reads), and delivery (`_deliver`: the bf16 widening
-or the dequantisation). Prints nanoseconds of CPU per row for each stage (best round), the epoch's
-wall and process CPU time, and e4m3's ratios to bf16; writes `<out>/loader_parts.json`.
+batches as the trainer asks, with the loader's and the store's methods wrapped to add up their
+own CPU time (`time.thread_time`, less the wrapped methods they call, in whichever thread runs
+them: `WRAPPED`): decoding chunks (crc and decompression, whether the reading thread or the
+store's pool does it), the rest of reading chunks (requests, index, checks), the row scales of
+an 8-bit store (read, decoded, placed), scattering decoded rows into the shuffled window, and
+delivery (the bf16 widening or the dequantisation). Prints nanoseconds of CPU per row for each
+stage (best round), the epoch's wall and process CPU time, and e4m3's ratios to bf16; writes
+`<out>/loader_parts.json`.
 """
 
 from __future__ import annotations
@@ -29,35 +31,55 @@ from typing import Any
 from actstore import ActivationStore
 from actstore.bench.storage import tiled_store
 from actstore.loader.loader import Loader, LoaderConfig
+from actstore.store.shard_codec import ShardDecoder
 from benchmarks.fp8_store import MINILM, MINILM_HOOK, generate_stores
 
-STAGES = (("read_into", ActivationStore), ("read_scales_into", ActivationStore),
-          ("_read_scattered", Loader), ("_deliver", Loader))
+#: (method, owner, stage or a function of the instance giving the stage). Each stage counts
+#: the method's own CPU time, in whichever thread runs it, less the wrapped methods it calls
+#: in that thread: a chunk decoded by the store's pool is counted once, as decoding.
+WRAPPED: tuple[tuple[str, type, str | Callable[[Any], str]], ...] = (
+    ("_decode_chunk", ShardDecoder,
+     lambda dec: "row scales" if dec.row_shape == () else "decode chunks"),
+    ("read_into", ActivationStore, "read chunks (requests, checks)"),
+    ("read_scales_into", ActivationStore, "row scales"),
+    ("_read_scales", Loader, "row scales"),
+    ("_read_scattered", Loader, "scatter into the window"),
+    ("_deliver", Loader, "deliver (widen or dequantise)"))
+STAGES = ("decode chunks", "read chunks (requests, checks)", "row scales",
+          "scatter into the window", "deliver (widen or dequantise)")
 
 
 @contextmanager
 def stage_clock() -> Iterator[dict[str, float]]:
-    """CPU seconds of each stage while inside, summed over the threads that run it."""
-    spent: dict[str, float] = dict.fromkeys((name for name, _ in STAGES), 0.0)
-    lock = threading.Lock()
-    saved = {name: getattr(owner, name) for name, owner in STAGES}
+    """CPU seconds of each stage while inside (see `WRAPPED`)."""
+    spent: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+    lock, local = threading.Lock(), threading.local()
+    saved = {(name, owner): getattr(owner, name) for name, owner, _ in WRAPPED}
 
-    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
+    def wrap(fn: Callable[..., Any], stage: str | Callable[[Any], str]) -> Callable[..., Any]:
+        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nested = getattr(local, "stack", None)
+            if nested is None:
+                nested = local.stack = []
+            nested.append(0.0)  # CPU of wrapped calls made from this one, in this thread
             t0 = time.thread_time()
             try:
-                return fn(*args, **kwargs)
+                return fn(self, *args, **kwargs)
             finally:
+                took = time.thread_time() - t0
+                own = took - nested.pop()
+                if nested:
+                    nested[-1] += took
                 with lock:
-                    spent[name] += time.thread_time() - t0
+                    spent[stage if isinstance(stage, str) else stage(self)] += own
         return timed
-    for name, owner in STAGES:
-        setattr(owner, name, wrap(name, saved[name]))
+    for name, owner, stage in WRAPPED:
+        setattr(owner, name, wrap(saved[name, owner], stage))
     try:
         yield spent
     finally:
-        for name, owner in STAGES:
-            setattr(owner, name, saved[name])
+        for (name, owner), fn in saved.items():
+            setattr(owner, name, fn)
 
 
 def epoch(store: ActivationStore) -> int:
@@ -72,11 +94,7 @@ def one_epoch(store: ActivationStore, rows: int) -> dict[str, float]:
         wall, cpu = time.perf_counter(), time.process_time()
         assert epoch(store) == rows
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    reads = spent["read_into"] + spent["read_scales_into"]
-    per_row = {"decode chunks": spent["read_into"], "row scales": spent["read_scales_into"],
-               "scatter into the window": spent["_read_scattered"] - reads,
-               "deliver (widen or dequantise)": spent["_deliver"],
-               "epoch CPU, all threads": cpu, "epoch wall": wall}
+    per_row = {**spent, "epoch CPU, all threads": cpu, "epoch wall": wall}
     return {k: 1e9 * v / rows for k, v in per_row.items()}
 
 

@@ -74,11 +74,12 @@ def on_cpu(host: tuple[torch.Tensor, ...], stored: StorageDtype, norm: Normalize
         return t.to(want)
     x = fmt.to_float32(raw, stored, scales)  # a float32 store's own rows: not written to
     if not norm.identity:
-        if norm.mean is not None:
-            x = np.subtract(x, norm.mean.numpy())
-            np.multiply(x, np.float32(norm.scale), out=x)
-        else:
-            x = np.multiply(x, np.float32(norm.scale))
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN pass, as in torch
+            if norm.mean is not None:
+                x = np.subtract(x, norm.mean.numpy())
+                np.multiply(x, np.float32(norm.scale), out=x)
+            else:
+                x = np.multiply(x, np.float32(norm.scale))
     t = torch.from_numpy(x)
     return t if want == torch.float32 else t.to(want)
 

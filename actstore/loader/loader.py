@@ -33,6 +33,9 @@ from actstore.store.activation_store import ActivationStore
 from actstore.store.spec import derived_seed
 
 STATE_VERSION = 1
+SPAN_SLACK = 2
+"""An 8-bit hook's row scales in a shard are read as one span when it is at most this many
+times the rows needed (see `Loader._read_scales`)."""
 
 
 @dataclass(frozen=True)
@@ -323,15 +326,19 @@ class Loader:
 
     def _read_scales(self, hook: str, rows: NDArray[np.int64], slots: NDArray[np.int64],
                      buf: NDArray[np.float32]) -> None:
-        """The row scales of `rows` (all in one shard) into buf[slots], in one read: the span
-        from the first to the last of them. A scale is 4 bytes against an 8-bit row's
-        d_model, so decoding the chunks between costs less than the request and decode call
-        per run it replaces (`benchmarks/loader_parts.py`); on object storage, one scale
-        request per shard and window instead of one per chunk run."""
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        span = np.empty(hi - lo, np.float32)
-        self.store.read_scales_into(hook, lo, hi, span)
-        buf[slots] = span[rows - lo]
+        """The row scales of `rows` (all in one shard) into buf[slots]: in one read of the
+        span from the first to the last of them when they fill at least half of it (a scale
+        is 4 bytes, so decoding the few chunks between costs less than a request and a
+        decode call each: `benchmarks/loader_parts.py`), else one read per run of rows."""
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        sparse = ordered[-1] - ordered[0] + 1 > SPAN_SLACK * len(rows)
+        cuts = np.flatnonzero(np.diff(ordered) != 1) + 1 if sparse else np.zeros(0, int)
+        for part in np.split(np.arange(len(rows)), cuts):
+            lo, hi = int(ordered[part[0]]), int(ordered[part[-1]]) + 1
+            span = np.empty(hi - lo, np.float32)
+            self.store.read_scales_into(hook, lo, hi, span)
+            buf[slots[order[part]]] = span[ordered[part] - lo]
 
     def _deliver(self, x: dict[str, tuple[torch.Tensor, ...]], rows: NDArray[np.int64]
                  ) -> Batch:

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,6 +184,32 @@ def test_an_8bit_store_delivers_its_dequantised_rows(tmp_path: Path, dtype: str)
     assert b.rows is not None
     norm = loader.normalizer(HOOKS[0])
     assert torch.equal(b.x[HOOKS[0]], norm.apply(every[HOOKS[0]][b.rows]).bfloat16())
+
+
+def test_row_scales_of_one_shard_read_as_a_span_or_by_runs(tmp_path: Path) -> None:
+    layout = dataclasses.replace(make_layout(), shard_rows=64)  # 8 chunks of 8 rows in shard 0
+    store = ActivationStore.create(str(tmp_path / "s"), make_spec("float8_e4m3"), layout)
+    fill_store(store)
+    every = np.empty(store.num_rows, np.float32)
+    store.read_scales_into(HOOKS[0], 0, store.num_rows, every)
+    loader = Loader(CFG, store=store)
+    reads: list[tuple[int, int]] = []
+    read = store.read_scales_into
+
+    def counted(hook: str, a: int, b: int, out: np.ndarray) -> None:
+        reads.append((a, b))
+        read(hook, a, b, out)
+    store.read_scales_into = counted  # type: ignore[method-assign]
+    # chunks 1 and 2 (one span), chunks 0 and 7 (by runs: 16 rows of a 64-row span),
+    # shuffled within the call as a window's order is
+    for chunks, want_reads in (((2, 1), [(8, 24)]), ((7, 0), [(0, 8), (56, 64)])):
+        rows = np.concatenate([np.arange(8 * c, 8 * c + 8) for c in chunks])[::-1].copy()
+        slots = np.random.default_rng(0).permutation(len(rows))
+        buf = np.zeros(len(rows), np.float32)
+        reads.clear()
+        loader._read_scales(HOOKS[0], rows, slots, buf)
+        assert sorted(reads) == want_reads
+        assert np.array_equal(buf[slots], every[rows])
 
 
 @pytest.mark.gpu
