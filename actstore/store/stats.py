@@ -52,17 +52,9 @@ class HookStats:
         x = torch.as_tensor(rows)
         if x.ndim != 2:
             raise ValueError(f"expected a (rows, d_model) array, got shape {tuple(x.shape)}")
-        n, d = x.shape
-        if n == 0:
-            return cls.empty(d)
-        total = torch.zeros(d, dtype=torch.float64)
-        sq = torch.zeros((), dtype=torch.float64)
-        for i in range(0, n, block):
-            b = x[i:i + block].to(torch.float64).reshape(-1, d)
-            total += b.sum(dim=0)
-            flat = b.reshape(-1)
-            sq += torch.dot(flat, flat)
-        return cls(count=n, mean=(total / n).numpy(), mean_sq_norm=float(sq) / n)
+        sums = RowSums()
+        sums.add(x, block=block)
+        return sums.stats(x.shape[1])
 
     @classmethod
     def empty(cls, d_model: int) -> HookStats:
@@ -105,26 +97,34 @@ class HookStats:
 
 
 class RowSums:
-    """`HookStats`' sums, added batch by batch on the rows' own device: a GPU worker's exact
-    rows never leave it for their statistics, and nothing waits until `stats()`."""
+    """`HookStats`' sums, added batch by batch on the rows' own device (float64 copies of a
+    block of rows at a time): a GPU worker's exact rows never leave it for their statistics,
+    and nothing waits until `stats()`."""
 
     def __init__(self) -> None:
         self.count = 0
         self._sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._quantised = False
 
-    def add(self, rows: torch.Tensor, sq_error: torch.Tensor, block: int = 8192) -> None:
-        """Rows (n, d) of any float dtype, and their quantisation's Σ‖x − q(x)‖² (float64)."""
+    def add(self, rows: torch.Tensor, sq_error: torch.Tensor | None = None,
+            block: int = 8192) -> None:
+        """Rows (n, d) of any float dtype, and for 8-bit rows their quantisation's
+        Σ‖x − q(x)‖² (float64)."""
         n, d = rows.shape
+        if n == 0:
+            return
         if self._sums is None:
             zeros = torch.zeros(d, dtype=torch.float64, device=rows.device)
             self._sums = (zeros, zeros.new_zeros(()), zeros.new_zeros(()))
         total, sq, err = self._sums
-        for i in range(0, n, block):  # float64 copies of a block at a time
+        for i in range(0, n, block):
             b = rows[i:i + block].to(torch.float64)
             total += b.sum(dim=0)
             flat = b.reshape(-1)
             sq += torch.dot(flat, flat)
-        err += sq_error
+        if sq_error is not None:
+            err += sq_error
+            self._quantised = True
         self.count += n
 
     def stats(self, d_model: int) -> HookStats:
@@ -134,4 +134,4 @@ class RowSums:
         total, sq, err = (t.cpu() for t in self._sums)
         return HookStats(count=self.count, mean=(total / self.count).numpy(),
                          mean_sq_norm=float(sq) / self.count,
-                         mean_sq_error=float(err) / self.count)
+                         mean_sq_error=float(err) / self.count if self._quantised else None)
