@@ -30,9 +30,9 @@ from typing import Any
 
 from actstore import ActivationStore
 from actstore.bench.storage import tiled_store
-from actstore.loader.loader import Loader, LoaderConfig
+from actstore.loader.loader import Loader
 from actstore.store.shard_codec import ShardDecoder
-from benchmarks.fp8_store import MINILM, MINILM_HOOK, generate_stores
+from benchmarks.fp8_store import MINILM, MINILM_HOOK, epoch_fn, generate_stores
 
 #: (method, owner, stage or a function of the instance giving the stage). Each stage counts
 #: the method's own CPU time, in whichever thread runs it, less the wrapped methods it calls
@@ -82,17 +82,11 @@ def stage_clock() -> Iterator[dict[str, float]]:
             setattr(owner, name, fn)
 
 
-def epoch(store: ActivationStore) -> int:
-    """One epoch at the loader's defaults, float32 batches as the trainer asks; rows read."""
-    cfg = LoaderConfig(hooks=(MINILM_HOOK,), dtype="float32")
-    return sum(len(b.x[MINILM_HOOK]) for b in Loader(cfg, store=store))
-
-
 def one_epoch(store: ActivationStore, rows: int) -> dict[str, float]:
     """ns of CPU per row by stage, and the epoch's wall and CPU ns per row."""
     with stage_clock() as spent:
         wall, cpu = time.perf_counter(), time.process_time()
-        assert epoch(store) == rows
+        assert epoch_fn(store)() == rows
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     per_row = {**spent, "epoch CPU, all threads": cpu, "epoch wall": wall}
     return {k: 1e9 * v / rows for k, v in per_row.items()}
@@ -114,7 +108,7 @@ def main() -> None:
                                 min(4, os.cpu_count() or 1))[0]
                  for d in ("bfloat16", "float8_e4m3")}
         for store in tiled.values():
-            epoch(store)  # warm: the files in the page cache
+            epoch_fn(store)()  # warm: the files in the page cache
         rounds: dict[str, list[dict[str, float]]] = {d: [] for d in tiled}
         for _ in range(a.rounds):
             for d, store in tiled.items():
