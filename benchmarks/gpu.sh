@@ -17,7 +17,7 @@
 # bench.json, large_dictionary.json, transcoder.json, clt.json, fastica.json, gpu.log.
 #
 # Wheels it needs beside what that machine has (torch, transformers, numpy, pyarrow, fsspec,
-# safetensors, scikit-learn, matplotlib, pytest, tokenizers), for CPython 3.12 x86-64:
+# safetensors, scikit-learn, matplotlib, pytest, tokenizers, numba), for CPython 3.12 x86-64:
 #   zarr==3.1.6 numcodecs==0.16.6 google-crc32c==1.9.0 donfig==0.8.1.post1   (~10 MB)
 # `bash benchmarks/gpu.sh --fetch` downloads them into .whl/ here (run it where pip has an
 # index); the device call then carries .whl and this script installs them from there.

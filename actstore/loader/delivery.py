@@ -1,12 +1,13 @@
 """A batch's stored bits turned into what the consumer asked for, on its device.
 
     window slices (stored bits: bf16 as uint16, 8-bit codes with their row scales)
-      ──CPU: numpy, in the consumer's thread──▶
+      ──CPU: one compiled pass (bf16, 8-bit) or numpy, in the consumer's thread──▶
       ──CUDA: pinned copy of the stored bits, then widen/dequantise/normalise on the GPU──▶
     (rows, d_model) tensors of the asked dtype, normalised
 
-On a CPU every step is numpy, single-threaded: torch's intra-op threads kept spinning after
-each call and took CPU from the read threads (benchmarks/README.md, `fp8_store.py` and
+On a CPU a batch is made in one single-threaded pass, compiled (`quant.kernels`: bf16 and
+8-bit rows) or numpy: torch's intra-op threads kept spinning after each call and took CPU
+from the read threads (benchmarks/README.md, `fp8_store.py` and
 `loader_throughput.py`). Making batches in a pool of threads instead, a few ahead of the
 consumer, was tried: their CPU cost doubled there (not traced), and epochs ran slower.
 The same IEEE float32 operations run in the same order on both devices: the same bits.
@@ -72,14 +73,8 @@ def on_cpu(host: tuple[torch.Tensor, ...], stored: StorageDtype, norm: Normalize
     if scales is None and norm.identity and (want == logical or stored != "bfloat16"):
         t = host[0].view(torch.bfloat16) if stored == "bfloat16" else host[0]
         return t.to(want)
-    x = fmt.to_float32(raw, stored, scales)  # a float32 store's own rows: not written to
-    if not norm.identity:
-        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN pass, as in torch
-            if norm.mean is not None:
-                x = np.subtract(x, norm.mean.numpy())
-                np.multiply(x, np.float32(norm.scale), out=x)
-            else:
-                x = np.multiply(x, np.float32(norm.scale))
+    mean = None if norm.mean is None else norm.mean.numpy()
+    x = fmt.to_float32(raw, stored, scales, mean, norm.scale)  # one pass (bf16, 8-bit)
     t = torch.from_numpy(x)
     return t if want == torch.float32 else t.to(want)
 

@@ -21,6 +21,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
 from actstore.store import quant, shard_codec
+from actstore.store.quant import kernels
 from actstore.store.shard_codec import ShardDecoder, ShardEncoder
 from actstore.store.spec import Codec, Layout, StorageDtype
 
@@ -122,16 +123,20 @@ def from_storage(raw: NDArray[Any], dtype: StorageDtype,
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
-def to_float32(raw: NDArray[Any], dtype: StorageDtype,
-               scales: NDArray[Any] | None = None) -> NDArray[np.float32]:
+def to_float32(raw: NDArray[Any], dtype: StorageDtype, scales: NDArray[Any] | None = None,
+               mean: NDArray[np.float32] | None = None, scale: float = 1.0
+               ) -> NDArray[np.float32]:
     """Exact float32 values of stored activations (bf16 is the top half of a float32; 8-bit
-    codes are float8 values times their row's scale)."""
+    codes are float8 values times their row's scale); then, if given, (x − mean) × scale in
+    float32. `raw` is never written (a float32 store's own rows come back as they are)."""
     if is_float8(dtype):
-        return quant.dequantise_numpy(raw, _need_scales(scales, dtype), dtype)
+        return quant.dequantise_numpy(raw, _need_scales(scales, dtype), dtype, mean, scale)
     if dtype == "bfloat16":
-        bits: NDArray[np.uint32] = np.left_shift(raw, np.uint32(16), dtype=np.uint32)
-        return bits.view(np.float32)
-    return raw.astype(np.float32, copy=False)
+        if mean is None and scale == 1:  # one numpy pass already
+            bits: NDArray[np.uint32] = np.left_shift(raw, np.uint32(16), dtype=np.uint32)
+            return bits.view(np.float32)
+        return kernels.bf16_rows(raw, mean=mean, scale=scale)
+    return kernels.normalise_numpy(raw.astype(np.float32, copy=False), mean, scale)
 
 
 def _need_scales(scales: NDArray[Any] | None, dtype: StorageDtype) -> NDArray[Any]:

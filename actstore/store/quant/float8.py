@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from actstore.store.quant import kernels
+
 
 @dataclass(frozen=True)
 class Float8Format:
@@ -224,39 +226,34 @@ def code_values(dtype: str) -> NDArray[np.float32]:
     return values
 
 
-def dequantise_numpy(codes: NDArray[Any], scales: NDArray[Any], dtype: str
+def dequantise_numpy(codes: NDArray[Any], scales: NDArray[Any], dtype: str,
+                     mean: NDArray[np.float32] | None = None, scale: float = 1.0
                      ) -> NDArray[np.float32]:
-    """The same float32 values as `dequantise`, with numpy alone, for every code a writer
-    stores (never the codes FORMAT.md says are never written: NaN, and e5m2's infinities).
+    """The same float32 values as `dequantise`, on the host, for every code a writer stores
+    (never the codes FORMAT.md says are never written: NaN, and e5m2's infinities); then,
+    if given, (x − mean) × scale in float32, as a reader normalising them would.
 
-    No table lookup (a gather per value): three vectorised passes. A code's sign moved to
-    bit 31 and its other 7 bits shifted to the top of float32's mantissa make a float32 whose
-    value is the code's times 2**-k, k = 127 - bias (subnormal codes become float32
-    subnormals, exactly). One float32 multiply by scale * 2**k (exact: a power of two) then
-    rounds the same real number float32(code) * scale rounds, so the bits are the same.
+    No table lookup (a gather per value): a code's sign moved to bit 31 and its other 7 bits
+    shifted to the top of float32's mantissa make a float32 whose value is the code's times
+    2**-k, k = 127 - bias (subnormal codes become float32 subnormals, exactly). One float32
+    multiply by scale * 2**k (exact: a power of two) then rounds the same real number
+    float32(code) * scale rounds, so the bits are the same. One compiled pass
+    (`kernels.float8_rows`).
     """
     fmt = float8_format(dtype)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     scales = np.asarray(scales, np.float32)
     if not _subnormals_work():  # flush-to-zero set in this thread: subnormal codes would be 0
         table: NDArray[np.float32] = code_values(dtype)[codes] * scales[:, None]
-        return table
-    # sign-extended (bits 7..31 copy the sign) and shifted in one pass: the ufunc casts in
-    # cache-sized pieces rather than writing a whole int32 copy first
-    bits = np.left_shift(codes.view(np.int8), np.int32(fmt.shift), dtype=np.int32)
-    np.bitwise_and(bits, fmt.bit_mask, out=bits)  # keeps bit 31 and the 7 bits below the exponent
-    values: NDArray[np.float32] = bits.view(np.float32)
+        return kernels.normalise_numpy(table, mean, scale)
     factor = scales.astype(np.float64) * 2.0 ** fmt.exponent_offset
-    fits = factor <= np.finfo(np.float32).max
-    if fits.all():
-        np.multiply(values, factor.astype(np.float32)[:, None], out=values)
-        return values
     # A row whose scale is too large to fold 2**k into: the codes' own values first (exact),
     # then the scale.
-    big = ~fits
-    values[big] = values[big] * np.float32(2.0 ** fmt.exponent_offset) * scales[big, None]
-    values[fits] *= factor[fits].astype(np.float32)[:, None]
-    return values
+    fits = factor <= np.finfo(np.float32).max
+    after = np.where(fits, np.float32(1), scales).astype(np.float32)
+    first = np.where(fits, factor, 2.0 ** fmt.exponent_offset).astype(np.float32)
+    return kernels.float8_rows(codes.view(np.int8), first, after, shift=fmt.shift,
+                               mask=fmt.bit_mask, mean=mean, scale=scale)
 
 
 def _subnormals_work() -> bool:

@@ -1,0 +1,135 @@
+"""Compiled CPU kernels: stored bits to float32 values, normalised, in one pass over a batch.
+
+    bf16 (uint16) rows               ──widen──────────────┐
+    8-bit codes (int8) + row scales  ──bits × row factor──┴─▶ float32 ─▶ (x − mean) × scale
+
+numpy needs a pass over the whole batch per step (three to dequantise 8-bit codes, one more
+per normalisation step), each through memory, since a batch outgrows the cache. numba
+compiles one loop that takes a row through every step while it is in L1, several times
+cheaper (benchmarks/README.md, `fp8_store.py`). The steps are the same IEEE float32
+operations in the same order as torch's and the numpy fallback's (no fused multiply-add:
+fastmath is off), so every path gives the same bits (tests/store/test_float8.py,
+tests/loader/test_delivery.py).
+
+numba is imported and the kernels compiled (or loaded from numba's cache) on first use, so
+commands that never decode rows do not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def _float8_rows(codes: Any, shift: Any, mask: Any, factor: Any, after: Any,  # noqa: PLR0917
+                 mean: Any, scale: Any, out: Any) -> None:  # (compiled calls are positional)
+    """out[i] = ((bits(codes[i]) × factor[i] [× after[i]]) − mean) × scale, where bits puts
+    a code's sign at float32's bit 31 and its other 7 bits at the top of the mantissa (the
+    code's value times 2**-k; factor = scale × 2**k, or 2**k with after = scale for a row
+    whose scale is too large to fold 2**k into). A step whose operand is empty or 1 is
+    skipped (its result would be the same bits)."""
+    n, d = codes.shape
+    bits = out.view(np.int32)
+    centre = mean.shape[0] > 0
+    for i in range(n):
+        for j in range(d):
+            bits[i, j] = (np.int32(codes[i, j]) << shift) & mask
+        f = factor[i]
+        for j in range(d):
+            out[i, j] *= f
+        g = after[i]
+        if g != 1:
+            for j in range(d):
+                out[i, j] *= g
+        if centre:
+            for j in range(d):
+                out[i, j] -= mean[j]
+        if scale != 1:
+            for j in range(d):
+                out[i, j] *= scale
+
+
+def _bf16_rows(raw: Any, mean: Any, scale: Any, out: Any) -> None:
+    """out[i] = (widen(raw[i]) − mean) × scale: a bf16 is the top half of a float32."""
+    n, d = raw.shape
+    bits = out.view(np.uint32)
+    centre = mean.shape[0] > 0
+    for i in range(n):
+        for j in range(d):
+            bits[i, j] = np.uint32(raw[i, j]) << 16
+        if centre:
+            for j in range(d):
+                out[i, j] -= mean[j]
+        if scale != 1:
+            for j in range(d):
+                out[i, j] *= scale
+
+
+@cache
+def _compiled() -> tuple[Callable[..., None], Callable[..., None]]:
+    try:
+        import numba
+    except ImportError as e:  # a core dependency: only a broken install lacks it
+        raise ImportError("actstore needs numba to decode rows on a CPU: "
+                          "pip install 'numba>=0.60' (or reinstall actstore)") from e
+    # nogil: read threads decode chunks while a batch is made; cache: compiled once per
+    # machine, not once per process (numba keeps it beside this file or in its user cache).
+    try:
+        jit = numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+        return jit(_float8_rows), jit(_bf16_rows)
+    except RuntimeError:  # no writable place for the cache: compiled in each process
+        jit = numba.njit(nogil=True, boundscheck=False, error_model="numpy")
+        return jit(_float8_rows), jit(_bf16_rows)
+
+
+_NO_MEAN = np.zeros(0, np.float32)
+
+
+def float8_rows(codes: NDArray[np.int8], factor: NDArray[np.float32],
+                after: NDArray[np.float32], *, shift: int, mask: np.int32,
+                mean: NDArray[np.float32] | None = None, scale: float = 1.0
+                ) -> NDArray[np.float32]:
+    """(n, d) float32 values of sign-extendable codes (see `_float8_rows`)."""
+    out = np.empty(codes.shape, np.float32)
+    _compiled()[0](np.ascontiguousarray(codes), np.int32(shift), np.int32(mask),
+                   _f32(factor), _f32(after), _mean(mean, codes.shape[1]),
+                   np.float32(scale), out)
+    return out
+
+
+def bf16_rows(raw: NDArray[np.uint16], *, mean: NDArray[np.float32] | None = None,
+              scale: float = 1.0) -> NDArray[np.float32]:
+    """(n, d) float32 values of bf16 bit patterns, normalised as `_bf16_rows` says."""
+    out = np.empty(raw.shape, np.float32)
+    _compiled()[1](np.ascontiguousarray(raw), _mean(mean, raw.shape[1]), np.float32(scale),
+                   out)
+    return out
+
+
+def normalise_numpy(x: NDArray[np.float32], mean: NDArray[np.float32] | None, scale: float
+                    ) -> NDArray[np.float32]:
+    """(x − mean) × scale with numpy, as the kernels do it (for the rows they do not take);
+    x itself is never written (it may be a store's own float32 rows)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN pass, as in torch
+        if mean is not None:
+            x = np.subtract(x, _mean(mean, x.shape[1]))
+            if scale != 1:
+                np.multiply(x, np.float32(scale), out=x)
+            return x
+        return np.multiply(x, np.float32(scale)) if scale != 1 else x
+
+
+def _f32(a: NDArray[Any]) -> NDArray[np.float32]:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _mean(mean: NDArray[Any] | None, d: int) -> NDArray[np.float32]:
+    if mean is None:
+        return _NO_MEAN
+    if mean.shape != (d,):
+        raise ValueError(f"a mean of shape {mean.shape} for rows of {d} values")
+    return _f32(mean)
