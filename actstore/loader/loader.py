@@ -33,6 +33,8 @@ from actstore.store.activation_store import ActivationStore
 from actstore.store.spec import derived_seed
 
 STATE_VERSION = 1
+Run = tuple[int, int, NDArray[np.int64]]
+"""Consecutive store rows [start, stop) of a window, and the window slots they go to."""
 SPAN_SLACK = 2
 """An 8-bit hook's row scales in a shard are read as one span when it is at most this many
 times the rows needed (see `Loader._read_scales`)."""
@@ -289,7 +291,10 @@ class Loader:
             derived_seed(self.config.seed, self.epoch, self.rank, w0)).permutation(len(rows))
         slot = np.empty_like(perm)
         slot[perm] = np.arange(len(perm))
-        runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        # runs of consecutive store rows: [start, stop) and the slots they go to
+        runs = [(int(rows[a]), int(rows[b - 1]) + 1, slot[a:b])
+                for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)], strict=True)]
         data, futures = {}, []
         # 8-bit stores: each row's scale travels with its codes (same slots), dequantised
         # only on the delivery device.
@@ -297,21 +302,21 @@ class Loader:
         for hook in self.config.hooks:
             dec = self.store.decoders[fmt.activation_path(hook)]
             buffers = [np.empty((len(rows), *dec.row_shape), dec.dtype)]
-            futures += [pool.submit(self._read_scattered, hook, int(rows[r[0]]),
-                                    int(rows[r[-1]]) + 1, buffers[0], slot[r[0]:r[-1] + 1])
-                        for r in runs]
+            futures += [pool.submit(self._read_scattered, hook, a, b, buffers[0], slots)
+                        for a, b, slots in runs]
             if float8:
                 buffers.append(np.empty(len(rows), np.float32))
-                futures += [pool.submit(self._read_scales, hook, rows[p], slot[p], buffers[1])
-                            for p in self._by_shard(rows)]
+                futures += [pool.submit(self._read_scales, hook, group, buffers[1])
+                            for group in self._by_shard(runs)]
             data[hook] = tuple(torch.from_numpy(buf) for buf in buffers)
         return rows[perm], data, futures
 
-    def _by_shard(self, rows: NDArray[np.int64]) -> list[NDArray[np.int64]]:
-        """Positions of `rows`, grouped by the shard each row is in."""
-        shard = rows // self.store.layout.shard_rows
-        order = np.argsort(shard, kind="stable")
-        return np.split(order, np.flatnonzero(np.diff(shard[order])) + 1)
+    def _by_shard(self, runs: list[Run]) -> list[list[Run]]:
+        """Runs grouped by the shard each starts in."""
+        groups: dict[int, list[Run]] = {}
+        for run in runs:
+            groups.setdefault(run[0] // self.store.layout.shard_rows, []).append(run)
+        return list(groups.values())
 
     def _read_scattered(self, hook: str, start: int, stop: int, buf: NDArray[Any],
                         slots: NDArray[np.int64]) -> None:
@@ -324,21 +329,22 @@ class Loader:
         self.store.read_into(hook, start, stop, temp[:stop - start])
         _whole_rows(buf)[slots] = _whole_rows(temp[:stop - start])
 
-    def _read_scales(self, hook: str, rows: NDArray[np.int64], slots: NDArray[np.int64],
-                     buf: NDArray[np.float32]) -> None:
-        """The row scales of `rows` (all in one shard) into buf[slots]: in one read of the
-        span from the first to the last of them when they fill at least half of it (a scale
-        is 4 bytes, so decoding the few chunks between costs less than a request and a
-        decode call each: `benchmarks/loader_parts.py`), else one read per run of rows."""
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        sparse = ordered[-1] - ordered[0] + 1 > SPAN_SLACK * len(rows)
-        cuts = np.flatnonzero(np.diff(ordered) != 1) + 1 if sparse else np.zeros(0, int)
-        for part in np.split(np.arange(len(rows)), cuts):
-            lo, hi = int(ordered[part[0]]), int(ordered[part[-1]]) + 1
+    def _read_scales(self, hook: str, runs: list[Run], buf: NDArray[np.float32]) -> None:
+        """The row scales of runs of one shard into buf[slots]: in one read of the span from
+        the first to the last run when they fill at least half of it (a scale is 4 bytes, so
+        decoding the few chunks between costs less than a request and a decode call each:
+        `benchmarks/loader_parts.py`), else one read per run."""
+        lo, hi = min(r[0] for r in runs), max(r[1] for r in runs)
+        if hi - lo <= SPAN_SLACK * sum(r[1] - r[0] for r in runs):
             span = np.empty(hi - lo, np.float32)
             self.store.read_scales_into(hook, lo, hi, span)
-            buf[slots[order[part]]] = span[ordered[part] - lo]
+            for a, b, slots in runs:
+                buf[slots] = span[a - lo:b - lo]
+            return
+        for a, b, slots in runs:
+            part = np.empty(b - a, np.float32)
+            self.store.read_scales_into(hook, a, b, part)
+            buf[slots] = part
 
     def _deliver(self, x: dict[str, tuple[torch.Tensor, ...]], rows: NDArray[np.int64]
                  ) -> Batch:

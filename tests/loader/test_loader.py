@@ -200,14 +200,15 @@ def test_row_scales_of_one_shard_read_as_a_span_or_by_runs(tmp_path: Path) -> No
         reads.append((a, b))
         read(hook, a, b, out)
     store.read_scales_into = counted  # type: ignore[method-assign]
-    # chunks 1 and 2 (one span), chunks 0 and 7 (by runs: 16 rows of a 64-row span),
-    # shuffled within the call as a window's order is
+    # chunks 1 and 2 (one span), chunks 0 and 7 (by runs: 16 rows of a 64-row span), in a
+    # window's order (not the store's), to shuffled slots
     for chunks, want_reads in (((2, 1), [(8, 24)]), ((7, 0), [(0, 8), (56, 64)])):
-        rows = np.concatenate([np.arange(8 * c, 8 * c + 8) for c in chunks])[::-1].copy()
-        slots = np.random.default_rng(0).permutation(len(rows))
+        slots = np.random.default_rng(0).permutation(8 * len(chunks))
+        runs = [(8 * c, 8 * c + 8, slots[8 * i:8 * i + 8]) for i, c in enumerate(chunks)]
+        rows = np.concatenate([np.arange(a, b) for a, b, _ in runs])
         buf = np.zeros(len(rows), np.float32)
         reads.clear()
-        loader._read_scales(HOOKS[0], rows, slots, buf)
+        loader._read_scales(HOOKS[0], runs, buf)
         assert sorted(reads) == want_reads
         assert np.array_equal(buf[slots], every[rows])
 
