@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -235,9 +235,13 @@ def decode_section(store: ActivationStore, rounds: int = 30) -> dict[str, Any]:
     return out
 
 
-def epoch_fn(store: ActivationStore) -> Callable[[], int]:
+Normalize = Literal["none", "scale", "center_scale"]
+
+
+def epoch_fn(store: ActivationStore, normalize: Normalize = "none") -> Callable[[], int]:
     hook = store.hooks[0]
-    cfg = LoaderConfig(hooks=(hook,), dtype="float32")  # defaults; float32 as the trainer asks
+    # defaults; float32 as the trainer asks (which also normalises: "scale")
+    cfg = LoaderConfig(hooks=(hook,), dtype="float32", normalize=normalize)
 
     def epoch() -> int:
         return sum(len(b.x[hook]) for b in Loader(cfg, store=store))

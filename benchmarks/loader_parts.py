@@ -1,11 +1,13 @@
 """Where a loader epoch's CPU goes, bf16 store against e4m3, in one process.
 
     python -m benchmarks.loader_parts [--rows 1048576] [--rounds 3] [--tokens 32768]
+                                      [--normalize none|scale|center_scale]
 
 The MiniLM `encoder.layer.3` stores of `fp8_store.py` (bf16 and e4m3, generated from the same
 contexts) are tiled to `--rows` rows; each round runs one warm epoch of each at the loader's
 defaults (batches of 4,096, a 262,144-row shuffle window, 4 read threads), delivering float32
-batches as the trainer asks, with the loader's and the store's methods wrapped to add up their
+batches as the trainer asks (normalised by `--normalize`: none by default, the loader's; the
+trainer's is scale), with the loader's and the store's methods wrapped to add up their
 own CPU time (`time.thread_time`, less the wrapped methods they call, in whichever thread runs
 them: `WRAPPED`): decoding chunks (crc and decompression, whether the reading thread or the
 store's pool does it), the rest of reading chunks (requests, index, checks), the row scales of
@@ -32,7 +34,7 @@ from actstore import ActivationStore
 from actstore.bench.storage import tiled_store
 from actstore.loader.loader import Loader
 from actstore.store.shard_codec import ShardDecoder
-from benchmarks.fp8_store import MINILM, MINILM_HOOK, epoch_fn, generate_stores
+from benchmarks.fp8_store import MINILM, MINILM_HOOK, Normalize, epoch_fn, generate_stores
 
 #: (method, owner, stage or a function of the instance giving the stage). Each stage counts
 #: the method's own CPU time, in whichever thread runs it, less the wrapped methods it calls
@@ -82,11 +84,11 @@ def stage_clock() -> Iterator[dict[str, float]]:
             setattr(owner, name, fn)
 
 
-def one_epoch(store: ActivationStore, rows: int) -> dict[str, float]:
+def one_epoch(store: ActivationStore, rows: int, normalize: Normalize) -> dict[str, float]:
     """ns of CPU per row by stage, and the epoch's wall and CPU ns per row."""
     with stage_clock() as spent:
         wall, cpu = time.perf_counter(), time.process_time()
-        assert epoch_fn(store)() == rows
+        assert epoch_fn(store, normalize)() == rows
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     per_row = {**spent, "epoch CPU, all threads": cpu, "epoch wall": wall}
     return {k: 1e9 * v / rows for k, v in per_row.items()}
@@ -98,6 +100,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1 << 20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=32768, help="MiniLM tokens generated")
+    p.add_argument("--normalize", choices=("none", "scale", "center_scale"), default="none",
+                   help="the loader's normalisation (the trainer's default is scale)")
     p.add_argument("--out", default="bench-out")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -112,9 +116,10 @@ def main() -> None:
         rounds: dict[str, list[dict[str, float]]] = {d: [] for d in tiled}
         for _ in range(a.rounds):
             for d, store in tiled.items():
-                rounds[d].append(one_epoch(store, a.rows))
+                rounds[d].append(one_epoch(store, a.rows, a.normalize))
     best = {d: min(r, key=lambda x: x["epoch wall"]) for d, r in rounds.items()}
-    print(f"ns of CPU per row, warm epoch of {a.rows:,} rows, float32 batches (best of "
+    print(f"ns of CPU per row, warm epoch of {a.rows:,} rows, float32 batches, normalize "
+          f"{a.normalize} (best of "
           f"{a.rounds}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     print("| stage | bf16 | e4m3 | e4m3 / bf16 |\n| --- | --- | --- | --- |")
     for stage in best["bfloat16"]:

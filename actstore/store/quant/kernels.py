@@ -25,42 +25,30 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def _float8_rows(codes: Any, shift: Any, mask: Any, factor: Any, after: Any,  # noqa: PLR0917
-                 mean: Any, scale: Any, out: Any) -> None:  # (compiled calls are positional)
-    """out[i] = ((bits(codes[i]) × factor[i] [× after[i]]) − mean) × scale, where bits puts
-    a code's sign at float32's bit 31 and its other 7 bits at the top of the mantissa (the
-    code's value times 2**-k; factor = scale × 2**k, or 2**k with after = scale for a row
-    whose scale is too large to fold 2**k into). A step whose operand is empty or 1 is
-    skipped (its result would be the same bits)."""
-    n, d = codes.shape
-    bits = out.view(np.int32)
-    centre = mean.shape[0] > 0
-    for i in range(n):
-        for j in range(d):
-            bits[i, j] = (np.int32(codes[i, j]) << shift) & mask
-        f = factor[i]
-        for j in range(d):
-            out[i, j] *= f
-        g = after[i]
-        if g != 1:
-            for j in range(d):
-                out[i, j] *= g
-        if centre:
-            for j in range(d):
-                out[i, j] -= mean[j]
-        if scale != 1:
-            for j in range(d):
-                out[i, j] *= scale
+def _rows(raw: Any, shift: Any, mask: Any, factor: Any, after: Any,  # noqa: PLR0917
+          mean: Any, scale: Any, out: Any) -> None:  # (compiled calls are positional)
+    """out[i] = ((bits(raw[i]) [× factor[i] [× after[i]]]) − mean) × scale, each step in
+    float32, row by row; bits(v) = (int32(v) << shift) & mask, as float32.
 
-
-def _bf16_rows(raw: Any, mean: Any, scale: Any, out: Any) -> None:
-    """out[i] = (widen(raw[i]) − mean) × scale: a bf16 is the top half of a float32."""
+    bf16 (raw uint16, zero-extended): shift 16, mask all ones, no factor: the top half of a
+    float32. 8-bit codes (raw int8, sign-extended): the sign at float32's bit 31 and the other
+    7 bits at the top of the mantissa, the code's value times 2**-k; factor = scale × 2**k,
+    or 2**k with after = scale for a row whose scale is too large to fold 2**k into. A step
+    whose operand is empty or 1 is skipped (its result would be the same bits)."""
     n, d = raw.shape
-    bits = out.view(np.uint32)
-    centre = mean.shape[0] > 0
+    bits = out.view(np.int32)
+    scaled, centre = factor.shape[0] > 0, mean.shape[0] > 0
     for i in range(n):
         for j in range(d):
-            bits[i, j] = np.uint32(raw[i, j]) << 16
+            bits[i, j] = (np.int32(raw[i, j]) << shift) & mask
+        if scaled:
+            f = factor[i]
+            for j in range(d):
+                out[i, j] *= f
+            g = after[i]
+            if g != 1:
+                for j in range(d):
+                    out[i, j] *= g
         if centre:
             for j in range(d):
                 out[i, j] -= mean[j]
@@ -70,7 +58,7 @@ def _bf16_rows(raw: Any, mean: Any, scale: Any, out: Any) -> None:
 
 
 @cache
-def _compiled() -> tuple[Callable[..., None], Callable[..., None]]:
+def _compiled() -> Callable[..., None]:
     try:
         import numba
     except ImportError as e:  # a core dependency: only a broken install lacks it
@@ -79,34 +67,31 @@ def _compiled() -> tuple[Callable[..., None], Callable[..., None]]:
     # nogil: read threads decode chunks while a batch is made; cache: compiled once per
     # machine, not once per process (numba keeps it beside this file or in its user cache).
     try:
-        jit = numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-        return jit(_float8_rows), jit(_bf16_rows)
+        return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")(_rows)
     except RuntimeError:  # no writable place for the cache: compiled in each process
-        jit = numba.njit(nogil=True, boundscheck=False, error_model="numpy")
-        return jit(_float8_rows), jit(_bf16_rows)
+        return numba.njit(nogil=True, boundscheck=False, error_model="numpy")(_rows)
 
 
-_NO_MEAN = np.zeros(0, np.float32)
+_NONE = np.zeros(0, np.float32)
 
 
 def float8_rows(codes: NDArray[np.int8], factor: NDArray[np.float32],
                 after: NDArray[np.float32], *, shift: int, mask: np.int32,
                 mean: NDArray[np.float32] | None = None, scale: float = 1.0
                 ) -> NDArray[np.float32]:
-    """(n, d) float32 values of sign-extendable codes (see `_float8_rows`)."""
+    """(n, d) float32 values of 8-bit codes (see `_rows`), normalised if asked."""
     out = np.empty(codes.shape, np.float32)
-    _compiled()[0](np.ascontiguousarray(codes), np.int32(shift), np.int32(mask),
-                   _f32(factor), _f32(after), _mean(mean, codes.shape[1]),
-                   np.float32(scale), out)
+    _compiled()(np.ascontiguousarray(codes), np.int32(shift), np.int32(mask), _f32(factor),
+                _f32(after), _mean(mean, codes.shape[1]), np.float32(scale), out)
     return out
 
 
 def bf16_rows(raw: NDArray[np.uint16], *, mean: NDArray[np.float32] | None = None,
               scale: float = 1.0) -> NDArray[np.float32]:
-    """(n, d) float32 values of bf16 bit patterns, normalised as `_bf16_rows` says."""
+    """(n, d) float32 values of bf16 bit patterns, normalised if asked."""
     out = np.empty(raw.shape, np.float32)
-    _compiled()[1](np.ascontiguousarray(raw), _mean(mean, raw.shape[1]), np.float32(scale),
-                   out)
+    _compiled()(np.ascontiguousarray(raw), np.int32(16), np.int32(-1), _NONE, _NONE,
+                _mean(mean, raw.shape[1]), np.float32(scale), out)
     return out
 
 
@@ -129,7 +114,7 @@ def _f32(a: NDArray[Any]) -> NDArray[np.float32]:
 
 def _mean(mean: NDArray[Any] | None, d: int) -> NDArray[np.float32]:
     if mean is None:
-        return _NO_MEAN
+        return _NONE
     if mean.shape != (d,):
         raise ValueError(f"a mean of shape {mean.shape} for rows of {d} values")
     return _f32(mean)
