@@ -190,8 +190,8 @@ def decode_section(store: ActivationStore, rounds: int = 30) -> dict[str, Any]:
     """Milliseconds to turn one 4096-row batch of the e4m3 store into float32 on this CPU
     (median of `rounds`, alternated): `quant.dequantise` (one compiled pass), the three numpy
     passes of the same bit arithmetic and the lookup table of code pairs it used before,
-    torch's float8 conversion, and the bf16 widening a bf16 store's batch takes (numpy, as the
-    loader does it)."""
+    torch's float8 conversion, and the bf16 widening a bf16 store's batch takes (the same
+    compiled pass, as the loader does it)."""
     hook = store.hooks[0]
     codes = store.read(hook, 0, 4096)
     scales = np.empty(4096, np.float32)

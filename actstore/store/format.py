@@ -132,9 +132,6 @@ def to_float32(raw: NDArray[Any], dtype: StorageDtype, scales: NDArray[Any] | No
     if is_float8(dtype):
         return quant.dequantise_numpy(raw, _need_scales(scales, dtype), dtype, mean, scale)
     if dtype == "bfloat16":
-        if mean is None and scale == 1:  # one numpy pass already
-            bits: NDArray[np.uint32] = np.left_shift(raw, np.uint32(16), dtype=np.uint32)
-            return bits.view(np.float32)
         return kernels.bf16_rows(raw, mean=mean, scale=scale)
     return kernels.normalise_numpy(raw.astype(np.float32, copy=False), mean, scale)
 
