@@ -4,17 +4,17 @@
                                       [--normalize none|scale|center_scale]
 
 The MiniLM `encoder.layer.3` stores of `fp8_store.py` (bf16 and e4m3, generated from the same
-contexts) are tiled to `--rows` rows; each round runs one warm epoch of each at the loader's
-defaults (batches of 4,096, a 262,144-row shuffle window, 4 read threads), delivering float32
-batches as the trainer asks (normalised by `--normalize`: none by default, the loader's; the
-trainer's is scale), with the loader's and the store's methods wrapped to add up their
-own CPU time (`time.thread_time`, less the wrapped methods they call, in whichever thread runs
-them: `WRAPPED`): decoding chunks (crc and decompression, whether the reading thread or the
-store's pool does it), the rest of reading chunks (requests, index, checks), the row scales of
-an 8-bit store (read, decoded, placed), scattering decoded rows into the shuffled window, and
-delivery (the bf16 widening or the dequantisation). Prints nanoseconds of CPU per row for each
-stage (best round), the epoch's wall and process CPU time, and e4m3's ratios to bf16; writes
-`<out>/loader_parts.json`.
+contexts) are tiled to `--rows` rows; each round runs one warm epoch of each (one loader per
+store for all rounds, as a trainer runs one) at the loader's defaults (batches of 4,096, a
+262,144-row shuffle window, 4 read threads), delivering float32 batches as the trainer asks
+(normalised by `--normalize`: none by default, the loader's; the trainer's is scale), with the
+loader's and the store's methods wrapped to add up their own CPU time (`time.thread_time`, less
+the wrapped methods they call, in whichever thread runs them: `WRAPPED`): decoding chunks (crc
+and decompression, whether the reading thread or the store's pool does it), the rest of reading
+chunks (requests, index, checks), the row scales of an 8-bit store (read, decoded, placed),
+scattering decoded rows into the shuffled window, and delivery (the bf16 widening or the
+dequantisation). Prints nanoseconds of CPU per row for each stage (best round), the epoch's
+wall and process CPU time, and e4m3's ratios to bf16; writes `<out>/loader_parts.json`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from actstore import ActivationStore
 from actstore.bench.storage import tiled_store
 from actstore.loader.loader import Loader
 from actstore.store.shard_codec import ShardDecoder
-from benchmarks.fp8_store import MINILM, MINILM_HOOK, Normalize, epoch_fn, generate_stores
+from benchmarks.fp8_store import MINILM, MINILM_HOOK, epoch_fn, generate_stores
 
 #: (method, owner, stage or a function of the instance giving the stage). Each stage counts
 #: the method's own CPU time, in whichever thread runs it, less the wrapped methods it calls
@@ -84,11 +84,11 @@ def stage_clock() -> Iterator[dict[str, float]]:
             setattr(owner, name, fn)
 
 
-def one_epoch(store: ActivationStore, rows: int, normalize: Normalize) -> dict[str, float]:
+def one_epoch(epoch: Callable[[], int], rows: int) -> dict[str, float]:
     """ns of CPU per row by stage, and the epoch's wall and CPU ns per row."""
     with stage_clock() as spent:
         wall, cpu = time.perf_counter(), time.process_time()
-        assert epoch_fn(store, normalize)() == rows
+        assert epoch() == rows
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     per_row = {**spent, "epoch CPU, all threads": cpu, "epoch wall": wall}
     return {k: 1e9 * v / rows for k, v in per_row.items()}
@@ -111,12 +111,15 @@ def main() -> None:
         tiled = {d: tiled_store(str(work / f"tiled-{d}"), stores[d], a.rows,
                                 min(4, os.cpu_count() or 1))[0]
                  for d in ("bfloat16", "float8_e4m3")}
-        for store in tiled.values():
-            epoch_fn(store)()  # warm: the files in the page cache
+        # one loader per store, as a trainer runs one; its first epoch warms the page
+        # cache, its buffers and the compiled kernels
+        epochs = {d: epoch_fn(store, a.normalize) for d, store in tiled.items()}
+        for epoch in epochs.values():
+            epoch()
         rounds: dict[str, list[dict[str, float]]] = {d: [] for d in tiled}
         for _ in range(a.rounds):
-            for d, store in tiled.items():
-                rounds[d].append(one_epoch(store, a.rows, a.normalize))
+            for d, epoch in epochs.items():
+                rounds[d].append(one_epoch(epoch, a.rows))
     best = {d: min(r, key=lambda x: x["epoch wall"]) for d, r in rounds.items()}
     print(f"ns of CPU per row, warm epoch of {a.rows:,} rows, float32 batches, normalize "
           f"{a.normalize} (best of "

@@ -5,6 +5,7 @@ it), and the held-out slice.
               `shuffle_buffer` rows, each permuted ──▶ read-ahead threads decode chunk runs
           ──▶ loader.Loader: Batch(x={hook: (B, d)}, ...), state_dict()
     delivery.py: a batch's stored bits as values on its device, normalised (Normalizer)
+    buffers.py: window buffers reused across windows and epochs (BufferPool)
     holdout.py: the train / held-out partition by whole shards, the held-out rows
     shuffle_quality.py: how well a window mixes contexts (bench and tests)
     ground_truth.py: the feature directions a toy store was made from (for MMCS)

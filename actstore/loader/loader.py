@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from actstore.loader.buffers import BufferPool
 from actstore.loader.delivery import Normalizer, on_cpu, on_cuda
 from actstore.store import format as fmt
 from actstore.store.activation_store import ActivationStore
@@ -168,6 +169,8 @@ class Loader:
         self._scale = {h: Normalizer.of(store, h, config.normalize, config.shards)
                        for h in config.hooks}
         self._scratch = threading.local()  # per read thread: a chunk-sized decode buffer
+        # windows being read, queued and consumed, and one a consumer may still hold
+        self._windows = BufferPool(config.shuffle_buffer, config.prefetch_windows + 2)
 
     def normalizer(self, hook: str) -> Normalizer:
         """How batches of `hook` were normalised (to undo it, or to treat other data alike)."""
@@ -301,11 +304,11 @@ class Loader:
         float8 = fmt.is_float8(self.store.spec.dtype)
         for hook in self.config.hooks:
             dec = self.store.decoders[fmt.activation_path(hook)]
-            buffers = [np.empty((len(rows), *dec.row_shape), dec.dtype)]
+            buffers = [self._windows.take(len(rows), dec.row_shape, dec.dtype)]
             futures += [pool.submit(self._read_scattered, hook, a, b, buffers[0], slots)
                         for a, b, slots in runs]
             if float8:
-                buffers.append(np.empty(len(rows), np.float32))
+                buffers.append(self._windows.take(len(rows), (), np.float32))
                 futures += [pool.submit(self._read_scales, hook, group, buffers[1])
                             for group in self._by_shard(runs)]
             data[hook] = tuple(torch.from_numpy(buf) for buf in buffers)
