@@ -11,7 +11,9 @@
    median of `--rounds`; beside the bare forward pass of the same contexts.
 3. Loader epoch rows/s, cold (page cache dropped) and warm, delivering float32 batches as the
    trainer asks, on the MiniLM bf16 and e4m3 stores tiled to `--loader-rows` rows (alternated,
-   best and median of `--rounds`).
+   best and median of `--rounds`; one loader per store, as a trainer runs one). 4,194,304 rows
+   are 16 windows: the first window's read and the last one's delivery, which overlap nothing,
+   are a sixteenth of an epoch (a quarter at 1,048,576 rows; a trainer's epochs are hundreds).
 4. Dictionaries: TopK and ReLU+L1 trained with the same seed on a bf16 and an e4m3 store of the
    same exact rows (MiniLM, `--train-rows`, the same layout, so the same shards are held out),
    each scored on the bf16 rows of the held-out contexts: FVU and its relative difference.
@@ -340,7 +342,7 @@ def main() -> None:
     p.add_argument("--train-tokens", type=int, default=1 << 18)
     p.add_argument("--latents", type=int, default=1536)
     p.add_argument("--l1", type=float, default=2.0)
-    p.add_argument("--loader-rows", type=int, default=1 << 20)
+    p.add_argument("--loader-rows", type=int, default=1 << 22)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default="bench-out")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),

@@ -41,7 +41,8 @@ def test_every_row_once_per_epoch_across_ranks(store_url: str, world_size: int) 
 
 
 def test_float32_batches_of_a_bf16_store_are_torchs_cast_of_its_rows(tmp_path: Path) -> None:
-    # the loader widens bf16 with numpy bit arithmetic: torch's own cast is the reference
+    # the loader widens bf16 by bit arithmetic (a compiled pass): torch's own cast is the
+    # reference
     store = new_store(str(tmp_path / "s"))
     want = fill_store(store)
     for b in Loader(dataclasses.replace(CFG, dtype="float32"), store=store):

@@ -210,8 +210,8 @@ def dequantise(codes: torch.Tensor, scales: torch.Tensor, dtype: str) -> torch.T
     fmt = float8_format(dtype)
     if codes.device.type == "cpu":
         # torch converts float8 on a CPU one value at a time, and its multithreaded kernels
-        # stall on a loaded machine: numpy bit arithmetic gives the same bits several times
-        # faster (benchmarks/README.md, `fp8_store.py`).
+        # stall on a loaded machine: one compiled pass of bit arithmetic gives the same bits
+        # several times faster (benchmarks/README.md, `fp8_store.py`).
         return torch.from_numpy(dequantise_numpy(codes.numpy(), scales.numpy(), dtype))
     return codes.view(fmt.torch_dtype).to(torch.float32) * scales.to(torch.float32)[:, None]
 
