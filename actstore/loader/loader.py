@@ -169,8 +169,10 @@ class Loader:
         self._scale = {h: Normalizer.of(store, h, config.normalize, config.shards)
                        for h in config.hooks}
         self._scratch = threading.local()  # per read thread: a chunk-sized decode buffer
-        # windows being read, queued and consumed, and one a consumer may still hold
-        self._windows = BufferPool(config.shuffle_buffer, config.prefetch_windows + 2)
+        # per hook (hooks of one width share a kind): windows being read, queued and
+        # consumed, and one a consumer may still hold
+        self._windows = BufferPool(config.shuffle_buffer,
+                                   (config.prefetch_windows + 2) * len(config.hooks))
 
     def normalizer(self, hook: str) -> Normalizer:
         """How batches of `hook` were normalised (to undo it, or to treat other data alike)."""
@@ -315,7 +317,8 @@ class Loader:
         return rows[perm], data, futures
 
     def _by_shard(self, runs: list[Run]) -> list[list[Run]]:
-        """Runs grouped by the shard each starts in."""
+        """Runs grouped by the shard each starts in (a run may go on into the next: its
+        scales are then read across the two)."""
         groups: dict[int, list[Run]] = {}
         for run in runs:
             groups.setdefault(run[0] // self.store.layout.shard_rows, []).append(run)
@@ -333,10 +336,10 @@ class Loader:
         _whole_rows(buf)[slots] = _whole_rows(temp[:stop - start])
 
     def _read_scales(self, hook: str, runs: list[Run], buf: NDArray[np.float32]) -> None:
-        """The row scales of runs of one shard into buf[slots]: in one read of the span from
-        the first to the last run when they fill at least half of it (a scale is 4 bytes, so
-        decoding the few chunks between costs less than a request and a decode call each:
-        `benchmarks/loader_parts.py`), else one read per run."""
+        """The row scales of runs starting in one shard into buf[slots]: in one read of the
+        span from the first to the last run when they fill at least half of it (a scale is
+        4 bytes, so decoding the few chunks between costs less than a request and a decode
+        call each: `benchmarks/loader_parts.py`), else one read per run."""
         lo, hi = min(r[0] for r in runs), max(r[1] for r in runs)
         if hi - lo <= SPAN_SLACK * sum(r[1] - r[0] for r in runs):
             span = np.empty(hi - lo, np.float32)

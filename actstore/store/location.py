@@ -14,6 +14,7 @@ import errno
 import importlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import uuid
@@ -318,7 +319,10 @@ def _read_local(path: str, start: int, end: int | None) -> bytes:
     seek and read cost several times the system calls (a loader reads a chunk at a time)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        lo, hi, _ = slice(start, end).indices(os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a directory: as fsspec, not an empty object
+            raise IsADirectoryError(errno.EISDIR, "not a file", path)
+        lo, hi, _ = slice(start, end).indices(st.st_size)
         parts = []
         while lo < hi:  # a single read returns at most ~2 GiB
             part = os.pread(fd, hi - lo, lo)

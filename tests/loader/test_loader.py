@@ -202,11 +202,15 @@ def test_row_scales_of_one_shard_read_as_a_span_or_by_runs(tmp_path: Path) -> No
         read(hook, a, b, out)
     store.read_scales_into = counted  # type: ignore[method-assign]
     # chunks 1 and 2 (one span), chunks 0 and 7 (by runs: 16 rows of a 64-row span), in a
-    # window's order (not the store's), to shuffled slots
-    for chunks, want_reads in (((2, 1), [(8, 24)]), ((7, 0), [(0, 8), (56, 64)])):
-        slots = np.random.default_rng(0).permutation(8 * len(chunks))
-        runs = [(8 * c, 8 * c + 8, slots[8 * i:8 * i + 8]) for i, c in enumerate(chunks)]
-        rows = np.concatenate([np.arange(a, b) for a, b, _ in runs])
+    # window's order (not the store's), to shuffled slots; and one run of chunks 7 and 8, from
+    # the end of shard 0 into shard 1 (read across the two)
+    for spans, want_reads in (([(16, 24), (8, 16)], [(8, 24)]),
+                              ([(56, 64), (0, 8)], [(0, 8), (56, 64)]),
+                              ([(56, 72)], [(56, 72)])):
+        rows = np.concatenate([np.arange(a, b) for a, b in spans])
+        slots = np.random.default_rng(0).permutation(len(rows))
+        cuts = np.cumsum([0] + [b - a for a, b in spans])
+        runs = [(a, b, slots[c:c + b - a]) for (a, b), c in zip(spans, cuts, strict=False)]
         buf = np.zeros(len(rows), np.float32)
         reads.clear()
         loader._read_scales(HOOKS[0], runs, buf)

@@ -208,3 +208,12 @@ def test_the_cpu_quantiser_matches_the_device_one(dtype: str) -> None:
     assert torch.equal(got.codes, codes)
     assert torch.equal(got.scales, scales)
     assert got.sq_error == pytest.approx(err, rel=1e-12)
+
+
+def test_codes_and_scales_of_different_rows_are_refused() -> None:
+    # the compiled pass checks no bounds: a short scales array must fail before it runs
+    codes = torch.zeros((6, 4), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="6 rows of codes need 6 scales"):
+        dequantise(codes, torch.ones(2), "float8_e4m3")
+    with pytest.raises(ValueError, match=r"must be \(rows, d_model\)"):
+        dequantise(codes.reshape(-1), torch.ones(24), "float8_e4m3")

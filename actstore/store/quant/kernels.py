@@ -80,6 +80,12 @@ def float8_rows(codes: NDArray[np.int8], factor: NDArray[np.float32],
                 mean: NDArray[np.float32] | None = None, scale: float = 1.0
                 ) -> NDArray[np.float32]:
     """(n, d) float32 values of 8-bit codes (see `_rows`), normalised if asked."""
+    if codes.ndim != 2:
+        raise ValueError(f"8-bit codes must be (rows, d_model), got shape {codes.shape}")
+    for name, per_row in (("factor", factor), ("after", after)):
+        if per_row.shape != (len(codes),):  # the kernel checks no bounds
+            raise ValueError(f"{len(codes)} rows of codes need {len(codes)} scales, got "
+                             f"{name} of shape {per_row.shape}")
     out = np.empty(codes.shape, np.float32)
     _compiled()(np.ascontiguousarray(codes), np.int32(shift), np.int32(mask), _f32(factor),
                 _f32(after), _mean(mean, codes.shape[1]), np.float32(scale), out)
@@ -88,11 +94,14 @@ def float8_rows(codes: NDArray[np.int8], factor: NDArray[np.float32],
 
 def bf16_rows(raw: NDArray[np.uint16], *, mean: NDArray[np.float32] | None = None,
               scale: float = 1.0) -> NDArray[np.float32]:
-    """(n, d) float32 values of bf16 bit patterns, normalised if asked."""
-    out = np.empty(raw.shape, np.float32)
-    _compiled()(np.ascontiguousarray(raw), np.int32(16), np.int32(-1), _NONE, _NONE,
-                _mean(mean, raw.shape[1]), np.float32(scale), out)
-    return out
+    """float32 values of bf16 bit patterns of any shape (rows are the last axis), normalised
+    if asked."""
+    d = raw.shape[-1] if raw.ndim else 1
+    rows = raw.reshape(raw.size // d if d else int(np.prod(raw.shape[:-1])), d)
+    out = np.empty(rows.shape, np.float32)
+    _compiled()(np.ascontiguousarray(rows), np.int32(16), np.int32(-1), _NONE, _NONE,
+                _mean(mean, rows.shape[1]), np.float32(scale), out)
+    return out.reshape(raw.shape)
 
 
 def normalise_numpy(x: NDArray[np.float32], mean: NDArray[np.float32] | None, scale: float
