@@ -341,16 +341,13 @@ class Loader:
         4 bytes, so decoding the few chunks between costs less than a request and a decode
         call each: `benchmarks/loader_parts.py`), else one read per run."""
         lo, hi = min(r[0] for r in runs), max(r[1] for r in runs)
-        if hi - lo <= SPAN_SLACK * sum(r[1] - r[0] for r in runs):
-            span = np.empty(hi - lo, np.float32)
-            self.store.read_scales_into(hook, lo, hi, span)
-            for a, b, slots in runs:
-                buf[slots] = span[a - lo:b - lo]
-            return
-        for a, b, slots in runs:
-            part = np.empty(b - a, np.float32)
-            self.store.read_scales_into(hook, a, b, part)
-            buf[slots] = part
+        dense = hi - lo <= SPAN_SLACK * sum(r[1] - r[0] for r in runs)
+        reads = [(lo, hi, runs)] if dense else [(a, b, [(a, b, s)]) for a, b, s in runs]
+        for start, stop, members in reads:
+            span = np.empty(stop - start, np.float32)
+            self.store.read_scales_into(hook, start, stop, span)
+            for a, b, slots in members:
+                buf[slots] = span[a - start:b - start]
 
     def _deliver(self, x: dict[str, tuple[torch.Tensor, ...]], rows: NDArray[np.int64]
                  ) -> Batch:

@@ -18,7 +18,7 @@ commands that never decode rows do not pay for it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -66,10 +66,11 @@ def _compiled() -> Callable[..., None]:
                           "pip install 'numba>=0.60' (or reinstall actstore)") from e
     # nogil: read threads decode chunks while a batch is made; cache: compiled once per
     # machine, not once per process (numba keeps it beside this file or in its user cache).
+    jit = partial(numba.njit, nogil=True, boundscheck=False, error_model="numpy")
     try:
-        return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")(_rows)
+        return jit(cache=True)(_rows)
     except RuntimeError:  # no writable place for the cache: compiled in each process
-        return numba.njit(nogil=True, boundscheck=False, error_model="numpy")(_rows)
+        return jit()(_rows)
 
 
 _NONE = np.zeros(0, np.float32)
@@ -96,8 +97,7 @@ def bf16_rows(raw: NDArray[np.uint16], *, mean: NDArray[np.float32] | None = Non
               scale: float = 1.0) -> NDArray[np.float32]:
     """float32 values of bf16 bit patterns of any shape (rows are the last axis), normalised
     if asked."""
-    d = raw.shape[-1] if raw.ndim else 1
-    rows = raw.reshape(raw.size // d if d else int(np.prod(raw.shape[:-1])), d)
+    rows = raw.reshape(int(np.prod(raw.shape[:-1])), raw.shape[-1] if raw.ndim else 1)
     out = np.empty(rows.shape, np.float32)
     _compiled()(np.ascontiguousarray(rows), np.int32(16), np.int32(-1), _NONE, _NONE,
                 _mean(mean, rows.shape[1]), np.float32(scale), out)
