@@ -304,6 +304,13 @@ class TestLocalLocation(LocationTests):
             loc.put_exclusive("d/e", b"again")
         assert sorted(os.listdir(Path(store_url) / "d")) == ["a", "b", "c", "e"]
 
+    def test_reading_a_folder_fails_naming_it(self, loc: Location) -> None:
+        # local reads go through os.pread: a folder must not read as an empty object
+        loc.put("d/a", BLOB)
+        for read in (loc.get, lambda rel: loc.get_range(rel, 0, 4)):
+            with pytest.raises(IsADirectoryError, match=r"not a file: .*/d."):
+                read("d")
+
 
 @pytest.mark.parametrize("store_url", ["s3"], indirect=True)
 class TestS3Location(LocationTests):
