@@ -2,6 +2,7 @@
 
     python -m benchmarks.loader_parts [--rows 1048576] [--rounds 3] [--tokens 32768]
                                       [--normalize none|scale|center_scale]
+                                      [--e4m3-codecs blosc-zstd:3:bitshuffle ...]
 
 The MiniLM `encoder.layer.3` stores of `fp8_store.py` (bf16 and e4m3, generated from the same
 contexts) are tiled to `--rows` rows; each round runs one warm epoch of each (one loader per
@@ -13,8 +14,10 @@ the wrapped methods they call, in whichever thread runs them: `WRAPPED`): decodi
 and decompression, whether the reading thread or the store's pool does it), the rest of reading
 chunks (requests, index, checks), the row scales of an 8-bit store (read, decoded, placed),
 scattering decoded rows into the shuffled window, and delivery (the bf16 widening or the
-dequantisation). Prints nanoseconds of CPU per row for each stage (best round), the epoch's
-wall and process CPU time, and e4m3's ratios to bf16; writes `<out>/loader_parts.json`.
+dequantisation). The e4m3 store is also tiled with each of `--e4m3-codecs` (by default the
+previous default codec) and timed in the same rounds. Prints nanoseconds of CPU per row for
+each stage (best round), the epoch's wall and process CPU time, and each store's ratios to
+bf16; writes `<out>/loader_parts.json`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ from actstore import ActivationStore
 from actstore.bench.storage import tiled_store
 from actstore.loader.loader import Loader
 from actstore.store.shard_codec import ShardDecoder
+from actstore.store.spec import Codec
 from benchmarks.fp8_store import MINILM, MINILM_HOOK, epoch_fn, generate_stores
+from benchmarks.store_codecs import codec_name
+
+DTYPES = ("bfloat16", "float8_e4m3")
 
 #: (method, owner, stage or a function of the instance giving the stage). Each stage counts
 #: the method's own CPU time, in whichever thread runs it, less the wrapped methods it calls
@@ -94,6 +101,12 @@ def one_epoch(epoch: Callable[[], int], rows: int) -> dict[str, float]:
     return {k: 1e9 * v / rows for k, v in per_row.items()}
 
 
+def parse_codec(text: str) -> Codec:
+    """`name:level:shuffle`, e.g. `blosc-zstd:3:bitshuffle`."""
+    name, level, shuffle = text.split(":")
+    return Codec(name, int(level), shuffle)  # type: ignore[arg-type]  # Codec checks them
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,34 +115,49 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32768, help="MiniLM tokens generated")
     p.add_argument("--normalize", choices=("none", "scale", "center_scale"), default="none",
                    help="the loader's normalisation (the trainer's default is scale)")
+    p.add_argument("--e4m3-codecs", nargs="*", type=parse_codec,
+                   default=[Codec("blosc-zstd", 3, "bitshuffle")],
+                   help="also time the e4m3 store compressed with these (name:level:shuffle; "
+                        "default: the previous default, blosc-zstd:3:bitshuffle)")
     p.add_argument("--out", default="bench-out")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=a.out) as tmp:
         work = Path(tmp)
         stores = generate_stores(MINILM, MINILM_HOOK, a.tokens, work, 128)
-        tiled = {d: tiled_store(str(work / f"tiled-{d}"), stores[d], a.rows,
-                                min(4, os.cpu_count() or 1))[0]
-                 for d in ("bfloat16", "float8_e4m3")}
+        plan: dict[str, tuple[str, Codec | None]] = {d: (d, None) for d in DTYPES}
+        plan.update({f"e4m3 {codec_name(c)}": ("float8_e4m3", c) for c in a.e4m3_codecs})
+        tiled = {name: tiled_store(str(work / f"tiled-{i}"), stores[d], a.rows,
+                                   min(4, os.cpu_count() or 1), codec)[0]
+                 for i, (name, (d, codec)) in enumerate(plan.items())}
         # one loader per store, as a trainer runs one; its first epoch warms the page
         # cache, its buffers and the compiled kernels
-        epochs = {d: epoch_fn(store, a.normalize) for d, store in tiled.items()}
+        epochs = {name: epoch_fn(store, a.normalize) for name, store in tiled.items()}
         for epoch in epochs.values():
             epoch()
-        rounds: dict[str, list[dict[str, float]]] = {d: [] for d in tiled}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in tiled}
         for _ in range(a.rounds):
-            for d, epoch in epochs.items():
-                rounds[d].append(one_epoch(epoch, a.rows))
-    best = {d: min(r, key=lambda x: x["epoch wall"]) for d, r in rounds.items()}
+            for name, epoch in epochs.items():
+                rounds[name].append(one_epoch(epoch, a.rows))
+    best = {name: min(r, key=lambda x: x["epoch wall"]) for name, r in rounds.items()}
+    print_table(best, a)
+    Path(a.out, "loader_parts.json").write_text(json.dumps(
+        {"args": {**vars(a), "e4m3_codecs": [codec_name(c) for c in a.e4m3_codecs]},
+         "rounds": rounds, "best": best}, indent=1) + "\n")
+
+
+def print_table(best: dict[str, dict[str, float]], a: argparse.Namespace) -> None:
+    """Stages by store, each with its ratio to the bf16 store's."""
     print(f"ns of CPU per row, warm epoch of {a.rows:,} rows, float32 batches, normalize "
           f"{a.normalize} (best of "
           f"{a.rounds}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
-    print("| stage | bf16 | e4m3 | e4m3 / bf16 |\n| --- | --- | --- | --- |")
-    for stage in best["bfloat16"]:
-        b, e = best["bfloat16"][stage], best["float8_e4m3"][stage]
-        print(f"| {stage} | {b:.0f} | {e:.0f} | {e / b if b else float('nan'):.2f} |")
-    Path(a.out, "loader_parts.json").write_text(
-        json.dumps({"args": vars(a), "rounds": rounds, "best": best}, indent=1) + "\n")
+    others = [n for n in best if n != "bfloat16"]
+    print("| stage | bf16 | " + " | ".join(f"{n} | / bf16" for n in others) + " |")
+    print("| --- " * (2 + 2 * len(others)) + "|")
+    for stage, b in best["bfloat16"].items():
+        cells = [f"{best[n][stage]:.0f} | {best[n][stage] / b if b else float('nan'):.2f}"
+                 for n in others]
+        print(f"| {stage} | {b:.0f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

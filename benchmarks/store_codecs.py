@@ -44,7 +44,7 @@ CODECS = [Codec("blosc-zstd", 3, "bitshuffle"), Codec("blosc-zstd", 3, "shuffle"
 #: for no filter, against bit-shuffle, lz4 and plain zstd.
 FLOAT8_CODECS = [Codec("blosc-zstd", 3, "shuffle"), Codec("blosc-zstd", 3, "bitshuffle"),
                  Codec("blosc-zstd", 5, "shuffle"), Codec("blosc-lz4", 5, "bitshuffle"),
-                 Codec("zstd", 3, "noshuffle")]
+                 Codec("blosc-lz4hc", 2, "bitshuffle"), Codec("zstd", 3, "noshuffle")]
 
 
 @dataclass

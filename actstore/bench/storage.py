@@ -22,15 +22,15 @@ from actstore.loader.loader import Loader, LoaderConfig
 from actstore.loader.shuffle_quality import shuffle_quality
 from actstore.store import format as fmt
 from actstore.store.activation_store import ActivationStore, RowIndex
-from actstore.store.spec import DTYPE_ITEMSIZE, Layout
+from actstore.store.spec import DTYPE_ITEMSIZE, Codec, Layout
 from actstore.store.writer import write_shard
 
 
-def tiled_store(url: str, source: ActivationStore, rows: int, threads: int
-                ) -> tuple[ActivationStore, float]:
+def tiled_store(url: str, source: ActivationStore, rows: int, threads: int,
+                codec: Codec | None = None) -> tuple[ActivationStore, float]:
     """`source`'s rows repeated up to `rows` (context ids offset per copy, so contexts stay
-    distinct), written shard by shard with `threads` writers; returns it and the seconds the
-    writes took."""
+    distinct), written shard by shard with `threads` writers, compressed with `codec` (None:
+    the dtype's default); returns it and the seconds the writes took."""
     hook = source.hooks[0]
     x = source.read_torch(hook, 0, source.num_rows)
     index = source.read_index(0, source.num_rows)
@@ -43,7 +43,8 @@ def tiled_store(url: str, source: ActivationStore, rows: int, threads: int
     row_bytes = x.shape[1] * DTYPE_ITEMSIZE[source.spec.dtype]
     # several shards per writer thread, as generation plans them, so the writers overlap
     layout = Layout.for_sizes(rows, {hook: x.shape[1]}, source.spec.dtype,
-                              shard_bytes=min(256 << 20, rows * row_bytes // (4 * threads)))
+                              shard_bytes=min(256 << 20, rows * row_bytes // (4 * threads)),
+                              codec=codec)
     spec = source.spec
     store = ActivationStore.create(url, spec, layout, contexts=source.read_contexts())
 

@@ -8,7 +8,7 @@ hold float8 bit patterns (uint8) and one float32 scale per row in `scales/<hook>
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import google_crc32c
 import numpy as np
@@ -84,7 +84,7 @@ def compressors(codec: Codec, itemsize: int) -> list[BytesBytesCodec]:
     """Chunk codecs: the compressor, then a crc32c checksum so corruption is caught on read."""
     chain: list[BytesBytesCodec] = []
     if codec.name.startswith("blosc-"):
-        cname: Literal["zstd", "lz4"] = "zstd" if codec.name == "blosc-zstd" else "lz4"
+        cname = cast(Literal["zstd", "lz4", "lz4hc"], codec.name.removeprefix("blosc-"))
         chain.append(BloscCodec(cname=cname, clevel=codec.level,
                                 shuffle=codec.shuffle, typesize=itemsize))
     elif codec.name == "zstd":

@@ -134,7 +134,7 @@ class Codec:
     """Lossless compressor applied to each chunk inside a shard (chosen by
     benchmarks/store_codecs.py: benchmarks/README.md, section `store_codecs.py`)."""
 
-    name: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
+    name: Literal["blosc-zstd", "blosc-lz4", "blosc-lz4hc", "zstd", "none"] = "blosc-zstd"
     """Compressor family."""
     level: int = 3
     """Compression level."""
@@ -205,9 +205,15 @@ class Layout:
 
 
 def default_codec(dtype: StorageDtype) -> Codec:
-    """The activations' compressor when none is asked for (benchmarks/store_codecs.py).
+    """The activations' compressor when none is asked for (benchmarks/store_codecs.py,
+    benchmarks/README.md section "8-bit stores").
 
-    e5m2 codes take no filter (byte shuffle is a no-op at one byte): bit-shuffle made them 11%
-    larger for 16% less decoding. e4m3 codes are bit-shuffled like the 16-bit dtypes: 7%
-    larger, but decoded in half the CPU time, which is what bounds the loader on a CPU."""
+    e5m2 is the format for the fewest bytes: its codes take zstd with no filter (byte shuffle
+    is a no-op at one byte); bit-shuffle would make them larger. e4m3 codes are bit-shuffled
+    and take lz4hc at level 2: on them it stores nearly as few bytes as zstd and decodes
+    faster, and decoding is what bounds the loader on a CPU. (Level 2 is LZ4's fast middle
+    mode in the LZ4 that numcodecs' blosc bundles; an older LZ4 runs it as ordinary HC,
+    slower to write, read the same way.) The 16-bit dtypes take zstd with bit-shuffle."""
+    if dtype == "float8_e4m3":
+        return Codec("blosc-lz4hc", 2, "bitshuffle")
     return Codec(shuffle="shuffle") if dtype == "float8_e5m2" else Codec()

@@ -13,7 +13,8 @@ from actstore import Codec, Layout
 from actstore.store import format as fmt
 
 CODECS = [Codec("blosc-zstd", 3, "bitshuffle"), Codec("blosc-zstd", 1, "shuffle"),
-          Codec("blosc-lz4", 5, "bitshuffle"), Codec("zstd", 3, "noshuffle"),
+          Codec("blosc-lz4", 5, "bitshuffle"), Codec("blosc-lz4hc", 2, "bitshuffle"),
+          Codec("zstd", 3, "noshuffle"),
           Codec("none", 0, "noshuffle")]
 
 
