@@ -190,16 +190,21 @@ class Layout:
     def for_sizes(cls, num_rows: int, d_model: Mapping[str, int], dtype: StorageDtype, *,
                   shard_bytes: int = 256 << 20, chunk_bytes: int = 2 << 20,
                   codec: Codec | None = None) -> Layout:
-        """Layout with shards and chunks near the given raw sizes for the widest hook.
+        """Layout with shards of about `shard_bytes` raw (for the widest hook), cut into
+        equal chunks of at most `chunk_bytes`.
 
         Defaults come from benchmarks/store_codecs.py: ~2 MiB chunks keep random reads cheap
         while compressing as well as larger ones; ~256 MiB shards are large objects for S3.
+        A shard is the fewest whole chunks that reach its size, the chunks shrunk to fit, so
+        that shards are as many as planned whatever the row width: rounding the shard down
+        to whole 2 MiB chunks made a small job's 8-bit store (twice the rows per chunk) up
+        to half as many rows per shard again as planned, so more shards and more passes.
         The codec comes from `default_codec`.
         """
         row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[dtype]
-        chunk_rows = max(1, chunk_bytes // row_bytes)
-        chunk_rows = min(chunk_rows, num_rows)
-        per_shard = max(1, shard_bytes // (chunk_rows * row_bytes))
+        shard_rows = max(1, min(num_rows, shard_bytes // row_bytes))
+        per_shard = -(-shard_rows // max(1, chunk_bytes // row_bytes))
+        chunk_rows = -(-shard_rows // per_shard)
         return cls(num_rows=num_rows, d_model=dict(d_model), shard_rows=chunk_rows * per_shard,
                    chunk_rows=chunk_rows, codec=codec or default_codec(dtype))
 
