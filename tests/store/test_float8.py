@@ -222,3 +222,29 @@ def test_codes_and_scales_of_different_rows_are_refused() -> None:
         dequantise(codes, torch.ones(2), "float8_e4m3")
     with pytest.raises(ValueError, match=r"must be \(rows, d_model\)"):
         dequantise(codes.reshape(-1), torch.ones(24), "float8_e4m3")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cpu_quantiser_rounds_every_tie_and_neighbour_as_torch(dtype: str) -> None:
+    """Scale 1 (each row holds the format's largest value), so the codes are x's own
+    rounding: every code's value, every midpoint between neighbouring codes (ties go to the
+    even code) and the float32 values on either side of each, both signs, against torch's
+    float32 -> float8 conversion."""
+    fmt = FLOAT8_DTYPES[dtype]
+    grid = np.unique(np.abs(code_values(dtype)[np.isfinite(code_values(dtype))]))
+    mids = ((grid[:-1].astype(np.float64) + grid[1:]) / 2).astype(np.float32)  # exact
+    near = [np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(0)),
+            np.nextafter(grid, np.float32(np.inf))[:-1], np.nextafter(grid, np.float32(0))]
+    tiny = np.array([1e-45, 1e-40, 1.2e-38, fmt.subnormal_step / 4], np.float32)
+    values = np.concatenate([grid, mids, *near, tiny])
+    values = np.concatenate([values, -values])
+    width = 63
+    body = np.zeros(-(-len(values) // width) * width, np.float32)
+    body[:len(values)] = values
+    body = body.reshape(-1, width)
+    x = torch.from_numpy(np.hstack([np.full((len(body), 1), fmt.max, np.float32), body]))
+    q = quantise(x, dtype)
+    assert torch.equal(q.scales, torch.ones(len(x)))
+    assert torch.equal(q.codes, x.to(fmt.torch_dtype).view(torch.uint8))
+    y = q.codes.view(fmt.torch_dtype).double()
+    assert q.sq_error == pytest.approx(float(((x.double() - y) ** 2).sum()), rel=1e-12)

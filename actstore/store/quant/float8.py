@@ -69,10 +69,6 @@ FLOAT8_DTYPES: dict[str, Float8Format] = {
 BLOCK = 8192
 """Rows quantised at a time: a few MiB of float32 temporaries, whatever the shard's size."""
 
-CPU_BLOCK = 1024
-"""Rows quantised at a time on a CPU: the temporaries stay in the caches."""
-
-
 def is_float8(dtype: str) -> bool:
     return dtype in FLOAT8_DTYPES
 
@@ -145,32 +141,16 @@ def quantise_on_device(x: torch.Tensor, dtype: str) -> DeviceQuantised:
 
 
 def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
-    """`quantise` on a CPU: the same codes, scales and error (the same IEEE float32 operations
-    as `_quantise_block`, and torch's float8 rounding), with numpy on cache-sized blocks of
-    rows and a single torch call. torch's kernels, multithreaded, cost several times the CPU
-    here, and each call stalls when the machine is loaded (benchmarks/README.md,
-    `fp8_store.py`)."""
-    x32 = x.detach().to(torch.float32).numpy()
-    n = x32.shape[0]
-    y = np.empty(x32.shape, np.float32)
-    scales = np.empty(n, np.float32)
-    for i in range(0, n, CPU_BLOCK):
-        rows = slice(i, i + CPU_BLOCK)
-        absmax = np.abs(x32[rows]).max(axis=1, initial=np.float32(0))
-        if not np.isfinite(absmax).all():
-            raise NonFiniteRowsError(int((~np.isfinite(x32).all(axis=1)).sum()))
-        scale = absmax / np.float32(fmt.max)
-        scale[~(scale > 0)] = 1.0  # all-zero rows, as in `_quantise_block`
-        scales[rows] = scale
-        np.clip(np.divide(x32[rows], scale[:, None], out=y[rows]), -fmt.max, fmt.max,
-                out=y[rows])
-    codes = torch.from_numpy(y).to(fmt.torch_dtype).view(torch.uint8).numpy()
-    err = 0.0
-    for i in range(0, n, CPU_BLOCK):
-        rows = slice(i, i + CPU_BLOCK)
-        diff = (x32[rows] - dequantise_numpy(codes[rows], scales[rows], fmt.name))
-        flat = diff.astype(np.float64).reshape(-1)
-        err += float(np.einsum("i,i", flat, flat))  # not BLAS: its threads stall when loaded
+    """`quantise` on a CPU: the same codes, scales and error as `_quantise_block` (the same
+    IEEE float32 operations, and torch's float8 rounding done on the bits), in one compiled
+    pass over each row while it is in the cache (`kernels.quantise_rows`). torch's kernels,
+    multithreaded and one value at a time for float8, cost several times the CPU here, and
+    each call stalls when the machine is loaded (benchmarks/README.md, `fp8_store.py`)."""
+    codes, scales, err, bad = kernels.quantise_rows(
+        x.detach().to(torch.float32).numpy(), fmax=fmt.max, step=fmt.subnormal_step,
+        shift=fmt.shift, offset=fmt.exponent_offset << fmt.mantissa_bits)
+    if bad:
+        raise NonFiniteRowsError(bad)
     return Quantised(torch.from_numpy(codes), torch.from_numpy(scales), err)
 
 

@@ -57,8 +57,76 @@ def _rows(raw: Any, shift: Any, mask: Any, factor: Any, after: Any,  # noqa: PLR
                 out[i, j] *= scale
 
 
+def _quantise(x: Any, fmax: Any, step: Any, shift: Any, offset: Any,  # noqa: PLR0912, PLR0917
+              codes: Any, scales: Any, y: Any) -> tuple[float, int]:
+    """codes[i], scales[i] of row x[i] as `float8.quantise` defines them; returns Σ‖x −
+    value‖² (float64) and the count of rows holding inf or NaN (their codes mean nothing).
+
+    The rounding is torch's float32 → float8 (to nearest, ties to even) in integer arithmetic
+    on the bits: a subnormal result is the nearest multiple of `step`, counted in steps; a
+    normal one keeps float32's top bits, rounded at bit `shift`, its exponent rebased by
+    `offset`. A code's value is rebuilt the other way (the same bits readers get), times
+    the scale in float32. `y` is a row of scratch space. One function with all the format's
+    cases as branches, so numba compiles it as one loop nest."""
+    n, d = x.shape
+    ybits = y.view(np.int32)
+    zero, one, inv_step = np.float32(0), np.float32(1), np.float32(1) / step
+    min_normal = (offset >> (23 - shift) << 23) + (1 << 23)
+    half = (1 << (shift - 1)) - 1
+    err, bad = 0.0, 0
+    for i in range(n):
+        amax, finite = zero, True
+        for j in range(d):
+            a = abs(x[i, j])
+            if not a < np.float32(np.inf):
+                finite = False
+            elif a > amax:
+                amax = a
+        s = amax / fmax
+        if not s > zero:  # an all-zero row (or one whose scale underflows): codes 0
+            s = one
+        scales[i] = s
+        if not finite:
+            bad += 1
+            continue
+        for j in range(d):
+            y[j] = min(max(x[i, j] / s, -fmax), fmax)
+        for j in range(d):
+            b = ybits[j]
+            mag = b & 0x7FFFFFFF
+            if mag < min_normal:
+                v = abs(y[j]) * inv_step  # exact: a power of two, and v < 2**mantissa
+                m = int(np.floor(v))
+                rest = v - m
+                if rest > 0.5 or (rest == 0.5 and m & 1):
+                    m += 1
+            else:
+                m = ((mag + half + ((mag >> shift) & 1)) >> shift) - offset
+            codes[i, j] = ((b >> 24) & 0x80) | m
+            if m < (1 << (23 - shift)):
+                y[j] = np.float32(m) * step
+            else:
+                ybits[j] = (m + offset) << shift
+            if b < 0:
+                y[j] = -y[j]
+            y[j] = x[i, j] - y[j] * s  # exact in float32 (see `float8._quantise_block`)
+        # Σ diff² in float64 (a float32 square of 1e20 would overflow), in four interleaved
+        # sums: one sum is a chain of dependent adds, which took most of the time
+        r0, r1, r2, r3 = 0.0, 0.0, 0.0, 0.0
+        for j in range(0, d - d % 4, 4):
+            a, b, c, e = y[j], y[j + 1], y[j + 2], y[j + 3]
+            r0 += np.float64(a) * np.float64(a)
+            r1 += np.float64(b) * np.float64(b)
+            r2 += np.float64(c) * np.float64(c)
+            r3 += np.float64(e) * np.float64(e)
+        for j in range(d - d % 4, d):
+            r0 += np.float64(y[j]) * np.float64(y[j])
+        err += (r0 + r1) + (r2 + r3)
+    return err, bad
+
+
 @cache
-def _compiled() -> Callable[..., None]:
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     try:
         import numba
     except ImportError as e:  # a core dependency: only a broken install lacks it
@@ -68,9 +136,26 @@ def _compiled() -> Callable[..., None]:
     # machine, not once per process (numba keeps it beside this file or in its user cache).
     jit = partial(numba.njit, nogil=True, boundscheck=False, error_model="numpy")
     try:
-        return jit(cache=True)(_rows)
+        return jit(cache=True)(fn)
     except RuntimeError:  # no writable place for the cache: compiled in each process
-        return jit()(_rows)
+        return jit()(fn)
+
+
+def quantise_rows(x: NDArray[np.float32], *, fmax: float, step: float, shift: int,
+                  offset: int) -> tuple[NDArray[np.uint8], NDArray[np.float32], float, int]:
+    """(codes, scales, squared error, rows holding inf or NaN) of float32 rows (see
+    `_quantise`): fmax is the format's largest value, step its subnormal spacing, shift the
+    mantissa bits float32 has beyond the format's, offset the exponent rebase (float32's
+    bias minus the format's) times 2**mantissa bits."""
+    if x.ndim != 2:
+        raise ValueError(f"expected (rows, d_model) float32 rows, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    codes = np.empty(x.shape, np.uint8)
+    scales = np.empty(len(x), np.float32)
+    err, bad = _compiled(_quantise)(x, np.float32(fmax), np.float32(step), np.int32(shift),
+                                    np.int32(offset), codes, scales,
+                                    np.empty(x.shape[1], np.float32))
+    return codes, scales, float(err), int(bad)
 
 
 _NONE = np.zeros(0, np.float32)
@@ -88,7 +173,7 @@ def float8_rows(codes: NDArray[np.int8], factor: NDArray[np.float32],
             raise ValueError(f"{len(codes)} rows of codes need {len(codes)} scales, got "
                              f"{name} of shape {per_row.shape}")
     out = np.empty(codes.shape, np.float32)
-    _compiled()(np.ascontiguousarray(codes), np.int32(shift), np.int32(mask), _f32(factor),
+    _compiled(_rows)(np.ascontiguousarray(codes), np.int32(shift), np.int32(mask), _f32(factor),
                 _f32(after), _mean(mean, codes.shape[1]), np.float32(scale), out)
     return out
 
@@ -99,7 +184,7 @@ def bf16_rows(raw: NDArray[np.uint16], *, mean: NDArray[np.float32] | None = Non
     if asked."""
     rows = raw.reshape(int(np.prod(raw.shape[:-1])), raw.shape[-1] if raw.ndim else 1)
     out = np.empty(rows.shape, np.float32)
-    _compiled()(np.ascontiguousarray(rows), np.int32(16), np.int32(-1), _NONE, _NONE,
+    _compiled(_rows)(np.ascontiguousarray(rows), np.int32(16), np.int32(-1), _NONE, _NONE,
                 _mean(mean, rows.shape[1]), np.float32(scale), out)
     return out.reshape(raw.shape)
 
