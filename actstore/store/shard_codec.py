@@ -59,6 +59,8 @@ def compressor(codec: Codec, itemsize: int) -> numcodecs.abc.Codec | None:
                                shuffle=shuffle, blocksize=0, typesize=itemsize)
     if codec.name == "zstd":
         return numcodecs.Zstd(level=codec.level, checksum=False)
+    if codec.name != "none":  # `Codec` refuses other names; a new one must be added here
+        raise ValueError(f"no numcodecs codec for {codec.name!r}")
     return None
 
 

@@ -129,17 +129,26 @@ def _check_choice(name: str, value: object, choices: Any) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
+CodecName = Literal["blosc-zstd", "blosc-lz4", "blosc-lz4hc", "zstd", "none"]
+Shuffle = Literal["shuffle", "bitshuffle", "noshuffle"]
+
+
 @dataclass(frozen=True)
 class Codec:
     """Lossless compressor applied to each chunk inside a shard (chosen by
     benchmarks/store_codecs.py: benchmarks/README.md, section `store_codecs.py`)."""
 
-    name: Literal["blosc-zstd", "blosc-lz4", "blosc-lz4hc", "zstd", "none"] = "blosc-zstd"
+    name: CodecName = "blosc-zstd"
     """Compressor family."""
     level: int = 3
     """Compression level."""
-    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "bitshuffle"
+    shuffle: Shuffle = "bitshuffle"
     """Byte/bit shuffle filter (blosc only): groups the exponent bytes, which compress well."""
+
+    def __post_init__(self) -> None:
+        # an unknown name would otherwise store chunks uncompressed without a word
+        _check_choice("codec name", self.name, CodecName)
+        _check_choice("codec shuffle", self.shuffle, Shuffle)
 
 
 @dataclass(frozen=True)
@@ -196,9 +205,9 @@ class Layout:
         Defaults come from benchmarks/store_codecs.py: ~2 MiB chunks keep random reads cheap
         while compressing as well as larger ones; ~256 MiB shards are large objects for S3.
         A shard is the fewest whole chunks that reach its size, the chunks shrunk to fit, so
-        that shards are as many as planned whatever the row width: rounding the shard down
-        to whole 2 MiB chunks made a small job's 8-bit store (twice the rows per chunk) up
-        to half as many rows per shard again as planned, so more shards and more passes.
+        that it holds the rows planned whatever the row width. (Rounded down to whole 2 MiB
+        chunks, a small job's shards could hold as few as half the rows planned, and an
+        8-bit store, with twice the rows per chunk, got more shards than a bf16 one.)
         The codec comes from `default_codec`.
         """
         row_bytes = max(d_model.values()) * DTYPE_ITEMSIZE[dtype]

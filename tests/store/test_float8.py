@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from actstore import ActivationStore, FormatError, RowIndex, verify, write_shard
 from actstore.shell.summary import describe
 from actstore.store.quant import FLOAT8_DTYPES, code_values, dequantise, quantise
+from actstore.store.quant.float8 import NonFiniteRowsError
 from actstore.store.spec import StorageDtype, default_codec
 from tests.helpers import HOOKS, fill_store, make_layout, make_spec
 
@@ -204,8 +205,10 @@ def test_the_cpu_quantiser_matches_the_device_one(dtype: str) -> None:
     (the device path is run here on the CPU, as it runs on a GPU)."""
     from actstore.store.quant import float8
 
-    x = torch.cat([outlier_rows(), torch.randn(3000, 64, generator=torch.Generator()
-                                               .manual_seed(2))])
+    g = torch.Generator().manual_seed(2)
+    tiny = torch.randn(3, 64, generator=g) * torch.tensor([[1e-44], [1e-40], [1e-37]])
+    tiny[0, :3] = torch.tensor([1e-44, -3e-45, 0.0])  # scales that underflow to 0 or are
+    x = torch.cat([outlier_rows(), tiny, torch.randn(3000, 64, generator=g)])  # subnormal
     fmt = FLOAT8_DTYPES[dtype]
     codes, scales = torch.empty(x.shape, dtype=torch.uint8), torch.empty(len(x))
     err = float(float8._quantise_block(x, fmt, codes, scales))
@@ -213,6 +216,16 @@ def test_the_cpu_quantiser_matches_the_device_one(dtype: str) -> None:
     assert torch.equal(got.codes, codes)
     assert torch.equal(got.scales, scales)
     assert got.sq_error == pytest.approx(err, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cpu_quantiser_counts_every_non_finite_row(dtype: str) -> None:
+    x = torch.randn(50, 16, generator=torch.Generator().manual_seed(3))
+    x[3, 1], x[7, 0], x[7, 5], x[40, 15] = float("nan"), float("inf"), float("nan"), -float("inf")
+    with pytest.raises(NonFiniteRowsError, match=r"^3 rows hold inf or NaN"):
+        quantise(x, dtype)
+    with pytest.raises(NonFiniteRowsError, match=r"^3 rows hold inf or NaN"):
+        quantise(x.T.contiguous().T, dtype)  # a non-contiguous view of the same rows
 
 
 def test_codes_and_scales_of_different_rows_are_refused() -> None:

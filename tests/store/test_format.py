@@ -36,7 +36,7 @@ def test_format_reads_with_plain_zarr_and_pyarrow(store_url: str) -> None:
     (100, 384, 256 << 20, 2 << 20),      # fewer rows than one shard holds
     (1000, 7, 64, 16),                   # chunks of two rows
 ])
-def test_layout_for_sizes_plans_the_same_shards_for_every_dtype(
+def test_layout_for_sizes_gives_every_dtype_its_planned_shard(
         num_rows: int, width: int, shard_bytes: int, chunk_bytes: int) -> None:
     # The shard size asked for, in rows, is the bf16 one: each dtype gets it in bytes.
     want = min(num_rows, shard_bytes // (width * 2))

@@ -61,3 +61,10 @@ def test_encoder_refuses_oversized_shards() -> None:
     enc = fmt.shard_encoders(layout, "float32")[fmt.activation_path("h")]
     with pytest.raises(ValueError, match=r"holds 1\.\.20 rows"):
         enc.encode(np.zeros((21, 3), np.float32))
+
+
+@pytest.mark.parametrize(("name", "shuffle"), [("lz4hc", "bitshuffle"), ("blosc-foo", "shuffle"),
+                                               ("zstd", "weird")])
+def test_an_unknown_codec_is_refused_not_stored_raw(name: str, shuffle: str) -> None:
+    with pytest.raises(ValueError, match=r"^codec (name|shuffle) must be one of"):
+        Codec(name, 3, shuffle)  # type: ignore[arg-type]

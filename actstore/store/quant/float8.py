@@ -69,6 +69,7 @@ FLOAT8_DTYPES: dict[str, Float8Format] = {
 BLOCK = 8192
 """Rows quantised at a time: a few MiB of float32 temporaries, whatever the shard's size."""
 
+
 def is_float8(dtype: str) -> bool:
     return dtype in FLOAT8_DTYPES
 

@@ -1,7 +1,9 @@
-"""Compiled CPU kernels: stored bits to float32 values, normalised, in one pass over a batch.
+"""Compiled CPU kernels: stored bits to float32 values, normalised, in one pass over a batch;
+and float32 rows to 8-bit codes, in one pass over each row.
 
     bf16 (uint16) rows               ──widen──────────────┐
     8-bit codes (int8) + row scales  ──bits × row factor──┴─▶ float32 ─▶ (x − mean) × scale
+    float32 rows ──absmax─▶ row scales ──x / scale, rounded on the bits─▶ codes, Σ error²
 
 numpy needs a pass over the whole batch per step (three to dequantise 8-bit codes, one more
 per normalisation step), each through memory, since a batch outgrows the cache. numba
@@ -12,7 +14,7 @@ fastmath is off), so every path gives the same bits (tests/store/test_float8.py,
 tests/loader/test_delivery.py).
 
 numba is imported and the kernels compiled (or loaded from numba's cache) on first use, so
-commands that never decode rows do not pay for it.
+commands that never decode or quantise rows do not pay for it.
 """
 
 from __future__ import annotations
@@ -57,38 +59,38 @@ def _rows(raw: Any, shift: Any, mask: Any, factor: Any, after: Any,  # noqa: PLR
                 out[i, j] *= scale
 
 
-def _quantise(x: Any, fmax: Any, step: Any, shift: Any, offset: Any,  # noqa: PLR0912, PLR0917
-              codes: Any, scales: Any, y: Any) -> tuple[float, int]:
-    """codes[i], scales[i] of row x[i] as `float8.quantise` defines them; returns Σ‖x −
-    value‖² (float64) and the count of rows holding inf or NaN (their codes mean nothing).
-
-    The rounding is torch's float32 → float8 (to nearest, ties to even) in integer arithmetic
-    on the bits: a subnormal result is the nearest multiple of `step`, counted in steps; a
-    normal one keeps float32's top bits, rounded at bit `shift`, its exponent rebased by
-    `offset`. A code's value is rebuilt the other way (the same bits readers get), times
-    the scale in float32. `y` is a row of scratch space. One function with all the format's
-    cases as branches, so numba compiles it as one loop nest."""
-    n, d = x.shape
-    ybits = y.view(np.int32)
-    zero, one, inv_step = np.float32(0), np.float32(1), np.float32(1) / step
-    min_normal = (offset >> (23 - shift) << 23) + (1 << 23)
-    half = (1 << (shift - 1)) - 1
-    err, bad = 0.0, 0
-    for i in range(n):
+def _row_scales(x: Any, fmax: Any, scales: Any) -> int:
+    """scales[i] = max|x[i]| / fmax in float32 (1 where that is 0: an all-zero row, or one
+    whose scale underflows, gets codes 0); returns the count of rows holding inf or NaN."""
+    zero, one, bad = np.float32(0), np.float32(1), 0
+    for i in range(x.shape[0]):
         amax, finite = zero, True
-        for j in range(d):
+        for j in range(x.shape[1]):
             a = abs(x[i, j])
             if not a < np.float32(np.inf):
                 finite = False
             elif a > amax:
                 amax = a
         s = amax / fmax
-        if not s > zero:  # an all-zero row (or one whose scale underflows): codes 0
-            s = one
-        scales[i] = s
-        if not finite:
-            bad += 1
-            continue
+        scales[i] = s if s > zero else one
+        bad += 0 if finite else 1
+    return bad
+
+
+def _encode(x: Any, scales: Any, fmax: Any, step: Any, shift: Any,  # noqa: PLR0917
+            offset: Any, codes: Any, y: Any) -> float:
+    """codes[i] of the finite rows x[i] / scales[i] as torch rounds float32 to float8 (to
+    nearest, ties to even), in integer arithmetic on the bits: a subnormal result is the
+    nearest multiple of `step`, counted in steps; a normal one keeps float32's top bits,
+    rounded at bit `shift`, its exponent rebased by `offset`. Returns Σ‖x − value‖² (float64),
+    each code's value rebuilt the other way (the bits readers get) times the scale in
+    float32. `y` is a row of scratch space."""
+    d = x.shape[1]
+    ybits, inv_step = y.view(np.int32), np.float32(1) / step
+    min_normal = (offset >> (23 - shift) << 23) + (1 << 23)
+    half, err = (1 << (shift - 1)) - 1, 0.0
+    for i in range(x.shape[0]):
+        s = scales[i]
         for j in range(d):
             y[j] = min(max(x[i, j] / s, -fmax), fmax)
         for j in range(d):
@@ -98,8 +100,7 @@ def _quantise(x: Any, fmax: Any, step: Any, shift: Any, offset: Any,  # noqa: PL
                 v = abs(y[j]) * inv_step  # exact: a power of two, and v < 2**mantissa
                 m = int(np.floor(v))
                 rest = v - m
-                if rest > 0.5 or (rest == 0.5 and m & 1):
-                    m += 1
+                m += 1 if rest > 0.5 or (rest == 0.5 and m & 1) else 0
             else:
                 m = ((mag + half + ((mag >> shift) & 1)) >> shift) - offset
             codes[i, j] = ((b >> 24) & 0x80) | m
@@ -107,22 +108,19 @@ def _quantise(x: Any, fmax: Any, step: Any, shift: Any, offset: Any,  # noqa: PL
                 y[j] = np.float32(m) * step
             else:
                 ybits[j] = (m + offset) << shift
-            if b < 0:
-                y[j] = -y[j]
-            y[j] = x[i, j] - y[j] * s  # exact in float32 (see `float8._quantise_block`)
-        # Σ diff² in float64 (a float32 square of 1e20 would overflow), in four interleaved
-        # sums: one sum is a chain of dependent adds, which took most of the time
+            y[j] = x[i, j] - (-y[j] if b < 0 else y[j]) * s  # exact (`float8._quantise_block`)
+        # Σ diff² in float64 (a float32 square of 1e20 overflows), in four interleaved sums:
+        # one sum is a chain of dependent adds, which took most of the time
         r0, r1, r2, r3 = 0.0, 0.0, 0.0, 0.0
         for j in range(0, d - d % 4, 4):
-            a, b, c, e = y[j], y[j + 1], y[j + 2], y[j + 3]
-            r0 += np.float64(a) * np.float64(a)
-            r1 += np.float64(b) * np.float64(b)
-            r2 += np.float64(c) * np.float64(c)
-            r3 += np.float64(e) * np.float64(e)
+            r0 += np.float64(y[j]) * np.float64(y[j])
+            r1 += np.float64(y[j + 1]) * np.float64(y[j + 1])
+            r2 += np.float64(y[j + 2]) * np.float64(y[j + 2])
+            r3 += np.float64(y[j + 3]) * np.float64(y[j + 3])
         for j in range(d - d % 4, d):
             r0 += np.float64(y[j]) * np.float64(y[j])
         err += (r0 + r1) + (r2 + r3)
-    return err, bad
+    return err
 
 
 @cache
@@ -150,12 +148,13 @@ def quantise_rows(x: NDArray[np.float32], *, fmax: float, step: float, shift: in
     if x.ndim != 2:
         raise ValueError(f"expected (rows, d_model) float32 rows, got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    codes = np.empty(x.shape, np.uint8)
-    scales = np.empty(len(x), np.float32)
-    err, bad = _compiled(_quantise)(x, np.float32(fmax), np.float32(step), np.int32(shift),
-                                    np.int32(offset), codes, scales,
-                                    np.empty(x.shape[1], np.float32))
-    return codes, scales, float(err), int(bad)
+    codes, scales = np.empty(x.shape, np.uint8), np.empty(len(x), np.float32)
+    bad = int(_compiled(_row_scales)(x, np.float32(fmax), scales))
+    if bad:  # the caller refuses the rows: no codes
+        return codes, scales, float("nan"), bad
+    err = _compiled(_encode)(x, scales, np.float32(fmax), np.float32(step), np.int32(shift),
+                             np.int32(offset), codes, np.empty(x.shape[1], np.float32))
+    return codes, scales, float(err), 0
 
 
 _NONE = np.zeros(0, np.float32)
