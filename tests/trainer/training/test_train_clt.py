@@ -68,9 +68,12 @@ def test_a_clt_learns_every_layer_and_is_saved_whole(clt_store: str, tmp_path: P
                                                      arch: str) -> None:
     knobs: dict[str, Any] = {"k": (3,)} if arch == "topk" else {"k": (), "l1": (0.003,)}
     result = train(clt(clt_store, tmp_path, arch=arch, eval_contexts=4, **knobs))
-    # the replacement model (every MLP output replaced at once) is scored at the end
-    # (a random model: the replacement may even be a little better than the model itself)
-    assert 0.5 < result.final[0]["loss_recovered"] < 1.1
+    # The replacement model (every MLP output replaced at once) is scored at the end. On a
+    # random model the clean and MLP-ablated losses are close, so this ratio swings with the
+    # store's last bits (thread counts change the forward pass's sums): 0.42 to 1.22 was
+    # measured across runs, thread counts and eval sizes. Replacing the outputs with nothing
+    # scores 0; a replacement better than the model itself scores above 1.
+    assert 0.2 < result.final[0]["loss_recovered"] < 1.5
     lines = [r for r in read_metrics(tmp_path) if "dictionaries" in r]
     (name,) = lines[0]["dictionaries"]
     first, last = lines[0]["dictionaries"][name], lines[-1]["dictionaries"][name]
