@@ -139,7 +139,7 @@ def loader_section(stores: dict[str, ActivationStore], work: Path, rows: int, ro
                            for d, s in tiled.items()}
     for kind in ("cold", "warm"):
         out.update(speed_ratios(times, f"{kind}_e4m3_vs_bf16", f"{kind}/bfloat16",
-                          f"{kind}/float8_e4m3"))
+                                f"{kind}/float8_e4m3"))
     return out
 
 

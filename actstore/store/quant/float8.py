@@ -100,7 +100,7 @@ def quantise(x: torch.Tensor, dtype: str) -> Quantised:
     if x.ndim != 2:
         raise ValueError(f"expected (rows, d_model) activations, got shape {tuple(x.shape)}")
     if x.device.type == "cpu":
-        return _quantise_numpy(x, fmt)
+        return _quantise_cpu(x, fmt)
     q = quantise_on_device(x, dtype)
     if int(q.nonfinite):
         raise NonFiniteRowsError(int(q.nonfinite))
@@ -141,7 +141,7 @@ def quantise_on_device(x: torch.Tensor, dtype: str) -> DeviceQuantised:
     return DeviceQuantised(codes, scales, err, bad)
 
 
-def _quantise_numpy(x: torch.Tensor, fmt: Float8Format) -> Quantised:
+def _quantise_cpu(x: torch.Tensor, fmt: Float8Format) -> Quantised:
     """`quantise` on a CPU: the same codes, scales and error as `_quantise_block` (the same
     IEEE float32 operations, and torch's float8 rounding done on the bits), in one compiled
     pass over each row while it is in the cache (`kernels.quantise_rows`). torch's kernels,

@@ -142,9 +142,10 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
 def quantise_rows(x: NDArray[np.float32], *, fmax: float, step: float, shift: int,
                   offset: int) -> tuple[NDArray[np.uint8], NDArray[np.float32], float, int]:
     """(codes, scales, squared error, rows holding inf or NaN) of float32 rows (see
-    `_quantise`): fmax is the format's largest value, step its subnormal spacing, shift the
-    mantissa bits float32 has beyond the format's, offset the exponent rebase (float32's
-    bias minus the format's) times 2**mantissa bits."""
+    `_row_scales` and `_encode`; with non-finite rows, the codes and error mean nothing).
+    fmax is the format's largest value, step its subnormal spacing, shift the mantissa bits
+    float32 has beyond the format's, offset the exponent rebase (float32's bias minus the
+    format's) times 2**mantissa bits."""
     if x.ndim != 2:
         raise ValueError(f"expected (rows, d_model) float32 rows, got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -172,8 +173,9 @@ def float8_rows(codes: NDArray[np.int8], factor: NDArray[np.float32],
             raise ValueError(f"{len(codes)} rows of codes need {len(codes)} scales, got "
                              f"{name} of shape {per_row.shape}")
     out = np.empty(codes.shape, np.float32)
-    _compiled(_rows)(np.ascontiguousarray(codes), np.int32(shift), np.int32(mask), _f32(factor),
-                _f32(after), _mean(mean, codes.shape[1]), np.float32(scale), out)
+    _compiled(_rows)(np.ascontiguousarray(codes), np.int32(shift), np.int32(mask),
+                     _f32(factor), _f32(after), _mean(mean, codes.shape[1]),
+                     np.float32(scale), out)
     return out
 
 
@@ -184,7 +186,7 @@ def bf16_rows(raw: NDArray[np.uint16], *, mean: NDArray[np.float32] | None = Non
     rows = raw.reshape(int(np.prod(raw.shape[:-1])), raw.shape[-1] if raw.ndim else 1)
     out = np.empty(rows.shape, np.float32)
     _compiled(_rows)(np.ascontiguousarray(rows), np.int32(16), np.int32(-1), _NONE, _NONE,
-                _mean(mean, rows.shape[1]), np.float32(scale), out)
+                     _mean(mean, rows.shape[1]), np.float32(scale), out)
     return out.reshape(raw.shape)
 
 
